@@ -1,0 +1,250 @@
+//! NATS settings: where to connect, how to authenticate, and the streams.
+//!
+//! Secrets never come from files of ours: passwords, tokens and nkey seeds are
+//! read from the environment only (see [`NatsConfig::apply_env`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default NATS URL of the local stack (contract section 1).
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:14222";
+
+/// How to reach and authenticate to NATS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated. Env: `CCTV_NATS_URL`.
+    pub url: String,
+    /// User name for user/password auth. Env: `CCTV_NATS_USER`. The password
+    /// comes only from `CCTV_NATS_PASSWORD`.
+    pub user: Option<String>,
+    /// Credentials file (JWT + nkey seed). Env: `CCTV_NATS_CREDS`.
+    pub creds_file: Option<PathBuf>,
+    /// CA certificate to verify the server. Env: `CCTV_NATS_TLS_CA`.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate for mutual TLS. Env: `CCTV_NATS_TLS_CERT`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Client key for mutual TLS. Env: `CCTV_NATS_TLS_KEY`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Require TLS even without a CA file.
+    pub tls_required: bool,
+    /// Time allowed for one connection attempt.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed for a JetStream API request or publish acknowledgement.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Password, from `CCTV_NATS_PASSWORD` only.
+    #[serde(skip)]
+    pub password: Option<String>,
+    /// Token, from `CCTV_NATS_TOKEN` only.
+    #[serde(skip)]
+    pub token: Option<String>,
+    /// Nkey seed, from `CCTV_NATS_NKEY_SEED` only.
+    #[serde(skip)]
+    pub nkey_seed: Option<String>,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_NATS_URL.to_string(),
+            user: None,
+            creds_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            password: None,
+            token: None,
+            nkey_seed: None,
+        }
+    }
+}
+
+impl NatsConfig {
+    /// Applies the documented environment overrides through `lookup` (pass
+    /// `|name| std::env::var(name).ok()` in binaries).
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        let non_empty = |name: &str| lookup(name).filter(|value| !value.is_empty());
+        if let Some(url) = non_empty("CCTV_NATS_URL") {
+            self.url = url;
+        }
+        if let Some(user) = non_empty("CCTV_NATS_USER") {
+            self.user = Some(user);
+        }
+        if let Some(path) = non_empty("CCTV_NATS_CREDS") {
+            self.creds_file = Some(PathBuf::from(path));
+        }
+        if let Some(path) = non_empty("CCTV_NATS_TLS_CA") {
+            self.tls_ca_file = Some(PathBuf::from(path));
+        }
+        if let Some(path) = non_empty("CCTV_NATS_TLS_CERT") {
+            self.tls_cert_file = Some(PathBuf::from(path));
+        }
+        if let Some(path) = non_empty("CCTV_NATS_TLS_KEY") {
+            self.tls_key_file = Some(PathBuf::from(path));
+        }
+        self.password = non_empty("CCTV_NATS_PASSWORD");
+        self.token = non_empty("CCTV_NATS_TOKEN");
+        self.nkey_seed = non_empty("CCTV_NATS_NKEY_SEED");
+    }
+
+    /// Checks combinations that cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.url.trim().is_empty() {
+            return Err("nats.url is empty".into());
+        }
+        let methods = [
+            self.user.is_some() || self.password.is_some(),
+            self.token.is_some(),
+            self.nkey_seed.is_some(),
+            self.creds_file.is_some(),
+        ];
+        if methods.iter().filter(|&&used| used).count() > 1 {
+            return Err("choose one NATS auth method: user/password, token, nkey seed or creds file".into());
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return Err("NATS user and CCTV_NATS_PASSWORD must be set together".into());
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err("nats.tls_cert_file and nats.tls_key_file must be set together".into());
+        }
+        Ok(())
+    }
+}
+
+/// Settings of one stream.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSettings {
+    /// Stream name.
+    pub name: String,
+    /// How long messages are kept.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Window in which a repeated `Nats-Msg-Id` is dropped as a duplicate.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// Size cap in bytes; -1 for none.
+    pub max_bytes: i64,
+    /// Replicas (1 on a single server, 3 on a cluster).
+    pub replicas: usize,
+}
+
+/// The three streams of the contract.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Raw vendor messages, `cctv.raw.>`.
+    pub raw: StreamSettings,
+    /// Canonical events, `cctv.events.>`. Its duplicate window is the dedup
+    /// horizon for event ids (default 24 h).
+    pub events: StreamSettings,
+    /// Dead letters, `cctv.dlq.>`.
+    pub dlq: StreamSettings,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        Self {
+            raw: StreamSettings {
+                name: "CCTV_RAW".into(),
+                max_age: hours(72),
+                duplicate_window: Duration::from_secs(120),
+                max_bytes: -1,
+                replicas: 1,
+            },
+            events: StreamSettings {
+                name: "CCTV_EVENTS".into(),
+                max_age: hours(24 * 7),
+                duplicate_window: hours(24),
+                max_bytes: -1,
+                replicas: 1,
+            },
+            dlq: StreamSettings {
+                name: "CCTV_DLQ".into(),
+                max_age: hours(24 * 30),
+                duplicate_window: Duration::from_secs(120),
+                max_bytes: -1,
+                replicas: 1,
+            },
+        }
+    }
+}
+
+impl StreamsConfig {
+    /// Checks cross-field rules.
+    pub fn validate(&self) -> Result<(), String> {
+        for settings in [&self.raw, &self.events, &self.dlq] {
+            if settings.name.is_empty() || settings.name.contains(['.', ' ', '*', '>']) {
+                return Err(format!("stream name {:?} is not valid", settings.name));
+            }
+            if settings.duplicate_window > settings.max_age {
+                return Err(format!("stream {}: duplicate_window exceeds max_age", settings.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_and_secrets_come_from_the_environment() {
+        let mut config = NatsConfig::default();
+        config.apply_env(|name| match name {
+            "CCTV_NATS_URL" => Some("nats://10.0.0.1:4222".into()),
+            "CCTV_NATS_USER" => Some("ingest".into()),
+            "CCTV_NATS_PASSWORD" => Some("s3cret".into()),
+            _ => None,
+        });
+        assert_eq!(config.url, "nats://10.0.0.1:4222");
+        assert_eq!(config.password.as_deref(), Some("s3cret"));
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn conflicting_auth_is_refused() {
+        let mut config = NatsConfig::default();
+        config.apply_env(|name| match name {
+            "CCTV_NATS_TOKEN" => Some("t".into()),
+            "CCTV_NATS_NKEY_SEED" => Some("SU...".into()),
+            _ => None,
+        });
+        assert!(config.validate().is_err());
+        let user_only = NatsConfig {
+            user: Some("u".into()),
+            ..NatsConfig::default()
+        };
+        assert!(user_only.validate().is_err());
+    }
+
+    #[test]
+    fn secrets_cannot_be_set_from_a_file() {
+        let parsed: Result<NatsConfig, _> = toml::from_str("password = \"x\"");
+        assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn stream_defaults_are_valid_and_the_event_window_is_a_day() {
+        let streams = StreamsConfig::default();
+        assert!(streams.validate().is_ok());
+        assert_eq!(streams.events.duplicate_window, Duration::from_secs(86_400));
+        let bad = StreamsConfig {
+            raw: StreamSettings {
+                name: "A.B".into(),
+                ..streams.raw.clone()
+            },
+            ..streams
+        };
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,49 @@
+//! Errors of the bus crate.
+
+/// A NATS or JetStream operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The connection could not be made.
+    #[error("failed to connect to NATS at {url}: {message}")]
+    Connect {
+        /// Server URL.
+        url: String,
+        /// Cause.
+        message: String,
+    },
+    /// The settings are unusable (missing file, bad combination).
+    #[error("invalid NATS settings: {0}")]
+    Settings(String),
+    /// A stream exists with a configuration that conflicts with ours.
+    #[error("stream {stream} exists with subjects {found:?}, expected {expected:?}")]
+    StreamMismatch {
+        /// Stream name.
+        stream: String,
+        /// Subjects found on the server.
+        found: Vec<String>,
+        /// Subjects we need.
+        expected: Vec<String>,
+    },
+    /// A JetStream API call failed.
+    #[error("jetstream {operation} failed: {message}")]
+    JetStream {
+        /// What was being done.
+        operation: &'static str,
+        /// Cause.
+        message: String,
+    },
+}
+
+impl BusError {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BusError::Connect { .. } | BusError::JetStream { .. })
+    }
+
+    pub(crate) fn jetstream(operation: &'static str, error: impl std::fmt::Display) -> Self {
+        BusError::JetStream {
+            operation,
+            message: error.to_string(),
+        }
+    }
+}

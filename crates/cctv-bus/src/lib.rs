@@ -1,0 +1,18 @@
+//! NATS and JetStream plumbing shared by the services and `cctvctl`.
+//!
+//! Connection settings with secrets from the environment ([`NatsConfig`]), the
+//! three streams of the contract ([`StreamsConfig`], [`ensure_streams`]),
+//! subject builders and header names ([`subjects`], [`headers`]). This crate
+//! knows nothing of ClickHouse.
+
+mod config;
+mod connect;
+mod error;
+pub mod headers;
+mod streams;
+pub mod subjects;
+
+pub use config::{NatsConfig, StreamSettings, StreamsConfig, DEFAULT_NATS_URL};
+pub use connect::connect;
+pub use error::BusError;
+pub use streams::{ensure_stream, ensure_streams, stream_identity, StreamKind};

@@ -1,0 +1,52 @@
+//! The vendor-neutral result of decoding: what a payload says about one offence
+//! before the taxonomy, the registry and the checks are applied.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// A confidence as reported, with the scale it was reported on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Confidence {
+    /// The value as reported.
+    pub raw: f64,
+    /// The top of its scale (1, 100 or 255).
+    pub scale: f64,
+}
+
+/// One offence candidate decoded from a payload.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Detection {
+    /// The offence name as the source spells it (code, alias or vendor name).
+    pub offence_name: String,
+    /// Key naming the real-world offence, from which the event id is derived
+    /// when `explicit_event_id` is absent. Must be stable across repeats.
+    pub identity_key: String,
+    /// An event id the source gave explicitly.
+    pub explicit_event_id: Option<Uuid>,
+    /// Camera id given by the payload.
+    pub camera_id: Option<String>,
+    /// Vendor device key (`<format>:<device>/<channel>`) for the registry.
+    pub device_identity: Option<String>,
+    /// Region code given by the payload, used only for unknown cameras.
+    pub payload_region: Option<String>,
+    /// When the offence happened.
+    pub detected_at: DateTime<Utc>,
+    /// The device time text as received.
+    pub device_time: Option<String>,
+    /// Confidence on the source's scale.
+    pub confidence: Option<Confidence>,
+    /// Licence plate.
+    pub plate: Option<String>,
+    /// Measured speed, km/h.
+    pub speed_kmh: Option<f64>,
+    /// Speed limit, km/h.
+    pub speed_limit_kmh: Option<f64>,
+    /// Latitude from the payload.
+    pub lat: Option<f64>,
+    /// Longitude from the payload.
+    pub lon: Option<f64>,
+    /// Evidence link.
+    pub evidence_url: Option<String>,
+    /// The source's own event id.
+    pub source_event_id: Option<String>,
+}

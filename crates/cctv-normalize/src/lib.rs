@@ -1,0 +1,24 @@
+//! Pure normalisation: a raw vendor message (bytes plus metadata) in, a typed
+//! [`Outcome`] out: canonical offences, `ignored(reason)` or
+//! `rejected(reason)`. No IO, no clock of its own (the caller passes `now`).
+//!
+//! Decoding is split in two steps. A per-format decoder turns the payload into
+//! vendor-neutral [`Detection`]s; the [`Normalizer`] then resolves the offence
+//! name through the taxonomy, the camera through the registry, checks times and
+//! ranges, derives the deterministic event id and builds the
+//! [`cctv_event::OffenceEvent`].
+
+mod canonical;
+mod detection;
+mod format;
+mod limits;
+mod normalizer;
+mod outcome;
+mod time;
+
+pub use detection::{Confidence, Detection};
+pub use format::Format;
+pub use limits::Limits;
+pub use normalizer::{Normalizer, RawMessage};
+pub use outcome::{IgnoreReason, Outcome, RejectReason, Rejection};
+pub use time::{epoch_to_utc, parse_rfc3339};

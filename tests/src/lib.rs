@@ -1,0 +1,1 @@
+//! Integration tests live in `pipeline/`; this library is empty.
