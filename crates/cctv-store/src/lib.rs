@@ -1,1 +1,21 @@
-//! placeholder
+//! ClickHouse side of the pipeline: settings, versioned migrations, the row
+//! type of `offence_events`, batch inserts that are atomic per batch, the
+//! writer's resume point, and the analyst queries (totals, audit).
+//!
+//! Works on ClickHouse 18.16 and current releases: plain `MergeTree`, no
+//! `DateTime64`, no `LowCardinality`, no TTL, RowBinary without the
+//! names-and-types header. This crate knows nothing of NATS.
+
+mod config;
+mod error;
+mod migrations;
+mod queries;
+mod row;
+mod store;
+
+pub use config::{ClickHouseConfig, DEFAULT_CLICKHOUSE_URL};
+pub use error::StoreError;
+pub use migrations::{Migration, MIGRATIONS};
+pub use queries::{TotalsFilter, TotalsRow};
+pub use row::{EventRow, StreamPosition};
+pub use store::{ResumePoint, Store};

@@ -1,1 +1,41 @@
-//! placeholder
+//! Test-only kit that starts real `nats-server` and `clickhouse-server` processes.
+//!
+//! Every server gets free ports on 127.0.0.1 and its own temporary directory under
+//! [`std::env::temp_dir`] (prefix `cctv-testkit-`). Dropping a server kills the process
+//! and removes the directory. A small shell watchdog per process kills the server (and
+//! removes its directory) if the test process dies without running destructors, so
+//! aborted test runs do not leak servers.
+//!
+//! Code map:
+//! - `error`: the [`TestkitError`] enum.
+//! - `environment`: binary lookup and [`require_servers`].
+//! - `ports`: [`free_port`] and waiting for a fixed port to become free.
+//! - `wait`: [`wait_until`], polling with a deadline.
+//! - `names`: [`unique_name`] for databases and streams.
+//! - `process`: spawning, log capture, stopping and the watchdog.
+//! - `http`: a minimal HTTP/1.0 client over `std::net::TcpStream`.
+//! - `nats`: [`NatsServer`].
+//! - `clickhouse`: [`ClickHouseServer`] and [`shared_clickhouse`].
+//!
+//! Invariants: no port is handed out twice per process; a server value never outlives
+//! its process (Drop kills it); readiness is always polled with a deadline.
+
+mod clickhouse;
+mod environment;
+mod error;
+mod http;
+mod names;
+mod nats;
+mod ports;
+mod process;
+mod wait;
+
+pub use crate::{
+    clickhouse::{shared_clickhouse, ClickHouseServer},
+    environment::require_servers,
+    error::TestkitError,
+    names::unique_name,
+    nats::NatsServer,
+    ports::free_port,
+    wait::wait_until,
+};

@@ -1,0 +1,108 @@
+//! Errors of the store crate, classed as transient or not.
+
+/// A ClickHouse operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The settings are unusable.
+    #[error("invalid clickhouse settings: {0}")]
+    Settings(String),
+    /// The server could not be reached, or the request timed out.
+    #[error("clickhouse unreachable during {operation}: {message}")]
+    Unavailable {
+        /// What was being done.
+        operation: &'static str,
+        /// Cause.
+        message: String,
+    },
+    /// The server answered with an error.
+    #[error("clickhouse refused {operation}: {message}")]
+    Server {
+        /// What was being done.
+        operation: &'static str,
+        /// The server's message.
+        message: String,
+        /// The server's error code, when it could be read.
+        code: Option<u32>,
+    },
+    /// The schema in the database is newer than this build knows.
+    #[error("database schema version {found} is newer than this build's {known}")]
+    SchemaTooNew {
+        /// Version found.
+        found: u32,
+        /// Newest version this build knows.
+        known: u32,
+    },
+}
+
+/// Server error codes that go away by themselves: memory and concurrency
+/// limits, timeouts, network trouble, too many parts, readonly replicas.
+const TRANSIENT_CODES: [u32; 12] = [159, 164, 202, 209, 210, 241, 242, 252, 285, 319, 425, 999];
+
+impl StoreError {
+    /// Whether retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Unavailable { .. } => true,
+            StoreError::Server { code, .. } => code.is_some_and(|code| TRANSIENT_CODES.contains(&code)),
+            StoreError::Settings(_) | StoreError::SchemaTooNew { .. } => false,
+        }
+    }
+
+    pub(crate) fn from_clickhouse(operation: &'static str, error: clickhouse::error::Error) -> Self {
+        use clickhouse::error::Error;
+        match error {
+            Error::Network(_) | Error::TimedOut => StoreError::Unavailable {
+                operation,
+                message: error.to_string(),
+            },
+            Error::BadResponse(message) => {
+                let code = parse_code(&message);
+                StoreError::Server {
+                    operation,
+                    message,
+                    code,
+                }
+            }
+            other => StoreError::Server {
+                operation,
+                message: other.to_string(),
+                code: None,
+            },
+        }
+    }
+}
+
+/// Reads `Code: 60` from a ClickHouse error text.
+fn parse_code(message: &str) -> Option<u32> {
+    let rest = &message[message.find("Code: ")? + 6..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_read_and_classified() {
+        assert_eq!(parse_code("Code: 241, e.displayText() = DB::Exception: Memory limit"), Some(241));
+        assert_eq!(parse_code("no code here"), None);
+        let transient = StoreError::Server {
+            operation: "insert",
+            message: String::new(),
+            code: Some(241),
+        };
+        assert!(transient.is_transient());
+        let permanent = StoreError::Server {
+            operation: "insert",
+            message: String::new(),
+            code: Some(60),
+        };
+        assert!(!permanent.is_transient());
+        assert!(StoreError::Unavailable {
+            operation: "insert",
+            message: String::new()
+        }
+        .is_transient());
+    }
+}

@@ -1,0 +1,139 @@
+//! The row type of `offence_events` and its mapping from a canonical event.
+
+use cctv_event::OffenceEvent;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Where a row came from in the events stream, and the batch it was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamPosition {
+    /// Stream sequence of the event's message.
+    pub stream_seq: u64,
+    /// Stream sequence of the first message of the insert batch.
+    pub batch_first_seq: u64,
+    /// Number of rows in the insert batch.
+    pub batch_rows: u32,
+}
+
+/// One row of `offence_events`, in the table's RowBinary layout. Field order
+/// and types must match migration 1 exactly (RowBinary carries no names); the
+/// integration tests insert and read back every column.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct EventRow {
+    /// Event id.
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: Uuid,
+    /// Detection time, UTC seconds.
+    pub detected_at: u32,
+    /// Millisecond part of the detection time.
+    pub detected_ms: u16,
+    /// Canonical offence code.
+    pub offence_type: String,
+    /// Offence family.
+    pub offence_family: String,
+    /// Legal category.
+    pub legal_category: String,
+    /// Article.
+    pub article: String,
+    /// Region code or `unknown`.
+    pub region: String,
+    /// `registry`, `payload` or `unknown`.
+    pub region_source: String,
+    /// District.
+    pub district: String,
+    /// Camera id.
+    pub camera_id: String,
+    /// Payload format.
+    pub source_format: String,
+    /// Gateway.
+    pub gateway_id: String,
+    /// Source's own event id, empty when none.
+    pub source_event_id: String,
+    /// Confidence 0..1; -1 when the source reported none.
+    pub confidence: f32,
+    /// Confidence on the source's scale; -1 when none.
+    pub confidence_raw: f64,
+    /// Plate, empty when none.
+    pub plate: String,
+    /// Speed km/h.
+    pub speed_kmh: Option<f32>,
+    /// Speed limit km/h.
+    pub speed_limit_kmh: Option<f32>,
+    /// Latitude.
+    pub lat: Option<f64>,
+    /// Longitude.
+    pub lon: Option<f64>,
+    /// Evidence link, empty when none.
+    pub evidence_url: String,
+    /// 1 when the device clock was ahead of receipt.
+    pub clock_skew: u8,
+    /// Gateway receipt time, UTC seconds; 0 when unknown.
+    pub received_at: u32,
+    /// Ingest time, UTC seconds.
+    pub ingested_at: u32,
+    /// Insert time of the batch, UTC seconds; one value per batch, so a batch
+    /// falls in one partition and is written as one part.
+    pub inserted_at: u32,
+    /// Identity of the events stream (`name@created`).
+    pub source_stream: String,
+    /// Writer (consumer) that inserted the row.
+    pub writer: String,
+    /// Stream sequence of the event's message.
+    pub stream_seq: u64,
+    /// First stream sequence of the batch.
+    pub batch_first_seq: u64,
+    /// Rows in the batch.
+    pub batch_rows: u32,
+}
+
+/// Seconds since the epoch as stored in a `DateTime` column (clamped to its range).
+fn seconds(time: chrono::DateTime<chrono::Utc>) -> u32 {
+    u32::try_from(time.timestamp().max(0)).unwrap_or(u32::MAX)
+}
+
+impl EventRow {
+    /// Builds the row for `event` read at `position` from `source_stream`.
+    /// `inserted_at` is the batch's insert time (UTC seconds).
+    pub fn from_event(
+        event: OffenceEvent,
+        source_stream: &str,
+        writer: &str,
+        position: StreamPosition,
+        inserted_at: u32,
+    ) -> Self {
+        let millis = event.detected_at.timestamp_subsec_millis();
+        Self {
+            event_id: event.event_id,
+            detected_at: seconds(event.detected_at),
+            detected_ms: u16::try_from(millis).unwrap_or(0),
+            offence_type: event.offence_type,
+            offence_family: event.offence_family,
+            legal_category: event.legal_category,
+            article: event.article,
+            region: event.region,
+            region_source: event.region_source.as_str().to_string(),
+            district: event.district,
+            camera_id: event.camera_id,
+            source_format: event.source_format,
+            gateway_id: event.gateway_id,
+            source_event_id: event.source_event_id.unwrap_or_default(),
+            confidence: event.confidence.unwrap_or(-1.0),
+            confidence_raw: event.confidence_raw.unwrap_or(-1.0),
+            plate: event.plate.unwrap_or_default(),
+            speed_kmh: event.speed_kmh,
+            speed_limit_kmh: event.speed_limit_kmh,
+            lat: event.lat,
+            lon: event.lon,
+            evidence_url: event.evidence_url.unwrap_or_default(),
+            clock_skew: u8::from(event.clock_skew),
+            received_at: event.received_at.map_or(0, seconds),
+            ingested_at: seconds(event.ingested_at),
+            inserted_at,
+            source_stream: source_stream.to_string(),
+            writer: writer.to_string(),
+            stream_seq: position.stream_seq,
+            batch_first_seq: position.batch_first_seq,
+            batch_rows: position.batch_rows,
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The store: a ClickHouse client bound to one database, with migrations,
+//! atomic batch inserts and the writer's resume point.
+
+use std::collections::HashSet;
+
+use clickhouse::sql::Identifier;
+use clickhouse::Client;
+use serde::Deserialize;
+
+use crate::migrations::{latest_version, MIGRATIONS};
+use crate::{ClickHouseConfig, EventRow, StoreError};
+
+/// Where a writer resumes after a restart, read from the rows themselves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// Every sequence at or below this is written (0: nothing written yet).
+    pub written_through: u64,
+    /// Sequences above `written_through` already written by a batch that was
+    /// cut short (a crash mid-insert); they must be skipped, the rest written.
+    pub already_written: HashSet<u64>,
+}
+
+/// A ClickHouse client bound to the configured database.
+#[derive(Clone)]
+pub struct Store {
+    /// Bound to the configured database.
+    client: Client,
+    /// Bound to no database: for `CREATE DATABASE` and pings before it exists.
+    server_client: Client,
+    config: ClickHouseConfig,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("url", &self.config.url).field("database", &self.config.database).finish()
+    }
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct LastRow {
+    stream_seq: u64,
+    batch_first_seq: u64,
+    batch_rows: u32,
+}
+
+impl Store {
+    /// Builds a client; no request is made yet.
+    pub fn new(config: &ClickHouseConfig) -> Result<Self, StoreError> {
+        config.validate().map_err(StoreError::Settings)?;
+        let mut server_client = Client::default()
+            .with_url(&config.url)
+            .with_user(&config.user)
+            // 18.16 has no RowBinaryWithNamesAndTypes; row layouts are checked by tests.
+            .with_validation(false)
+            .with_compression(if config.compression {
+                clickhouse::Compression::Lz4
+            } else {
+                clickhouse::Compression::None
+            });
+        if let Some(password) = &config.password {
+            server_client = server_client.with_password(password);
+        }
+        let client = server_client.clone().with_database(&config.database);
+        Ok(Self {
+            client,
+            server_client,
+            config: config.clone(),
+        })
+    }
+
+    /// The settings this store was built from.
+    pub fn config(&self) -> &ClickHouseConfig {
+        &self.config
+    }
+
+    /// The underlying client, for queries of the callers' own.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Checks the server answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.server_client
+            .query("SELECT 1")
+            .fetch_one::<u8>()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::from_clickhouse("ping", e))
+    }
+
+    /// Creates the database if needed and applies every migration not yet
+    /// recorded. Needs a user allowed DDL on the database.
+    pub async fn migrate(&self) -> Result<u32, StoreError> {
+        let database = Identifier(&self.config.database);
+        self.server_client
+            .query("CREATE DATABASE IF NOT EXISTS ?")
+            .bind(database)
+            .execute()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("create database", e))?;
+        self.client
+            .query(
+                "CREATE TABLE IF NOT EXISTS ?.schema_migrations \
+                 (version UInt32, name String, applied_at DateTime) ENGINE = MergeTree() ORDER BY version",
+            )
+            .bind(database)
+            .execute()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("create schema_migrations", e))?;
+        let current = self.schema_version().await?;
+        if current > latest_version() {
+            return Err(StoreError::SchemaTooNew {
+                found: current,
+                known: latest_version(),
+            });
+        }
+        for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
+            for statement in migration.statements {
+                self.run_templated(statement).await?;
+            }
+            self.client
+                .query("INSERT INTO ?.schema_migrations (version, name, applied_at) VALUES (?, ?, now())")
+                .bind(database)
+                .bind(migration.version)
+                .bind(migration.name)
+                .execute()
+                .await
+                .map_err(|e| StoreError::from_clickhouse("record migration", e))?;
+            tracing::info!(version = migration.version, name = migration.name, "applied migration");
+        }
+        Ok(latest_version())
+    }
+
+    /// The newest applied migration (0 when none).
+    pub async fn schema_version(&self) -> Result<u32, StoreError> {
+        self.client
+            .query("SELECT max(version) FROM ?.schema_migrations")
+            .bind(Identifier(&self.config.database))
+            .fetch_one::<u32>()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("read schema version", e))
+    }
+
+    /// Fails unless the database holds exactly the schema this build writes.
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        let version = self.schema_version().await?;
+        if version == latest_version() {
+            return Ok(());
+        }
+        if version > latest_version() {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                known: latest_version(),
+            });
+        }
+        Err(StoreError::Settings(format!(
+            "database schema is at version {version}, this build needs {}; run `cctvctl setup`",
+            latest_version()
+        )))
+    }
+
+    /// Runs a migration statement, binding `{db}` and `{tz}` in order.
+    async fn run_templated(&self, statement: &str) -> Result<(), StoreError> {
+        enum Slot {
+            Database,
+            TimeZone,
+        }
+        let mut sql = String::with_capacity(statement.len());
+        let mut slots = Vec::new();
+        let mut rest = statement;
+        while let Some(start) = rest.find('{') {
+            sql.push_str(&rest[..start]);
+            let tail = &rest[start..];
+            if let Some(after) = tail.strip_prefix("{db}") {
+                slots.push(Slot::Database);
+                rest = after;
+            } else if let Some(after) = tail.strip_prefix("{tz}") {
+                slots.push(Slot::TimeZone);
+                rest = after;
+            } else {
+                sql.push('{');
+                rest = &tail[1..];
+                continue;
+            }
+            sql.push('?');
+        }
+        sql.push_str(rest);
+        let mut query = self.client.query(&sql);
+        for slot in slots {
+            query = match slot {
+                Slot::Database => query.bind(Identifier(&self.config.database)),
+                Slot::TimeZone => query.bind(self.config.timezone.as_str()),
+            };
+        }
+        query.execute().await.map_err(|e| StoreError::from_clickhouse("migration", e))
+    }
+
+    /// Inserts one batch in a single INSERT. The caller keeps a batch within
+    /// one `inserted_at` value and well below `max_insert_block_size`, so the
+    /// server writes it as one part: all rows or none.
+    pub async fn insert_batch(&self, rows: &[EventRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self
+            .client
+            .insert::<EventRow>("offence_events")
+            .await
+            .map_err(|e| StoreError::from_clickhouse("insert", e))?
+            .with_timeouts(Some(self.config.insert_timeout), Some(self.config.insert_timeout));
+        for row in rows {
+            insert.write(row).await.map_err(|e| StoreError::from_clickhouse("insert", e))?;
+        }
+        insert.end().await.map_err(|e| StoreError::from_clickhouse("insert", e))
+    }
+
+    /// Reads where `writer` left off in `source_stream`: the highest sequence
+    /// written, and, if the last batch was cut short, which of its sequences
+    /// are present.
+    pub async fn resume_point(&self, source_stream: &str, writer: &str) -> Result<ResumePoint, StoreError> {
+        let last = self
+            .client
+            .query(
+                "SELECT stream_seq, batch_first_seq, batch_rows FROM ?.offence_events \
+                 WHERE source_stream = ? AND writer = ? ORDER BY stream_seq DESC LIMIT 1",
+            )
+            .bind(Identifier(&self.config.database))
+            .bind(source_stream)
+            .bind(writer)
+            .fetch_optional::<LastRow>()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("read resume point", e))?;
+        let Some(last) = last else {
+            return Ok(ResumePoint::default());
+        };
+        let rows_from_batch_start = self
+            .client
+            .query(
+                "SELECT stream_seq, batch_first_seq, batch_rows FROM ?.offence_events \
+                 WHERE source_stream = ? AND writer = ? AND stream_seq >= ?",
+            )
+            .bind(Identifier(&self.config.database))
+            .bind(source_stream)
+            .bind(writer)
+            .bind(last.batch_first_seq)
+            .fetch_all::<LastRow>()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("read last batch", e))?;
+        let in_last_batch = rows_from_batch_start
+            .iter()
+            .filter(|row| row.batch_first_seq == last.batch_first_seq)
+            .count() as u64;
+        if in_last_batch >= u64::from(last.batch_rows) {
+            return Ok(ResumePoint {
+                written_through: last.stream_seq,
+                already_written: HashSet::new(),
+            });
+        }
+        let present: Vec<u64> = rows_from_batch_start.iter().map(|row| row.stream_seq).collect();
+        // The last batch is incomplete: everything before it is written (batches
+        // are written one after another, each only after the previous one
+        // succeeded), and from its first sequence on only `present` (which also
+        // holds the rows of any later batch that re-wrote part of it).
+        tracing::warn!(
+            source_stream,
+            writer,
+            batch_first_seq = last.batch_first_seq,
+            expected = last.batch_rows,
+            found = present.len(),
+            "last batch was cut short; its missing rows will be written again"
+        );
+        Ok(ResumePoint {
+            written_through: last.batch_first_seq.saturating_sub(1),
+            already_written: present.into_iter().collect(),
+        })
+    }
+}

@@ -1,0 +1,284 @@
+//! A real `nats-server` with JetStream on a free port and a temp store directory.
+
+use std::{
+    ffi::OsString,
+    io::{BufRead, BufReader},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    environment::find_binary,
+    ports::{free_port, wait_until_port_free},
+    process::{create_dir, create_temp_dir, write_file, ProcessSpec, ServerProcess},
+    TestkitError,
+};
+
+/// Binary name looked up in `PATH`, `/usr/sbin` and `/usr/bin`.
+const NATS_BINARY: &str = "nats-server";
+
+/// Env var that overrides the binary path.
+const NATS_BINARY_ENV: &str = "CCTV_NATS_SERVER_BIN";
+
+/// How long start-up may take before [`TestkitError::NotReady`].
+const NATS_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long `restart` waits for the old port to become free and rebinds it.
+const RESTART_PORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many times `start` tries fresh ports when a port was taken meanwhile.
+const START_ATTEMPTS: u32 = 3;
+
+/// A running `nats-server` with JetStream (file storage in a temp dir).
+///
+/// Dropping it kills the process and removes the directory.
+#[derive(Debug)]
+pub struct NatsServer {
+    // Declared before `temp_dir` so the process is killed before its directory is
+    // removed (fields drop in declaration order).
+    process: ServerProcess,
+    port: u16,
+    temp_dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream on a free port and waits until it answers.
+    pub fn start() -> Result<NatsServer, TestkitError> {
+        Self::start_with_config("")
+    }
+
+    /// Like [`NatsServer::start`], appending `extra_config` (nats config syntax, e.g.
+    /// an `authorization { .. }` block) to the generated config, which sets the
+    /// listen address, JetStream store dir, limits and `max_payload`.
+    pub fn start_with_config(extra_config: &str) -> Result<NatsServer, TestkitError> {
+        let binary = find_binary(NATS_BINARY, NATS_BINARY_ENV)?;
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(&binary, extra_config) {
+                Err(error) if error.is_port_conflict() && attempt < START_ATTEMPTS => {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One start attempt with a fresh port and directory.
+    fn start_once(binary: &Path, extra_config: &str) -> Result<NatsServer, TestkitError> {
+        let temp_dir = create_temp_dir("nats")?;
+        let dir = temp_dir.path().to_path_buf();
+        let store_dir = dir.join("js");
+        create_dir(&store_dir)?;
+        let port = free_port()?;
+        let config_path = dir.join("nats.conf");
+        write_file(&config_path, &nats_config(port, &store_dir, extra_config))?;
+        let spec = ProcessSpec {
+            server_name: NATS_BINARY,
+            binary: binary.to_path_buf(),
+            args: vec![OsString::from("-c"), config_path.into_os_string()],
+            dir,
+            extra_log_paths: Vec::new(),
+        };
+        let mut server = NatsServer {
+            process: ServerProcess::new(spec),
+            port,
+            temp_dir,
+        };
+        server.process.spawn()?;
+        server
+            .process
+            .wait_ready(NATS_READY_TIMEOUT, || sends_info(port))?;
+        Ok(server)
+    }
+
+    /// The client URL, `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The temp directory holding config, logs and the JetStream store.
+    pub fn temp_dir(&self) -> &Path {
+        self.temp_dir.path()
+    }
+
+    /// Sends SIGTERM and waits for exit (SIGKILL after 10 s); keeps the store.
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// Sends SIGKILL, simulating a crash; keeps the store.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the server again on the same port with the same store, so file-backed
+    /// streams survive, and waits until it answers. Stops it first if it runs.
+    pub fn restart(&mut self) -> Result<(), TestkitError> {
+        self.process.stop();
+        let deadline = Instant::now() + RESTART_PORT_TIMEOUT;
+        let port = self.port;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            wait_until_port_free(port, remaining)?;
+            self.process.spawn()?;
+            match self
+                .process
+                .wait_ready(NATS_READY_TIMEOUT, || sends_info(port))
+            {
+                Ok(()) => return Ok(()),
+                // Someone grabbed the port between our check and the bind: retry.
+                Err(error) if error.is_port_conflict() && Instant::now() < deadline => {}
+                Err(error) => {
+                    self.process.kill();
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// Whether the process is alive.
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    /// The process id while a process is held.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// The last lines of the server's stdout and stderr, for assertion messages.
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail()
+    }
+}
+
+/// The generated config file; `extra_config` comes last so it may add blocks.
+fn nats_config(port: u16, store_dir: &Path, extra_config: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:{port}\n\
+         max_payload: 8MB\n\
+         jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}}\n\
+         {extra_config}\n",
+        store_dir.display()
+    )
+}
+
+/// Whether a connection to `port` receives the `INFO {` greeting NATS sends first.
+fn sends_info(port: u16) -> bool {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(stream) = TcpStream::connect_timeout(&address, Duration::from_secs(1)) else {
+        return false;
+    };
+    if stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .is_err()
+    {
+        return false;
+    }
+    let mut first_line = String::new();
+    match BufReader::new(stream).read_line(&mut first_line) {
+        Ok(_) => first_line.starts_with("INFO {"),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_contains_port_store_and_extra() {
+        let config = nats_config(
+            4222,
+            Path::new("/tmp/x/js"),
+            "authorization { token: s3cret }",
+        );
+        assert!(config.contains("listen: 127.0.0.1:4222"));
+        assert!(config.contains("store_dir: \"/tmp/x/js\""));
+        assert!(config.ends_with("authorization { token: s3cret }\n"));
+    }
+
+    #[test]
+    fn starts_answers_and_restarts_on_same_port() -> Result<(), TestkitError> {
+        let mut server = NatsServer::start()?;
+        let port = server.port();
+        assert!(server.is_running());
+        assert!(sends_info(port), "no INFO line");
+        assert_eq!(server.url(), format!("nats://127.0.0.1:{port}"));
+        let first_pid = server.pid();
+        assert!(first_pid.is_some());
+
+        server.stop();
+        assert!(!server.is_running());
+        assert_eq!(server.pid(), None);
+        assert!(!sends_info(port), "stopped server still answers");
+        assert!(
+            server.temp_dir().join("js").is_dir(),
+            "stop removed the store"
+        );
+
+        server.restart()?;
+        assert!(server.is_running());
+        assert_eq!(server.port(), port);
+        assert_ne!(server.pid(), first_pid);
+        assert!(sends_info(port), "restarted server does not answer");
+
+        server.kill();
+        assert!(!server.is_running());
+        server.restart()?;
+        assert!(
+            sends_info(port),
+            "server restarted after kill does not answer"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn drop_kills_process_and_removes_dir() -> Result<(), TestkitError> {
+        let server = NatsServer::start()?;
+        let dir = server.temp_dir().to_path_buf();
+        let port = server.port();
+        let pid = server.pid();
+        assert!(dir.is_dir());
+        assert!(pid.is_some());
+        drop(server);
+        assert!(!dir.exists(), "temp dir {} survived drop", dir.display());
+        assert!(!sends_info(port), "dropped server still answers");
+        if let Some(pid) = pid {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "process survived drop"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn extra_config_is_applied() -> Result<(), TestkitError> {
+        let server = NatsServer::start_with_config("authorization { token: \"s3cret\" }")?;
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, server.port()));
+        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))
+            .map_err(|source| TestkitError::io("connect", source))?;
+        let mut info = String::new();
+        BufReader::new(stream)
+            .read_line(&mut info)
+            .map_err(|source| TestkitError::io("read INFO", source))?;
+        assert!(info.contains("\"auth_required\":true"), "INFO was {info}");
+        Ok(())
+    }
+
+    #[test]
+    fn invalid_config_reports_exit_with_log_tail() {
+        let result = NatsServer::start_with_config("this is { not valid");
+        match result {
+            Err(TestkitError::Exited { log_tail, .. }) => assert!(!log_tail.is_empty()),
+            other => panic!("expected exit error, got {other:?}"),
+        }
+    }
+}
