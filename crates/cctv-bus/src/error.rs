@@ -40,7 +40,8 @@ impl BusError {
         matches!(self, BusError::Connect { .. } | BusError::JetStream { .. })
     }
 
-    pub(crate) fn jetstream(operation: &'static str, error: impl std::fmt::Display) -> Self {
+    /// Wraps any JetStream error with what was being done.
+    pub fn jetstream(operation: &'static str, error: impl std::fmt::Display) -> Self {
         BusError::JetStream {
             operation,
             message: error.to_string(),

@@ -1,1 +1,26 @@
-fn main() {}
+//! `cctv-ingest`: raw vendor messages from `CCTV_RAW` to canonical events.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Reads raw camera messages from NATS and publishes canonical offence events.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML configuration file (defaults apply without one).
+    #[arg(long, env = "CCTV_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = cctv_ingest::IngestConfig::load(args.config.as_deref()).context("failed to load configuration")?;
+    cctv_telemetry::init_tracing(config.telemetry.log_format);
+    let shutdown = cctv_telemetry::shutdown_on_signals();
+    cctv_ingest::run(config, shutdown, cctv_ingest::IngestStats::default())
+        .await
+        .context("ingest service failed")
+}

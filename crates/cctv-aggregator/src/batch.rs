@@ -1,0 +1,111 @@
+//! The batching decision, kept pure: when does a buffer become a batch.
+
+use std::time::{Duration, Instant};
+
+/// What to do with the current buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchDecision {
+    /// Keep filling.
+    Wait,
+    /// Flush now: the row limit was reached.
+    FlushFull,
+    /// Flush now: the oldest row is old enough.
+    FlushAge,
+}
+
+/// Decides when a buffer is flushed: at `max_rows` rows, or when its first
+/// row has waited `max_age`. Time is passed in, so tests need no clock.
+#[derive(Debug, Clone)]
+pub struct Batcher {
+    max_rows: usize,
+    max_age: Duration,
+    opened_at: Option<Instant>,
+    rows: usize,
+}
+
+impl Batcher {
+    /// A batcher with the given limits (`max_rows` at least 1).
+    pub fn new(max_rows: usize, max_age: Duration) -> Self {
+        Self {
+            max_rows: max_rows.max(1),
+            max_age,
+            opened_at: None,
+            rows: 0,
+        }
+    }
+
+    /// Records `rows` more rows (or skipped messages waiting for an ack) at `now`.
+    pub fn add(&mut self, rows: usize, now: Instant) {
+        if self.opened_at.is_none() {
+            self.opened_at = Some(now);
+        }
+        self.rows += rows;
+    }
+
+    /// Whether to flush at `now`.
+    pub fn decide(&self, now: Instant) -> BatchDecision {
+        let Some(opened_at) = self.opened_at else {
+            return BatchDecision::Wait;
+        };
+        if self.rows >= self.max_rows {
+            return BatchDecision::FlushFull;
+        }
+        if now.duration_since(opened_at) >= self.max_age {
+            return BatchDecision::FlushAge;
+        }
+        BatchDecision::Wait
+    }
+
+    /// When the age limit falls due, if anything is buffered.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.opened_at.map(|opened_at| opened_at + self.max_age)
+    }
+
+    /// Room left before the row limit.
+    pub fn room(&self) -> usize {
+        self.max_rows.saturating_sub(self.rows)
+    }
+
+    /// Starts a new, empty buffer.
+    pub fn reset(&mut self) {
+        self.opened_at = None;
+        self.rows = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_buffers_never_flush() {
+        let batcher = Batcher::new(10, Duration::from_secs(1));
+        let later = Instant::now() + Duration::from_secs(100);
+        assert_eq!(batcher.decide(later), BatchDecision::Wait);
+        assert_eq!(batcher.deadline(), None);
+    }
+
+    #[test]
+    fn flushes_at_the_row_limit() {
+        let start = Instant::now();
+        let mut batcher = Batcher::new(10, Duration::from_secs(1));
+        batcher.add(9, start);
+        assert_eq!(batcher.decide(start), BatchDecision::Wait);
+        assert_eq!(batcher.room(), 1);
+        batcher.add(1, start);
+        assert_eq!(batcher.decide(start), BatchDecision::FlushFull);
+    }
+
+    #[test]
+    fn flushes_when_the_first_row_is_old_enough() {
+        let start = Instant::now();
+        let mut batcher = Batcher::new(10, Duration::from_millis(500));
+        batcher.add(1, start);
+        batcher.add(1, start + Duration::from_millis(400));
+        assert_eq!(batcher.decide(start + Duration::from_millis(499)), BatchDecision::Wait);
+        assert_eq!(batcher.decide(start + Duration::from_millis(500)), BatchDecision::FlushAge);
+        assert_eq!(batcher.deadline(), Some(start + Duration::from_millis(500)));
+        batcher.reset();
+        assert_eq!(batcher.decide(start + Duration::from_secs(5)), BatchDecision::Wait);
+    }
+}

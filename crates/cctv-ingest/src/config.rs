@@ -1,0 +1,230 @@
+//! Configuration of the ingest service: one TOML file, every field documented
+//! and defaulted, plus a fixed list of environment overrides.
+//!
+//! Environment overrides: `CCTV_NATS_URL`, `CCTV_NATS_USER`,
+//! `CCTV_NATS_PASSWORD`, `CCTV_NATS_TOKEN`, `CCTV_NATS_NKEY_SEED`,
+//! `CCTV_NATS_CREDS`, `CCTV_NATS_TLS_CA`, `CCTV_NATS_TLS_CERT`,
+//! `CCTV_NATS_TLS_KEY`, `CCTV_INGEST_METRICS_LISTEN`. Secrets come only from
+//! the environment.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cctv_bus::{NatsConfig, StreamsConfig};
+use cctv_telemetry::TelemetryConfig;
+use serde::Deserialize;
+
+use crate::IngestError;
+
+/// The whole ingest configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// NATS connection.
+    pub nats: NatsConfig,
+    /// Stream names and limits (created or verified at start).
+    pub streams: StreamsConfig,
+    /// Consumer and batching.
+    pub ingest: IngestSettings,
+    /// Reference data files.
+    pub data: DataSettings,
+    /// Input limits.
+    pub limits: LimitsSettings,
+    /// Metrics endpoint and logs.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Consumer and batching settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// Durable consumer name on `CCTV_RAW`; instances with the same name share the work.
+    pub consumer: String,
+    /// Most raw messages handled as one batch (their publishes are pipelined).
+    pub batch_size: usize,
+    /// Most batches whose publishes are in flight at once.
+    pub max_in_flight_batches: usize,
+    /// Time JetStream waits for an ack before redelivering a raw message.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Most raw messages delivered but not yet acked.
+    pub max_ack_pending: i64,
+    /// Number of event shards (`cctv.events.s<N>.>`). Fixed for the life of
+    /// the events stream: changing it moves events between aggregators.
+    pub event_shards: u16,
+    /// Time allowed to finish in-flight batches after a shutdown request.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            consumer: "cctv-ingest".into(),
+            batch_size: 1000,
+            max_in_flight_batches: 4,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 20_000,
+            event_shards: 1,
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Where the reference data comes from. Unset paths use the data compiled
+/// into the binary (the repository's `data/`); the registry defaults to empty.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSettings {
+    /// Offence taxonomy TOML.
+    pub taxonomy_path: Option<PathBuf>,
+    /// Regions TOML.
+    pub regions_path: Option<PathBuf>,
+    /// Camera registry CSV.
+    pub registry_path: Option<PathBuf>,
+}
+
+/// Input limits (see `cctv_normalize::Limits`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSettings {
+    /// Largest payload accepted, bytes.
+    pub max_payload_bytes: usize,
+    /// Longest string field accepted, bytes.
+    pub max_string_bytes: usize,
+    /// Most offences in one message.
+    pub max_events_per_message: usize,
+    /// How far in the future a detection may be.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+    /// How far in the past a detection may be.
+    #[serde(with = "humantime_serde")]
+    pub max_past: Duration,
+    /// Device clock ahead of receipt by more than this is flagged.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        let limits = cctv_normalize::Limits::default();
+        let std = |delta: chrono::TimeDelta| delta.to_std().unwrap_or_default();
+        Self {
+            max_payload_bytes: limits.max_payload_bytes,
+            max_string_bytes: limits.max_string_bytes,
+            max_events_per_message: limits.max_events_per_message,
+            max_future: std(limits.max_future),
+            max_past: std(limits.max_past),
+            max_clock_skew: std(limits.max_clock_skew),
+        }
+    }
+}
+
+impl LimitsSettings {
+    /// The normaliser's limits.
+    pub fn to_limits(&self) -> cctv_normalize::Limits {
+        let delta = |d: Duration| chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX);
+        cctv_normalize::Limits {
+            max_payload_bytes: self.max_payload_bytes,
+            max_string_bytes: self.max_string_bytes,
+            max_events_per_message: self.max_events_per_message,
+            max_future: delta(self.max_future),
+            max_past: delta(self.max_past),
+            max_clock_skew: delta(self.max_clock_skew),
+        }
+    }
+}
+
+impl IngestConfig {
+    /// Reads a TOML file, applies the environment, validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, IngestError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| IngestError::Config(format!("cannot read {}: {e}", path.display())))?;
+                Self::from_toml(&text)?
+            }
+            None => Self::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok());
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text (no environment, no validation).
+    pub fn from_toml(text: &str) -> Result<Self, IngestError> {
+        toml::from_str(text).map_err(|e| IngestError::Config(e.to_string()))
+    }
+
+    /// Applies the documented environment overrides.
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        self.nats.apply_env(&lookup);
+        if let Some(listen) = lookup("CCTV_INGEST_METRICS_LISTEN").and_then(|v| v.parse().ok()) {
+            self.telemetry.listen = Some(listen);
+        }
+    }
+
+    /// Cross-field checks.
+    pub fn validate(&self) -> Result<(), IngestError> {
+        self.nats.validate().map_err(IngestError::Config)?;
+        self.streams.validate().map_err(IngestError::Config)?;
+        let settings = &self.ingest;
+        if settings.consumer.is_empty() || settings.consumer.contains(['.', ' ', '*', '>']) {
+            return Err(IngestError::Config(format!("ingest.consumer {:?} is not a valid name", settings.consumer)));
+        }
+        if settings.batch_size == 0 || settings.max_in_flight_batches == 0 || settings.event_shards == 0 {
+            return Err(IngestError::Config(
+                "ingest.batch_size, max_in_flight_batches and event_shards must be at least 1".into(),
+            ));
+        }
+        let in_flight = settings.batch_size.saturating_mul(settings.max_in_flight_batches);
+        if i64::try_from(in_flight).unwrap_or(i64::MAX) > settings.max_ack_pending {
+            return Err(IngestError::Config(
+                "ingest.max_ack_pending must be at least batch_size * max_in_flight_batches".into(),
+            ));
+        }
+        if self.streams.raw.duplicate_window < settings.ack_wait {
+            return Err(IngestError::Config(
+                "streams.raw.duplicate_window must exceed ingest.ack_wait so redeliveries stay deduplicated".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        IngestConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn the_example_configs_parse_and_validate() {
+        for path in ["../../deploy/local/ingest.toml", "../../deploy/examples/ingest.toml"] {
+            let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            let config = IngestConfig::from_toml(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+            config.validate().unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_combinations_are_refused() {
+        assert!(IngestConfig::from_toml("[ingest]\nbatch = 5\n").is_err());
+        let mut config = IngestConfig::default();
+        config.ingest.max_ack_pending = 10;
+        assert!(config.validate().is_err());
+        let mut config = IngestConfig::default();
+        config.ingest.consumer = "a.b".into();
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn durations_are_human_readable() {
+        let config = IngestConfig::from_toml("[ingest]\nack_wait = \"45s\"\n[limits]\nmax_past = \"30days\"\n").unwrap();
+        assert_eq!(config.ingest.ack_wait, Duration::from_secs(45));
+        assert_eq!(config.limits.max_past, Duration::from_secs(30 * 86_400));
+    }
+}

@@ -1,0 +1,419 @@
+//! The ingest loop: pull raw messages, normalise, publish events and dead
+//! letters, ack the raw message after every publish it caused was
+//! acknowledged.
+//!
+//! Delivery invariants:
+//! - a raw message is acked only after JetStream acknowledged each event and
+//!   dead letter it produced, so a crash at any instant leads to a
+//!   redelivery, never a loss;
+//! - a redelivered raw message yields the same event ids, and the events
+//!   stream drops repeated `Nats-Msg-Id`s within its duplicate window (the
+//!   dedup horizon), so a redelivery never adds a second event.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use async_nats::HeaderMap;
+use cctv_bus::{headers, subjects};
+use cctv_event::{CameraRegistry, Regions, Taxonomy};
+use cctv_normalize::{Normalizer, Outcome, RawMessage};
+use cctv_telemetry::Health;
+use futures::StreamExt;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics as names;
+use crate::{IngestConfig, IngestError, IngestStats};
+
+/// Pause after a failed fetch or lost consumer before trying again.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Runs the ingest service until `shutdown` is cancelled, then finishes the
+/// batches in flight (bounded by `shutdown_grace`) and returns.
+pub async fn run(config: IngestConfig, shutdown: CancellationToken, stats: IngestStats) -> Result<(), IngestError> {
+    config.validate()?;
+    let health = Health::starting();
+    if let Some(listen) = config.telemetry.listen {
+        let address = cctv_telemetry::serve(listen, health.clone(), shutdown.clone())
+            .await
+            .map_err(|e| IngestError::Config(format!("cannot listen on {listen}: {e}")))?;
+        tracing::info!(%address, "metrics and health endpoint listening");
+    } else {
+        cctv_telemetry::install_metrics();
+    }
+    let normalizer = Arc::new(load_normalizer(&config)?);
+
+    let client = connect_with_retry(&config, &shutdown).await?;
+    let Some(client) = client else { return Ok(()) };
+    let js = jetstream::new(client);
+    cctv_bus::ensure_streams(&js, &config.streams).await?;
+    let consumer = create_consumer(&js, &config).await?;
+    health.set_ok();
+    tracing::info!(consumer = %config.ingest.consumer, "ingest started");
+
+    let mut in_flight = JoinSet::new();
+    let context = Arc::new(BatchContext {
+        js: js.clone(),
+        normalizer,
+        stats: stats.clone(),
+        raw_stream: config.streams.raw.name.clone(),
+        event_shards: config.ingest.event_shards,
+    });
+    'outer: while !shutdown.is_cancelled() {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(config.ingest.batch_size)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        let messages = match messages {
+            Ok(messages) => messages,
+            Err(error) => {
+                health.set_problem("cannot pull from CCTV_RAW");
+                tracing::warn!(%error, "pull failed; retrying");
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(RETRY_PAUSE) => continue,
+                }
+            }
+        };
+        let mut chunks = messages.ready_chunks(config.ingest.batch_size);
+        loop {
+            // Bound the batches in flight before taking more messages.
+            while in_flight.len() >= config.ingest.max_in_flight_batches {
+                let _ = in_flight.join_next().await;
+            }
+            let chunk = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break 'outer,
+                chunk = chunks.next() => chunk,
+            };
+            let Some(chunk) = chunk else { break };
+            let mut batch = Vec::with_capacity(chunk.len());
+            for item in chunk {
+                match item {
+                    Ok(message) => batch.push(message),
+                    Err(error) => {
+                        tracing::warn!(%error, "consumer stream error");
+                        health.set_problem("consumer stream error");
+                    }
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            health.set_ok();
+            let context = context.clone();
+            in_flight.spawn(async move { context.process(batch).await });
+        }
+    }
+
+    tracing::info!(in_flight = in_flight.len(), "shutting down: finishing batches in flight");
+    let drained = tokio::time::timeout(config.ingest.shutdown_grace, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("grace period over; unfinished raw messages will be redelivered");
+        in_flight.abort_all();
+    }
+    let snapshot = stats.snapshot();
+    tracing::info!(
+        counted = snapshot.counted,
+        duplicate = snapshot.duplicate,
+        ignored = snapshot.ignored,
+        dead_lettered = snapshot.dead_lettered,
+        "ingest stopped"
+    );
+    Ok(())
+}
+
+fn load_normalizer(config: &IngestConfig) -> Result<Normalizer, IngestError> {
+    let taxonomy = match &config.data.taxonomy_path {
+        Some(path) => Taxonomy::load(path)?,
+        None => Taxonomy::builtin()?,
+    };
+    let regions = match &config.data.regions_path {
+        Some(path) => Regions::load(path)?,
+        None => Regions::builtin()?,
+    };
+    let registry = match &config.data.registry_path {
+        Some(path) => CameraRegistry::load(path, &regions)?,
+        None => CameraRegistry::default(),
+    };
+    tracing::info!(
+        offences = taxonomy.offences().len(),
+        regions = regions.all().len(),
+        cameras = registry.len(),
+        "reference data loaded"
+    );
+    Ok(Normalizer::new(
+        Arc::new(taxonomy),
+        Arc::new(regions),
+        Arc::new(registry),
+        config.limits.to_limits(),
+    ))
+}
+
+/// Connects, retrying with backoff until it works or shutdown is requested
+/// (`Ok(None)`). Settings errors fail at once.
+async fn connect_with_retry(
+    config: &IngestConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<async_nats::Client>, IngestError> {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match cctv_bus::connect(&config.nats, "cctv-ingest").await {
+            Ok(client) => return Ok(Some(client)),
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, "NATS not reachable yet; retrying");
+            }
+            Err(error) => return Err(error.into()),
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn create_consumer(js: &jetstream::Context, config: &IngestConfig) -> Result<jetstream::consumer::PullConsumer, IngestError> {
+    let stream = js
+        .get_stream(&config.streams.raw.name)
+        .await
+        .map_err(|e| cctv_bus::BusError::JetStream {
+            operation: "get raw stream",
+            message: e.to_string(),
+        })?;
+    let settings = &config.ingest;
+    let consumer_config = pull::Config {
+        durable_name: Some(settings.consumer.clone()),
+        description: Some("cctv-ingest: raw vendor messages to canonical events".into()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: settings.ack_wait,
+        max_ack_pending: settings.max_ack_pending,
+        max_deliver: -1,
+        filter_subject: String::new(),
+        ..Default::default()
+    };
+    stream
+        .get_or_create_consumer(&settings.consumer, consumer_config)
+        .await
+        .map_err(|e| {
+            IngestError::Bus(cctv_bus::BusError::JetStream {
+                operation: "create raw consumer",
+                message: e.to_string(),
+            })
+        })
+}
+
+/// What every batch task needs.
+struct BatchContext {
+    js: jetstream::Context,
+    normalizer: Arc<Normalizer>,
+    stats: IngestStats,
+    raw_stream: String,
+    event_shards: u16,
+}
+
+/// What one raw message turned into, waiting for its publish acks.
+enum Pending {
+    /// Events published; the futures resolve to their acks.
+    Events(Vec<jetstream::context::PublishAckFuture>),
+    /// Not an offence: nothing to publish.
+    Ignored,
+    /// A dead letter published.
+    DeadLetter(jetstream::context::PublishAckFuture, &'static str),
+    /// A publish could not even be sent: leave the message for redelivery.
+    Failed,
+}
+
+impl BatchContext {
+    async fn process(&self, batch: Vec<jetstream::Message>) {
+        let started = Instant::now();
+        let now = chrono::Utc::now();
+        let mut pending = Vec::with_capacity(batch.len());
+        for message in &batch {
+            let outcome = self.normalize(message, now);
+            let format = format_label(&message.subject);
+            let entry = match outcome {
+                Outcome::Offences(events) => {
+                    let mut acks = Vec::with_capacity(events.len());
+                    let mut failed = false;
+                    for event in &events {
+                        let shard = subjects::shard_of(event.event_id.as_bytes(), self.event_shards);
+                        let subject = subjects::event(shard, &event.region, &event.offence_type);
+                        let mut event_headers = HeaderMap::new();
+                        event_headers.insert(headers::NATS_MSG_ID, event.event_id.to_string().as_str());
+                        match self.js.publish_with_headers(subject, event_headers, event.to_json().into()).await {
+                            Ok(ack) => acks.push(ack),
+                            Err(error) => {
+                                tracing::warn!(%error, "event publish failed");
+                                failed = true;
+                                break;
+                            }
+                        }
+                    }
+                    if failed {
+                        Pending::Failed
+                    } else {
+                        Pending::Events(acks)
+                    }
+                }
+                Outcome::Ignored(reason) => {
+                    metrics::counter!(names::IGNORED, "format" => format, "reason" => reason.as_str()).increment(1);
+                    Pending::Ignored
+                }
+                Outcome::Rejected(rejection) => match self.publish_dead_letter(message, &rejection, format).await {
+                    Ok(ack) => Pending::DeadLetter(ack, rejection.reason.as_str()),
+                    Err(error) => {
+                        tracing::warn!(%error, "dead letter publish failed");
+                        Pending::Failed
+                    }
+                },
+            };
+            pending.push(entry);
+        }
+
+        // Every publish of the batch is in flight; now wait for the acks and
+        // ack each raw message whose publishes all succeeded.
+        for (message, entry) in batch.iter().zip(pending) {
+            let format = format_label(&message.subject);
+            let settled = match entry {
+                Pending::Events(acks) => {
+                    let mut new = 0u64;
+                    let mut duplicate = 0u64;
+                    let mut ok = true;
+                    for ack in acks {
+                        match ack.await {
+                            Ok(ack) if ack.duplicate => duplicate += 1,
+                            Ok(_) => new += 1,
+                            Err(error) => {
+                                tracing::warn!(%error, "event publish not acknowledged");
+                                ok = false;
+                            }
+                        }
+                    }
+                    if ok {
+                        self.stats.add_events(new, duplicate);
+                        metrics::counter!(names::EVENTS, "format" => format, "outcome" => "new").increment(new);
+                        metrics::counter!(names::EVENTS, "format" => format, "outcome" => "duplicate")
+                            .increment(duplicate);
+                        if new > 0 {
+                            Some("counted")
+                        } else {
+                            Some("duplicate")
+                        }
+                    } else {
+                        None
+                    }
+                }
+                Pending::Ignored => Some("ignored"),
+                Pending::DeadLetter(ack, reason) => match ack.await {
+                    Ok(_) => {
+                        metrics::counter!(names::DEAD_LETTERS, "format" => format, "reason" => reason).increment(1);
+                        Some("dead_lettered")
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "dead letter not acknowledged");
+                        None
+                    }
+                },
+                Pending::Failed => None,
+            };
+            match settled {
+                Some(outcome) => {
+                    if let Err(error) = message.ack().await {
+                        // The events are stored; a redelivery is a harmless duplicate.
+                        tracing::warn!(%error, "raw ack failed; message will be redelivered");
+                    }
+                    match outcome {
+                        "counted" => self.stats.add_counted(),
+                        "duplicate" => self.stats.add_duplicate(),
+                        "ignored" => self.stats.add_ignored(),
+                        _ => self.stats.add_dead_lettered(),
+                    }
+                    metrics::counter!(names::RAW_MESSAGES, "format" => format, "outcome" => outcome).increment(1);
+                }
+                None => {
+                    self.stats.add_retried();
+                    metrics::counter!(names::RETRIES).increment(1);
+                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+            }
+        }
+        if let Some(last) = batch.last() {
+            if let Ok(info) = last.info() {
+                #[allow(clippy::cast_precision_loss)]
+                metrics::gauge!(names::LAG).set(info.pending as f64);
+            }
+        }
+        #[allow(clippy::cast_precision_loss)]
+        metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
+        metrics::histogram!(names::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+    }
+
+    fn normalize(&self, message: &jetstream::Message, now: chrono::DateTime<chrono::Utc>) -> Outcome {
+        let subject = message.subject.as_str();
+        let parsed = subjects::parse_raw(subject);
+        let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str());
+        let raw = RawMessage {
+            format: parsed.map_or("", |p| p.format),
+            gateway_id: parsed.map_or("", |p| p.gateway_id),
+            payload: &message.payload,
+            msg_id: header(headers::NATS_MSG_ID),
+            camera_id: header(headers::CAMERA_ID),
+            received_at: header(headers::RECEIVED_AT),
+        };
+        self.normalizer.normalize(&raw, now)
+    }
+
+    async fn publish_dead_letter(
+        &self,
+        message: &jetstream::Message,
+        rejection: &cctv_normalize::Rejection,
+        format: &str,
+    ) -> Result<jetstream::context::PublishAckFuture, async_nats::jetstream::context::PublishError> {
+        let sequence = message.info().map(|info| info.stream_sequence).unwrap_or_default();
+        let mut dlq_headers = HeaderMap::new();
+        // One dead letter per raw stream position: a redelivery after a crash
+        // is dropped as a duplicate by the dead-letter stream.
+        dlq_headers.insert(headers::NATS_MSG_ID, format!("dlq:{}:{sequence}", self.raw_stream).as_str());
+        dlq_headers.insert(headers::ERROR_REASON, rejection.reason.as_str());
+        dlq_headers.insert(headers::ERROR, clean_header(&rejection.detail).as_str());
+        dlq_headers.insert(headers::SOURCE_SUBJECT, clean_header(&message.subject).as_str());
+        dlq_headers.insert(headers::SOURCE_SEQUENCE, format!("{}:{sequence}", self.raw_stream).as_str());
+        dlq_headers.insert(headers::REJECTED_AT, chrono::Utc::now().to_rfc3339().as_str());
+        if let Some(original) = message.headers.as_ref() {
+            for name in [headers::NATS_MSG_ID, headers::CAMERA_ID, headers::RECEIVED_AT] {
+                if let Some(value) = original.get(name) {
+                    let target = if name == headers::NATS_MSG_ID { headers::SOURCE_MSG_ID } else { name };
+                    dlq_headers.insert(target, clean_header(value.as_str()).as_str());
+                }
+            }
+        }
+        let subject = subjects::dlq(format, rejection.reason.as_str());
+        self.js.publish_with_headers(subject, dlq_headers, message.payload.clone()).await
+    }
+}
+
+/// Header values must be one line and reasonably short.
+fn clean_header(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(512)
+        .collect()
+}
+
+/// The format label of a raw subject, limited to the known formats so that
+/// metrics keep a bounded label set.
+fn format_label(subject: &str) -> &'static str {
+    subjects::parse_raw(subject)
+        .and_then(|parsed| cctv_normalize::Format::parse(parsed.format))
+        .map_or("other", cctv_normalize::Format::as_str)
+}
