@@ -1,1 +1,6 @@
-//! tests
+//! Integration tests of the whole pipeline against real `nats-server` and
+//! `clickhouse-server` processes started by `cctv-testkit`. Each test gets its
+//! own NATS server and its own ClickHouse database, so tests run in parallel.
+
+mod foundation;
+mod harness;
