@@ -102,10 +102,19 @@ mod tests {
         let mut batcher = Batcher::new(10, Duration::from_millis(500));
         batcher.add(1, start);
         batcher.add(1, start + Duration::from_millis(400));
-        assert_eq!(batcher.decide(start + Duration::from_millis(499)), BatchDecision::Wait);
-        assert_eq!(batcher.decide(start + Duration::from_millis(500)), BatchDecision::FlushAge);
+        assert_eq!(
+            batcher.decide(start + Duration::from_millis(499)),
+            BatchDecision::Wait
+        );
+        assert_eq!(
+            batcher.decide(start + Duration::from_millis(500)),
+            BatchDecision::FlushAge
+        );
         assert_eq!(batcher.deadline(), Some(start + Duration::from_millis(500)));
         batcher.reset();
-        assert_eq!(batcher.decide(start + Duration::from_secs(5)), BatchDecision::Wait);
+        assert_eq!(
+            batcher.decide(start + Duration::from_secs(5)),
+            BatchDecision::Wait
+        );
     }
 }

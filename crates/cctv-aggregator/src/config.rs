@@ -85,8 +85,9 @@ impl AggregatorConfig {
     pub fn load(path: Option<&Path>) -> Result<Self, AggregatorError> {
         let mut config = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| AggregatorError::Config(format!("cannot read {}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    AggregatorError::Config(format!("cannot read {}: {e}", path.display()))
+                })?;
                 Self::from_toml(&text)?
             }
             None => Self::default(),
@@ -105,7 +106,8 @@ impl AggregatorConfig {
     pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
         self.nats.apply_env(&lookup);
         self.clickhouse.apply_env(&lookup);
-        if let Some(listen) = lookup("CCTV_AGGREGATOR_METRICS_LISTEN").and_then(|v| v.parse().ok()) {
+        if let Some(listen) = lookup("CCTV_AGGREGATOR_METRICS_LISTEN").and_then(|v| v.parse().ok())
+        {
             self.telemetry.listen = Some(listen);
         }
     }
@@ -114,7 +116,9 @@ impl AggregatorConfig {
     pub fn validate(&self) -> Result<(), AggregatorError> {
         self.nats.validate().map_err(AggregatorError::Config)?;
         self.streams.validate().map_err(AggregatorError::Config)?;
-        self.clickhouse.validate().map_err(AggregatorError::Config)?;
+        self.clickhouse
+            .validate()
+            .map_err(AggregatorError::Config)?;
         let settings = &self.aggregator;
         if settings.consumer.is_empty() || settings.consumer.contains(['.', ' ', '*', '>']) {
             return Err(AggregatorError::Config(format!(
@@ -128,10 +132,16 @@ impl AggregatorConfig {
             )));
         }
         if settings.fetch_batch == 0 {
-            return Err(AggregatorError::Config("aggregator.fetch_batch must be at least 1".into()));
+            return Err(AggregatorError::Config(
+                "aggregator.fetch_batch must be at least 1".into(),
+            ));
         }
-        if !settings.filter_subject.is_empty() && !settings.filter_subject.starts_with("cctv.events.") {
-            return Err(AggregatorError::Config("aggregator.filter_subject must be within cctv.events.>".into()));
+        if !settings.filter_subject.is_empty()
+            && !settings.filter_subject.starts_with("cctv.events.")
+        {
+            return Err(AggregatorError::Config(
+                "aggregator.filter_subject must be within cctv.events.>".into(),
+            ));
         }
         Ok(())
     }
@@ -148,9 +158,13 @@ mod tests {
 
     #[test]
     fn the_example_configs_parse_and_validate() {
-        for path in ["../../deploy/local/aggregator.toml", "../../deploy/examples/aggregator.toml"] {
+        for path in [
+            "../../deploy/local/aggregator.toml",
+            "../../deploy/examples/aggregator.toml",
+        ] {
             let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-            let config = AggregatorConfig::from_toml(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+            let config =
+                AggregatorConfig::from_toml(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
             config.validate().unwrap_or_else(|e| panic!("{path}: {e}"));
         }
     }

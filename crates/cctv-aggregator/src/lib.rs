@@ -20,4 +20,4 @@ pub use batch::{BatchDecision, Batcher};
 pub use config::{AggregatorConfig, AggregatorSettings};
 pub use error::AggregatorError;
 pub use service::run;
-pub use stats::{AggregatorStats, AggregatorSnapshot};
+pub use stats::{AggregatorSnapshot, AggregatorStats};

@@ -17,11 +17,15 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config =
-        cctv_aggregator::AggregatorConfig::load(args.config.as_deref()).context("failed to load configuration")?;
+    let config = cctv_aggregator::AggregatorConfig::load(args.config.as_deref())
+        .context("failed to load configuration")?;
     cctv_telemetry::init_tracing(config.telemetry.log_format);
     let shutdown = cctv_telemetry::shutdown_on_signals();
-    cctv_aggregator::run(config, shutdown, cctv_aggregator::AggregatorStats::default())
-        .await
-        .context("aggregator failed")
+    cctv_aggregator::run(
+        config,
+        shutdown,
+        cctv_aggregator::AggregatorStats::default(),
+    )
+    .await
+    .context("aggregator failed")
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
 use cctv_bus::StreamKind;
 use cctv_event::OffenceEvent;
-use cctv_store::{EventRow, StreamPosition, Store, StoreError};
+use cctv_store::{EventRow, Store, StoreError, StreamPosition};
 use cctv_telemetry::Health;
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -183,8 +183,13 @@ async fn run_session(
     let settings = &config.aggregator;
     let info = cctv_bus::ensure_stream(js, StreamKind::Events, &config.streams.events).await?;
     let source_stream = cctv_bus::stream_identity(&info);
-    let resume = writer.store.resume_point(&source_stream, &settings.consumer).await?;
-    writer.written_through.store(resume.written_through, Ordering::SeqCst);
+    let resume = writer
+        .store
+        .resume_point(&source_stream, &settings.consumer)
+        .await?;
+    writer
+        .written_through
+        .store(resume.written_through, Ordering::SeqCst);
     let start_sequence = resume.written_through + 1;
     if resume.written_through > 0 && info.state.first_sequence > start_sequence {
         tracing::error!(
@@ -201,7 +206,8 @@ async fn run_session(
     // The consumer is recreated at every session start: where to read from is
     // decided by ClickHouse, never by leftover consumer state.
     let _ = stream.delete_consumer(&settings.consumer).await;
-    let max_pending = settings.batch_max_rows.saturating_mul(2 + WRITE_QUEUE) + settings.fetch_batch;
+    let max_pending =
+        settings.batch_max_rows.saturating_mul(2 + WRITE_QUEUE) + settings.fetch_batch;
     let consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some(settings.consumer.clone()),
@@ -247,7 +253,10 @@ async fn run_session(
     };
     let mut chunks = messages.ready_chunks(settings.fetch_batch);
     let end = loop {
-        let deadline = reader.batcher.deadline().map(tokio::time::Instant::from_std);
+        let deadline = reader
+            .batcher
+            .deadline()
+            .map(tokio::time::Instant::from_std);
         let chunk = tokio::select! {
             biased;
             () = shutdown.cancelled() => break SessionEnd::Shutdown,
@@ -308,7 +317,9 @@ async fn run_session(
     match written {
         Ok(Ok(())) => Ok(end),
         Ok(Err(error)) => Err(error.into()),
-        Err(join_error) => Err(AggregatorError::Config(format!("writer task failed: {join_error}"))),
+        Err(join_error) => Err(AggregatorError::Config(format!(
+            "writer task failed: {join_error}"
+        ))),
     }
 }
 
@@ -370,7 +381,13 @@ impl Reader<'_> {
                     batch_first_seq: 0,
                     batch_rows: 0,
                 };
-                self.rows.push(EventRow::from_event(event, self.source_stream, self.writer_name, position, 0));
+                self.rows.push(EventRow::from_event(
+                    event,
+                    self.source_stream,
+                    self.writer_name,
+                    position,
+                    0,
+                ));
                 self.batcher.add(1, now);
             }
             Err(error) => {
@@ -405,7 +422,11 @@ struct Writer {
 }
 
 impl Writer {
-    async fn write_all(&self, mut batches: mpsc::Receiver<Batch>, source_stream: &str) -> Result<(), StoreError> {
+    async fn write_all(
+        &self,
+        mut batches: mpsc::Receiver<Batch>,
+        source_stream: &str,
+    ) -> Result<(), StoreError> {
         while let Some(batch) = batches.recv().await {
             self.write_one(batch, source_stream).await?;
         }
@@ -413,7 +434,10 @@ impl Writer {
     }
 
     async fn write_one(&self, batch: Batch, source_stream: &str) -> Result<(), StoreError> {
-        let Batch { mut rows, last_message } = batch;
+        let Batch {
+            mut rows,
+            last_message,
+        } = batch;
         let mut pause = Duration::from_millis(100);
         let mut attempt = 0u32;
         while !rows.is_empty() {
@@ -421,14 +445,22 @@ impl Writer {
             if attempt > 1 {
                 // The previous attempt may have been written after all (a
                 // timeout after the server committed): ask ClickHouse first.
-                match self.store.resume_point(source_stream, &self.writer_name).await {
+                match self
+                    .store
+                    .resume_point(source_stream, &self.writer_name)
+                    .await
+                {
                     Ok(resume) => {
                         let before = rows.len();
                         rows.retain(|row| {
-                            row.stream_seq > resume.written_through && !resume.already_written.contains(&row.stream_seq)
+                            row.stream_seq > resume.written_through
+                                && !resume.already_written.contains(&row.stream_seq)
                         });
                         if rows.len() < before {
-                            tracing::info!(already = before - rows.len(), "part of the batch was already written");
+                            tracing::info!(
+                                already = before - rows.len(),
+                                "part of the batch was already written"
+                            );
                         }
                         if rows.is_empty() {
                             break;
@@ -442,7 +474,8 @@ impl Writer {
             }
             let first_seq = rows.first().map_or(0, |row| row.stream_seq);
             let count = u32::try_from(rows.len()).unwrap_or(u32::MAX);
-            let inserted_at = u32::try_from(chrono::Utc::now().timestamp().max(0)).unwrap_or(u32::MAX);
+            let inserted_at =
+                u32::try_from(chrono::Utc::now().timestamp().max(0)).unwrap_or(u32::MAX);
             for row in &mut rows {
                 row.batch_first_seq = first_seq;
                 row.batch_rows = count;
@@ -451,7 +484,8 @@ impl Writer {
             let started = Instant::now();
             match self.store.insert_batch(&rows).await {
                 Ok(()) => {
-                    metrics::histogram!(names::INSERT_SECONDS).record(started.elapsed().as_secs_f64());
+                    metrics::histogram!(names::INSERT_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
                     #[allow(clippy::cast_precision_loss)]
                     metrics::histogram!(names::BATCH_ROWS).record(rows.len() as f64);
                     metrics::counter!(names::ROWS_WRITTEN).increment(rows.len() as u64);
@@ -465,7 +499,8 @@ impl Writer {
             }
         }
         if let Some(last) = rows.last() {
-            self.written_through.fetch_max(last.stream_seq, Ordering::SeqCst);
+            self.written_through
+                .fetch_max(last.stream_seq, Ordering::SeqCst);
         }
         if let Some(message) = last_message {
             // `AckPolicy::All`: this acks every earlier delivery too. A lost
@@ -478,7 +513,11 @@ impl Writer {
     }
 
     /// Waits before the next attempt; permanent errors end the writer.
-    async fn pause_after(&self, error: &StoreError, pause: &mut Duration) -> Result<(), StoreError> {
+    async fn pause_after(
+        &self,
+        error: &StoreError,
+        pause: &mut Duration,
+    ) -> Result<(), StoreError> {
         if !error.is_transient() {
             metrics::counter!(names::INSERT_ERRORS, "kind" => "permanent").increment(1);
             self.health.set_problem("clickhouse refused the insert");
@@ -487,7 +526,8 @@ impl Writer {
         }
         metrics::counter!(names::INSERT_ERRORS, "kind" => "transient").increment(1);
         metrics::gauge!(names::STORE_DOWN).set(1.0);
-        self.health.set_problem("clickhouse unavailable; holding events");
+        self.health
+            .set_problem("clickhouse unavailable; holding events");
         tracing::warn!(%error, pause_ms = pause.as_millis() as u64, "insert failed; retrying");
         tokio::time::sleep(*pause).await;
         *pause = (*pause * 2).min(self.retry_max_backoff);

@@ -106,7 +106,9 @@ impl NatsConfig {
             self.creds_file.is_some(),
         ];
         if methods.iter().filter(|&&used| used).count() > 1 {
-            return Err("choose one NATS auth method: user/password, token, nkey seed or creds file".into());
+            return Err(
+                "choose one NATS auth method: user/password, token, nkey seed or creds file".into(),
+            );
         }
         if self.user.is_some() != self.password.is_some() {
             return Err("NATS user and CCTV_NATS_PASSWORD must be set together".into());
@@ -186,7 +188,10 @@ impl StreamsConfig {
                 return Err(format!("stream name {:?} is not valid", settings.name));
             }
             if settings.duplicate_window > settings.max_age {
-                return Err(format!("stream {}: duplicate_window exceeds max_age", settings.name));
+                return Err(format!(
+                    "stream {}: duplicate_window exceeds max_age",
+                    settings.name
+                ));
             }
         }
         Ok(())

@@ -4,7 +4,10 @@ use crate::{BusError, NatsConfig};
 
 /// Connects once, with the configured auth, TLS and timeouts. The returned
 /// client reconnects by itself after a lost connection.
-pub async fn connect(config: &NatsConfig, connection_name: &str) -> Result<async_nats::Client, BusError> {
+pub async fn connect(
+    config: &NatsConfig,
+    connection_name: &str,
+) -> Result<async_nats::Client, BusError> {
     config.validate().map_err(BusError::Settings)?;
     let mut options = async_nats::ConnectOptions::new()
         .name(connection_name)
@@ -24,22 +27,29 @@ pub async fn connect(config: &NatsConfig, connection_name: &str) -> Result<async
         options = options.nkey(seed.clone());
     }
     if let Some(path) = &config.creds_file {
-        options = options
-            .credentials_file(path)
-            .await
-            .map_err(|error| BusError::Settings(format!("cannot read creds file {}: {error}", path.display())))?;
+        options = options.credentials_file(path).await.map_err(|error| {
+            BusError::Settings(format!(
+                "cannot read creds file {}: {error}",
+                path.display()
+            ))
+        })?;
     }
     if let Some(ca) = &config.tls_ca_file {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
     if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
-        options = options.add_client_certificate(cert.clone(), key.clone()).require_tls(true);
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
     }
     if config.tls_required {
         options = options.require_tls(true);
     }
-    options.connect(config.url.as_str()).await.map_err(|error| BusError::Connect {
-        url: config.url.clone(),
-        message: error.to_string(),
-    })
+    options
+        .connect(config.url.as_str())
+        .await
+        .map_err(|error| BusError::Connect {
+            url: config.url.clone(),
+            message: error.to_string(),
+        })
 }

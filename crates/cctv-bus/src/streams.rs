@@ -29,7 +29,10 @@ impl StreamKind {
 }
 
 /// Creates all three streams, or verifies and updates them if they exist.
-pub async fn ensure_streams(js: &jetstream::Context, streams: &StreamsConfig) -> Result<(), BusError> {
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    streams: &StreamsConfig,
+) -> Result<(), BusError> {
     ensure_stream(js, StreamKind::Raw, &streams.raw).await?;
     ensure_stream(js, StreamKind::Events, &streams.events).await?;
     ensure_stream(js, StreamKind::Dlq, &streams.dlq).await?;
@@ -56,7 +59,11 @@ pub async fn ensure_stream(
     };
     match js.get_stream(&settings.name).await {
         Ok(mut existing) => {
-            let info = existing.info().await.map_err(|e| BusError::jetstream("stream info", e))?.clone();
+            let info = existing
+                .info()
+                .await
+                .map_err(|e| BusError::jetstream("stream info", e))?
+                .clone();
             if info.config.subjects != wanted.subjects {
                 return Err(BusError::StreamMismatch {
                     stream: settings.name.clone(),
@@ -75,13 +82,27 @@ pub async fn ensure_stream(
             updated.duplicate_window = wanted.duplicate_window;
             updated.max_bytes = wanted.max_bytes;
             tracing::info!(stream = %settings.name, "updating stream limits");
-            js.update_stream(updated).await.map_err(|e| BusError::jetstream("stream update", e))
+            js.update_stream(updated)
+                .await
+                .map_err(|e| BusError::jetstream("stream update", e))
         }
-        Err(error) if matches!(error.kind(), jetstream::context::GetStreamErrorKind::JetStream(_)) => {
+        Err(error)
+            if matches!(
+                error.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(_)
+            ) =>
+        {
             // Not found (or another API error): try to create; a real error
             // surfaces from the create call.
-            let mut created = js.create_stream(wanted).await.map_err(|e| BusError::jetstream("stream create", e))?;
-            let info = created.info().await.map_err(|e| BusError::jetstream("stream info", e))?.clone();
+            let mut created = js
+                .create_stream(wanted)
+                .await
+                .map_err(|e| BusError::jetstream("stream create", e))?;
+            let info = created
+                .info()
+                .await
+                .map_err(|e| BusError::jetstream("stream info", e))?
+                .clone();
             tracing::info!(stream = %settings.name, "created stream");
             Ok(info)
         }
@@ -93,5 +114,9 @@ pub async fn ensure_stream(
 /// stream deleted and created again restarts its sequences, so positions
 /// stored downstream are keyed by this, never by the name alone.
 pub fn stream_identity(info: &stream::Info) -> String {
-    format!("{}@{}", info.config.name, info.created.timestamp_nanos_opt().unwrap_or_default())
+    format!(
+        "{}@{}",
+        info.config.name,
+        info.created.timestamp_nanos_opt().unwrap_or_default()
+    )
 }

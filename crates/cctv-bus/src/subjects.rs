@@ -34,7 +34,9 @@ pub fn parse_raw(subject: &str) -> Option<RawSubject<'_>> {
 pub fn is_valid_gateway_id(gateway_id: &str) -> bool {
     !gateway_id.is_empty()
         && gateway_id.len() <= 128
-        && gateway_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && gateway_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The raw subject a gateway publishes to.
@@ -54,7 +56,8 @@ pub fn shard_of(event_id: &[u8; 16], shards: u16) -> u16 {
 /// The subject of a canonical event. Region and offence code are sanitised
 /// so each stays within its own tokens.
 pub fn event(shard: u16, region: &str, offence_type: &str) -> String {
-    let mut subject = String::with_capacity(EVENTS_PREFIX.len() + region.len() + offence_type.len() + 12);
+    let mut subject =
+        String::with_capacity(EVENTS_PREFIX.len() + region.len() + offence_type.len() + 12);
     subject.push_str(EVENTS_PREFIX);
     subject.push_str(".s");
     subject.push_str(&shard.to_string());
@@ -127,10 +130,16 @@ mod tests {
 
     #[test]
     fn event_subjects_keep_region_and_code_in_their_tokens() {
-        assert_eq!(event(3, "KZ-75", "traffic.speeding"), "cctv.events.s3.KZ-75.traffic.speeding");
+        assert_eq!(
+            event(3, "KZ-75", "traffic.speeding"),
+            "cctv.events.s3.KZ-75.traffic.speeding"
+        );
         assert_eq!(event(0, "unknown", "a.b.c"), "cctv.events.s0.unknown.a.b_c");
         assert_eq!(event(0, "x y>", "nodot"), "cctv.events.s0.x_y_.nodot");
-        assert_eq!(dlq("canonical", "missing_field"), "cctv.dlq.canonical.missing_field");
+        assert_eq!(
+            dlq("canonical", "missing_field"),
+            "cctv.dlq.canonical.missing_field"
+        );
         assert_eq!(dlq("we.ird", ""), "cctv.dlq.we_ird._");
     }
 

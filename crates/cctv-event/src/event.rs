@@ -159,8 +159,14 @@ mod tests {
         let event = sample();
         let json = event.to_json();
         let text = String::from_utf8(json.clone()).unwrap_or_default();
-        assert!(!text.contains("evidence_url"), "absent fields are omitted: {text}");
-        assert!(!text.contains("clock_skew"), "false flags are omitted: {text}");
+        assert!(
+            !text.contains("evidence_url"),
+            "absent fields are omitted: {text}"
+        );
+        assert!(
+            !text.contains("clock_skew"),
+            "false flags are omitted: {text}"
+        );
         assert_eq!(OffenceEvent::from_json(&json).ok(), Some(event));
     }
 

@@ -9,13 +9,13 @@
 mod error;
 mod event;
 mod identity;
-mod registry;
 mod regions;
+mod registry;
 mod taxonomy;
 
 pub use error::DataError;
 pub use event::{OffenceEvent, RegionSource, EVENT_SCHEMA_VERSION};
 pub use identity::{event_id, EVENT_ID_NAMESPACE};
-pub use registry::{Camera, CameraRegistry};
 pub use regions::{Region, Regions, UNKNOWN_REGION};
+pub use registry::{Camera, CameraRegistry};
 pub use taxonomy::{alias_key, NameMatch, Offence, Taxonomy};

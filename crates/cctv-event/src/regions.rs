@@ -104,14 +104,18 @@ impl Regions {
         }
         // A bare number is accepted as the numeric code.
         if !upper.is_empty() && upper.bytes().all(|b| b.is_ascii_digit()) {
-            return self.index.get(&format!("KZ-{upper}")).map(|&position| &self.regions[position]);
+            return self
+                .index
+                .get(&format!("KZ-{upper}"))
+                .map(|&position| &self.regions[position]);
         }
         None
     }
 
     /// Display name of a stored code; `unknown` and unlisted codes map to themselves.
     pub fn name_of<'a>(&'a self, code: &'a str) -> &'a str {
-        self.resolve(code).map_or(code, |region| region.name.as_str())
+        self.resolve(code)
+            .map_or(code, |region| region.name.as_str())
     }
 }
 
@@ -134,7 +138,11 @@ mod tests {
     fn old_and_new_spellings_resolve_to_the_numeric_code() {
         let regions = Regions::builtin().unwrap();
         for spelling in ["KZ-75", "kz-75", "KZ-ALA", "kz-ala", " KZ-ALA ", "75"] {
-            assert_eq!(regions.resolve(spelling).map(|r| r.code.as_str()), Some("KZ-75"), "{spelling}");
+            assert_eq!(
+                regions.resolve(spelling).map(|r| r.code.as_str()),
+                Some("KZ-75"),
+                "{spelling}"
+            );
         }
         assert_eq!(regions.resolve("KZ-10").unwrap().name, "Abai Region");
         assert!(regions.resolve("KZ-99").is_none());

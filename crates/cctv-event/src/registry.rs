@@ -97,7 +97,9 @@ impl CameraRegistry {
                 lon: coordinate(4)?,
                 identities: field(5).split_whitespace().map(str::to_string).collect(),
             };
-            registry.insert(camera).map_err(|error| bad(error.to_string()))?;
+            registry
+                .insert(camera)
+                .map_err(|error| bad(error.to_string()))?;
         }
         Ok(registry)
     }
@@ -111,14 +113,28 @@ impl CameraRegistry {
             return Err(invalid(format!("bad camera id {:?}", camera.camera_id)));
         }
         let position = self.cameras.len();
-        if self.by_id.insert(camera.camera_id.clone(), position).is_some() {
-            return Err(invalid(format!("camera {:?} listed twice", camera.camera_id)));
+        if self
+            .by_id
+            .insert(camera.camera_id.clone(), position)
+            .is_some()
+        {
+            return Err(invalid(format!(
+                "camera {:?} listed twice",
+                camera.camera_id
+            )));
         }
         for identity in &camera.identities {
             if identity.len() > MAX_KEY_LEN {
-                return Err(invalid(format!("identity too long for {:?}", camera.camera_id)));
+                return Err(invalid(format!(
+                    "identity too long for {:?}",
+                    camera.camera_id
+                )));
             }
-            if self.by_identity.insert(identity.clone(), position).is_some() {
+            if self
+                .by_identity
+                .insert(identity.clone(), position)
+                .is_some()
+            {
                 return Err(invalid(format!("identity {identity:?} names two cameras")));
             }
         }
@@ -128,12 +144,16 @@ impl CameraRegistry {
 
     /// The camera with this id.
     pub fn get(&self, camera_id: &str) -> Option<&Camera> {
-        self.by_id.get(camera_id).map(|&position| &self.cameras[position])
+        self.by_id
+            .get(camera_id)
+            .map(|&position| &self.cameras[position])
     }
 
     /// The camera a vendor device key names.
     pub fn by_identity(&self, identity: &str) -> Option<&Camera> {
-        self.by_identity.get(identity).map(|&position| &self.cameras[position])
+        self.by_identity
+            .get(identity)
+            .map(|&position| &self.cameras[position])
     }
 
     /// Every camera, in load order.
@@ -171,7 +191,13 @@ ALA-0007,KZ-75,,,,
         assert_eq!(camera.region, "KZ-71");
         assert_eq!(camera.district, "Esil");
         assert_eq!(camera.lat, Some(51.128));
-        assert_eq!(registry.by_identity("hikvision:44:19:b6:0a:11:02/1").unwrap().camera_id, "AST-0412");
+        assert_eq!(
+            registry
+                .by_identity("hikvision:44:19:b6:0a:11:02/1")
+                .unwrap()
+                .camera_id,
+            "AST-0412"
+        );
         assert_eq!(registry.get("ALA-0007").unwrap().lat, None);
         assert!(registry.get("nope").is_none());
     }
@@ -180,8 +206,13 @@ ALA-0007,KZ-75,,,,
     fn bad_rows_are_refused_with_their_line() {
         let regions = Regions::builtin().unwrap();
         let unknown_region = "camera_id,region,district,lat,lon,identities\nX,KZ-99,,,,\n";
-        let error = CameraRegistry::from_csv(unknown_region, &regions).unwrap_err().to_string();
-        assert!(error.contains("line 2") && error.contains("KZ-99"), "{error}");
+        let error = CameraRegistry::from_csv(unknown_region, &regions)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("line 2") && error.contains("KZ-99"),
+            "{error}"
+        );
         let twice = "camera_id,region,district,lat,lon,identities\nX,KZ-75,,,,\nX,KZ-71,,,,\n";
         assert!(CameraRegistry::from_csv(twice, &regions).is_err());
         let bad_lat = "camera_id,region,district,lat,lon,identities\nX,KZ-75,,north,,\n";

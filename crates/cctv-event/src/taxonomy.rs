@@ -116,10 +116,16 @@ impl Taxonomy {
         let mut shared_aliases = HashMap::new();
         for entry in file.offences {
             let Some((family, name)) = entry.code.split_once('.') else {
-                return Err(invalid(format!("code {:?} is not <family>.<name>", entry.code)));
+                return Err(invalid(format!(
+                    "code {:?} is not <family>.<name>",
+                    entry.code
+                )));
             };
             if family.is_empty() || name.is_empty() {
-                return Err(invalid(format!("code {:?} is not <family>.<name>", entry.code)));
+                return Err(invalid(format!(
+                    "code {:?} is not <family>.<name>",
+                    entry.code
+                )));
             }
             let index = offences.len();
             // The code itself is always accepted, in any spelling.
@@ -144,7 +150,9 @@ impl Taxonomy {
         for (format, names) in file.vendor {
             for (name, code) in names {
                 let Some(index) = index_of(&code) else {
-                    return Err(invalid(format!("vendor.{format}.{name} names unknown code {code:?}")));
+                    return Err(invalid(format!(
+                        "vendor.{format}.{name} names unknown code {code:?}"
+                    )));
                 };
                 vendor_aliases.insert((format.clone(), alias_key(&name)), index);
             }
@@ -226,33 +234,60 @@ mod tests {
     fn builtin_holds_every_domain_code_with_family_and_category() {
         let taxonomy = Taxonomy::builtin().unwrap();
         for code in DOMAIN_CODES {
-            let offence = taxonomy.by_code(code).unwrap_or_else(|| panic!("{code} missing"));
+            let offence = taxonomy
+                .by_code(code)
+                .unwrap_or_else(|| panic!("{code} missing"));
             assert!(code.starts_with(&offence.family));
             assert!(["administrative", "criminal"].contains(&offence.category.as_str()));
         }
-        assert_eq!(taxonomy.by_code("public_order.vandalism").unwrap().article, "CC 294");
-        assert_eq!(taxonomy.by_code("traffic.speeding").unwrap().article, "CoAO 592");
+        assert_eq!(
+            taxonomy.by_code("public_order.vandalism").unwrap().article,
+            "CC 294"
+        );
+        assert_eq!(
+            taxonomy.by_code("traffic.speeding").unwrap().article,
+            "CoAO 592"
+        );
     }
 
     #[test]
     fn names_match_ignoring_case_and_punctuation() {
         let taxonomy = Taxonomy::builtin().unwrap();
-        for name in ["traffic.red_light", "redLight", "RED-LIGHT", "red light", "TrafficRunRedLight"] {
+        for name in [
+            "traffic.red_light",
+            "redLight",
+            "RED-LIGHT",
+            "red light",
+            "TrafficRunRedLight",
+        ] {
             match taxonomy.resolve("canonical", name) {
-                NameMatch::Offence(offence) => assert_eq!(offence.code, "traffic.red_light", "{name}"),
+                NameMatch::Offence(offence) => {
+                    assert_eq!(offence.code, "traffic.red_light", "{name}")
+                }
                 other => panic!("{name}: {other:?}"),
             }
         }
-        assert_eq!(taxonomy.resolve("canonical", "teleportation"), NameMatch::Unknown);
+        assert_eq!(
+            taxonomy.resolve("canonical", "teleportation"),
+            NameMatch::Unknown
+        );
         assert_eq!(taxonomy.resolve("canonical", "  "), NameMatch::Unknown);
     }
 
     #[test]
     fn vendor_names_and_states_apply_to_their_format_only() {
         let taxonomy = Taxonomy::builtin().unwrap();
-        assert!(matches!(taxonomy.resolve("dahua", "OverSpeed"), NameMatch::Offence(o) if o.code == "traffic.speeding"));
-        assert_eq!(taxonomy.resolve("hikvision", "congestion"), NameMatch::State);
-        assert_eq!(taxonomy.resolve("canonical", "congestion"), NameMatch::Unknown);
+        assert!(
+            matches!(taxonomy.resolve("dahua", "OverSpeed"), NameMatch::Offence(o) if o.code == "traffic.speeding")
+        );
+        assert_eq!(
+            taxonomy.resolve("hikvision", "congestion"),
+            NameMatch::State
+        );
+        assert_eq!(
+            taxonomy.resolve("canonical", "congestion"),
+            NameMatch::Unknown
+        );
     }
 
     #[test]

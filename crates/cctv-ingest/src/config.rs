@@ -140,8 +140,9 @@ impl IngestConfig {
     pub fn load(path: Option<&Path>) -> Result<Self, IngestError> {
         let mut config = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| IngestError::Config(format!("cannot read {}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    IngestError::Config(format!("cannot read {}: {e}", path.display()))
+                })?;
                 Self::from_toml(&text)?
             }
             None => Self::default(),
@@ -170,14 +171,23 @@ impl IngestConfig {
         self.streams.validate().map_err(IngestError::Config)?;
         let settings = &self.ingest;
         if settings.consumer.is_empty() || settings.consumer.contains(['.', ' ', '*', '>']) {
-            return Err(IngestError::Config(format!("ingest.consumer {:?} is not a valid name", settings.consumer)));
+            return Err(IngestError::Config(format!(
+                "ingest.consumer {:?} is not a valid name",
+                settings.consumer
+            )));
         }
-        if settings.batch_size == 0 || settings.max_in_flight_batches == 0 || settings.event_shards == 0 {
+        if settings.batch_size == 0
+            || settings.max_in_flight_batches == 0
+            || settings.event_shards == 0
+        {
             return Err(IngestError::Config(
-                "ingest.batch_size, max_in_flight_batches and event_shards must be at least 1".into(),
+                "ingest.batch_size, max_in_flight_batches and event_shards must be at least 1"
+                    .into(),
             ));
         }
-        let in_flight = settings.batch_size.saturating_mul(settings.max_in_flight_batches);
+        let in_flight = settings
+            .batch_size
+            .saturating_mul(settings.max_in_flight_batches);
         if i64::try_from(in_flight).unwrap_or(i64::MAX) > settings.max_ack_pending {
             return Err(IngestError::Config(
                 "ingest.max_ack_pending must be at least batch_size * max_in_flight_batches".into(),
@@ -203,7 +213,10 @@ mod tests {
 
     #[test]
     fn the_example_configs_parse_and_validate() {
-        for path in ["../../deploy/local/ingest.toml", "../../deploy/examples/ingest.toml"] {
+        for path in [
+            "../../deploy/local/ingest.toml",
+            "../../deploy/examples/ingest.toml",
+        ] {
             let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
             let config = IngestConfig::from_toml(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
             config.validate().unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -223,7 +236,10 @@ mod tests {
 
     #[test]
     fn durations_are_human_readable() {
-        let config = IngestConfig::from_toml("[ingest]\nack_wait = \"45s\"\n[limits]\nmax_past = \"30days\"\n").unwrap();
+        let config = IngestConfig::from_toml(
+            "[ingest]\nack_wait = \"45s\"\n[limits]\nmax_past = \"30days\"\n",
+        )
+        .unwrap();
         assert_eq!(config.ingest.ack_wait, Duration::from_secs(45));
         assert_eq!(config.limits.max_past, Duration::from_secs(30 * 86_400));
     }

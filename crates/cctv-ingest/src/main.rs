@@ -17,7 +17,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = cctv_ingest::IngestConfig::load(args.config.as_deref()).context("failed to load configuration")?;
+    let config = cctv_ingest::IngestConfig::load(args.config.as_deref())
+        .context("failed to load configuration")?;
     cctv_telemetry::init_tracing(config.telemetry.log_format);
     let shutdown = cctv_telemetry::shutdown_on_signals();
     cctv_ingest::run(config, shutdown, cctv_ingest::IngestStats::default())

@@ -31,7 +31,11 @@ const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// Runs the ingest service until `shutdown` is cancelled, then finishes the
 /// batches in flight (bounded by `shutdown_grace`) and returns.
-pub async fn run(config: IngestConfig, shutdown: CancellationToken, stats: IngestStats) -> Result<(), IngestError> {
+pub async fn run(
+    config: IngestConfig,
+    shutdown: CancellationToken,
+    stats: IngestStats,
+) -> Result<(), IngestError> {
     config.validate()?;
     let health = Health::starting();
     if let Some(listen) = config.telemetry.listen {
@@ -111,7 +115,10 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken, stats: Inges
         }
     }
 
-    tracing::info!(in_flight = in_flight.len(), "shutting down: finishing batches in flight");
+    tracing::info!(
+        in_flight = in_flight.len(),
+        "shutting down: finishing batches in flight"
+    );
     let drained = tokio::time::timeout(config.ingest.shutdown_grace, async {
         while in_flight.join_next().await.is_some() {}
     })
@@ -182,14 +189,16 @@ async fn connect_with_retry(
     }
 }
 
-async fn create_consumer(js: &jetstream::Context, config: &IngestConfig) -> Result<jetstream::consumer::PullConsumer, IngestError> {
-    let stream = js
-        .get_stream(&config.streams.raw.name)
-        .await
-        .map_err(|e| cctv_bus::BusError::JetStream {
+async fn create_consumer(
+    js: &jetstream::Context,
+    config: &IngestConfig,
+) -> Result<jetstream::consumer::PullConsumer, IngestError> {
+    let stream = js.get_stream(&config.streams.raw.name).await.map_err(|e| {
+        cctv_bus::BusError::JetStream {
             operation: "get raw stream",
             message: e.to_string(),
-        })?;
+        }
+    })?;
     let settings = &config.ingest;
     let consumer_config = pull::Config {
         durable_name: Some(settings.consumer.clone()),
@@ -246,11 +255,17 @@ impl BatchContext {
                     let mut acks = Vec::with_capacity(events.len());
                     let mut failed = false;
                     for event in &events {
-                        let shard = subjects::shard_of(event.event_id.as_bytes(), self.event_shards);
+                        let shard =
+                            subjects::shard_of(event.event_id.as_bytes(), self.event_shards);
                         let subject = subjects::event(shard, &event.region, &event.offence_type);
                         let mut event_headers = HeaderMap::new();
-                        event_headers.insert(headers::NATS_MSG_ID, event.event_id.to_string().as_str());
-                        match self.js.publish_with_headers(subject, event_headers, event.to_json().into()).await {
+                        event_headers
+                            .insert(headers::NATS_MSG_ID, event.event_id.to_string().as_str());
+                        match self
+                            .js
+                            .publish_with_headers(subject, event_headers, event.to_json().into())
+                            .await
+                        {
                             Ok(ack) => acks.push(ack),
                             Err(error) => {
                                 tracing::warn!(%error, "event publish failed");
@@ -269,13 +284,15 @@ impl BatchContext {
                     metrics::counter!(names::IGNORED, "format" => format, "reason" => reason.as_str()).increment(1);
                     Pending::Ignored
                 }
-                Outcome::Rejected(rejection) => match self.publish_dead_letter(message, &rejection, format).await {
-                    Ok(ack) => Pending::DeadLetter(ack, rejection.reason.as_str()),
-                    Err(error) => {
-                        tracing::warn!(%error, "dead letter publish failed");
-                        Pending::Failed
+                Outcome::Rejected(rejection) => {
+                    match self.publish_dead_letter(message, &rejection, format).await {
+                        Ok(ack) => Pending::DeadLetter(ack, rejection.reason.as_str()),
+                        Err(error) => {
+                            tracing::warn!(%error, "dead letter publish failed");
+                            Pending::Failed
+                        }
                     }
-                },
+                }
             };
             pending.push(entry);
         }
@@ -301,7 +318,8 @@ impl BatchContext {
                     }
                     if ok {
                         self.stats.add_events(new, duplicate);
-                        metrics::counter!(names::EVENTS, "format" => format, "outcome" => "new").increment(new);
+                        metrics::counter!(names::EVENTS, "format" => format, "outcome" => "new")
+                            .increment(new);
                         metrics::counter!(names::EVENTS, "format" => format, "outcome" => "duplicate")
                             .increment(duplicate);
                         if new > 0 {
@@ -343,7 +361,9 @@ impl BatchContext {
                 None => {
                     self.stats.add_retried();
                     metrics::counter!(names::RETRIES).increment(1);
-                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
                 }
             }
         }
@@ -358,10 +378,20 @@ impl BatchContext {
         metrics::histogram!(names::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
     }
 
-    fn normalize(&self, message: &jetstream::Message, now: chrono::DateTime<chrono::Utc>) -> Outcome {
+    fn normalize(
+        &self,
+        message: &jetstream::Message,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Outcome {
         let subject = message.subject.as_str();
         let parsed = subjects::parse_raw(subject);
-        let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str());
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str())
+        };
         let raw = RawMessage {
             format: parsed.map_or("", |p| p.format),
             gateway_id: parsed.map_or("", |p| p.gateway_id),
@@ -378,27 +408,53 @@ impl BatchContext {
         message: &jetstream::Message,
         rejection: &cctv_normalize::Rejection,
         format: &str,
-    ) -> Result<jetstream::context::PublishAckFuture, async_nats::jetstream::context::PublishError> {
-        let sequence = message.info().map(|info| info.stream_sequence).unwrap_or_default();
+    ) -> Result<jetstream::context::PublishAckFuture, async_nats::jetstream::context::PublishError>
+    {
+        let sequence = message
+            .info()
+            .map(|info| info.stream_sequence)
+            .unwrap_or_default();
         let mut dlq_headers = HeaderMap::new();
         // One dead letter per raw stream position: a redelivery after a crash
         // is dropped as a duplicate by the dead-letter stream.
-        dlq_headers.insert(headers::NATS_MSG_ID, format!("dlq:{}:{sequence}", self.raw_stream).as_str());
+        dlq_headers.insert(
+            headers::NATS_MSG_ID,
+            format!("dlq:{}:{sequence}", self.raw_stream).as_str(),
+        );
         dlq_headers.insert(headers::ERROR_REASON, rejection.reason.as_str());
         dlq_headers.insert(headers::ERROR, clean_header(&rejection.detail).as_str());
-        dlq_headers.insert(headers::SOURCE_SUBJECT, clean_header(&message.subject).as_str());
-        dlq_headers.insert(headers::SOURCE_SEQUENCE, format!("{}:{sequence}", self.raw_stream).as_str());
-        dlq_headers.insert(headers::REJECTED_AT, chrono::Utc::now().to_rfc3339().as_str());
+        dlq_headers.insert(
+            headers::SOURCE_SUBJECT,
+            clean_header(&message.subject).as_str(),
+        );
+        dlq_headers.insert(
+            headers::SOURCE_SEQUENCE,
+            format!("{}:{sequence}", self.raw_stream).as_str(),
+        );
+        dlq_headers.insert(
+            headers::REJECTED_AT,
+            chrono::Utc::now().to_rfc3339().as_str(),
+        );
         if let Some(original) = message.headers.as_ref() {
-            for name in [headers::NATS_MSG_ID, headers::CAMERA_ID, headers::RECEIVED_AT] {
+            for name in [
+                headers::NATS_MSG_ID,
+                headers::CAMERA_ID,
+                headers::RECEIVED_AT,
+            ] {
                 if let Some(value) = original.get(name) {
-                    let target = if name == headers::NATS_MSG_ID { headers::SOURCE_MSG_ID } else { name };
+                    let target = if name == headers::NATS_MSG_ID {
+                        headers::SOURCE_MSG_ID
+                    } else {
+                        name
+                    };
                     dlq_headers.insert(target, clean_header(value.as_str()).as_str());
                 }
             }
         }
         let subject = subjects::dlq(format, rejection.reason.as_str());
-        self.js.publish_with_headers(subject, dlq_headers, message.payload.clone()).await
+        self.js
+            .publish_with_headers(subject, dlq_headers, message.payload.clone())
+            .await
     }
 }
 

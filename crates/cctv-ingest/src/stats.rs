@@ -63,7 +63,9 @@ impl IngestStats {
     }
     pub(crate) fn add_events(&self, new: u64, duplicate: u64) {
         self.inner.events_new.fetch_add(new, Ordering::Relaxed);
-        self.inner.events_duplicate.fetch_add(duplicate, Ordering::Relaxed);
+        self.inner
+            .events_duplicate
+            .fetch_add(duplicate, Ordering::Relaxed);
     }
     pub(crate) fn add_retried(&self) {
         self.inner.retried.fetch_add(1, Ordering::Relaxed);

@@ -71,9 +71,13 @@ impl IdValue {
 pub(crate) fn decode(raw: &RawMessage<'_>) -> Result<Detection, Rejection> {
     let first = raw.payload.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
-        return Err(Rejection::new(RejectReason::Malformed, "canonical payload is not a JSON object"));
+        return Err(Rejection::new(
+            RejectReason::Malformed,
+            "canonical payload is not a JSON object",
+        ));
     }
-    let payload: CanonicalPayload<'_> = serde_json::from_slice(raw.payload).map_err(json_rejection)?;
+    let payload: CanonicalPayload<'_> =
+        serde_json::from_slice(raw.payload).map_err(json_rejection)?;
 
     let camera_id = non_empty(payload.camera_id).ok_or_else(|| missing("camera_id"))?;
     let offence_name = non_empty(payload.offence_type).ok_or_else(|| missing("offence_type"))?;
@@ -82,11 +86,17 @@ pub(crate) fn decode(raw: &RawMessage<'_>) -> Result<Detection, Rejection> {
         TimeValue::Text(text) => parse_rfc3339(text).ok_or_else(|| {
             Rejection::new(
                 RejectReason::InvalidTime,
-                format!("detected_at {:?} is not RFC 3339 with an offset", truncate(text)),
+                format!(
+                    "detected_at {:?} is not RFC 3339 with an offset",
+                    truncate(text)
+                ),
             )
         })?,
         TimeValue::Number(number) => epoch_to_utc(*number).ok_or_else(|| {
-            Rejection::new(RejectReason::InvalidTime, format!("detected_at {number} is not an epoch time"))
+            Rejection::new(
+                RejectReason::InvalidTime,
+                format!("detected_at {number} is not an epoch time"),
+            )
         })?,
     };
     let device_time = match time_value {
@@ -96,10 +106,16 @@ pub(crate) fn decode(raw: &RawMessage<'_>) -> Result<Detection, Rejection> {
     let explicit_event_id = match non_empty(payload.event_id) {
         None => None,
         Some(text) => Some(Uuid::parse_str(&text).map_err(|_| {
-            Rejection::new(RejectReason::InvalidField, format!("event_id {:?} is not a UUID", truncate(&text)))
+            Rejection::new(
+                RejectReason::InvalidField,
+                format!("event_id {:?} is not a UUID", truncate(&text)),
+            )
         })?),
     };
-    let source_event_id = payload.source_event_id.map(IdValue::into_string).filter(|id| !id.is_empty());
+    let source_event_id = payload
+        .source_event_id
+        .map(IdValue::into_string)
+        .filter(|id| !id.is_empty());
     if let Some(confidence) = payload.confidence {
         if !(0.0..=1.0).contains(&confidence) {
             return Err(Rejection::new(
@@ -151,7 +167,10 @@ fn non_empty(value: Option<Cow<'_, str>>) -> Option<Cow<'_, str>> {
 }
 
 fn missing(field: &str) -> Rejection {
-    Rejection::new(RejectReason::MissingField, format!("required field {field} is missing or empty"))
+    Rejection::new(
+        RejectReason::MissingField,
+        format!("required field {field} is missing or empty"),
+    )
 }
 
 /// Keeps error texts short when they quote input.

@@ -30,7 +30,9 @@ impl Format {
 
     /// Parses the subject token; formats are lowercase on the wire.
     pub fn parse(token: &str) -> Option<Format> {
-        Format::ALL.into_iter().find(|format| format.as_str() == token)
+        Format::ALL
+            .into_iter()
+            .find(|format| format.as_str() == token)
     }
 
     /// The subject token and stored name of the format.

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use cctv_event::{
-    event_id, CameraRegistry, NameMatch, OffenceEvent, RegionSource, Regions, Taxonomy, EVENT_SCHEMA_VERSION,
-    UNKNOWN_REGION,
+    event_id, CameraRegistry, NameMatch, OffenceEvent, RegionSource, Regions, Taxonomy,
+    EVENT_SCHEMA_VERSION, UNKNOWN_REGION,
 };
 use chrono::{DateTime, Utc};
 
@@ -45,7 +45,12 @@ pub struct Normalizer {
 
 impl Normalizer {
     /// Builds a normaliser over loaded reference data.
-    pub fn new(taxonomy: Arc<Taxonomy>, regions: Arc<Regions>, registry: Arc<CameraRegistry>, limits: Limits) -> Self {
+    pub fn new(
+        taxonomy: Arc<Taxonomy>,
+        regions: Arc<Regions>,
+        registry: Arc<CameraRegistry>,
+        limits: Limits,
+    ) -> Self {
         Self {
             taxonomy,
             regions,
@@ -67,7 +72,11 @@ impl Normalizer {
         }
     }
 
-    fn try_normalize(&self, raw: &RawMessage<'_>, now: DateTime<Utc>) -> Result<Outcome, Rejection> {
+    fn try_normalize(
+        &self,
+        raw: &RawMessage<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, Rejection> {
         if raw.payload.len() > self.limits.max_payload_bytes {
             return Err(Rejection::new(
                 RejectReason::PayloadTooLarge,
@@ -87,7 +96,10 @@ impl Normalizer {
         // Every supported format is text; refusing bad UTF-8 up front gives it
         // its own reason instead of a parser's syntax error.
         if let Err(error) = std::str::from_utf8(raw.payload) {
-            return Err(Rejection::new(RejectReason::InvalidUtf8, format!("payload is not UTF-8: {error}")));
+            return Err(Rejection::new(
+                RejectReason::InvalidUtf8,
+                format!("payload is not UTF-8: {error}"),
+            ));
         }
         let detections = match format {
             Format::Canonical => vec![canonical::decode(raw)?],
@@ -136,13 +148,19 @@ impl Normalizer {
         received_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<Option<OffenceEvent>, Rejection> {
-        let offence = match self.taxonomy.resolve(format.as_str(), &detection.offence_name) {
+        let offence = match self
+            .taxonomy
+            .resolve(format.as_str(), &detection.offence_name)
+        {
             NameMatch::Offence(offence) => offence,
             NameMatch::State => return Ok(None),
             NameMatch::Unknown => {
                 return Err(Rejection::new(
                     RejectReason::UnknownOffence,
-                    format!("offence {:?} is not a known code or alias", clip(&detection.offence_name)),
+                    format!(
+                        "offence {:?} is not a known code or alias",
+                        clip(&detection.offence_name)
+                    ),
                 ))
             }
         };
@@ -159,7 +177,10 @@ impl Normalizer {
                 if !(0.0..=1.0).contains(&normalised) {
                     return Err(Rejection::new(
                         RejectReason::ConfidenceOutOfRange,
-                        format!("confidence {} is outside 0..{}", confidence.raw, confidence.scale),
+                        format!(
+                            "confidence {} is outside 0..{}",
+                            confidence.raw, confidence.scale
+                        ),
                     ));
                 }
                 Some(confidence)
@@ -167,10 +188,18 @@ impl Normalizer {
         };
 
         // The header's camera wins over anything derived from the payload.
-        let named_camera = raw.camera_id.filter(|id| !id.is_empty()).or(detection.camera_id.as_deref());
+        let named_camera = raw
+            .camera_id
+            .filter(|id| !id.is_empty())
+            .or(detection.camera_id.as_deref());
         let registered = named_camera
             .and_then(|id| self.registry.get(id))
-            .or_else(|| detection.device_identity.as_deref().and_then(|key| self.registry.by_identity(key)));
+            .or_else(|| {
+                detection
+                    .device_identity
+                    .as_deref()
+                    .and_then(|key| self.registry.by_identity(key))
+            });
         let (camera_id, region, region_source, district, lat, lon) = match registered {
             Some(camera) => (
                 camera.camera_id.clone(),
@@ -185,12 +214,22 @@ impl Normalizer {
                     .map(str::to_string)
                     .or_else(|| detection.device_identity.clone())
                     .unwrap_or_else(|| format!("{}:{}", format.as_str(), raw.gateway_id));
-                let payload_region = detection.payload_region.as_deref().and_then(|code| self.regions.resolve(code));
+                let payload_region = detection
+                    .payload_region
+                    .as_deref()
+                    .and_then(|code| self.regions.resolve(code));
                 let (region, source) = match payload_region {
                     Some(region) => (region.code.clone(), RegionSource::Payload),
                     None => (UNKNOWN_REGION.to_string(), RegionSource::Unknown),
                 };
-                (camera_id, region, source, String::new(), detection.lat, detection.lon)
+                (
+                    camera_id,
+                    region,
+                    source,
+                    String::new(),
+                    detection.lat,
+                    detection.lon,
+                )
             }
         };
 
@@ -263,13 +302,21 @@ impl Normalizer {
         if detected_at > now + self.limits.max_future {
             return Err(Rejection::new(
                 RejectReason::TimeOutOfRange,
-                format!("detected_at {} is more than {} in the future", detected_at.to_rfc3339(), self.limits.max_future),
+                format!(
+                    "detected_at {} is more than {} in the future",
+                    detected_at.to_rfc3339(),
+                    self.limits.max_future
+                ),
             ));
         }
         if detected_at < now - self.limits.max_past {
             return Err(Rejection::new(
                 RejectReason::TimeOutOfRange,
-                format!("detected_at {} is more than {} in the past", detected_at.to_rfc3339(), self.limits.max_past),
+                format!(
+                    "detected_at {} is more than {} in the past",
+                    detected_at.to_rfc3339(),
+                    self.limits.max_past
+                ),
             ));
         }
         Ok(())
@@ -358,7 +405,10 @@ mod tests {
         assert_eq!(event.region, "KZ-71");
         assert_eq!(event.region_source, RegionSource::Registry);
         assert_eq!(event.district, "Esil");
-        assert_eq!(event.detected_at.to_rfc3339(), "2026-11-27T03:15:05.250+00:00");
+        assert_eq!(
+            event.detected_at.to_rfc3339(),
+            "2026-11-27T03:15:05.250+00:00"
+        );
         assert_eq!(event.confidence, Some(0.97));
         assert_eq!(event.speed_kmh, Some(97.0));
         assert_eq!(event.lat, Some(51.1));
@@ -370,13 +420,23 @@ mod tests {
     #[test]
     fn the_event_id_is_deterministic_and_an_explicit_one_wins() {
         let first = one_event(normalizer().normalize(&raw(SAMPLE), now()));
-        let again = one_event(normalizer().normalize(&raw(SAMPLE), now() + chrono::TimeDelta::hours(1)));
+        let again =
+            one_event(normalizer().normalize(&raw(SAMPLE), now() + chrono::TimeDelta::hours(1)));
         assert_eq!(first.event_id, again.event_id);
         let other_source = SAMPLE.replace("gw7-000184223", "gw7-000184224");
-        assert_ne!(first.event_id, one_event(normalizer().normalize(&raw(&other_source), now())).event_id);
-        let explicit = SAMPLE.replace("\"plate\"", "\"event_id\":\"7c1e2f40-5a9b-4f7e-9d61-0b3c2a4e8f11\",\"plate\"");
+        assert_ne!(
+            first.event_id,
+            one_event(normalizer().normalize(&raw(&other_source), now())).event_id
+        );
+        let explicit = SAMPLE.replace(
+            "\"plate\"",
+            "\"event_id\":\"7c1e2f40-5a9b-4f7e-9d61-0b3c2a4e8f11\",\"plate\"",
+        );
         let event = one_event(normalizer().normalize(&raw(&explicit), now()));
-        assert_eq!(event.event_id.to_string(), "7c1e2f40-5a9b-4f7e-9d61-0b3c2a4e8f11");
+        assert_eq!(
+            event.event_id.to_string(),
+            "7c1e2f40-5a9b-4f7e-9d61-0b3c2a4e8f11"
+        );
     }
 
     #[test]
@@ -384,31 +444,49 @@ mod tests {
         let bare = r#"{"camera_id":"C1","offence_type":"red_light","detected_at":1795749305250}"#;
         let mut message = raw(bare);
         let from_content = one_event(normalizer().normalize(&message, now())).event_id;
-        assert_eq!(from_content, one_event(normalizer().normalize(&message, now())).event_id);
+        assert_eq!(
+            from_content,
+            one_event(normalizer().normalize(&message, now())).event_id
+        );
         message.msg_id = Some("gw-msg-1");
         let from_msg_id = one_event(normalizer().normalize(&message, now())).event_id;
         assert_ne!(from_content, from_msg_id);
         message.msg_id = Some("gw-msg-2");
-        assert_ne!(from_msg_id, one_event(normalizer().normalize(&message, now())).event_id);
+        assert_ne!(
+            from_msg_id,
+            one_event(normalizer().normalize(&message, now())).event_id
+        );
     }
 
     #[test]
     fn aliases_resolve_to_canonical_codes() {
         let payload = SAMPLE.replace("traffic.speeding", "overSpeed");
-        assert_eq!(one_event(normalizer().normalize(&raw(&payload), now())).offence_type, "traffic.speeding");
+        assert_eq!(
+            one_event(normalizer().normalize(&raw(&payload), now())).offence_type,
+            "traffic.speeding"
+        );
     }
 
     #[test]
     fn unknown_cameras_fall_back_to_payload_region_then_unknown() {
         let with_region = r#"{"camera_id":"NEW-1","offence_type":"littering","detected_at":"2026-11-27T08:00:00Z","region":"KZ-ALA"}"#;
         let event = one_event(normalizer().normalize(&raw(with_region), now()));
-        assert_eq!((event.region.as_str(), event.region_source), ("KZ-75", RegionSource::Payload));
+        assert_eq!(
+            (event.region.as_str(), event.region_source),
+            ("KZ-75", RegionSource::Payload)
+        );
         assert_eq!(event.camera_id, "NEW-1");
         let bad_region = with_region.replace("KZ-ALA", "KZ-00");
         let event = one_event(normalizer().normalize(&raw(&bad_region), now()));
-        assert_eq!((event.region.as_str(), event.region_source), (UNKNOWN_REGION, RegionSource::Unknown));
+        assert_eq!(
+            (event.region.as_str(), event.region_source),
+            (UNKNOWN_REGION, RegionSource::Unknown)
+        );
         let no_region = r#"{"camera_id":"NEW-1","offence_type":"littering","detected_at":"2026-11-27T08:00:00Z"}"#;
-        assert_eq!(one_event(normalizer().normalize(&raw(no_region), now())).region, UNKNOWN_REGION);
+        assert_eq!(
+            one_event(normalizer().normalize(&raw(no_region), now())).region,
+            UNKNOWN_REGION
+        );
     }
 
     #[test]
@@ -417,7 +495,10 @@ mod tests {
         let mut message = raw(&payload);
         message.camera_id = Some("AST-0412");
         let event = one_event(normalizer().normalize(&message, now()));
-        assert_eq!((event.camera_id.as_str(), event.region.as_str()), ("AST-0412", "KZ-71"));
+        assert_eq!(
+            (event.camera_id.as_str(), event.region.as_str()),
+            ("AST-0412", "KZ-71")
+        );
     }
 
     #[test]
@@ -444,7 +525,13 @@ mod tests {
         ];
         for (payload, reason) in cases {
             let rejection = rejection(normalizer.normalize(&raw(&payload), now()));
-            assert_eq!(rejection.reason, reason, "{}: {}", &payload[..payload.len().min(80)], rejection.detail);
+            assert_eq!(
+                rejection.reason,
+                reason,
+                "{}: {}",
+                &payload[..payload.len().min(80)],
+                rejection.detail
+            );
             assert!(!rejection.detail.is_empty());
         }
     }
@@ -452,19 +539,32 @@ mod tests {
     #[test]
     fn deep_nesting_and_bad_utf8_have_their_own_reasons() {
         let normalizer = normalizer();
-        let deep = format!(r#"{{"camera_id":"C","x":{}1{}}}"#, "[".repeat(200), "]".repeat(200));
-        assert_eq!(rejection(normalizer.normalize(&raw(&deep), now())).reason, RejectReason::TooDeep);
+        let deep = format!(
+            r#"{{"camera_id":"C","x":{}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(
+            rejection(normalizer.normalize(&raw(&deep), now())).reason,
+            RejectReason::TooDeep
+        );
         let mut message = raw("");
         let bytes = b"{\"camera_id\":\"\xff\xfe\"}";
         message.payload = bytes;
-        assert_eq!(rejection(normalizer.normalize(&message, now())).reason, RejectReason::InvalidUtf8);
+        assert_eq!(
+            rejection(normalizer.normalize(&message, now())).reason,
+            RejectReason::InvalidUtf8
+        );
     }
 
     #[test]
     fn unsupported_formats_are_rejected() {
         let mut message = raw(SAMPLE);
         message.format = "axis";
-        assert_eq!(rejection(normalizer().normalize(&message, now())).reason, RejectReason::UnsupportedFormat);
+        assert_eq!(
+            rejection(normalizer().normalize(&message, now())).reason,
+            RejectReason::UnsupportedFormat
+        );
     }
 
     #[test]
@@ -475,6 +575,9 @@ mod tests {
         message.received_at = Some("2026-11-27T03:15:06Z");
         let event = one_event(normalizer().normalize(&message, now()));
         assert!(!event.clock_skew);
-        assert_eq!(event.received_at.map(|t| t.to_rfc3339()), Some("2026-11-27T03:15:06+00:00".into()));
+        assert_eq!(
+            event.received_at.map(|t| t.to_rfc3339()),
+            Some("2026-11-27T03:15:06+00:00".into())
+        );
     }
 }

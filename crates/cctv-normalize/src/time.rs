@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 
 /// Parses RFC 3339 text with an explicit offset (`Z` or `+05:00`) to UTC.
 pub fn parse_rfc3339(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text.trim()).ok().map(|time| time.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(|time| time.with_timezone(&Utc))
 }
 
 /// Converts an epoch number to UTC, telling seconds, milliseconds,

@@ -66,7 +66,10 @@ impl ClickHouseConfig {
     /// time zone a tz database name, because both end up in DDL.
     pub fn validate(&self) -> Result<(), String> {
         if !is_identifier(&self.database) {
-            return Err(format!("clickhouse.database {:?} is not a plain identifier", self.database));
+            return Err(format!(
+                "clickhouse.database {:?} is not a plain identifier",
+                self.database
+            ));
         }
         let tz_ok = !self.timezone.is_empty()
             && self.timezone.len() <= 64
@@ -75,10 +78,16 @@ impl ClickHouseConfig {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'+'));
         if !tz_ok {
-            return Err(format!("clickhouse.timezone {:?} is not a tz database name", self.timezone));
+            return Err(format!(
+                "clickhouse.timezone {:?} is not a tz database name",
+                self.timezone
+            ));
         }
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(format!("clickhouse.url {:?} must start with http:// or https://", self.url));
+            return Err(format!(
+                "clickhouse.url {:?} must start with http:// or https://",
+                self.url
+            ));
         }
         Ok(())
     }

@@ -43,12 +43,17 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Unavailable { .. } => true,
-            StoreError::Server { code, .. } => code.is_some_and(|code| TRANSIENT_CODES.contains(&code)),
+            StoreError::Server { code, .. } => {
+                code.is_some_and(|code| TRANSIENT_CODES.contains(&code))
+            }
             StoreError::Settings(_) | StoreError::SchemaTooNew { .. } => false,
         }
     }
 
-    pub(crate) fn from_clickhouse(operation: &'static str, error: clickhouse::error::Error) -> Self {
+    pub(crate) fn from_clickhouse(
+        operation: &'static str,
+        error: clickhouse::error::Error,
+    ) -> Self {
         use clickhouse::error::Error;
         match error {
             Error::Network(_) | Error::TimedOut => StoreError::Unavailable {
@@ -85,7 +90,10 @@ mod tests {
 
     #[test]
     fn codes_are_read_and_classified() {
-        assert_eq!(parse_code("Code: 241, e.displayText() = DB::Exception: Memory limit"), Some(241));
+        assert_eq!(
+            parse_code("Code: 241, e.displayText() = DB::Exception: Memory limit"),
+            Some(241)
+        );
         assert_eq!(parse_code("no code here"), None);
         let transient = StoreError::Server {
             operation: "insert",

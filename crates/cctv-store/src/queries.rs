@@ -39,7 +39,8 @@ impl Store {
     /// no gateway column).
     pub async fn totals(&self, filter: &TotalsFilter) -> Result<Vec<TotalsRow>, StoreError> {
         let timezone = self.config().timezone.as_str();
-        let mut sql = String::from("SELECT region, offence_type, toUInt64(sum(events)) AS events FROM ");
+        let mut sql =
+            String::from("SELECT region, offence_type, toUInt64(sum(events)) AS events FROM ");
         if filter.gateway_prefix.is_some() {
             sql.push_str(
                 "(SELECT toDate(detected_at, ?) AS day, region, offence_type, gateway_id, count() AS events \

@@ -32,7 +32,10 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("url", &self.config.url).field("database", &self.config.database).finish()
+        f.debug_struct("Store")
+            .field("url", &self.config.url)
+            .field("database", &self.config.database)
+            .finish()
     }
 }
 
@@ -126,7 +129,11 @@ impl Store {
                 .execute()
                 .await
                 .map_err(|e| StoreError::from_clickhouse("record migration", e))?;
-            tracing::info!(version = migration.version, name = migration.name, "applied migration");
+            tracing::info!(
+                version = migration.version,
+                name = migration.name,
+                "applied migration"
+            );
         }
         Ok(latest_version())
     }
@@ -192,7 +199,10 @@ impl Store {
                 Slot::TimeZone => query.bind(self.config.timezone.as_str()),
             };
         }
-        query.execute().await.map_err(|e| StoreError::from_clickhouse("migration", e))
+        query
+            .execute()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("migration", e))
     }
 
     /// Inserts one batch in a single INSERT. The caller keeps a batch within
@@ -207,17 +217,30 @@ impl Store {
             .insert::<EventRow>("offence_events")
             .await
             .map_err(|e| StoreError::from_clickhouse("insert", e))?
-            .with_timeouts(Some(self.config.insert_timeout), Some(self.config.insert_timeout));
+            .with_timeouts(
+                Some(self.config.insert_timeout),
+                Some(self.config.insert_timeout),
+            );
         for row in rows {
-            insert.write(row).await.map_err(|e| StoreError::from_clickhouse("insert", e))?;
+            insert
+                .write(row)
+                .await
+                .map_err(|e| StoreError::from_clickhouse("insert", e))?;
         }
-        insert.end().await.map_err(|e| StoreError::from_clickhouse("insert", e))
+        insert
+            .end()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("insert", e))
     }
 
     /// Reads where `writer` left off in `source_stream`: the highest sequence
     /// written, and, if the last batch was cut short, which of its sequences
     /// are present.
-    pub async fn resume_point(&self, source_stream: &str, writer: &str) -> Result<ResumePoint, StoreError> {
+    pub async fn resume_point(
+        &self,
+        source_stream: &str,
+        writer: &str,
+    ) -> Result<ResumePoint, StoreError> {
         let last = self
             .client
             .query(
@@ -256,7 +279,10 @@ impl Store {
                 already_written: HashSet::new(),
             });
         }
-        let present: Vec<u64> = rows_from_batch_start.iter().map(|row| row.stream_seq).collect();
+        let present: Vec<u64> = rows_from_batch_start
+            .iter()
+            .map(|row| row.stream_seq)
+            .collect();
         // The last batch is incomplete: everything before it is written (batches
         // are written one after another, each only after the previous one
         // succeeded), and from its first sequence on only `present` (which also

@@ -23,7 +23,9 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             PrometheusBuilder::new()
-                .set_buckets(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+                .set_buckets(&[
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
                 .ok()?
                 .install_recorder()
                 .ok()
@@ -71,19 +73,31 @@ async fn answer(
         if filled == buffer.len() {
             break false;
         }
-        let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buffer[filled..]))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read(&mut buffer[filled..]),
+        )
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         if read == 0 {
             return Ok(());
         }
         filled += read;
-        if buffer[..filled].windows(4).any(|window| window == b"\r\n\r\n") {
+        if buffer[..filled]
+            .windows(4)
+            .any(|window| window == b"\r\n\r\n")
+        {
             break true;
         }
     };
     if !head_complete {
-        return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", "").await;
+        return respond(
+            &mut stream,
+            "431 Request Header Fields Too Large",
+            "text/plain",
+            "",
+        )
+        .await;
     }
     let head = String::from_utf8_lossy(&buffer[..filled]);
     let mut parts = head.split_whitespace();
@@ -99,7 +113,15 @@ async fn answer(
         }
         "/healthz" => match health.problem() {
             None => respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
-            Some(reason) => respond(&mut stream, "503 Service Unavailable", "text/plain", &format!("{reason}\n")).await,
+            Some(reason) => {
+                respond(
+                    &mut stream,
+                    "503 Service Unavailable",
+                    "text/plain",
+                    &format!("{reason}\n"),
+                )
+                .await
+            }
         },
         _ => respond(&mut stream, "404 Not Found", "text/plain", "").await,
     }
@@ -139,9 +161,13 @@ mod tests {
     async fn serves_metrics_and_health_and_refuses_the_rest() {
         let health = Health::starting();
         let shutdown = CancellationToken::new();
-        let address = serve(SocketAddr::from(([127, 0, 0, 1], 0)), health.clone(), shutdown.clone())
-            .await
-            .unwrap();
+        let address = serve(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            health.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
         metrics::counter!("cctv_telemetry_test_total").increment(3);
         assert!(get(address, "/healthz").await.starts_with("HTTP/1.1 503"));
         health.set_ok();

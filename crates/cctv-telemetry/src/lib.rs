@@ -20,7 +20,9 @@ pub fn init_tracing(format: LogFormat) {
         .and_then(|value| EnvFilter::try_new(value).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // A second call (tests calling several `main`-like paths) keeps the first.
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
