@@ -2,5 +2,8 @@
 //! `clickhouse-server` processes started by `cctv-testkit`. Each test gets its
 //! own NATS server and its own ClickHouse database, so tests run in parallel.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod foundation;
 mod harness;

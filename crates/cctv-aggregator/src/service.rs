@@ -287,11 +287,11 @@ async fn run_session(
                 break SessionEnd::Reset(reason);
             }
         }
-        if reader.batcher.decide(Instant::now()) != BatchDecision::Wait {
-            if batch_sender.send(reader.take_batch()).await.is_err() {
-                // The writer stopped: its error is reported below.
-                break SessionEnd::Reset("writer stopped");
-            }
+        // A failed send means the writer stopped: its error is reported below.
+        if reader.batcher.decide(Instant::now()) != BatchDecision::Wait
+            && batch_sender.send(reader.take_batch()).await.is_err()
+        {
+            break SessionEnd::Reset("writer stopped");
         }
     };
     // Everything accepted so far was delivered in order without gaps: flush
