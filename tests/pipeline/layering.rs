@@ -1,0 +1,61 @@
+//! The dependency directions written in ARCHITECTURE.md, checked from the
+//! crates' manifests: the pure crates know no IO, the bus knows no
+//! ClickHouse, the store knows no NATS, the services never depend on each
+//! other.
+
+use std::collections::BTreeSet;
+
+fn dependencies(krate: &str) -> BTreeSet<String> {
+    let path = format!("{}/../crates/{krate}/Cargo.toml", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let manifest: toml_like::Manifest = toml_like::parse(&text);
+    manifest.dependencies
+}
+
+/// A tiny reader of `[dependencies]` keys: enough for our own manifests.
+mod toml_like {
+    use std::collections::BTreeSet;
+
+    pub(super) struct Manifest {
+        pub(super) dependencies: BTreeSet<String>,
+    }
+
+    pub(super) fn parse(text: &str) -> Manifest {
+        let mut in_dependencies = false;
+        let mut dependencies = BTreeSet::new();
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('[') {
+                in_dependencies = line == "[dependencies]";
+                continue;
+            }
+            if in_dependencies {
+                if let Some((name, _)) = line.split_once(['=', '.']) {
+                    let name = name.trim();
+                    if !name.is_empty() && !name.starts_with('#') {
+                        dependencies.insert(name.to_string());
+                    }
+                }
+            }
+        }
+        Manifest { dependencies }
+    }
+}
+
+fn assert_none(krate: &str, forbidden: &[&str]) {
+    let found = dependencies(krate);
+    assert!(!found.is_empty(), "{krate} manifest read no dependencies");
+    for name in forbidden {
+        assert!(!found.contains(*name), "{krate} must not depend on {name}");
+    }
+}
+
+#[test]
+fn dependency_directions_hold() {
+    const IO: [&str; 5] = ["tokio", "async-nats", "clickhouse", "cctv-bus", "cctv-store"];
+    assert_none("cctv-event", &IO);
+    assert_none("cctv-normalize", &IO);
+    assert_none("cctv-bus", &["clickhouse", "cctv-store"]);
+    assert_none("cctv-store", &["async-nats", "cctv-bus"]);
+    assert_none("cctv-ingest", &["cctv-aggregator", "clickhouse", "cctv-store"]);
+    assert_none("cctv-aggregator", &["cctv-ingest", "cctv-normalize"]);
+}
