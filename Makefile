@@ -1,0 +1,67 @@
+# Entry points of the project (spec/contract.md section 1). `make` alone lists them.
+#
+# The stack commands live in scripts/stack.sh; data, logs and pid files go to .local/.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+
+# In CI a missing server is a test failure, never a skip (read by cctv-testkit).
+ifeq ($(CI),true)
+export CCTV_REQUIRE_SERVERS := 1
+endif
+
+.PHONY: help demo up down status servers-up servers-down build test bench fmt lint clean-local
+
+help: ## list the targets
+	@echo "usage: make <target>"
+	@echo
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) \
+		| awk 'BEGIN {FS = ":.*## "} {printf "  %-13s %s\n", $$1, $$2}'
+
+demo: ## install what is missing, start the stack, publish a simulated day, print totals, stop (KEEP=1 keeps it)
+	scripts/demo.sh
+
+up: ## start the local stack in the background (NATS, ClickHouse, both services)
+	scripts/stack.sh up
+
+down: ## stop the local stack
+	scripts/stack.sh down
+
+status: ## show what of the local stack runs
+	scripts/stack.sh status
+
+servers-up: ## start only NATS and ClickHouse of the local stack
+	scripts/stack.sh servers-up
+
+servers-down: ## stop only NATS and ClickHouse of the local stack
+	scripts/stack.sh servers-down
+
+build: ## build the release binaries
+	$(CARGO) build --release --bins
+
+# The tests start their own servers on free ports; they only need the binaries. A
+# server that cannot start fails the tests that need it (never a skip).
+test: ## every test, integration tests against real servers the tests start
+	@CCTV_CLICKHOUSE_URL= scripts/install-servers.sh || { \
+		if [ "$${CCTV_REQUIRE_SERVERS:-}" = 1 ]; then exit 1; fi; \
+		echo "make test: warning: servers missing, tests that need them will fail" >&2; }
+	$(CARGO) test --workspace --all-targets
+
+bench: ## the benchmarks; results go to BENCHMARKS.md
+	$(CARGO) bench -p cctv-benches
+	@if [ -f scripts/bench-e2e.sh ]; then bash scripts/bench-e2e.sh; \
+	else echo "make bench: scripts/bench-e2e.sh not present, end-to-end benchmark skipped"; fi
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+lint: ## check formatting and clippy warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean-local: ## stop the stack and delete .local/ (all local data)
+	scripts/stack.sh down
+	rm -rf .local

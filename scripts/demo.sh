@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# `make demo`: start the local stack, publish a simulated day of offences from every
+# region in every vendor format, wait until ClickHouse has counted every event, print
+# the totals by region x offence type, and stop the stack again.
+#
+#   DEMO_EVENTS=60000   offences to simulate
+#   DEMO_RATE=20000     publish rate, messages per second
+#   KEEP=1              leave the stack running afterwards (stop it with `make down`)
+#
+# Exits with the status of `cctvctl totals`: 0 only when the totals match.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly ROOT
+readonly STACK="$ROOT/scripts/stack.sh"
+readonly EXPECTED="$ROOT/.local/expected.json"
+
+say() { printf '==> %s\n' "$*"; }
+
+# Runs from the EXIT trap (on success, failure and interrupt).
+# shellcheck disable=SC2317
+stop_stack() {
+    local status=$?
+    if [ "${KEEP:-0}" = 1 ]; then
+        say "KEEP=1: leaving the stack running (stop it with 'make down')"
+    else
+        say "stopping the stack (KEEP=1 leaves it running)"
+        "$STACK" down || status=1
+    fi
+    exit "$status"
+}
+trap stop_stack EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+cd "$ROOT"
+"$STACK" up
+
+mkdir -p "$(dirname "$EXPECTED")"
+say "simulate: ${DEMO_EVENTS:-60000} offences at ${DEMO_RATE:-20000}/s"
+"$STACK" ctl simulate \
+    --count "${DEMO_EVENTS:-60000}" \
+    --rate "${DEMO_RATE:-20000}" \
+    --registry deploy/cameras.csv \
+    --expect-out "$EXPECTED"
+
+say "totals: waiting until ClickHouse counts every event"
+totals_status=0
+"$STACK" ctl totals --expect "$EXPECTED" --wait 300s || totals_status=$?
+exit "$totals_status"

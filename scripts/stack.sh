@@ -1,0 +1,437 @@
+#!/usr/bin/env bash
+# The local stack: NATS with JetStream, ClickHouse, cctv-ingest and cctv-aggregator,
+# all in the background, all data, logs and pid files under .local/ (git-ignored).
+#
+#   scripts/stack.sh up            install missing servers, start NATS and ClickHouse,
+#                                  build, `cctvctl setup`, start both services
+#   scripts/stack.sh down          stop the services, then ClickHouse and NATS
+#   scripts/stack.sh status        show what runs
+#   scripts/stack.sh servers-up    start only NATS and ClickHouse
+#   scripts/stack.sh servers-down  stop only NATS and ClickHouse
+#   scripts/stack.sh ctl ARGS...   run cctvctl against the stack (used by demo.sh)
+#
+# Every command is idempotent: `up` leaves running parts alone, `down` on a stopped
+# stack does nothing.
+#
+# Ports (spec/contract.md): NATS 14222 (monitoring 18222), ClickHouse HTTP 18123 and
+# native 19000, health endpoints 9101 (ingest) and 9102 (aggregator). The machine's
+# own servers (NATS on 4222, ...) are never touched.
+#
+# Environment:
+#   CCTV_NATS_URL        NATS for the binaries (default nats://127.0.0.1:14222). Any
+#                        other URL means an existing NATS: the stack does not start one.
+#   CCTV_CLICKHOUSE_URL  ClickHouse HTTP URL for the binaries (default
+#                        http://127.0.0.1:18123). Any other URL means an existing
+#                        server: the stack neither installs nor starts ClickHouse. Use
+#                        this where ClickHouse has no package for the OS. The stack's
+#                        users (cctv_migrator, cctv_writer) exist only in its own
+#                        server; against an existing one, CCTV_CLICKHOUSE_USER /
+#                        CCTV_CLICKHOUSE_PASSWORD from the environment are used as given.
+#   CCTV_CONFIG          passed through; the stack always names each binary's config
+#                        with --config (deploy/local/<binary>.toml).
+#   CCTV_SKIP_BUILD=1    do not run `cargo build --release --bins` in `up`.
+#   CARGO_TARGET_DIR     where the release binaries are looked for (default target/).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly ROOT
+readonly LOCAL_DIR="$ROOT/.local"
+readonly RUN_DIR="$LOCAL_DIR/run"
+readonly LOG_DIR="$LOCAL_DIR/log"
+
+readonly NATS_PORT=14222
+readonly NATS_MONITOR_PORT=18222
+readonly OWN_NATS_URL="nats://127.0.0.1:$NATS_PORT"
+readonly NATS_CONFIG="$ROOT/deploy/nats/local.conf"
+readonly NATS_STORE_DIR="$LOCAL_DIR/nats/js"
+
+readonly CLICKHOUSE_HTTP_PORT=18123
+readonly CLICKHOUSE_TCP_PORT=19000
+readonly OWN_CLICKHOUSE_URL="http://127.0.0.1:$CLICKHOUSE_HTTP_PORT"
+readonly CLICKHOUSE_DIR="$LOCAL_DIR/clickhouse"
+readonly CLICKHOUSE_CONFIG="$CLICKHOUSE_DIR/config.xml"
+
+# ClickHouse users of the stack's own server (deploy/clickhouse/users.xml.in).
+readonly MIGRATOR_USER=cctv_migrator
+readonly WRITER_USER=cctv_writer
+
+readonly INGEST_HEALTH_URL="http://127.0.0.1:9101/healthz"
+readonly AGGREGATOR_HEALTH_URL="http://127.0.0.1:9102/healthz"
+readonly INGEST_CONFIG="$ROOT/deploy/local/ingest.toml"
+readonly AGGREGATOR_CONFIG="$ROOT/deploy/local/aggregator.toml"
+readonly CTL_CONFIG="$ROOT/deploy/local/cctvctl.toml"
+BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+case "$BIN_DIR" in /*) ;; *) BIN_DIR="$ROOT/$BIN_DIR" ;; esac
+readonly BIN_DIR
+
+readonly START_TIMEOUT_SECS=60
+readonly STOP_TIMEOUT_SECS=30
+
+export CCTV_NATS_URL="${CCTV_NATS_URL:-$OWN_NATS_URL}"
+export CCTV_CLICKHOUSE_URL="${CCTV_CLICKHOUSE_URL:-$OWN_CLICKHOUSE_URL}"
+
+say() { printf '==> %s\n' "$*"; }
+warn() { printf 'stack: warning: %s\n' "$*" >&2; }
+die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
+
+# True when the binaries are pointed at a NATS / ClickHouse the stack does not run.
+nats_is_external() {
+    case "${CCTV_NATS_URL%/}" in
+        "$OWN_NATS_URL" | "nats://localhost:$NATS_PORT" | "127.0.0.1:$NATS_PORT" | "localhost:$NATS_PORT") return 1 ;;
+        *) return 0 ;;
+    esac
+}
+clickhouse_is_external() {
+    case "${CCTV_CLICKHOUSE_URL%/}" in
+        "$OWN_CLICKHOUSE_URL" | "http://localhost:$CLICKHOUSE_HTTP_PORT") return 1 ;;
+        *) return 0 ;;
+    esac
+}
+
+# --- processes -------------------------------------------------------------------
+
+pid_file() { printf '%s/%s.pid' "$RUN_DIR" "$1"; }
+
+# Prints the pid of component $1 when its pid file names a live process whose command
+# line contains $2 (so a recycled pid is never mistaken for ours); fails otherwise.
+running_pid() {
+    local name="$1" marker="$2" file pid state
+    file="$(pid_file "$name")"
+    [ -f "$file" ] || return 1
+    pid="$(tr -dc '0-9' <"$file")"
+    [ -n "$pid" ] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)"
+    [ "$state" != Z ] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker" || return 1
+    printf '%s\n' "$pid"
+}
+
+# Starts "$@" in its own session (so a Ctrl-C in the terminal that ran `up` does not
+# reach it), output appended to the component's log, pid written to its pid file.
+start_background() {
+    local name="$1"
+    shift
+    mkdir -p "$RUN_DIR" "$LOG_DIR"
+    printf '\n--- %s: starting %s\n' "$(date -u +%FT%TZ)" "$*" >>"$LOG_DIR/$name.log"
+    # Not a process-group leader here, so setsid execs in place and $! is the server.
+    setsid nohup "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+    printf '%s\n' "$!" >"$(pid_file "$name")"
+}
+
+# Stops component $1 (marker $2): SIGTERM, up to STOP_TIMEOUT_SECS, then SIGKILL.
+stop_component() {
+    local name="$1" marker="$2" pid waited=0
+    if ! pid="$(running_pid "$name" "$marker")"; then
+        rm -f "$(pid_file "$name")"
+        say "$name: not running"
+        return 0
+    fi
+    say "$name: stopping (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    while running_pid "$name" "$marker" >/dev/null; do
+        if [ "$waited" -ge "$STOP_TIMEOUT_SECS" ]; then
+            warn "$name did not stop within ${STOP_TIMEOUT_SECS}s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+            sleep 1
+            break
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    rm -f "$(pid_file "$name")"
+    say "$name: stopped"
+}
+
+# Polls the command "$@" until it succeeds or START_TIMEOUT_SECS pass; while waiting,
+# gives up early when component $1 (marker $2) has died. Prints the log tail on failure.
+wait_until() {
+    local name="$1" marker="$2" deadline
+    shift 2
+    deadline=$((SECONDS + START_TIMEOUT_SECS))
+    until "$@"; do
+        if ! running_pid "$name" "$marker" >/dev/null; then
+            show_log_tail "$name"
+            die "$name exited during start-up (log: .local/log/$name.log)"
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            show_log_tail "$name"
+            die "$name did not become ready within ${START_TIMEOUT_SECS}s (log: .local/log/$name.log)"
+        fi
+        sleep 0.5
+    done
+}
+
+# Prints the end of component $1's log, from its latest start only, and of its error
+# log (ClickHouse keeps one) if there is one.
+show_log_tail() {
+    local name="$1"
+    local log="$LOG_DIR/$name.log" error_log="$LOG_DIR/$name.err.log"
+    if [ -s "$log" ]; then
+        printf -- '--- last lines of %s\n' "${log#"$ROOT"/}" >&2
+        awk '/^--- .*: starting / { n = 0 } { lines[n++] = $0 } END { for (i = (n > 30 ? n - 30 : 0); i < n; i++) print lines[i] }' \
+            "$log" >&2
+    fi
+    if [ -s "$error_log" ]; then
+        printf -- '--- last lines of %s\n' "${error_log#"$ROOT"/}" >&2
+        tail -n 10 "$error_log" >&2
+    fi
+}
+
+# True when something accepts TCP connections on 127.0.0.1:$1.
+port_in_use() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+http_body_is() {
+    local url="$1" expected="$2" body
+    body="$(curl -fsS --max-time 2 "$url" 2>/dev/null)" || return 1
+    [[ "$body" == *"$expected"* ]]
+}
+
+http_ok() {
+    curl -fsS --max-time 2 -o /dev/null "$1" 2>/dev/null
+}
+
+find_server_binary() {
+    local name="$1" dir
+    if command -v "$name" >/dev/null 2>&1; then
+        command -v "$name"
+        return 0
+    fi
+    for dir in /usr/sbin /usr/bin; do
+        if [ -x "$dir/$name" ]; then
+            printf '%s\n' "$dir/$name"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# --- servers -----------------------------------------------------------------------
+
+nats_ready() { http_body_is "http://127.0.0.1:$NATS_MONITOR_PORT/healthz" ok; }
+clickhouse_ready() { http_body_is "$OWN_CLICKHOUSE_URL/" "Ok."; }
+
+start_nats() {
+    if nats_is_external; then
+        say "nats: using existing server $CCTV_NATS_URL (not starting one)"
+        return 0
+    fi
+    if running_pid nats "$NATS_CONFIG" >/dev/null; then
+        say "nats: already running"
+        wait_until nats "$NATS_CONFIG" nats_ready
+        return 0
+    fi
+    if port_in_use "$NATS_PORT" || port_in_use "$NATS_MONITOR_PORT"; then
+        die "port $NATS_PORT or $NATS_MONITOR_PORT is taken by a process the stack did not start; stop it or set CCTV_NATS_URL to use it"
+    fi
+    local binary
+    binary="$(find_server_binary nats-server)" || die "nats-server not found; run scripts/install-servers.sh"
+    mkdir -p "$NATS_STORE_DIR"
+    say "nats: starting on 127.0.0.1:$NATS_PORT (monitoring $NATS_MONITOR_PORT)"
+    # nats-server writes its own log with -l; the redirected output only catches
+    # start-up errors printed before the log is opened.
+    start_background nats "$binary" -c "$NATS_CONFIG" -js -sd "$NATS_STORE_DIR" \
+        -l "$LOG_DIR/nats.log"
+    wait_until nats "$NATS_CONFIG" nats_ready
+    say "nats: ready"
+}
+
+# Renders deploy/clickhouse/*.xml.in into .local/clickhouse/.
+render_clickhouse_config() {
+    mkdir -p "$CLICKHOUSE_DIR"/{data,tmp,user_files,format_schemas} "$LOG_DIR"
+    local template
+    for template in config users; do
+        sed -e "s|@CLICKHOUSE_DIR@|$CLICKHOUSE_DIR|g" \
+            -e "s|@LOG_DIR@|$LOG_DIR|g" \
+            -e "s|@HTTP_PORT@|$CLICKHOUSE_HTTP_PORT|g" \
+            -e "s|@TCP_PORT@|$CLICKHOUSE_TCP_PORT|g" \
+            "$ROOT/deploy/clickhouse/$template.xml.in" >"$CLICKHOUSE_DIR/$template.xml.tmp"
+        mv "$CLICKHOUSE_DIR/$template.xml.tmp" "$CLICKHOUSE_DIR/$template.xml"
+    done
+}
+
+start_clickhouse() {
+    if clickhouse_is_external; then
+        say "clickhouse: using existing server $CCTV_CLICKHOUSE_URL (not starting one)"
+        return 0
+    fi
+    if running_pid clickhouse "$CLICKHOUSE_CONFIG" >/dev/null; then
+        say "clickhouse: already running"
+        wait_until clickhouse "$CLICKHOUSE_CONFIG" clickhouse_ready
+        return 0
+    fi
+    if port_in_use "$CLICKHOUSE_HTTP_PORT" || port_in_use "$CLICKHOUSE_TCP_PORT"; then
+        die "port $CLICKHOUSE_HTTP_PORT or $CLICKHOUSE_TCP_PORT is taken by a process the stack did not start; stop it or set CCTV_CLICKHOUSE_URL to use it"
+    fi
+    local binary
+    binary="$(find_server_binary clickhouse-server)" || die "clickhouse-server not found; run scripts/install-servers.sh or set CCTV_CLICKHOUSE_URL"
+    render_clickhouse_config
+    say "clickhouse: starting on 127.0.0.1:$CLICKHOUSE_HTTP_PORT (native $CLICKHOUSE_TCP_PORT)"
+    start_background clickhouse "$binary" --config-file="$CLICKHOUSE_CONFIG"
+    wait_until clickhouse "$CLICKHOUSE_CONFIG" clickhouse_ready
+    say "clickhouse: ready"
+}
+
+servers_up() {
+    mkdir -p "$RUN_DIR" "$LOG_DIR"
+    if ! nats_is_external || ! clickhouse_is_external; then
+        "$ROOT/scripts/install-servers.sh"
+    fi
+    start_nats
+    start_clickhouse
+}
+
+servers_down() {
+    stop_component clickhouse "$CLICKHOUSE_CONFIG"
+    stop_component nats "$NATS_CONFIG"
+}
+
+# --- our binaries ------------------------------------------------------------------
+
+build_binaries() {
+    if [ "${CCTV_SKIP_BUILD:-0}" = 1 ]; then
+        say "build: skipped (CCTV_SKIP_BUILD=1)"
+    else
+        if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+            # shellcheck source=/dev/null
+            . "$HOME/.cargo/env"
+        fi
+        command -v cargo >/dev/null 2>&1 || die "cargo not found; install Rust (https://rustup.rs) or put cargo on PATH"
+        say "build: cargo build --release --bins"
+        (cd "$ROOT" && cargo build --release --bins)
+    fi
+    local binary
+    for binary in cctvctl cctv-ingest cctv-aggregator; do
+        [ -x "$BIN_DIR/$binary" ] \
+            || die "$BIN_DIR/$binary is missing after the build step; does the workspace build it? (cargo build --release --bins)"
+    done
+    local config
+    for config in "$INGEST_CONFIG" "$AGGREGATOR_CONFIG" "$CTL_CONFIG"; do
+        [ -f "$config" ] || die "config ${config#"$ROOT"/} is missing"
+    done
+}
+
+# Runs cctvctl with the stack's config, in the repo root.
+run_ctl() {
+    [ -x "$BIN_DIR/cctvctl" ] || die "$BIN_DIR/cctvctl is missing; run scripts/stack.sh up (or cargo build --release --bins)"
+    (cd "$ROOT" && "$BIN_DIR/cctvctl" --config "$CTL_CONFIG" "$@")
+}
+
+# Runs "$@" with CCTV_CLICKHOUSE_USER=$1 when the stack runs its own ClickHouse; an
+# existing server is used with the caller's credentials.
+with_clickhouse_user() {
+    local user="$1"
+    shift
+    if clickhouse_is_external; then
+        "$@"
+    else
+        CCTV_CLICKHOUSE_USER="$user" CCTV_CLICKHOUSE_PASSWORD="" "$@"
+    fi
+}
+
+setup_schema() {
+    say "setup: cctvctl setup (streams and ClickHouse schema)"
+    with_clickhouse_user "$MIGRATOR_USER" run_ctl setup
+}
+
+start_service() {
+    local name="$1" config="$2" health_url="$3" clickhouse_user="$4"
+    local binary="$BIN_DIR/$name"
+    if running_pid "$name" "$binary" >/dev/null; then
+        say "$name: already running"
+    else
+        say "$name: starting"
+        if [ -n "$clickhouse_user" ]; then
+            (cd "$ROOT" && with_clickhouse_user "$clickhouse_user" start_background "$name" "$binary" --config "$config")
+        else
+            (cd "$ROOT" && start_background "$name" "$binary" --config "$config")
+        fi
+    fi
+    wait_until "$name" "$binary" http_ok "$health_url"
+    say "$name: healthy ($health_url)"
+}
+
+services_down() {
+    # Ingest first, so the aggregator can drain what is left while its servers run.
+    stop_component cctv-ingest "$BIN_DIR/cctv-ingest"
+    stop_component cctv-aggregator "$BIN_DIR/cctv-aggregator"
+}
+
+# --- commands ----------------------------------------------------------------------
+
+cmd_up() {
+    servers_up
+    build_binaries
+    setup_schema
+    start_service cctv-ingest "$INGEST_CONFIG" "$INGEST_HEALTH_URL" ""
+    start_service cctv-aggregator "$AGGREGATOR_CONFIG" "$AGGREGATOR_HEALTH_URL" "$WRITER_USER"
+    say "stack is up: NATS $CCTV_NATS_URL, ClickHouse $CCTV_CLICKHOUSE_URL, logs in .local/log/"
+}
+
+cmd_down() {
+    services_down
+    servers_down
+}
+
+cmd_servers_down() {
+    if running_pid cctv-ingest "$BIN_DIR/cctv-ingest" >/dev/null \
+        || running_pid cctv-aggregator "$BIN_DIR/cctv-aggregator" >/dev/null; then
+        warn "services are still running and will lose their servers; use 'scripts/stack.sh down' to stop everything"
+    fi
+    servers_down
+}
+
+status_line() {
+    local name="$1" marker="$2" probe_url="$3" pid health
+    if pid="$(running_pid "$name" "$marker")"; then
+        health="not answering"
+        if [ -n "$probe_url" ] && http_ok "$probe_url"; then
+            health="answering"
+        fi
+        printf '  %-16s running  pid %-8s %s %s\n' "$name" "$pid" "$health" "$probe_url"
+    else
+        printf '  %-16s stopped\n' "$name"
+    fi
+}
+
+cmd_status() {
+    printf 'local stack (%s):\n' "${LOCAL_DIR#"$ROOT"/}"
+    if nats_is_external; then
+        printf '  %-16s external %s\n' nats "$CCTV_NATS_URL"
+    else
+        status_line nats "$NATS_CONFIG" "http://127.0.0.1:$NATS_MONITOR_PORT/healthz"
+    fi
+    if clickhouse_is_external; then
+        printf '  %-16s external %s\n' clickhouse "$CCTV_CLICKHOUSE_URL"
+    else
+        status_line clickhouse "$CLICKHOUSE_CONFIG" "$OWN_CLICKHOUSE_URL/"
+    fi
+    status_line cctv-ingest "$BIN_DIR/cctv-ingest" "$INGEST_HEALTH_URL"
+    status_line cctv-aggregator "$BIN_DIR/cctv-aggregator" "$AGGREGATOR_HEALTH_URL"
+}
+
+usage() {
+    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+main() {
+    local command="${1:-}"
+    [ "$#" -eq 0 ] || shift
+    case "$command" in
+        up) cmd_up ;;
+        down) cmd_down ;;
+        status) cmd_status ;;
+        servers-up) servers_up ;;
+        servers-down) cmd_servers_down ;;
+        ctl) run_ctl "$@" ;;
+        -h | --help | help) usage ;;
+        *)
+            usage >&2
+            exit 2
+            ;;
+    esac
+}
+
+main "$@"
