@@ -6,7 +6,10 @@
 use std::collections::BTreeSet;
 
 fn dependencies(krate: &str) -> BTreeSet<String> {
-    let path = format!("{}/../crates/{krate}/Cargo.toml", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../crates/{krate}/Cargo.toml",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let manifest: toml_like::Manifest = toml_like::parse(&text);
     manifest.dependencies
@@ -51,11 +54,20 @@ fn assert_none(krate: &str, forbidden: &[&str]) {
 
 #[test]
 fn dependency_directions_hold() {
-    const IO: [&str; 5] = ["tokio", "async-nats", "clickhouse", "cctv-bus", "cctv-store"];
+    const IO: [&str; 5] = [
+        "tokio",
+        "async-nats",
+        "clickhouse",
+        "cctv-bus",
+        "cctv-store",
+    ];
     assert_none("cctv-event", &IO);
     assert_none("cctv-normalize", &IO);
     assert_none("cctv-bus", &["clickhouse", "cctv-store"]);
     assert_none("cctv-store", &["async-nats", "cctv-bus"]);
-    assert_none("cctv-ingest", &["cctv-aggregator", "clickhouse", "cctv-store"]);
+    assert_none(
+        "cctv-ingest",
+        &["cctv-aggregator", "clickhouse", "cctv-store"],
+    );
     assert_none("cctv-aggregator", &["cctv-ingest", "cctv-normalize"]);
 }

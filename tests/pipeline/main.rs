@@ -6,5 +6,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod foundation;
-mod layering;
 mod harness;
+mod layering;

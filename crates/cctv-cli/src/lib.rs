@@ -1,1 +1,32 @@
-//! placeholder
+//! `cctvctl`: the operator and analyst command line of the CCTV offence pipeline.
+//!
+//! Each subcommand lives in its own module and exposes a clap `Args` type plus
+//! an async `run_*` function that `main` calls:
+//!
+//! - `setup` ([`run_setup`]): creates or verifies the JetStream streams and
+//!   applies the ClickHouse migrations;
+//! - `simulate` ([`run_simulate`]): publishes a camera fleet's canonical events
+//!   and writes the totals the pipeline must end up with ([`Expectation`]);
+//! - `totals` ([`run_totals`]): prints region x offence totals from ClickHouse
+//!   and optionally waits until they match an expectation;
+//! - `dlq` ([`run_dlq`]): reads dead letters without consuming them.
+//!
+//! The pure parts (event generation, expected regions, table rendering, totals
+//! comparison, date parsing) take plain values and are unit-tested without
+//! servers; NATS and ClickHouse are touched only in the `run_*` functions.
+
+mod config;
+mod dlq;
+mod expectation;
+mod setup;
+mod simulate;
+mod table;
+mod totals;
+
+pub use config::CliConfig;
+pub use dlq::{run_dlq, DlqCommand, DlqListArgs, ListFormat};
+pub use expectation::{compare_totals, CellDiff, Expectation};
+pub use setup::{run_setup, SetupArgs};
+pub use simulate::{run_simulate, SimulateArgs};
+pub use table::{render_totals, OutputFormat};
+pub use totals::{parse_day, run_totals, TotalsArgs};

@@ -1,1 +1,75 @@
-fn main() {}
+//! `cctvctl`: parses flags, loads the configuration, sets up text logs on
+//! stderr and runs one subcommand of the `cctv_cli` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cctv_cli::{CliConfig, DlqCommand, SetupArgs, SimulateArgs, TotalsArgs};
+use clap::{Parser, Subcommand};
+
+/// Operator and analyst command line of the CCTV offence pipeline.
+#[derive(Debug, Parser)]
+#[command(name = "cctvctl", version, about)]
+struct Cli {
+    /// Configuration file (TOML with [nats], [streams], [clickhouse]).
+    #[arg(long, global = true, env = "CCTV_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or verify the NATS streams and migrate the ClickHouse schema.
+    Setup(SetupArgs),
+    /// Publish simulated canonical events from a camera fleet.
+    Simulate(SimulateArgs),
+    /// Print totals by region and offence type, or check them against a simulation.
+    Totals(TotalsArgs),
+    /// Inspect dead letters without consuming them.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+/// Log filter of an interactive tool when neither `CCTV_LOG` nor `RUST_LOG`
+/// is set: warnings only, since results go to stdout.
+const DEFAULT_LOG_FILTER: &str = "warn";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if std::env::var_os("CCTV_LOG").is_none() && std::env::var_os("RUST_LOG").is_none() {
+        // Still single-threaded here: the runtime is built below.
+        std::env::set_var("CCTV_LOG", DEFAULT_LOG_FILTER);
+    }
+    cctv_telemetry::init_tracing(cctv_telemetry::LogFormat::Text);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: failed to start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = CliConfig::load(cli.config.as_deref(), |name| std::env::var(name).ok())?;
+    match &cli.command {
+        Command::Setup(args) => cctv_cli::run_setup(&config, args).await?,
+        Command::Simulate(args) => cctv_cli::run_simulate(&config, args).await?,
+        Command::Totals(args) => return cctv_cli::run_totals(&config, args).await,
+        Command::Dlq { command } => cctv_cli::run_dlq(&config, command).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

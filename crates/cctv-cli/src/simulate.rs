@@ -1,0 +1,928 @@
+//! `cctvctl simulate`: a fleet of cameras publishing canonical JSON events to
+//! `cctv.raw.canonical.<gateway_id>`, and the totals the pipeline must count.
+//!
+//! The generator ([`Generator`]) is pure and seeded: it decides camera,
+//! offence, time and payload of every event and whether it is republished,
+//! so a run is reproducible with `--seed`. The publisher keeps many JetStream
+//! publishes in flight, awaits their acks in order and retries failures.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use cctv_bus::{headers, subjects};
+use cctv_event::{CameraRegistry, Regions, Taxonomy, UNKNOWN_REGION};
+use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, TimeDelta, TimeZone as _, Utc};
+use chrono_tz::Tz;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::distr::weighted::WeightedIndex;
+use rand::distr::Distribution as _;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use serde::Serialize;
+
+use crate::{render_totals, CliConfig, Expectation, OutputFormat};
+
+/// The time zone whose calendar day the detections are spread over.
+const SIMULATION_TIMEZONE: Tz = chrono_tz::Asia::Almaty;
+/// Publishes whose acks may be outstanding at once.
+const MAX_IN_FLIGHT_PUBLISHES: usize = 4096;
+/// Republished duplicates go out this many originals after their first copy,
+/// well inside the raw stream's duplicate window at any sensible rate.
+const DUPLICATE_DELAY_MESSAGES: u64 = 500;
+/// Rounds of retrying failed publishes before giving up.
+const MAX_RETRY_ROUNDS: u32 = 5;
+/// Unregistered cameras per region that carry a payload region.
+const UNREGISTERED_CAMERAS_PER_REGION: usize = 2;
+/// Cameras that carry no region at all.
+const REGIONLESS_CAMERAS: usize = 4;
+/// Pacing tick of `--rate`.
+const PACING_TICK: Duration = Duration::from_millis(10);
+
+/// Flags of `cctvctl simulate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Distinct events to publish.
+    #[arg(long, default_value_t = 60_000)]
+    pub count: u64,
+    /// Events per second; 0 publishes as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Camera registry CSV (the one the ingest service uses).
+    #[arg(long, required_unless_present = "cameras", conflicts_with = "cameras")]
+    pub registry: Option<PathBuf>,
+    /// Without a registry: synthesize this many unregistered cameras spread
+    /// over all regions, each sending its region in the payload.
+    #[arg(long)]
+    pub cameras: Option<usize>,
+    /// Share of events from unregistered cameras with a payload region; a
+    /// further quarter of this share comes from cameras with no region.
+    #[arg(long, default_value_t = 0.02)]
+    pub unknown_share: f64,
+    /// Gateways the cameras are spread over (`sim-<run_id>-<k>`).
+    #[arg(long, default_value_t = 8)]
+    pub gateways: usize,
+    /// Run id; default 8 random hex characters.
+    #[arg(long)]
+    pub run_id: Option<String>,
+    /// Local day (Asia/Almaty) of the detections; default yesterday.
+    #[arg(long, value_parser = crate::parse_day)]
+    pub day: Option<NaiveDate>,
+    /// Random seed; default random.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Write the expected totals as JSON to this file.
+    #[arg(long)]
+    pub expect_out: Option<PathBuf>,
+    /// Share of events published a second time, identically.
+    #[arg(long, default_value_t = 0.01)]
+    pub duplicates: f64,
+}
+
+/// Relative frequency of an offence code in the simulation; codes not listed
+/// get weight 1, so every code of the taxonomy occurs.
+fn offence_weight(code: &str) -> u32 {
+    match code {
+        "traffic.speeding" => 40,
+        "traffic.red_light" => 12,
+        "traffic.illegal_parking" => 10,
+        "traffic.no_seat_belt" => 8,
+        "traffic.phone_use" => 6,
+        "traffic.signs_markings" | "traffic.stop_line" => 5,
+        "traffic.pedestrian_priority" | "traffic.bus_lane" => 4,
+        "traffic.illegal_turn" | "public_order.littering" | "public_order.smoking" => 3,
+        "traffic.wrong_way" | "traffic.no_helmet" | "public_order.public_drinking" => 2,
+        _ => 1,
+    }
+}
+
+/// The region an event must be counted under (contract section 4): the
+/// registry's region, else a valid payload region, else `unknown`.
+pub(crate) fn expected_region(
+    registry_region: Option<&str>,
+    payload_region: Option<&str>,
+    regions: &Regions,
+) -> String {
+    if let Some(region) = registry_region {
+        return region.to_string();
+    }
+    payload_region
+        .and_then(|code| regions.resolve(code))
+        .map_or_else(|| UNKNOWN_REGION.to_string(), |region| region.code.clone())
+}
+
+/// One simulated camera.
+#[derive(Debug, Clone)]
+struct SimCamera {
+    camera_id: String,
+    /// Region sent in the payload (only by unregistered cameras).
+    payload_region: Option<String>,
+    /// Region the pipeline must count the camera's events under.
+    expected_region: String,
+    /// Index of the camera's gateway, from 1.
+    gateway: usize,
+}
+
+/// The cameras of a run, in three pools.
+#[derive(Debug, Clone)]
+struct Fleet {
+    /// The bulk of the traffic: registered cameras, or synthesized ones.
+    main: Vec<SimCamera>,
+    /// Unregistered cameras that send a valid region.
+    unregistered: Vec<SimCamera>,
+    /// Unregistered cameras that send no region.
+    regionless: Vec<SimCamera>,
+}
+
+impl Fleet {
+    /// Builds the fleet from the registry, or synthesizes `cameras` cameras.
+    fn new(
+        registry: Option<&CameraRegistry>,
+        cameras: usize,
+        regions: &Regions,
+        gateways: usize,
+    ) -> anyhow::Result<Self> {
+        let gateways = gateways.max(1);
+        let known = |camera_id: &str| {
+            registry
+                .and_then(|r| r.get(camera_id))
+                .map(|c| c.region.clone())
+        };
+        let unregistered_camera =
+            |camera_id: String, payload_region: Option<String>, index: usize| SimCamera {
+                expected_region: expected_region(None, payload_region.as_deref(), regions),
+                camera_id,
+                payload_region,
+                gateway: index % gateways + 1,
+            };
+        let synthesize = |count: usize, serial_offset: usize| -> Vec<SimCamera> {
+            let all = regions.all();
+            (0..count)
+                .filter_map(|index| {
+                    let region = all.get(index % all.len())?;
+                    let serial = index / all.len() + 1 + serial_offset;
+                    let camera_id = format!("SIM-{}-{serial:04}", region.code.replace('-', ""));
+                    Some(unregistered_camera(
+                        camera_id,
+                        Some(region.code.clone()),
+                        index,
+                    ))
+                })
+                .filter(|camera| known(&camera.camera_id).is_none())
+                .collect()
+        };
+
+        let main = match registry {
+            Some(registry) => registry
+                .cameras()
+                .iter()
+                .enumerate()
+                .map(|(index, camera)| SimCamera {
+                    camera_id: camera.camera_id.clone(),
+                    payload_region: None,
+                    expected_region: expected_region(Some(&camera.region), None, regions),
+                    gateway: index % gateways + 1,
+                })
+                .collect(),
+            None => synthesize(cameras, 0),
+        };
+        // Serials of the extra unregistered pool start after the main pool's.
+        let serial_offset = cameras / regions.all().len().max(1) + 1;
+        let unregistered = synthesize(
+            UNREGISTERED_CAMERAS_PER_REGION * regions.all().len(),
+            serial_offset,
+        );
+        let regionless = (1..=REGIONLESS_CAMERAS)
+            .map(|serial| unregistered_camera(format!("SIM-NOREGION-{serial:04}"), None, serial))
+            .filter(|camera| known(&camera.camera_id).is_none())
+            .collect();
+        if main.is_empty() {
+            bail!("the simulated fleet has no cameras (empty registry or --cameras 0)");
+        }
+        Ok(Self {
+            main,
+            unregistered,
+            regionless,
+        })
+    }
+}
+
+/// The canonical JSON body of one event (contract section 3).
+#[derive(Debug, Serialize)]
+struct CanonicalPayload<'a> {
+    camera_id: &'a str,
+    offence_type: &'a str,
+    detected_at: String,
+    source_event_id: &'a str,
+    confidence: f64,
+    plate: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    region: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speed_kmh: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speed_limit_kmh: Option<u32>,
+}
+
+/// One generated event.
+#[derive(Debug, Clone)]
+struct SimEvent {
+    /// `Nats-Msg-Id` and `source_event_id`: `<run_id>-<n>`.
+    msg_id: String,
+    /// Gateway id of the camera.
+    gateway_id: String,
+    /// JSON body.
+    payload: Vec<u8>,
+    /// Region the pipeline must count it under.
+    expected_region: String,
+    /// Canonical offence code.
+    offence_type: String,
+    /// Whether to publish it a second time.
+    republish: bool,
+}
+
+/// The seeded, pure event generator.
+struct Generator {
+    fleet: Fleet,
+    offence_codes: Vec<String>,
+    offence_index: WeightedIndex<u32>,
+    rng: StdRng,
+    run_id: String,
+    day_start: DateTime<Utc>,
+    day_millis: i64,
+    unknown_share: f64,
+    duplicates: f64,
+}
+
+impl Generator {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        fleet: Fleet,
+        taxonomy: &Taxonomy,
+        seed: u64,
+        run_id: &str,
+        day: NaiveDate,
+        unknown_share: f64,
+        duplicates: f64,
+    ) -> anyhow::Result<Self> {
+        let offence_codes: Vec<String> =
+            taxonomy.offences().iter().map(|o| o.code.clone()).collect();
+        let offence_index =
+            WeightedIndex::new(offence_codes.iter().map(|code| offence_weight(code)))
+                .context("failed to build the offence distribution")?;
+        let (day_start, day_millis) = day_window(day, SIMULATION_TIMEZONE)?;
+        Ok(Self {
+            fleet,
+            offence_codes,
+            offence_index,
+            rng: StdRng::seed_from_u64(seed),
+            run_id: run_id.to_string(),
+            day_start,
+            day_millis,
+            unknown_share,
+            duplicates,
+        })
+    }
+
+    /// Picks the camera of the next event from the three pools.
+    fn pick_camera(&mut self) -> Option<SimCamera> {
+        let draw: f64 = self.rng.random();
+        let pool = if draw < self.unknown_share && !self.fleet.unregistered.is_empty() {
+            &self.fleet.unregistered
+        } else if draw < self.unknown_share * 1.25 && !self.fleet.regionless.is_empty() {
+            &self.fleet.regionless
+        } else {
+            &self.fleet.main
+        };
+        let index = self.rng.random_range(0..pool.len().max(1));
+        pool.get(index).cloned()
+    }
+
+    /// Generates event number `n` (from 1).
+    fn next_event(&mut self, n: u64) -> anyhow::Result<SimEvent> {
+        let camera = self
+            .pick_camera()
+            .context("the simulated fleet has no cameras")?;
+        let offence_type = self
+            .offence_codes
+            .get(self.offence_index.sample(&mut self.rng))
+            .cloned()
+            .context("offence index out of range")?;
+        let detected =
+            self.day_start + TimeDelta::milliseconds(self.rng.random_range(0..self.day_millis));
+        let msg_id = format!("{}-{n}", self.run_id);
+        let (speed_kmh, speed_limit_kmh) = if offence_type == "traffic.speeding" {
+            let limit = [40, 60, 80, 90, 100, 110][self.rng.random_range(0..6)];
+            (Some(limit + self.rng.random_range(11..60)), Some(limit))
+        } else {
+            (None, None)
+        };
+        let payload = CanonicalPayload {
+            camera_id: &camera.camera_id,
+            offence_type: &offence_type,
+            detected_at: detected
+                .with_timezone(&SIMULATION_TIMEZONE)
+                .to_rfc3339_opts(SecondsFormat::Millis, false),
+            source_event_id: &msg_id,
+            confidence: (self.rng.random_range(500..1000) as f64) / 1000.0,
+            plate: random_plate(&mut self.rng),
+            region: camera.payload_region.as_deref(),
+            speed_kmh,
+            speed_limit_kmh,
+        };
+        let payload = serde_json::to_vec(&payload).context("failed to encode an event")?;
+        let republish = self.rng.random_bool(self.duplicates.clamp(0.0, 1.0));
+        Ok(SimEvent {
+            gateway_id: gateway_id(&self.run_id, camera.gateway),
+            msg_id,
+            payload,
+            expected_region: camera.expected_region,
+            offence_type,
+            republish,
+        })
+    }
+}
+
+/// `sim-<run_id>-<k>`.
+fn gateway_id(run_id: &str, gateway: usize) -> String {
+    format!("{}{gateway}", gateway_prefix(run_id))
+}
+
+/// `sim-<run_id>-`: every gateway id of the run starts with this.
+fn gateway_prefix(run_id: &str) -> String {
+    format!("sim-{run_id}-")
+}
+
+/// A Kazakh-style plate: three digits, three letters, a two-digit region.
+fn random_plate(rng: &mut StdRng) -> String {
+    let mut plate = format!("{:03}", rng.random_range(0..1000));
+    for _ in 0..3 {
+        plate.push(char::from(b'A' + rng.random_range(0..26u8)));
+    }
+    plate.push_str(&format!("{:02}", rng.random_range(1..21)));
+    plate
+}
+
+/// Start (UTC) and length in milliseconds of local `day` in `timezone`.
+fn day_window(day: NaiveDate, timezone: Tz) -> anyhow::Result<(DateTime<Utc>, i64)> {
+    let local_midnight = |date: NaiveDate| {
+        timezone
+            .from_local_datetime(&date.and_time(NaiveTime::MIN))
+            .earliest()
+            .map(|time| time.with_timezone(&Utc))
+            .with_context(|| format!("{date} has no local midnight in {timezone}"))
+    };
+    let start = local_midnight(day)?;
+    let next_day = day.succ_opt().context("day out of range")?;
+    let end = local_midnight(next_day)?;
+    Ok((start, (end - start).num_milliseconds().max(1)))
+}
+
+/// Yesterday's date in the simulation time zone.
+fn yesterday() -> NaiveDate {
+    let today = Utc::now().with_timezone(&SIMULATION_TIMEZONE).date_naive();
+    today.pred_opt().unwrap_or(today)
+}
+
+/// Token bucket for `--rate`: refilled from elapsed time on each pacing tick,
+/// holding at most a tenth of a second's worth (at least one token).
+#[derive(Debug, Clone)]
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    capacity: f64,
+}
+
+impl TokenBucket {
+    fn new(rate: f64) -> Self {
+        Self {
+            rate,
+            tokens: 0.0,
+            capacity: (rate * 0.1).max(1.0),
+        }
+    }
+
+    /// Adds the tokens earned in `elapsed`.
+    fn refill(&mut self, elapsed: Duration) {
+        self.tokens = (self.tokens + self.rate * elapsed.as_secs_f64()).min(self.capacity);
+    }
+
+    /// Takes one token if there is one.
+    fn try_take(&mut self) -> bool {
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+/// Paces publishes to `--rate` with a token bucket refilled by an interval.
+struct Pacer {
+    bucket: Option<(TokenBucket, tokio::time::Interval, tokio::time::Instant)>,
+}
+
+impl Pacer {
+    fn new(rate: f64) -> Self {
+        if rate <= 0.0 {
+            return Self { bucket: None };
+        }
+        let mut interval = tokio::time::interval(PACING_TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            bucket: Some((
+                TokenBucket::new(rate),
+                interval,
+                tokio::time::Instant::now(),
+            )),
+        }
+    }
+
+    /// Waits until one more message may go out.
+    async fn wait(&mut self) {
+        let Some((bucket, interval, last_refill)) = &mut self.bucket else {
+            return;
+        };
+        while !bucket.try_take() {
+            interval.tick().await;
+            let now = tokio::time::Instant::now();
+            bucket.refill(now - *last_refill);
+            *last_refill = now;
+        }
+    }
+}
+
+/// A message ready to publish (kept for retries and republishing).
+#[derive(Debug, Clone)]
+struct OutboundMessage {
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+}
+
+/// Pipelined JetStream publisher: acks awaited in order, failures retried.
+struct Publisher {
+    js: jetstream::Context,
+    in_flight: VecDeque<(OutboundMessage, PublishAckFuture)>,
+    failed: Vec<OutboundMessage>,
+    acked: u64,
+    acked_as_duplicate: u64,
+    failures: u64,
+}
+
+impl Publisher {
+    fn new(js: jetstream::Context) -> Self {
+        Self {
+            js,
+            in_flight: VecDeque::with_capacity(MAX_IN_FLIGHT_PUBLISHES),
+            failed: Vec::new(),
+            acked: 0,
+            acked_as_duplicate: 0,
+            failures: 0,
+        }
+    }
+
+    async fn send(&mut self, message: OutboundMessage) {
+        while self.in_flight.len() >= MAX_IN_FLIGHT_PUBLISHES {
+            self.await_oldest().await;
+        }
+        let sent = self
+            .js
+            .publish_with_headers(
+                message.subject.clone(),
+                message.headers.clone(),
+                message.payload.clone(),
+            )
+            .await;
+        match sent {
+            Ok(ack) => self.in_flight.push_back((message, ack)),
+            Err(error) => {
+                tracing::warn!(%error, subject = %message.subject, "publish failed, will retry");
+                self.failures += 1;
+                self.failed.push(message);
+            }
+        }
+    }
+
+    async fn await_oldest(&mut self) {
+        let Some((message, ack)) = self.in_flight.pop_front() else {
+            return;
+        };
+        match ack.await {
+            Ok(ack) => {
+                self.acked += 1;
+                if ack.duplicate {
+                    self.acked_as_duplicate += 1;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, subject = %message.subject, "publish not acknowledged, will retry");
+                self.failures += 1;
+                self.failed.push(message);
+            }
+        }
+    }
+
+    /// Awaits every ack and retries failed publishes a few rounds.
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        for round in 1..=MAX_RETRY_ROUNDS {
+            while !self.in_flight.is_empty() {
+                self.await_oldest().await;
+            }
+            if self.failed.is_empty() {
+                return Ok(());
+            }
+            tracing::warn!(
+                round,
+                messages = self.failed.len(),
+                "retrying failed publishes"
+            );
+            tokio::time::sleep(Duration::from_secs(u64::from(round))).await;
+            for message in std::mem::take(&mut self.failed) {
+                self.send(message).await;
+            }
+        }
+        while !self.in_flight.is_empty() {
+            self.await_oldest().await;
+        }
+        if !self.failed.is_empty() {
+            bail!(
+                "{} messages could not be published after {MAX_RETRY_ROUNDS} retry rounds",
+                self.failed.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Progress on stderr: a bar on a terminal, else a line every 10 %.
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: u64,
+    next_report_percent: u64,
+}
+
+impl Progress {
+    fn new(total: u64, message: &'static str) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Self {
+                bar: None,
+                total,
+                next_report_percent: 10,
+            };
+        }
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+        ) {
+            bar.set_style(style);
+        }
+        bar.set_message(message);
+        Self {
+            bar: Some(bar),
+            total,
+            next_report_percent: 10,
+        }
+    }
+
+    fn set(&mut self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            return;
+        }
+        let percent = done.saturating_mul(100) / self.total.max(1);
+        if percent >= self.next_report_percent {
+            eprintln!("published {done}/{} ({percent}%)", self.total);
+            self.next_report_percent = (percent / 10 + 1) * 10;
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Checks the flags that clap cannot.
+fn validate_args(args: &SimulateArgs, run_id: &str) -> anyhow::Result<()> {
+    if !(0.0..=0.8).contains(&args.unknown_share) {
+        bail!("--unknown-share must be within 0..0.8");
+    }
+    if !(0.0..=1.0).contains(&args.duplicates) {
+        bail!("--duplicates must be within 0..1");
+    }
+    if !args.rate.is_finite() || args.rate < 0.0 {
+        bail!("--rate must be 0 or positive");
+    }
+    if args.gateways == 0 {
+        bail!("--gateways must be at least 1");
+    }
+    if !subjects::is_valid_gateway_id(&gateway_id(run_id, args.gateways)) {
+        bail!("--run-id {run_id:?} must consist of letters, digits, '-' and '_'");
+    }
+    Ok(())
+}
+
+/// Publishes the simulated load and prints (and optionally writes) the
+/// expected totals.
+pub async fn run_simulate(config: &CliConfig, args: &SimulateArgs) -> anyhow::Result<()> {
+    let run_id = args
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("{:08x}", rand::rng().random::<u32>()));
+    validate_args(args, &run_id)?;
+    let seed = args.seed.unwrap_or_else(|| rand::rng().random());
+    let day = args.day.unwrap_or_else(yesterday);
+    let regions = Regions::builtin().context("failed to load the builtin regions")?;
+    let taxonomy = Taxonomy::builtin().context("failed to load the builtin taxonomy")?;
+    let registry = match &args.registry {
+        Some(path) => Some(
+            CameraRegistry::load(path, &regions)
+                .with_context(|| format!("failed to load camera registry {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let fleet = Fleet::new(
+        registry.as_ref(),
+        args.cameras.unwrap_or(0),
+        &regions,
+        args.gateways,
+    )?;
+    let mut generator = Generator::new(
+        fleet,
+        &taxonomy,
+        seed,
+        &run_id,
+        day,
+        args.unknown_share,
+        args.duplicates,
+    )?;
+
+    let client = cctv_bus::connect(&config.nats, "cctvctl-simulate")
+        .await
+        .context("failed to connect to NATS")?;
+    let js = jetstream::new(client.clone());
+    js.get_stream(&config.streams.raw.name)
+        .await
+        .with_context(|| {
+            format!(
+                "stream {} not found; run `cctvctl setup` first",
+                config.streams.raw.name
+            )
+        })?;
+    tracing::info!(%run_id, seed, %day, count = args.count, "simulation starting");
+
+    let mut publisher = Publisher::new(js);
+    let mut pacer = Pacer::new(args.rate);
+    let mut progress = Progress::new(args.count, "publishing");
+    let mut pending_duplicates: VecDeque<(u64, OutboundMessage)> = VecDeque::new();
+    let mut cells: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut republished = 0u64;
+    let started = Instant::now();
+    for n in 1..=args.count {
+        let event = generator.next_event(n)?;
+        *cells
+            .entry((event.expected_region.clone(), event.offence_type.clone()))
+            .or_insert(0) += 1;
+        let message = outbound_message(&event);
+        if event.republish {
+            pending_duplicates.push_back((n + DUPLICATE_DELAY_MESSAGES, message.clone()));
+        }
+        pacer.wait().await;
+        publisher.send(message).await;
+        while pending_duplicates.front().is_some_and(|(due, _)| *due <= n) {
+            if let Some((_, duplicate)) = pending_duplicates.pop_front() {
+                pacer.wait().await;
+                publisher.send(duplicate).await;
+                republished += 1;
+            }
+        }
+        progress.set(n);
+    }
+    for (_, duplicate) in pending_duplicates {
+        pacer.wait().await;
+        publisher.send(duplicate).await;
+        republished += 1;
+    }
+    publisher.finish().await?;
+    client
+        .flush()
+        .await
+        .context("failed to flush the NATS connection")?;
+    progress.finish();
+    let elapsed = started.elapsed();
+
+    let expectation = Expectation::new(&run_id, &gateway_prefix(&run_id), &cells);
+    let messages = args.count + republished;
+    println!(
+        "run {run_id} (seed {seed}, day {day}): published {} events + {republished} republished duplicates \
+         to {}.canonical.{}{{1..{}}} in {:.1}s ({:.0} msg/s)",
+        args.count,
+        subjects::RAW_PREFIX,
+        expectation.gateway_prefix,
+        args.gateways,
+        elapsed.as_secs_f64(),
+        messages as f64 / elapsed.as_secs_f64().max(1e-9),
+    );
+    println!(
+        "stream acks: {} stored, {} recognised as duplicates, {} publish failures retried",
+        publisher.acked - publisher.acked_as_duplicate,
+        publisher.acked_as_duplicate,
+        publisher.failures
+    );
+    println!("expected totals ({} events):", expectation.count);
+    print!(
+        "{}",
+        render_totals(&expectation.totals, &regions, OutputFormat::Table)
+    );
+    if let Some(path) = &args.expect_out {
+        expectation.save(path)?;
+        println!("expectation written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Subject, headers and body of one event.
+fn outbound_message(event: &SimEvent) -> OutboundMessage {
+    let mut message_headers = HeaderMap::new();
+    message_headers.insert(headers::NATS_MSG_ID, event.msg_id.as_str());
+    message_headers.insert(
+        headers::RECEIVED_AT,
+        Utc::now()
+            .to_rfc3339_opts(SecondsFormat::Millis, true)
+            .as_str(),
+    );
+    OutboundMessage {
+        subject: subjects::raw("canonical", &event.gateway_id),
+        headers: message_headers,
+        payload: Bytes::from(event.payload.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn registry(regions: &Regions) -> CameraRegistry {
+        let csv = "camera_id,region,district,lat,lon,identities\n\
+                   KZ75-0001,KZ-75,d,,,\nKZ71-0001,KZ-ALA,d,,,\nKZ10-0001,KZ-10,d,,,\n";
+        CameraRegistry::from_csv(csv, regions).unwrap()
+    }
+
+    #[test]
+    fn expected_region_prefers_registry_then_valid_payload_then_unknown() {
+        let regions = Regions::builtin().unwrap();
+        assert_eq!(
+            expected_region(Some("KZ-75"), Some("KZ-10"), &regions),
+            "KZ-75"
+        );
+        assert_eq!(expected_region(None, Some("KZ-10"), &regions), "KZ-10");
+        assert_eq!(expected_region(None, Some("KZ-AST"), &regions), "KZ-71");
+        assert_eq!(expected_region(None, Some("KZ-99"), &regions), "unknown");
+        assert_eq!(expected_region(None, None, &regions), "unknown");
+    }
+
+    #[test]
+    fn fleet_pools_have_the_right_expected_regions() {
+        let regions = Regions::builtin().unwrap();
+        let registry = registry(&regions);
+        let fleet = Fleet::new(Some(&registry), 0, &regions, 3).unwrap();
+        assert_eq!(fleet.main.len(), 3);
+        assert!(fleet.main.iter().all(|c| c.payload_region.is_none()));
+        let almaty_old_code = fleet
+            .main
+            .iter()
+            .find(|c| c.camera_id == "KZ71-0001")
+            .unwrap();
+        assert_eq!(almaty_old_code.expected_region, "KZ-75");
+        assert_eq!(fleet.unregistered.len(), 40);
+        assert!(fleet
+            .unregistered
+            .iter()
+            .all(|c| registry.get(&c.camera_id).is_none()
+                && c.payload_region.as_deref() == Some(c.expected_region.as_str())));
+        assert!(fleet
+            .regionless
+            .iter()
+            .all(|c| c.expected_region == "unknown" && c.payload_region.is_none()));
+        assert!(fleet
+            .main
+            .iter()
+            .chain(&fleet.unregistered)
+            .all(|c| (1..=3).contains(&c.gateway)));
+
+        let synthetic = Fleet::new(None, 45, &regions, 8).unwrap();
+        assert_eq!(synthetic.main.len(), 45);
+        assert_eq!(synthetic.main[0].camera_id, "SIM-KZ10-0001");
+        assert_eq!(synthetic.main[20].camera_id, "SIM-KZ10-0002");
+        assert!(synthetic
+            .unregistered
+            .iter()
+            .all(|c| !synthetic.main.iter().any(|m| m.camera_id == c.camera_id)));
+        assert!(Fleet::new(None, 0, &regions, 8).is_err());
+    }
+
+    #[test]
+    fn generated_events_cover_every_offence_and_the_configured_shares() {
+        let regions = Regions::builtin().unwrap();
+        let taxonomy = Taxonomy::builtin().unwrap();
+        let registry = registry(&regions);
+        let fleet = Fleet::new(Some(&registry), 0, &regions, 8).unwrap();
+        let day = NaiveDate::from_ymd_opt(2025, 3, 14).unwrap();
+        let mut generator =
+            Generator::new(fleet, &taxonomy, 7, "ab12cd34", day, 0.04, 0.01).unwrap();
+        let mut by_type: HashMap<String, u64> = HashMap::new();
+        let (mut unregistered, mut unknown, mut republish) = (0u64, 0u64, 0u64);
+        let total = 20_000u64;
+        for n in 1..=total {
+            let event = generator.next_event(n).unwrap();
+            *by_type.entry(event.offence_type.clone()).or_default() += 1;
+            let payload: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+            assert_eq!(payload["source_event_id"], event.msg_id.as_str());
+            let detected =
+                DateTime::parse_from_rfc3339(payload["detected_at"].as_str().unwrap()).unwrap();
+            assert_eq!(
+                detected.with_timezone(&SIMULATION_TIMEZONE).date_naive(),
+                day
+            );
+            assert!(payload["detected_at"].as_str().unwrap().ends_with("+05:00"));
+            let confidence = payload["confidence"].as_f64().unwrap();
+            assert!((0.5..1.0).contains(&confidence));
+            assert_eq!(
+                payload["speed_kmh"].is_u64(),
+                event.offence_type == "traffic.speeding"
+            );
+            assert!(event.gateway_id.starts_with("sim-ab12cd34-"));
+            if payload.get("region").is_some() {
+                unregistered += 1;
+            }
+            if event.expected_region == "unknown" {
+                unknown += 1;
+            }
+            if event.republish {
+                republish += 1;
+            }
+        }
+        assert_eq!(by_type.len(), 20, "{by_type:?}");
+        let speeding = by_type["traffic.speeding"];
+        assert!(by_type.values().all(|&n| n <= speeding));
+        assert!((600..1000).contains(&unregistered), "{unregistered}");
+        assert!((100..300).contains(&unknown), "{unknown}");
+        assert!((120..300).contains(&republish), "{republish}");
+        // The same seed generates the same events.
+        let fleet = Fleet::new(Some(&registry), 0, &regions, 8).unwrap();
+        let mut again = Generator::new(fleet, &taxonomy, 7, "ab12cd34", day, 0.04, 0.01).unwrap();
+        let mut first = Generator::new(
+            Fleet::new(Some(&registry), 0, &regions, 8).unwrap(),
+            &taxonomy,
+            7,
+            "ab12cd34",
+            day,
+            0.04,
+            0.01,
+        )
+        .unwrap();
+        assert_eq!(
+            again.next_event(1).unwrap().payload,
+            first.next_event(1).unwrap().payload
+        );
+    }
+
+    #[test]
+    fn token_bucket_caps_bursts_and_refills_with_time() {
+        let mut bucket = TokenBucket::new(1000.0);
+        assert!(!bucket.try_take());
+        bucket.refill(Duration::from_secs(5));
+        let mut taken = 0;
+        while bucket.try_take() {
+            taken += 1;
+        }
+        assert_eq!(taken, 100);
+        bucket.refill(Duration::from_millis(10));
+        assert!(bucket.try_take());
+        let mut slow = TokenBucket::new(0.5);
+        slow.refill(Duration::from_secs(1));
+        assert!(!slow.try_take());
+        slow.refill(Duration::from_secs(1));
+        assert!(slow.try_take());
+    }
+
+    #[test]
+    fn day_window_is_a_local_day() {
+        let (start, millis) = day_window(
+            NaiveDate::from_ymd_opt(2025, 3, 14).unwrap(),
+            SIMULATION_TIMEZONE,
+        )
+        .unwrap();
+        assert_eq!(start.to_rfc3339(), "2025-03-13T19:00:00+00:00");
+        assert_eq!(millis, 86_400_000);
+    }
+}
