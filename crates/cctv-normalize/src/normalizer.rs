@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 
 use crate::detection::Detection;
 use crate::format::Format;
-use crate::limits::Limits;
+use crate::limits::{json_too_deep, Limits};
 use crate::outcome::{Outcome, RejectReason, Rejection};
 use crate::time::parse_rfc3339;
 use crate::{canonical, IgnoreReason};
@@ -102,7 +102,18 @@ impl Normalizer {
             ));
         }
         let detections = match format {
-            Format::Canonical => vec![canonical::decode(raw)?],
+            Format::Canonical => {
+                if json_too_deep(raw.payload, self.limits.max_json_depth) {
+                    return Err(Rejection::new(
+                        RejectReason::TooDeep,
+                        format!(
+                            "JSON nests deeper than {} levels",
+                            self.limits.max_json_depth
+                        ),
+                    ));
+                }
+                vec![canonical::decode(raw)?]
+            }
             other => {
                 return Err(Rejection::new(
                     RejectReason::UnsupportedFormat,
