@@ -58,7 +58,9 @@ pub async fn run(
     if !prepare_store(&store, &config, &shutdown, &health).await? {
         return Ok(());
     }
-    let Some(client) = connect_with_retry(&config, &shutdown, &health).await? else {
+    let Some(client) =
+        cctv_bus::connect_with_retry(&config.nats, "cctv-aggregator", &shutdown).await?
+    else {
         return Ok(());
     };
     let js = jetstream::new(client);
@@ -139,30 +141,6 @@ async fn prepare_store(
             () = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(config.aggregator.retry_max_backoff);
-    }
-}
-
-async fn connect_with_retry(
-    config: &AggregatorConfig,
-    shutdown: &CancellationToken,
-    health: &Health,
-) -> Result<Option<async_nats::Client>, AggregatorError> {
-    let mut pause = Duration::from_millis(200);
-    loop {
-        match cctv_bus::connect(&config.nats, "cctv-aggregator").await {
-            Ok(client) => return Ok(Some(client)),
-            Err(error) if error.is_transient() => {
-                health.set_problem("nats unreachable");
-                tracing::warn!(%error, "NATS not reachable yet; retrying");
-            }
-            Err(error) => return Err(error.into()),
-        }
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Ok(None),
-            () = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -467,7 +445,7 @@ impl Writer {
                         }
                     }
                     Err(error) => {
-                        self.pause_after(&error, &mut pause).await?;
+                        self.pause_after(error, &mut pause).await?;
                         continue;
                     }
                 }
@@ -495,7 +473,7 @@ impl Writer {
                     self.health.set_ok();
                     break;
                 }
-                Err(error) => self.pause_after(&error, &mut pause).await?,
+                Err(error) => self.pause_after(error, &mut pause).await?,
             }
         }
         if let Some(last) = rows.last() {
@@ -513,16 +491,12 @@ impl Writer {
     }
 
     /// Waits before the next attempt; permanent errors end the writer.
-    async fn pause_after(
-        &self,
-        error: &StoreError,
-        pause: &mut Duration,
-    ) -> Result<(), StoreError> {
+    async fn pause_after(&self, error: StoreError, pause: &mut Duration) -> Result<(), StoreError> {
         if !error.is_transient() {
             metrics::counter!(names::INSERT_ERRORS, "kind" => "permanent").increment(1);
             self.health.set_problem("clickhouse refused the insert");
             tracing::error!(%error, "insert failed permanently; nothing acked");
-            return Err(clone_error(error));
+            return Err(error);
         }
         metrics::counter!(names::INSERT_ERRORS, "kind" => "transient").increment(1);
         metrics::gauge!(names::STORE_DOWN).set(1.0);
@@ -532,28 +506,5 @@ impl Writer {
         tokio::time::sleep(*pause).await;
         *pause = (*pause * 2).min(self.retry_max_backoff);
         Ok(())
-    }
-}
-
-fn clone_error(error: &StoreError) -> StoreError {
-    match error {
-        StoreError::Settings(text) => StoreError::Settings(text.clone()),
-        StoreError::Unavailable { operation, message } => StoreError::Unavailable {
-            operation,
-            message: message.clone(),
-        },
-        StoreError::Server {
-            operation,
-            message,
-            code,
-        } => StoreError::Server {
-            operation,
-            message: message.clone(),
-            code: *code,
-        },
-        StoreError::SchemaTooNew { found, known } => StoreError::SchemaTooNew {
-            found: *found,
-            known: *known,
-        },
     }
 }

@@ -53,3 +53,29 @@ pub async fn connect(
             message: error.to_string(),
         })
 }
+
+/// Connects, retrying with backoff (up to 5 s between attempts) while the
+/// server is unreachable. Returns `Ok(None)` when `shutdown` comes first;
+/// settings errors fail at once.
+pub async fn connect_with_retry(
+    config: &NatsConfig,
+    connection_name: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<Option<async_nats::Client>, BusError> {
+    let mut pause = std::time::Duration::from_millis(200);
+    loop {
+        match connect(config, connection_name).await {
+            Ok(client) => return Ok(Some(client)),
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, "NATS not reachable yet; retrying");
+            }
+            Err(error) => return Err(error),
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+    }
+}

@@ -13,6 +13,6 @@ mod streams;
 pub mod subjects;
 
 pub use config::{NatsConfig, StreamSettings, StreamsConfig, DEFAULT_NATS_URL};
-pub use connect::connect;
+pub use connect::{connect, connect_with_retry};
 pub use error::BusError;
 pub use streams::{ensure_stream, ensure_streams, stream_identity, StreamKind};

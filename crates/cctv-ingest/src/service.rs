@@ -48,7 +48,7 @@ pub async fn run(
     }
     let normalizer = Arc::new(load_normalizer(&config)?);
 
-    let client = connect_with_retry(&config, &shutdown).await?;
+    let client = cctv_bus::connect_with_retry(&config.nats, "cctv-ingest", &shutdown).await?;
     let Some(client) = client else { return Ok(()) };
     let js = jetstream::new(client);
     cctv_bus::ensure_streams(&js, &config.streams).await?;
@@ -165,30 +165,6 @@ fn load_normalizer(config: &IngestConfig) -> Result<Normalizer, IngestError> {
     ))
 }
 
-/// Connects, retrying with backoff until it works or shutdown is requested
-/// (`Ok(None)`). Settings errors fail at once.
-async fn connect_with_retry(
-    config: &IngestConfig,
-    shutdown: &CancellationToken,
-) -> Result<Option<async_nats::Client>, IngestError> {
-    let mut pause = Duration::from_millis(200);
-    loop {
-        match cctv_bus::connect(&config.nats, "cctv-ingest").await {
-            Ok(client) => return Ok(Some(client)),
-            Err(error) if error.is_transient() => {
-                tracing::warn!(%error, "NATS not reachable yet; retrying");
-            }
-            Err(error) => return Err(error.into()),
-        }
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Ok(None),
-            () = tokio::time::sleep(pause) => {}
-        }
-        pause = (pause * 2).min(Duration::from_secs(5));
-    }
-}
-
 async fn create_consumer(
     js: &jetstream::Context,
     config: &IngestConfig,
@@ -213,12 +189,7 @@ async fn create_consumer(
     stream
         .get_or_create_consumer(&settings.consumer, consumer_config)
         .await
-        .map_err(|e| {
-            IngestError::Bus(cctv_bus::BusError::JetStream {
-                operation: "create raw consumer",
-                message: e.to_string(),
-            })
-        })
+        .map_err(|e| cctv_bus::BusError::jetstream("create raw consumer", e).into())
 }
 
 /// What every batch task needs.
