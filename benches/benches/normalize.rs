@@ -28,6 +28,7 @@ fn canonical(c: &mut Criterion) {
         msg_id: Some("gw7-000184223"),
         camera_id: None,
         received_at: None,
+        stored_at: None,
     };
     let mut group = c.benchmark_group("canonical");
     group.throughput(Throughput::Elements(1));

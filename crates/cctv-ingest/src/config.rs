@@ -96,6 +96,8 @@ pub struct LimitsSettings {
     pub max_events_per_message: usize,
     /// Deepest JSON nesting accepted.
     pub max_json_depth: usize,
+    /// Deepest XML element nesting accepted.
+    pub max_xml_depth: usize,
     /// How far in the future a detection may be.
     #[serde(with = "humantime_serde")]
     pub max_future: Duration,
@@ -116,6 +118,7 @@ impl Default for LimitsSettings {
             max_string_bytes: limits.max_string_bytes,
             max_events_per_message: limits.max_events_per_message,
             max_json_depth: limits.max_json_depth,
+            max_xml_depth: limits.max_xml_depth,
             max_future: std(limits.max_future),
             max_past: std(limits.max_past),
             max_clock_skew: std(limits.max_clock_skew),
@@ -132,6 +135,7 @@ impl LimitsSettings {
             max_string_bytes: self.max_string_bytes,
             max_events_per_message: self.max_events_per_message,
             max_json_depth: self.max_json_depth,
+            max_xml_depth: self.max_xml_depth,
             max_future: delta(self.max_future),
             max_past: delta(self.max_past),
             max_clock_skew: delta(self.max_clock_skew),

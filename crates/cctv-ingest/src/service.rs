@@ -370,6 +370,7 @@ impl BatchContext {
             msg_id: header(headers::NATS_MSG_ID),
             camera_id: header(headers::CAMERA_ID),
             received_at: header(headers::RECEIVED_AT),
+            stored_at: message.info().ok().map(|info| info.published),
         };
         self.normalizer.normalize(&raw, now)
     }

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::detection::{Confidence, Detection};
+use crate::json::json_rejection;
 use crate::normalizer::RawMessage;
 use crate::outcome::{RejectReason, Rejection};
 use crate::time::{epoch_to_utc, parse_rfc3339};
@@ -179,20 +180,4 @@ fn truncate(text: &str) -> &str {
         Some((index, _)) => &text[..index],
         None => text,
     }
-}
-
-/// Classifies a serde_json error: syntax and truncation are malformed input,
-/// wrong types are invalid fields, and the recursion limit means too deep.
-pub(crate) fn json_rejection(error: serde_json::Error) -> Rejection {
-    use serde_json::error::Category;
-    let text = error.to_string();
-    let reason = if text.contains("recursion limit") {
-        RejectReason::TooDeep
-    } else {
-        match error.classify() {
-            Category::Data => RejectReason::InvalidField,
-            Category::Syntax | Category::Eof | Category::Io => RejectReason::Malformed,
-        }
-    };
-    Rejection::new(reason, text)
 }

@@ -25,7 +25,12 @@ pub struct Detection {
     pub explicit_event_id: Option<Uuid>,
     /// Camera id given by the payload.
     pub camera_id: Option<String>,
-    /// Vendor device key (`<format>:<device>/<channel>`) for the registry.
+    /// Vendor device key for the registry's `identities` column:
+    /// `hikvision:<mac>/<channel>` (lowercase MAC; else `deviceID`, else IP),
+    /// `dahua:<MachineName or gateway>/<channel>`,
+    /// `onvif:<gateway>/<video source token>`, `deepstream:<sensor id>`,
+    /// `frigate:<gateway>/<camera name>`. Also the camera id of a camera the
+    /// registry does not know.
     pub device_identity: Option<String>,
     /// Region code given by the payload, used only for unknown cameras.
     pub payload_region: Option<String>,

@@ -9,12 +9,20 @@
 //! [`cctv_event::OffenceEvent`].
 
 mod canonical;
+mod dahua;
+mod decode;
+mod deepstream;
 mod detection;
 mod format;
+mod frigate;
+mod hikvision;
+mod json;
 mod limits;
 mod normalizer;
+mod onvif;
 mod outcome;
 mod time;
+mod xml;
 
 pub use detection::{Confidence, Detection};
 pub use format::Format;

@@ -13,6 +13,8 @@ pub struct Limits {
     pub max_events_per_message: usize,
     /// Deepest nesting of JSON objects and arrays accepted.
     pub max_json_depth: usize,
+    /// Deepest nesting of XML elements accepted.
+    pub max_xml_depth: usize,
     /// How far in the future (against `now`) a detection time may be.
     pub max_future: TimeDelta,
     /// How far in the past (against `now`) a detection time may be.
@@ -28,6 +30,7 @@ impl Default for Limits {
             max_string_bytes: 512,
             max_events_per_message: 64,
             max_json_depth: 32,
+            max_xml_depth: 32,
             max_future: TimeDelta::hours(24),
             max_past: TimeDelta::days(400),
             max_clock_skew: TimeDelta::minutes(5),

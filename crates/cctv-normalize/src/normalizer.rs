@@ -9,12 +9,13 @@ use cctv_event::{
 };
 use chrono::{DateTime, Utc};
 
+use crate::decode::{DecodeContext, Decoded};
 use crate::detection::Detection;
 use crate::format::Format;
 use crate::limits::{json_too_deep, Limits};
 use crate::outcome::{Outcome, RejectReason, Rejection};
 use crate::time::parse_rfc3339;
-use crate::{canonical, IgnoreReason};
+use crate::{canonical, dahua, deepstream, frigate, hikvision, onvif, IgnoreReason};
 
 /// A raw message as it arrived on `cctv.raw.<format>.<gateway_id>`.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +32,9 @@ pub struct RawMessage<'a> {
     pub camera_id: Option<&'a str>,
     /// `Cctv-Received-At` header, if any (RFC 3339).
     pub received_at: Option<&'a str>,
+    /// When the raw stream stored the message: the receipt time used when the
+    /// gateway sent no `Cctv-Received-At`.
+    pub stored_at: Option<DateTime<Utc>>,
 }
 
 /// Turns raw messages into outcomes. Cheap to share: the reference data is
@@ -95,13 +99,23 @@ impl Normalizer {
         };
         // Every supported format is text; refusing bad UTF-8 up front gives it
         // its own reason instead of a parser's syntax error.
-        if let Err(error) = std::str::from_utf8(raw.payload) {
-            return Err(Rejection::new(
-                RejectReason::InvalidUtf8,
-                format!("payload is not UTF-8: {error}"),
-            ));
-        }
-        let detections = match format {
+        let text = match std::str::from_utf8(raw.payload) {
+            Ok(text) => text,
+            Err(error) => {
+                return Err(Rejection::new(
+                    RejectReason::InvalidUtf8,
+                    format!("payload is not UTF-8: {error}"),
+                ))
+            }
+        };
+        let context = DecodeContext {
+            raw,
+            text,
+            format,
+            taxonomy: &self.taxonomy,
+            limits: &self.limits,
+        };
+        let decoded = match format {
             Format::Canonical => {
                 if json_too_deep(raw.payload, self.limits.max_json_depth) {
                     return Err(Rejection::new(
@@ -112,14 +126,17 @@ impl Normalizer {
                         ),
                     ));
                 }
-                vec![canonical::decode(raw)?]
+                Decoded::Detections(vec![canonical::decode(raw)?])
             }
-            other => {
-                return Err(Rejection::new(
-                    RejectReason::UnsupportedFormat,
-                    format!("format {:?} has no decoder yet", other.as_str()),
-                ))
-            }
+            Format::Hikvision => hikvision::decode(&context)?,
+            Format::Dahua => dahua::decode(&context)?,
+            Format::Onvif => onvif::decode(&context)?,
+            Format::Deepstream => deepstream::decode(&context)?,
+            Format::Frigate => frigate::decode(&context)?,
+        };
+        let detections = match decoded {
+            Decoded::Detections(detections) => detections,
+            Decoded::Ignored(reason) => return Ok(Outcome::Ignored(reason)),
         };
         if detections.is_empty() {
             return Ok(Outcome::Ignored(IgnoreReason::NotOffence));
@@ -134,11 +151,14 @@ impl Normalizer {
                 ),
             ));
         }
-        let received_at = raw.received_at.and_then(parse_rfc3339);
-        let mut events = Vec::with_capacity(detections.len());
+        let received_at = raw.received_at.and_then(parse_rfc3339).or(raw.stored_at);
+        let mut events: Vec<OffenceEvent> = Vec::with_capacity(detections.len());
         let mut states = 0usize;
         for detection in detections {
             match self.enrich(format, raw, detection, received_at, now)? {
+                // Several detections of one message can name one offence (the
+                // pictures of a Dahua group): keep the first of each event id.
+                Some(event) if events.iter().any(|seen| seen.event_id == event.event_id) => {}
                 Some(event) => events.push(event),
                 None => states += 1,
             }
@@ -294,6 +314,7 @@ impl Normalizer {
             ("region", detection.payload_region.as_deref()),
             ("evidence_url", detection.evidence_url.as_deref()),
             ("device_time", detection.device_time.as_deref()),
+            ("device_identity", detection.device_identity.as_deref()),
             ("gateway_id", Some(raw.gateway_id)),
         ];
         for (name, value) in fields {
@@ -389,6 +410,7 @@ mod tests {
             msg_id: None,
             camera_id: None,
             received_at: None,
+            stored_at: None,
         }
     }
 

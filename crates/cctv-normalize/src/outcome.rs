@@ -58,6 +58,8 @@ pub enum RejectReason {
     Malformed,
     /// The payload nests deeper than allowed.
     TooDeep,
+    /// An XML payload carries a document type declaration (entities, DTD).
+    DtdForbidden,
     /// A required field is missing or null.
     MissingField,
     /// A field has the wrong type or an impossible value.
@@ -85,6 +87,7 @@ impl RejectReason {
             RejectReason::InvalidUtf8 => "invalid_utf8",
             RejectReason::Malformed => "malformed",
             RejectReason::TooDeep => "too_deep",
+            RejectReason::DtdForbidden => "dtd_forbidden",
             RejectReason::MissingField => "missing_field",
             RejectReason::InvalidField => "invalid_field",
             RejectReason::FieldTooLong => "field_too_long",
