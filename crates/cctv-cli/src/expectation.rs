@@ -20,6 +20,40 @@ pub struct Expectation {
     pub count: u64,
     /// Expected totals, sorted by region then offence type.
     pub totals: Vec<TotalsRow>,
+    /// What the ingest service must make of the run's raw messages
+    /// (republished exact copies excluded: the raw stream drops them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<RawOutcomes>,
+}
+
+/// Expected outcomes of a run's distinct raw messages; they add up to
+/// `published`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawOutcomes {
+    /// Distinct raw messages published.
+    pub published: u64,
+    /// Messages carrying an offence not seen before.
+    pub counted: u64,
+    /// Messages repeating an offence already counted.
+    pub duplicate: u64,
+    /// Valid messages that are not offences.
+    pub ignored: u64,
+    /// Broken messages.
+    pub dead_lettered: u64,
+}
+
+impl RawOutcomes {
+    /// Tallies one message.
+    pub(crate) fn add(&mut self, expected: crate::vendors::Expected) {
+        use crate::vendors::Expected;
+        self.published += 1;
+        match expected {
+            Expected::Counted => self.counted += 1,
+            Expected::Duplicate => self.duplicate += 1,
+            Expected::Ignored => self.ignored += 1,
+            Expected::DeadLettered => self.dead_lettered += 1,
+        }
+    }
 }
 
 impl Expectation {
@@ -42,6 +76,7 @@ impl Expectation {
             gateway_prefix: gateway_prefix.to_string(),
             count: totals.iter().map(|row| row.events).sum(),
             totals,
+            raw: None,
         }
     }
 

@@ -22,11 +22,12 @@ mod setup;
 mod simulate;
 mod table;
 mod totals;
+mod vendors;
 
 pub use config::CliConfig;
 pub use dlq::{run_dlq, DlqCommand, DlqListArgs, ListFormat};
-pub use expectation::{compare_totals, CellDiff, Expectation};
+pub use expectation::{compare_totals, CellDiff, Expectation, RawOutcomes};
 pub use setup::{run_setup, SetupArgs};
-pub use simulate::{run_simulate, SimulateArgs};
+pub use simulate::{run_simulate, FormatChoice, SimulateArgs};
 pub use table::{render_totals, OutputFormat};
 pub use totals::{parse_day, run_totals, TotalsArgs};

@@ -1,8 +1,12 @@
-//! `cctvctl simulate`: a fleet of cameras publishing canonical JSON events to
-//! `cctv.raw.canonical.<gateway_id>`, and the totals the pipeline must count.
+//! `cctvctl simulate`: a fleet of cameras publishing offences to
+//! `cctv.raw.<format>.<gateway_id>` in canonical JSON, one vendor format, or
+//! each camera in its own vendor's format (`--format mixed`), with the
+//! lifecycle repeats, heartbeats, plate reads and broken messages real
+//! devices send; and the totals (and per-message outcomes) the pipeline must
+//! produce.
 //!
 //! The generator ([`Generator`]) is pure and seeded: it decides camera,
-//! offence, time and payload of every event and whether it is republished,
+//! offence, time and payloads of every step and whether it is republished,
 //! so a run is reproducible with `--seed`. The publisher keeps many JetStream
 //! publishes in flight, awaits their acks in order and retries failures.
 
@@ -26,6 +30,8 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::Serialize;
 
+use crate::expectation::RawOutcomes;
+use crate::vendors::{self, Device, Expected, OffenceSpec, Vendor, VendorMessage};
 use crate::{render_totals, CliConfig, Expectation, OutputFormat};
 
 /// The time zone whose calendar day the detections are spread over.
@@ -82,6 +88,40 @@ pub struct SimulateArgs {
     /// Share of events published a second time, identically.
     #[arg(long, default_value_t = 0.01)]
     pub duplicates: f64,
+    /// Payload format: `canonical`, one vendor (`hikvision`, `dahua`,
+    /// `onvif`, `deepstream`, `frigate`: every registered camera speaks it),
+    /// or `mixed` (each camera speaks the format of its registry identity,
+    /// canonical when it has none). Unregistered cameras speak canonical.
+    #[arg(long, default_value = "canonical", value_parser = parse_format)]
+    pub format: FormatChoice,
+    /// Share of extra valid messages that are not offences (heartbeats,
+    /// plate reads, unmapped rules, false positives), per offence, in vendor
+    /// formats.
+    #[arg(long, default_value_t = 0.1)]
+    pub noise: f64,
+    /// Share of extra broken messages (dead-lettered), per offence.
+    #[arg(long, default_value_t = 0.005)]
+    pub malformed: f64,
+}
+
+/// `--format`: one format for every camera, or each camera its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormatChoice {
+    /// Every registered camera speaks this format.
+    One(&'static str),
+    /// Each camera speaks the format of its registry identity.
+    Mixed,
+}
+
+fn parse_format(text: &str) -> Result<FormatChoice, String> {
+    if text == "mixed" {
+        return Ok(FormatChoice::Mixed);
+    }
+    Vendor::parse(text)
+        .map(|vendor| FormatChoice::One(vendor.as_str()))
+        .ok_or_else(|| {
+            format!("unknown format {text:?}: canonical, hikvision, dahua, onvif, deepstream, frigate or mixed")
+        })
 }
 
 /// Relative frequency of an offence code in the simulation; codes not listed
@@ -126,6 +166,13 @@ struct SimCamera {
     expected_region: String,
     /// Index of the camera's gateway, from 1.
     gateway: usize,
+    /// Vendor format the camera speaks and how it names itself.
+    vendor: Vendor,
+    /// Device fields of its payloads (vendor formats).
+    device: Option<Device>,
+    /// Whether its messages carry `Cctv-Camera-Id` (its device identity is
+    /// not one the registry knows, or is bound to a gateway).
+    camera_header: bool,
 }
 
 /// The cameras of a run, in three pools.
@@ -146,6 +193,7 @@ impl Fleet {
         cameras: usize,
         regions: &Regions,
         gateways: usize,
+        format: FormatChoice,
     ) -> anyhow::Result<Self> {
         let gateways = gateways.max(1);
         let known = |camera_id: &str| {
@@ -159,6 +207,9 @@ impl Fleet {
                 camera_id,
                 payload_region,
                 gateway: index % gateways + 1,
+                vendor: Vendor::Canonical,
+                device: None,
+                camera_header: false,
             };
         let synthesize = |count: usize, serial_offset: usize| -> Vec<SimCamera> {
             let all = regions.all();
@@ -177,19 +228,49 @@ impl Fleet {
                 .collect()
         };
 
-        let main = match registry {
+        let main: Vec<SimCamera> = match registry {
             Some(registry) => registry
                 .cameras()
                 .iter()
                 .enumerate()
-                .map(|(index, camera)| SimCamera {
-                    camera_id: camera.camera_id.clone(),
-                    payload_region: None,
-                    expected_region: expected_region(Some(&camera.region), None, regions),
-                    gateway: index % gateways + 1,
+                .map(|(index, camera)| {
+                    let identities: Vec<(Vendor, Device)> = camera
+                        .identities
+                        .iter()
+                        .filter_map(|identity| Device::from_identity(identity))
+                        .collect();
+                    let (vendor, device, camera_header) =
+                        camera_device(format, &identities, &camera.camera_id, index);
+                    SimCamera {
+                        camera_id: camera.camera_id.clone(),
+                        payload_region: None,
+                        expected_region: expected_region(Some(&camera.region), None, regions),
+                        gateway: index % gateways + 1,
+                        vendor,
+                        device,
+                        camera_header,
+                    }
                 })
                 .collect(),
-            None => synthesize(cameras, 0),
+            None => synthesize(cameras, 0)
+                .into_iter()
+                .enumerate()
+                .map(|(index, mut camera)| {
+                    // Synthetic cameras are unregistered: vendor devices of
+                    // theirs are named by the camera header, region unknown
+                    // to the pipeline unless canonical carries it.
+                    if let FormatChoice::One(token) = format {
+                        let vendor = Vendor::parse(token).unwrap_or(Vendor::Canonical);
+                        if vendor != Vendor::Canonical {
+                            camera.vendor = vendor;
+                            camera.device = Some(Device::synthetic(vendor, &camera.camera_id, index));
+                            camera.camera_header = true;
+                            camera.expected_region = UNKNOWN_REGION.to_string();
+                        }
+                    }
+                    camera
+                })
+                .collect(),
         };
         // Serials of the extra unregistered pool start after the main pool's.
         let serial_offset = cameras / regions.all().len().max(1) + 1;
@@ -212,6 +293,34 @@ impl Fleet {
     }
 }
 
+/// The vendor, device and header choice of a registered camera.
+fn camera_device(
+    format: FormatChoice,
+    identities: &[(Vendor, Device)],
+    camera_id: &str,
+    index: usize,
+) -> (Vendor, Option<Device>, bool) {
+    let vendor = match format {
+        FormatChoice::One(token) => Vendor::parse(token).unwrap_or(Vendor::Canonical),
+        FormatChoice::Mixed => identities
+            .first()
+            .map_or(Vendor::Canonical, |(vendor, _)| *vendor),
+    };
+    if vendor == Vendor::Canonical {
+        return (vendor, None, false);
+    }
+    match identities.iter().find(|(known, _)| *known == vendor) {
+        // ONVIF and Frigate identities name the gateway, which a simulated
+        // run does not use: those cameras are named by the header.
+        Some((_, device)) => (
+            vendor,
+            Some(device.clone()),
+            matches!(vendor, Vendor::Onvif | Vendor::Frigate),
+        ),
+        None => (vendor, Some(Device::synthetic(vendor, camera_id, index)), true),
+    }
+}
+
 /// The canonical JSON body of one event (contract section 3).
 #[derive(Debug, Serialize)]
 struct CanonicalPayload<'a> {
@@ -229,20 +338,34 @@ struct CanonicalPayload<'a> {
     speed_limit_kmh: Option<u32>,
 }
 
-/// One generated event.
+/// One raw message of a step.
 #[derive(Debug, Clone)]
-struct SimEvent {
-    /// `Nats-Msg-Id` and `source_event_id`: `<run_id>-<n>`.
+struct SimMessage {
+    /// `<format>` subject token.
+    format: &'static str,
+    /// `Nats-Msg-Id`: `<run_id>-<n>[-<k>]`.
     msg_id: String,
+    /// `Cctv-Camera-Id`, when the camera is named by the header.
+    camera_header: Option<String>,
+    /// Body.
+    payload: Vec<u8>,
+    /// What the pipeline must make of it.
+    expected: Expected,
+}
+
+/// One step of the simulation: one offence (its messages, the first counted)
+/// plus any noise and broken messages drawn before it.
+#[derive(Debug, Clone)]
+struct SimStep {
     /// Gateway id of the camera.
     gateway_id: String,
-    /// JSON body.
-    payload: Vec<u8>,
-    /// Region the pipeline must count it under.
+    /// Messages in publishing order.
+    messages: Vec<SimMessage>,
+    /// Region the offence must be counted under.
     expected_region: String,
     /// Canonical offence code.
     offence_type: String,
-    /// Whether to publish it a second time.
+    /// Whether the offence's first message goes out a second time.
     republish: bool,
 }
 
@@ -257,6 +380,8 @@ struct Generator {
     day_millis: i64,
     unknown_share: f64,
     duplicates: f64,
+    noise: f64,
+    malformed: f64,
 }
 
 impl Generator {
@@ -286,7 +411,33 @@ impl Generator {
             day_millis,
             unknown_share,
             duplicates,
+            noise: 0.0,
+            malformed: 0.0,
         })
+    }
+
+    /// Sets the shares of noise and broken messages per offence.
+    fn with_extras(mut self, noise: f64, malformed: f64) -> Self {
+        self.noise = noise;
+        self.malformed = malformed;
+        self
+    }
+
+    /// Draws an offence code the camera's vendor reports.
+    fn pick_offence(&mut self, vendor: Vendor) -> anyhow::Result<String> {
+        let Some(vocabulary) = vendor.vocabulary() else {
+            return self
+                .offence_codes
+                .get(self.offence_index.sample(&mut self.rng))
+                .cloned()
+                .context("offence index out of range");
+        };
+        let weights = WeightedIndex::new(vocabulary.iter().map(|(code, _)| offence_weight(code)))
+            .context("failed to build a vendor's offence distribution")?;
+        vocabulary
+            .get(weights.sample(&mut self.rng))
+            .map(|(code, _)| (*code).to_string())
+            .context("vendor offence index out of range")
     }
 
     /// Picks the camera of the next event from the three pools.
@@ -303,44 +454,95 @@ impl Generator {
         pool.get(index).cloned()
     }
 
-    /// Generates event number `n` (from 1).
-    fn next_event(&mut self, n: u64) -> anyhow::Result<SimEvent> {
+    /// Generates step number `n` (from 1): one offence and its messages.
+    fn next_step(&mut self, n: u64) -> anyhow::Result<SimStep> {
         let camera = self
             .pick_camera()
             .context("the simulated fleet has no cameras")?;
-        let offence_type = self
-            .offence_codes
-            .get(self.offence_index.sample(&mut self.rng))
-            .cloned()
-            .context("offence index out of range")?;
+        let offence_type = self.pick_offence(camera.vendor)?;
         let detected =
             self.day_start + TimeDelta::milliseconds(self.rng.random_range(0..self.day_millis));
         let msg_id = format!("{}-{n}", self.run_id);
-        let (speed_kmh, speed_limit_kmh) = if offence_type == "traffic.speeding" {
+        let speed = if offence_type == "traffic.speeding" {
             let limit = [40, 60, 80, 90, 100, 110][self.rng.random_range(0..6)];
-            (Some(limit + self.rng.random_range(11..60)), Some(limit))
+            Some((limit + self.rng.random_range(11..60), limit))
         } else {
-            (None, None)
+            None
         };
-        let payload = CanonicalPayload {
-            camera_id: &camera.camera_id,
-            offence_type: &offence_type,
-            detected_at: detected
-                .with_timezone(&SIMULATION_TIMEZONE)
-                .to_rfc3339_opts(SecondsFormat::Millis, false),
-            source_event_id: &msg_id,
-            confidence: (self.rng.random_range(500..1000) as f64) / 1000.0,
-            plate: random_plate(&mut self.rng),
-            region: camera.payload_region.as_deref(),
-            speed_kmh,
-            speed_limit_kmh,
+        let confidence = f64::from(self.rng.random_range(500..1000)) / 1000.0;
+        let plate = random_plate(&mut self.rng);
+        let camera_header = camera.camera_header.then(|| camera.camera_id.clone());
+        let vendor_messages: Vec<VendorMessage> = match (&camera.device, camera.vendor) {
+            (Some(device), vendor) if vendor != Vendor::Canonical => {
+                let offence = OffenceSpec {
+                    code: &offence_type,
+                    detected,
+                    plate: &plate,
+                    speed,
+                    confidence,
+                };
+                vendors::offence_messages(vendor, device, &offence, &mut self.rng)
+            }
+            _ => {
+                let payload = CanonicalPayload {
+                    camera_id: &camera.camera_id,
+                    offence_type: &offence_type,
+                    detected_at: detected
+                        .with_timezone(&SIMULATION_TIMEZONE)
+                        .to_rfc3339_opts(SecondsFormat::Millis, false),
+                    source_event_id: &msg_id,
+                    confidence,
+                    plate: plate.clone(),
+                    region: camera.payload_region.as_deref(),
+                    speed_kmh: speed.map(|(speed, _)| speed),
+                    speed_limit_kmh: speed.map(|(_, limit)| limit),
+                };
+                vec![VendorMessage {
+                    payload: serde_json::to_vec(&payload).context("failed to encode an event")?,
+                    expected: Expected::Counted,
+                }]
+            }
         };
-        let payload = serde_json::to_vec(&payload).context("failed to encode an event")?;
+        if vendor_messages.is_empty() {
+            bail!("{} cannot report {offence_type}", camera.vendor.as_str());
+        }
+        let mut extras = Vec::new();
+        if camera.vendor != Vendor::Canonical && self.rng.random_bool(self.noise.clamp(0.0, 1.0)) {
+            if let Some(device) = &camera.device {
+                let other_time = self.day_start
+                    + TimeDelta::milliseconds(self.rng.random_range(0..self.day_millis));
+                let other_plate = random_plate(&mut self.rng);
+                extras.extend(vendors::noise_message(
+                    camera.vendor,
+                    device,
+                    other_time,
+                    &other_plate,
+                    &mut self.rng,
+                ));
+            }
+        }
+        if self.rng.random_bool(self.malformed.clamp(0.0, 1.0)) {
+            if let Some(first) = vendor_messages.first() {
+                extras.push(vendors::broken(first));
+            }
+        }
+        let format = camera.vendor.as_str();
+        let messages = extras
+            .into_iter()
+            .chain(vendor_messages)
+            .enumerate()
+            .map(|(k, message)| SimMessage {
+                format,
+                msg_id: if k == 0 { msg_id.clone() } else { format!("{msg_id}-{k}") },
+                camera_header: camera_header.clone(),
+                payload: message.payload,
+                expected: message.expected,
+            })
+            .collect();
         let republish = self.rng.random_bool(self.duplicates.clamp(0.0, 1.0));
-        Ok(SimEvent {
+        Ok(SimStep {
             gateway_id: gateway_id(&self.run_id, camera.gateway),
-            msg_id,
-            payload,
+            messages,
             expected_region: camera.expected_region,
             offence_type,
             republish,
@@ -653,6 +855,7 @@ pub async fn run_simulate(config: &CliConfig, args: &SimulateArgs) -> anyhow::Re
         args.cameras.unwrap_or(0),
         &regions,
         args.gateways,
+        args.format,
     )?;
     let mut generator = Generator::new(
         fleet,
@@ -662,7 +865,8 @@ pub async fn run_simulate(config: &CliConfig, args: &SimulateArgs) -> anyhow::Re
         day,
         args.unknown_share,
         args.duplicates,
-    )?;
+    )?
+    .with_extras(args.noise, args.malformed);
 
     let client = cctv_bus::connect(&config.nats, "cctvctl-simulate")
         .await
@@ -683,19 +887,26 @@ pub async fn run_simulate(config: &CliConfig, args: &SimulateArgs) -> anyhow::Re
     let mut progress = Progress::new(args.count, "publishing");
     let mut pending_duplicates: VecDeque<(u64, OutboundMessage)> = VecDeque::new();
     let mut cells: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut outcomes = RawOutcomes::default();
+    let mut by_format: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut republished = 0u64;
     let started = Instant::now();
     for n in 1..=args.count {
-        let event = generator.next_event(n)?;
+        let step = generator.next_step(n)?;
         *cells
-            .entry((event.expected_region.clone(), event.offence_type.clone()))
+            .entry((step.expected_region.clone(), step.offence_type.clone()))
             .or_insert(0) += 1;
-        let message = outbound_message(&event);
-        if event.republish {
-            pending_duplicates.push_back((n + DUPLICATE_DELAY_MESSAGES, message.clone()));
+        for message in &step.messages {
+            outcomes.add(message.expected);
+            *by_format.entry(message.format).or_insert(0) += 1;
+            let outbound = outbound_message(&step.gateway_id, message);
+            // The offence's counted message is the one republished.
+            if step.republish && message.expected == Expected::Counted {
+                pending_duplicates.push_back((n + DUPLICATE_DELAY_MESSAGES, outbound.clone()));
+            }
+            pacer.wait().await;
+            publisher.send(outbound).await;
         }
-        pacer.wait().await;
-        publisher.send(message).await;
         while pending_duplicates.front().is_some_and(|(due, _)| *due <= n) {
             if let Some((_, duplicate)) = pending_duplicates.pop_front() {
                 pacer.wait().await;
@@ -718,17 +929,28 @@ pub async fn run_simulate(config: &CliConfig, args: &SimulateArgs) -> anyhow::Re
     progress.finish();
     let elapsed = started.elapsed();
 
-    let expectation = Expectation::new(&run_id, &gateway_prefix(&run_id), &cells);
-    let messages = args.count + republished;
+    let mut expectation = Expectation::new(&run_id, &gateway_prefix(&run_id), &cells);
+    expectation.raw = Some(outcomes);
+    let messages = outcomes.published + republished;
+    let formats: Vec<String> = by_format
+        .iter()
+        .map(|(format, count)| format!("{format} {count}"))
+        .collect();
     println!(
-        "run {run_id} (seed {seed}, day {day}): published {} events + {republished} republished duplicates \
-         to {}.canonical.{}{{1..{}}} in {:.1}s ({:.0} msg/s)",
+        "run {run_id} (seed {seed}, day {day}): {} offences in {} raw messages ({}) + {republished} \
+         republished copies to {}.<format>.{}{{1..{}}} in {:.1}s ({:.0} msg/s)",
         args.count,
+        outcomes.published,
+        formats.join(", "),
         subjects::RAW_PREFIX,
         expectation.gateway_prefix,
         args.gateways,
         elapsed.as_secs_f64(),
         messages as f64 / elapsed.as_secs_f64().max(1e-9),
+    );
+    println!(
+        "expected raw outcomes: {} counted, {} duplicate, {} ignored, {} dead-lettered",
+        outcomes.counted, outcomes.duplicate, outcomes.ignored, outcomes.dead_lettered
     );
     println!(
         "stream acks: {} stored, {} recognised as duplicates, {} publish failures retried",
@@ -748,20 +970,23 @@ pub async fn run_simulate(config: &CliConfig, args: &SimulateArgs) -> anyhow::Re
     Ok(())
 }
 
-/// Subject, headers and body of one event.
-fn outbound_message(event: &SimEvent) -> OutboundMessage {
+/// Subject, headers and body of one message.
+fn outbound_message(gateway_id: &str, message: &SimMessage) -> OutboundMessage {
     let mut message_headers = HeaderMap::new();
-    message_headers.insert(headers::NATS_MSG_ID, event.msg_id.as_str());
+    message_headers.insert(headers::NATS_MSG_ID, message.msg_id.as_str());
     message_headers.insert(
         headers::RECEIVED_AT,
         Utc::now()
             .to_rfc3339_opts(SecondsFormat::Millis, true)
             .as_str(),
     );
+    if let Some(camera_id) = &message.camera_header {
+        message_headers.insert(headers::CAMERA_ID, camera_id.as_str());
+    }
     OutboundMessage {
-        subject: subjects::raw("canonical", &event.gateway_id),
+        subject: subjects::raw(message.format, gateway_id),
         headers: message_headers,
-        payload: Bytes::from(event.payload.clone()),
+        payload: Bytes::from(message.payload.clone()),
     }
 }
 
@@ -794,7 +1019,7 @@ mod tests {
     fn fleet_pools_have_the_right_expected_regions() {
         let regions = Regions::builtin().unwrap();
         let registry = registry(&regions);
-        let fleet = Fleet::new(Some(&registry), 0, &regions, 3).unwrap();
+        let fleet = Fleet::new(Some(&registry), 0, &regions, 3, FormatChoice::One("canonical")).unwrap();
         assert_eq!(fleet.main.len(), 3);
         assert!(fleet.main.iter().all(|c| c.payload_region.is_none()));
         let almaty_old_code = fleet
@@ -819,7 +1044,7 @@ mod tests {
             .chain(&fleet.unregistered)
             .all(|c| (1..=3).contains(&c.gateway)));
 
-        let synthetic = Fleet::new(None, 45, &regions, 8).unwrap();
+        let synthetic = Fleet::new(None, 45, &regions, 8, FormatChoice::One("canonical")).unwrap();
         assert_eq!(synthetic.main.len(), 45);
         assert_eq!(synthetic.main[0].camera_id, "SIM-KZ10-0001");
         assert_eq!(synthetic.main[20].camera_id, "SIM-KZ10-0002");
@@ -827,7 +1052,7 @@ mod tests {
             .unregistered
             .iter()
             .all(|c| !synthetic.main.iter().any(|m| m.camera_id == c.camera_id)));
-        assert!(Fleet::new(None, 0, &regions, 8).is_err());
+        assert!(Fleet::new(None, 0, &regions, 8, FormatChoice::One("canonical")).is_err());
     }
 
     #[test]
@@ -835,7 +1060,7 @@ mod tests {
         let regions = Regions::builtin().unwrap();
         let taxonomy = Taxonomy::builtin().unwrap();
         let registry = registry(&regions);
-        let fleet = Fleet::new(Some(&registry), 0, &regions, 8).unwrap();
+        let fleet = Fleet::new(Some(&registry), 0, &regions, 8, FormatChoice::One("canonical")).unwrap();
         let day = NaiveDate::from_ymd_opt(2025, 3, 14).unwrap();
         let mut generator =
             Generator::new(fleet, &taxonomy, 7, "ab12cd34", day, 0.04, 0.01).unwrap();
@@ -843,10 +1068,12 @@ mod tests {
         let (mut unregistered, mut unknown, mut republish) = (0u64, 0u64, 0u64);
         let total = 20_000u64;
         for n in 1..=total {
-            let event = generator.next_event(n).unwrap();
+            let event = generator.next_step(n).unwrap();
             *by_type.entry(event.offence_type.clone()).or_default() += 1;
-            let payload: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
-            assert_eq!(payload["source_event_id"], event.msg_id.as_str());
+            assert_eq!(event.messages.len(), 1);
+            let message = &event.messages[0];
+            let payload: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+            assert_eq!(payload["source_event_id"], message.msg_id.as_str());
             let detected =
                 DateTime::parse_from_rfc3339(payload["detected_at"].as_str().unwrap()).unwrap();
             assert_eq!(
@@ -878,10 +1105,10 @@ mod tests {
         assert!((100..300).contains(&unknown), "{unknown}");
         assert!((120..300).contains(&republish), "{republish}");
         // The same seed generates the same events.
-        let fleet = Fleet::new(Some(&registry), 0, &regions, 8).unwrap();
+        let fleet = Fleet::new(Some(&registry), 0, &regions, 8, FormatChoice::One("canonical")).unwrap();
         let mut again = Generator::new(fleet, &taxonomy, 7, "ab12cd34", day, 0.04, 0.01).unwrap();
         let mut first = Generator::new(
-            Fleet::new(Some(&registry), 0, &regions, 8).unwrap(),
+            Fleet::new(Some(&registry), 0, &regions, 8, FormatChoice::One("canonical")).unwrap(),
             &taxonomy,
             7,
             "ab12cd34",
@@ -891,8 +1118,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            again.next_event(1).unwrap().payload,
-            first.next_event(1).unwrap().payload
+            again.next_step(1).unwrap().messages[0].payload,
+            first.next_step(1).unwrap().messages[0].payload
         );
     }
 
