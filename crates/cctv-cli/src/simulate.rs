@@ -263,7 +263,8 @@ impl Fleet {
                         let vendor = Vendor::parse(token).unwrap_or(Vendor::Canonical);
                         if vendor != Vendor::Canonical {
                             camera.vendor = vendor;
-                            camera.device = Some(Device::synthetic(vendor, &camera.camera_id, index));
+                            camera.device =
+                                Some(Device::synthetic(vendor, &camera.camera_id, index));
                             camera.camera_header = true;
                             camera.expected_region = UNKNOWN_REGION.to_string();
                         }
@@ -317,7 +318,11 @@ fn camera_device(
             Some(device.clone()),
             matches!(vendor, Vendor::Onvif | Vendor::Frigate),
         ),
-        None => (vendor, Some(Device::synthetic(vendor, camera_id, index)), true),
+        None => (
+            vendor,
+            Some(Device::synthetic(vendor, camera_id, index)),
+            true,
+        ),
     }
 }
 
@@ -533,7 +538,11 @@ impl Generator {
             .enumerate()
             .map(|(k, message)| SimMessage {
                 format,
-                msg_id: if k == 0 { msg_id.clone() } else { format!("{msg_id}-{k}") },
+                msg_id: if k == 0 {
+                    msg_id.clone()
+                } else {
+                    format!("{msg_id}-{k}")
+                },
                 camera_header: camera_header.clone(),
                 payload: message.payload,
                 expected: message.expected,
@@ -1019,7 +1028,14 @@ mod tests {
     fn fleet_pools_have_the_right_expected_regions() {
         let regions = Regions::builtin().unwrap();
         let registry = registry(&regions);
-        let fleet = Fleet::new(Some(&registry), 0, &regions, 3, FormatChoice::One("canonical")).unwrap();
+        let fleet = Fleet::new(
+            Some(&registry),
+            0,
+            &regions,
+            3,
+            FormatChoice::One("canonical"),
+        )
+        .unwrap();
         assert_eq!(fleet.main.len(), 3);
         assert!(fleet.main.iter().all(|c| c.payload_region.is_none()));
         let almaty_old_code = fleet
@@ -1060,7 +1076,14 @@ mod tests {
         let regions = Regions::builtin().unwrap();
         let taxonomy = Taxonomy::builtin().unwrap();
         let registry = registry(&regions);
-        let fleet = Fleet::new(Some(&registry), 0, &regions, 8, FormatChoice::One("canonical")).unwrap();
+        let fleet = Fleet::new(
+            Some(&registry),
+            0,
+            &regions,
+            8,
+            FormatChoice::One("canonical"),
+        )
+        .unwrap();
         let day = NaiveDate::from_ymd_opt(2025, 3, 14).unwrap();
         let mut generator =
             Generator::new(fleet, &taxonomy, 7, "ab12cd34", day, 0.04, 0.01).unwrap();
@@ -1105,10 +1128,24 @@ mod tests {
         assert!((100..300).contains(&unknown), "{unknown}");
         assert!((120..300).contains(&republish), "{republish}");
         // The same seed generates the same events.
-        let fleet = Fleet::new(Some(&registry), 0, &regions, 8, FormatChoice::One("canonical")).unwrap();
+        let fleet = Fleet::new(
+            Some(&registry),
+            0,
+            &regions,
+            8,
+            FormatChoice::One("canonical"),
+        )
+        .unwrap();
         let mut again = Generator::new(fleet, &taxonomy, 7, "ab12cd34", day, 0.04, 0.01).unwrap();
         let mut first = Generator::new(
-            Fleet::new(Some(&registry), 0, &regions, 8, FormatChoice::One("canonical")).unwrap(),
+            Fleet::new(
+                Some(&registry),
+                0,
+                &regions,
+                8,
+                FormatChoice::One("canonical"),
+            )
+            .unwrap(),
             &taxonomy,
             7,
             "ab12cd34",
@@ -1151,5 +1188,88 @@ mod tests {
         .unwrap();
         assert_eq!(start.to_rfc3339(), "2025-03-13T19:00:00+00:00");
         assert_eq!(millis, 86_400_000);
+    }
+
+    /// Every message the mixed simulation generates gets exactly the outcome
+    /// it claims when run through the real normaliser (with an event-id set
+    /// standing in for the events stream's duplicate window), and the
+    /// counted offences land in the expected region and type.
+    #[test]
+    fn vendor_messages_normalise_to_their_expected_outcomes() {
+        use cctv_normalize::{Limits, Normalizer, Outcome, RawMessage};
+        use std::collections::HashSet;
+        use std::sync::Arc;
+
+        let regions = Regions::builtin().unwrap();
+        let taxonomy = Taxonomy::builtin().unwrap();
+        let registry_path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/cameras.csv");
+        let registry = CameraRegistry::load(&registry_path, &regions).unwrap();
+        let normalizer = Normalizer::new(
+            Arc::new(taxonomy.clone()),
+            Arc::new(regions.clone()),
+            Arc::new(registry.clone()),
+            Limits::default(),
+        );
+        for format in ["mixed", "hikvision", "dahua", "onvif", "deepstream", "frigate"] {
+            let choice = parse_format(format).unwrap();
+            let fleet = Fleet::new(Some(&registry), 0, &regions, 4, choice).unwrap();
+            let day = yesterday();
+            let mut generator = Generator::new(fleet, &taxonomy, 11, "t1", day, 0.05, 0.0)
+                .unwrap()
+                .with_extras(0.3, 0.05);
+            let mut seen = HashSet::new();
+            let mut outcomes = RawOutcomes::default();
+            let mut formats_seen = HashSet::new();
+            let now = Utc::now();
+            for n in 1..=3000 {
+                let step = generator.next_step(n).unwrap();
+                let mut counted_cells = Vec::new();
+                for message in &step.messages {
+                    outcomes.add(message.expected);
+                    formats_seen.insert(message.format);
+                    let raw = RawMessage {
+                        format: message.format,
+                        gateway_id: &step.gateway_id,
+                        payload: &message.payload,
+                        msg_id: Some(&message.msg_id),
+                        camera_id: message.camera_header.as_deref(),
+                        received_at: None,
+                        stored_at: None,
+                    };
+                    let outcome = normalizer.normalize(&raw, now);
+                    let context = || {
+                        format!(
+                            "{format} step {n} {:?}: {}\n{outcome:?}",
+                            message.expected,
+                            String::from_utf8_lossy(&message.payload)
+                        )
+                    };
+                    match (&outcome, message.expected) {
+                        (Outcome::Offences(events), Expected::Counted) => {
+                            assert!(events.iter().all(|e| seen.insert(e.event_id)), "{}", context());
+                            counted_cells.extend(
+                                events.iter().map(|e| (e.region.clone(), e.offence_type.clone())),
+                            );
+                        }
+                        (Outcome::Offences(events), Expected::Duplicate) => {
+                            assert!(events.iter().all(|e| seen.contains(&e.event_id)), "{}", context());
+                        }
+                        (Outcome::Ignored(_), Expected::Ignored)
+                        | (Outcome::Rejected(_), Expected::DeadLettered) => {}
+                        _ => panic!("unexpected outcome: {}", context()),
+                    }
+                }
+                assert_eq!(
+                    counted_cells,
+                    vec![(step.expected_region.clone(), step.offence_type.clone())],
+                    "{format} step {n}"
+                );
+            }
+            let expected_formats = if format == "mixed" { 6 } else { 2 };
+            assert_eq!(formats_seen.len(), expected_formats, "{format}: {formats_seen:?}");
+            assert!(outcomes.duplicate > 0 || format == "onvif", "{format}: {outcomes:?}");
+            assert!(outcomes.ignored > 0 && outcomes.dead_lettered > 0, "{format}: {outcomes:?}");
+        }
     }
 }

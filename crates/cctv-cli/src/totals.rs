@@ -287,6 +287,7 @@ mod tests {
             gateway_prefix: "sim-r-".into(),
             count: 5,
             totals: rows.clone(),
+            raw: None,
         };
         assert_eq!(
             verdict(&expectation, &[], &regions),

@@ -49,7 +49,9 @@ impl Vendor {
 
     /// Parses the subject token.
     pub(crate) fn parse(token: &str) -> Option<Vendor> {
-        Vendor::ALL.into_iter().find(|vendor| vendor.as_str() == token)
+        Vendor::ALL
+            .into_iter()
+            .find(|vendor| vendor.as_str() == token)
     }
 
     /// The offence codes this vendor's devices report, with the name each
@@ -258,7 +260,15 @@ pub(crate) fn noise_message(
         Vendor::Canonical => return None,
         Vendor::Hikvision => {
             if rng.random_bool(0.5) {
-                hikvision_xml(device, detected, "ANPR", "active", 1, &uuid(rng), &anpr_block(plate, 0, "normal", 90, None))
+                hikvision_xml(
+                    device,
+                    detected,
+                    "ANPR",
+                    "active",
+                    1,
+                    &uuid(rng),
+                    &anpr_block(plate, 0, "normal", 90, None),
+                )
             } else {
                 hikvision_xml(device, detected, "videoloss", "inactive", 0, "", "")
             }
@@ -267,12 +277,39 @@ pub(crate) fn noise_message(
             if rng.random_bool(0.5) {
                 b"Heartbeat".to_vec()
             } else {
-                let data = dahua_data(device, detected, rng.random(), 1, 1, plate, None, Some("ANPR"), 200);
+                let data = dahua_data(
+                    device,
+                    detected,
+                    rng.random(),
+                    1,
+                    1,
+                    plate,
+                    None,
+                    Some("ANPR"),
+                    200,
+                );
                 dahua_text("TrafficJunction", "Pulse", &device.channel, &data)
             }
         }
-        Vendor::Onvif => onvif_xml(device, detected, "MotionZone1", "Changed", "IsInside", true, rng.random_range(1..100_000)),
-        Vendor::Deepstream => deepstream_json(device, detected, "moving", rng.random(), plate, None, 0.8, rng),
+        Vendor::Onvif => onvif_xml(
+            device,
+            detected,
+            "MotionZone1",
+            "Changed",
+            "IsInside",
+            true,
+            rng.random_range(1..100_000),
+        ),
+        Vendor::Deepstream => deepstream_json(
+            device,
+            detected,
+            "moving",
+            rng.random(),
+            plate,
+            None,
+            0.8,
+            rng,
+        ),
         Vendor::Frigate => {
             let id = frigate_id(detected, rng);
             if rng.random_bool(0.5) {
@@ -302,7 +339,9 @@ pub(crate) fn broken(message: &VendorMessage) -> VendorMessage {
 }
 
 fn uuid(rng: &mut StdRng) -> String {
-    uuid::Builder::from_random_bytes(rng.random()).into_uuid().to_string()
+    uuid::Builder::from_random_bytes(rng.random())
+        .into_uuid()
+        .to_string()
 }
 
 fn counted(payload: Vec<u8>) -> VendorMessage {
@@ -318,7 +357,13 @@ fn repeat(payload: Vec<u8>, expected: Expected) -> VendorMessage {
 
 // ---- Hikvision ISAPI -------------------------------------------------------
 
-fn anpr_block(plate: &str, code: u32, name: &str, confidence: u32, speed: Option<(u32, u32)>) -> String {
+fn anpr_block(
+    plate: &str,
+    code: u32,
+    name: &str,
+    confidence: u32,
+    speed: Option<(u32, u32)>,
+) -> String {
     let (speed, limit) = speed.unwrap_or((0, 60));
     format!(
         "<ANPR><country>20</country><licensePlate>{plate}</licensePlate><confidenceLevel>{confidence}</confidenceLevel>\
@@ -386,8 +431,15 @@ fn hikvision_tfs_json(
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
-fn hikvision_offence(device: &Device, offence: &OffenceSpec<'_>, rng: &mut StdRng) -> Vec<VendorMessage> {
-    let Some(position) = HIKVISION_NAMES.iter().position(|(code, _)| *code == offence.code) else {
+fn hikvision_offence(
+    device: &Device,
+    offence: &OffenceSpec<'_>,
+    rng: &mut StdRng,
+) -> Vec<VendorMessage> {
+    let Some(position) = HIKVISION_NAMES
+        .iter()
+        .position(|(code, _)| *code == offence.code)
+    else {
         return Vec::new();
     };
     let name = HIKVISION_NAMES[position].1;
@@ -398,7 +450,15 @@ fn hikvision_offence(device: &Device, offence: &OffenceSpec<'_>, rng: &mut StdRn
     if position < HIKVISION_ANPR_NAMES {
         let code = 1000 + u32::try_from(position).unwrap_or(0);
         let block = anpr_block(offence.plate, code, name, confidence, offence.speed);
-        messages.push(counted(hikvision_xml(device, offence.detected, "ANPR", "active", 1, &event_uuid, &block)));
+        messages.push(counted(hikvision_xml(
+            device,
+            offence.detected,
+            "ANPR",
+            "active",
+            1,
+            &event_uuid,
+            &block,
+        )));
         return messages;
     }
     // TFS alarms stay active: repeated posts with the same UUID, then one
@@ -409,7 +469,16 @@ fn hikvision_offence(device: &Device, offence: &OffenceSpec<'_>, rng: &mut StdRn
         name.to_string()
     };
     let post = |count: u32, state: &str| {
-        hikvision_tfs_json(device, offence.detected, state, count, &event_uuid, &names, offence.plate, confidence)
+        hikvision_tfs_json(
+            device,
+            offence.detected,
+            state,
+            count,
+            &event_uuid,
+            &names,
+            offence.plate,
+            confidence,
+        )
     };
     messages.push(counted(post(1, "active")));
     if rng.random_bool(0.3) {
@@ -464,7 +533,11 @@ fn dahua_text(code: &str, action: &str, channel: &str, data: &serde_json::Value)
     format!("Code={code};action={action};index={channel};data={data}\n").into_bytes()
 }
 
-fn dahua_offence(device: &Device, offence: &OffenceSpec<'_>, rng: &mut StdRng) -> Vec<VendorMessage> {
+fn dahua_offence(
+    device: &Device,
+    offence: &OffenceSpec<'_>,
+    rng: &mut StdRng,
+) -> Vec<VendorMessage> {
     let Some(name) = name_of(Vendor::Dahua, offence.code) else {
         return Vec::new();
     };
@@ -476,14 +549,22 @@ fn dahua_offence(device: &Device, offence: &OffenceSpec<'_>, rng: &mut StdRng) -
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let confidence = (offence.confidence * 255.0).round() as u32;
     let data = |count: u32, index: u32| {
-        dahua_data(device, offence.detected, group_id, count, index, offence.plate, offence.speed, violation, confidence)
+        dahua_data(
+            device,
+            offence.detected,
+            group_id,
+            count,
+            index,
+            offence.plate,
+            offence.speed,
+            violation,
+            confidence,
+        )
     };
     match rng.random_range(0..3) {
         // An RPC notification carrying both pictures of the group: one event.
         0 => {
-            let event = |index: u32| {
-                json!({"Action": "Pulse", "Code": code, "Index": device.channel.parse::<u32>().unwrap_or(0), "Data": data(2, index)})
-            };
+            let event = |index: u32| json!({"Action": "Pulse", "Code": code, "Index": device.channel.parse::<u32>().unwrap_or(0), "Data": data(2, index)});
             let body = json!({
                 "method": "client.notifyEventStream",
                 "params": { "SID": 513, "eventList": [event(1), event(2)] }
@@ -495,7 +576,8 @@ fn dahua_offence(device: &Device, offence: &OffenceSpec<'_>, rng: &mut StdRng) -
             let pictures = rng.random_range(1..=3u32);
             (1..=pictures)
                 .map(|index| {
-                    let payload = dahua_text(code, "Pulse", &device.channel, &data(pictures, index));
+                    let payload =
+                        dahua_text(code, "Pulse", &device.channel, &data(pictures, index));
                     if index == 1 {
                         counted(payload)
                     } else {
@@ -507,7 +589,10 @@ fn dahua_offence(device: &Device, offence: &OffenceSpec<'_>, rng: &mut StdRng) -
         // Start and Stop of one incident: counted on Start only.
         _ => vec![
             counted(dahua_text(code, "Start", &device.channel, &data(1, 1))),
-            repeat(dahua_text(code, "Stop", &device.channel, &data(1, 1)), Expected::Ignored),
+            repeat(
+                dahua_text(code, "Stop", &device.channel, &data(1, 1)),
+                Expected::Ignored,
+            ),
         ],
     }
 }
@@ -540,7 +625,11 @@ fn onvif_xml(
     .into_bytes()
 }
 
-fn onvif_offence(device: &Device, offence: &OffenceSpec<'_>, rng: &mut StdRng) -> Vec<VendorMessage> {
+fn onvif_offence(
+    device: &Device,
+    offence: &OffenceSpec<'_>,
+    rng: &mut StdRng,
+) -> Vec<VendorMessage> {
     let Some(rule) = name_of(Vendor::Onvif, offence.code) else {
         return Vec::new();
     };
@@ -555,15 +644,37 @@ fn onvif_offence(device: &Device, offence: &OffenceSpec<'_>, rng: &mut StdRng) -
         });
         return vec![counted(serde_json::to_vec(&body).unwrap_or_default())];
     }
-    let mut messages = vec![counted(onvif_xml(device, offence.detected, rule, "Changed", "IsInside", true, object_id))];
+    let mut messages = vec![counted(onvif_xml(
+        device,
+        offence.detected,
+        rule,
+        "Changed",
+        "IsInside",
+        true,
+        object_id,
+    ))];
     if rng.random_bool(0.3) {
         // A re-subscription replays the current state: never counted.
         let later = offence.detected + chrono::TimeDelta::seconds(20);
-        messages.push(repeat(onvif_xml(device, later, rule, "Initialized", "IsInside", true, object_id), Expected::Ignored));
+        messages.push(repeat(
+            onvif_xml(
+                device,
+                later,
+                rule,
+                "Initialized",
+                "IsInside",
+                true,
+                object_id,
+            ),
+            Expected::Ignored,
+        ));
     }
     if rng.random_bool(0.5) {
         let later = offence.detected + chrono::TimeDelta::seconds(45);
-        messages.push(repeat(onvif_xml(device, later, rule, "Changed", "IsInside", false, object_id), Expected::Ignored));
+        messages.push(repeat(
+            onvif_xml(device, later, rule, "Changed", "IsInside", false, object_id),
+            Expected::Ignored,
+        ));
     }
     messages
 }
@@ -599,17 +710,33 @@ fn deepstream_json(
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
-fn deepstream_offence(device: &Device, offence: &OffenceSpec<'_>, rng: &mut StdRng) -> Vec<VendorMessage> {
+fn deepstream_offence(
+    device: &Device,
+    offence: &OffenceSpec<'_>,
+    rng: &mut StdRng,
+) -> Vec<VendorMessage> {
     // Application event types are the codes' short names (`speeding`, ...),
     // each a shared alias in the taxonomy.
-    let event_type = offence.code.split_once('.').map_or(offence.code, |(_, name)| name);
+    let event_type = offence
+        .code
+        .split_once('.')
+        .map_or(offence.code, |(_, name)| name);
     // Tracker ids stay below DeepStream's "untracked" marker (u64::MAX).
     let object_id = rng.random_range(1..u64::MAX / 2);
     let frames = rng.random_range(1..=3u32);
     (0..frames)
         .map(|frame| {
             let at = offence.detected + chrono::TimeDelta::milliseconds(i64::from(frame) * 200);
-            let payload = deepstream_json(device, at, event_type, object_id, offence.plate, offence.speed, offence.confidence, rng);
+            let payload = deepstream_json(
+                device,
+                at,
+                event_type,
+                object_id,
+                offence.plate,
+                offence.speed,
+                offence.confidence,
+                rng,
+            );
             if frame == 0 {
                 counted(payload)
             } else {
@@ -625,7 +752,11 @@ fn frigate_id(start: DateTime<Utc>, rng: &mut StdRng) -> String {
     let suffix: String = (0..6)
         .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
         .collect();
-    format!("{}.{:06}-{suffix}", start.timestamp(), start.timestamp_subsec_micros())
+    format!(
+        "{}.{:06}-{suffix}",
+        start.timestamp(),
+        start.timestamp_subsec_micros()
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -655,16 +786,36 @@ fn frigate_json(
         "entered_zones": [zone],
         "stationary": kind != "new"
     });
-    serde_json::to_vec(&json!({"type": kind, "before": object, "after": object})).unwrap_or_default()
+    serde_json::to_vec(&json!({"type": kind, "before": object, "after": object}))
+        .unwrap_or_default()
 }
 
-fn frigate_offence(device: &Device, offence: &OffenceSpec<'_>, rng: &mut StdRng) -> Vec<VendorMessage> {
+fn frigate_offence(
+    device: &Device,
+    offence: &OffenceSpec<'_>,
+    rng: &mut StdRng,
+) -> Vec<VendorMessage> {
     let Some(zone) = name_of(Vendor::Frigate, offence.code) else {
         return Vec::new();
     };
-    let label = if offence.code == "traffic.illegal_parking" { "car" } else { "person" };
+    let label = if offence.code == "traffic.illegal_parking" {
+        "car"
+    } else {
+        "person"
+    };
     let id = frigate_id(offence.detected, rng);
-    let message = |kind: &str| frigate_json(kind, &id, device, label, zone, offence.detected, false, offence.confidence);
+    let message = |kind: &str| {
+        frigate_json(
+            kind,
+            &id,
+            device,
+            label,
+            zone,
+            offence.detected,
+            false,
+            offence.confidence,
+        )
+    };
     let mut messages = vec![counted(message("new"))];
     if rng.random_bool(0.6) {
         messages.push(repeat(message("update"), Expected::Duplicate));
@@ -681,18 +832,29 @@ mod tests {
     #[test]
     fn registry_identities_name_devices() {
         let (vendor, device) = Device::from_identity("hikvision:44:19:b6:10:02:01/1").unwrap();
-        assert_eq!((vendor, device.name.as_str(), device.channel.as_str()), (Vendor::Hikvision, "44:19:b6:10:02:01", "1"));
+        assert_eq!(
+            (vendor, device.name.as_str(), device.channel.as_str()),
+            (Vendor::Hikvision, "44:19:b6:10:02:01", "1")
+        );
         let (vendor, device) = Device::from_identity("onvif:gw-onvif-10/VideoSource_4").unwrap();
-        assert_eq!((vendor, device.name.as_str()), (Vendor::Onvif, "VideoSource_4"));
+        assert_eq!(
+            (vendor, device.name.as_str()),
+            (Vendor::Onvif, "VideoSource_4")
+        );
         let (vendor, device) = Device::from_identity("deepstream:KZ10-DS-0005").unwrap();
-        assert_eq!((vendor, device.name.as_str()), (Vendor::Deepstream, "KZ10-DS-0005"));
+        assert_eq!(
+            (vendor, device.name.as_str()),
+            (Vendor::Deepstream, "KZ10-DS-0005")
+        );
         assert!(Device::from_identity("axis:x/1").is_none());
     }
 
     #[test]
     fn every_vendor_renders_each_code_it_knows_with_one_counted_message_first() {
         let mut rng = StdRng::seed_from_u64(3);
-        let detected = DateTime::parse_from_rfc3339("2026-11-27T08:15:05.250+05:00").unwrap().with_timezone(&Utc);
+        let detected = DateTime::parse_from_rfc3339("2026-11-27T08:15:05.250+05:00")
+            .unwrap()
+            .with_timezone(&Utc);
         for vendor in Vendor::ALL.into_iter().skip(1) {
             let device = Device::synthetic(vendor, "KZ75-0001", 7);
             let codes: Vec<&str> = match vendor.vocabulary() {
@@ -701,11 +863,19 @@ mod tests {
             };
             for code in codes {
                 for _ in 0..10 {
-                    let offence = OffenceSpec { code, detected, plate: "123ABC02", speed: Some((97, 70)), confidence: 0.9 };
+                    let offence = OffenceSpec {
+                        code,
+                        detected,
+                        plate: "123ABC02",
+                        speed: Some((97, 70)),
+                        confidence: 0.9,
+                    };
                     let messages = offence_messages(vendor, &device, &offence, &mut rng);
                     assert!(!messages.is_empty(), "{vendor:?} {code}");
                     assert_eq!(messages[0].expected, Expected::Counted);
-                    assert!(messages[1..].iter().all(|m| m.expected != Expected::Counted));
+                    assert!(messages[1..]
+                        .iter()
+                        .all(|m| m.expected != Expected::Counted));
                     let broken = broken(&messages[0]);
                     assert!(broken.payload.len() < messages[0].payload.len());
                 }

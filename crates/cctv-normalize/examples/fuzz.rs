@@ -46,7 +46,7 @@ fn main() {
         let started = Instant::now();
         let mut cases = 0u64;
         while started.elapsed() < budget {
-            let input = if corpus.is_empty() || cases % 10 == 0 {
+            let input = if corpus.is_empty() || cases.is_multiple_of(10) {
                 mutate::random_bytes(&mut rng)
             } else {
                 mutate::mutate(&corpus[rng.below(corpus.len())].payload, &mut rng)

@@ -9,8 +9,8 @@
 //! namespaces and any ONVIF prefix choice read the same.
 
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::XmlVersion;
 use quick_xml::Reader;
+use quick_xml::XmlVersion;
 
 use crate::outcome::{RejectReason, Rejection};
 
@@ -230,16 +230,30 @@ mod tests {
         assert_eq!(root.name, "Root");
         assert_eq!(root.attribute("k"), Some("v&w"));
         assert_eq!(root.child_text("Item"), Some("1 < 2!"));
-        assert_eq!(root.child("Empty").and_then(|e| e.attribute("x")), Some("1"));
+        assert_eq!(
+            root.child("Empty").and_then(|e| e.attribute("x")),
+            Some("1")
+        );
     }
 
     #[test]
     fn dtds_depth_and_broken_documents_are_refused() {
         let bomb = r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]><a>&lol2;</a>"#;
-        assert_eq!(parse(bomb, 8).unwrap_err().reason, RejectReason::DtdForbidden);
+        assert_eq!(
+            parse(bomb, 8).unwrap_err().reason,
+            RejectReason::DtdForbidden
+        );
         let deep = format!("{}{}", "<a>".repeat(40), "</a>".repeat(40));
         assert_eq!(parse(&deep, 32).unwrap_err().reason, RejectReason::TooDeep);
-        for broken in ["", "<a>", "<a></b>", "<a/><b/>", "text", "<a>&nope;</a>", "<a x=1/>"] {
+        for broken in [
+            "",
+            "<a>",
+            "<a></b>",
+            "<a/><b/>",
+            "text",
+            "<a>&nope;</a>",
+            "<a x=1/>",
+        ] {
             assert_eq!(
                 parse(broken, 8).unwrap_err().reason,
                 RejectReason::Malformed,

@@ -13,36 +13,36 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 /// The ingest time every fixture is normalised at.
-pub const NOW: &str = "2026-11-28T00:00:00Z";
+pub(crate) const NOW: &str = "2026-11-28T00:00:00Z";
 
 /// Message metadata of a fixture (headers and subject tokens).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Meta {
-    pub gateway_id: Option<String>,
-    pub msg_id: Option<String>,
-    pub camera_id: Option<String>,
-    pub received_at: Option<String>,
+pub(crate) struct Meta {
+    pub(crate) gateway_id: Option<String>,
+    pub(crate) msg_id: Option<String>,
+    pub(crate) camera_id: Option<String>,
+    pub(crate) received_at: Option<String>,
 }
 
 /// One fixture file.
-pub struct Fixture {
-    pub format: Format,
-    pub path: PathBuf,
-    pub payload: Vec<u8>,
-    pub meta: Meta,
+pub(crate) struct Fixture {
+    pub(crate) format: Format,
+    pub(crate) path: PathBuf,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) meta: Meta,
 }
 
 impl Fixture {
     /// The snapshot path next to the payload.
-    pub fn snapshot_path(&self) -> PathBuf {
+    pub(crate) fn snapshot_path(&self) -> PathBuf {
         let mut name = self.path.file_name().unwrap().to_os_string();
         name.push(".snap.json");
         self.path.with_file_name(name)
     }
 
     /// A raw message over `payload` with this fixture's metadata.
-    pub fn raw<'a>(&'a self, payload: &'a [u8]) -> RawMessage<'a> {
+    pub(crate) fn raw<'a>(&'a self, payload: &'a [u8]) -> RawMessage<'a> {
         RawMessage {
             format: self.format.as_str(),
             gateway_id: self.meta.gateway_id.as_deref().unwrap_or("gw-test"),
@@ -55,16 +55,18 @@ impl Fixture {
     }
 }
 
-pub fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-pub fn now() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(NOW).unwrap().with_timezone(&Utc)
+pub(crate) fn now() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(NOW)
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 /// Every fixture of `format`, sorted by file name.
-pub fn load(format: Format) -> Vec<Fixture> {
+pub(crate) fn load(format: Format) -> Vec<Fixture> {
     let dir = root().join(format.as_str());
     let mut fixtures = Vec::new();
     let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -97,7 +99,7 @@ pub fn load(format: Format) -> Vec<Fixture> {
 
 /// The normaliser for `format`'s fixtures: builtin taxonomy and regions,
 /// the format's own registry file if it has one.
-pub fn normalizer(format: Format) -> Normalizer {
+pub(crate) fn normalizer(format: Format) -> Normalizer {
     let regions = Regions::builtin().unwrap();
     let registry_path = root().join(format.as_str()).join("registry.csv");
     let registry = if registry_path.exists() {
@@ -114,7 +116,7 @@ pub fn normalizer(format: Format) -> Normalizer {
 }
 
 /// The stable JSON form of an outcome, as stored in snapshots.
-pub fn outcome_json(outcome: &Outcome) -> serde_json::Value {
+pub(crate) fn outcome_json(outcome: &Outcome) -> serde_json::Value {
     match outcome {
         Outcome::Offences(events) => serde_json::json!({
             "outcome": "offences",

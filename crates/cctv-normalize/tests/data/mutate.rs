@@ -7,14 +7,14 @@ use cctv_normalize::{Limits, Outcome};
 use chrono::{DateTime, Utc};
 
 /// xorshift64*: deterministic, seedable, no dependency.
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self(seed.max(1))
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -24,7 +24,7 @@ impl Rng {
     }
 
     /// A value in `0..bound` (`bound` > 0).
-    pub fn below(&mut self, bound: usize) -> usize {
+    pub(crate) fn below(&mut self, bound: usize) -> usize {
         #[allow(clippy::cast_possible_truncation)]
         let value = (self.next() % bound as u64) as usize;
         value
@@ -33,18 +33,66 @@ impl Rng {
 
 /// Tokens that tend to reach unusual parser and decoder paths.
 const TOKENS: &[&[u8]] = &[
-    b"{", b"}", b"[", b"]", b"\"", b":", b",", b"<", b">", b"/>", b"</", b"&", b"&amp;",
-    b"&lol;", b"&#0;", b"&#x110000;", b"<!DOCTYPE x [<!ENTITY a \"b\">]>", b"<![CDATA[",
-    b"]]>", b"null", b"true", b"-1", b"0", b"1e308", b"-1e308", b"99999999999999999999",
-    b"1795749305", b"1795749305250", b"1795749305250000", b"NaN", b"\"\"", b"\\u0000",
-    b"\\ud800", b"\x00", b"\xff", b"\xc3\x28", b"\r\n", b";", b"=", b"data=", b"Code=",
-    b"action=Start", b"action=Stop", b"2026-11-27T08:15:05+05:00", b"2099-01-01T00:00:00Z",
-    b"1970-01-01T00:00:00Z", b"+14:00", b"Initialized", b"Changed", b"true", b"inactive",
-    b"active", b"TrafficJunction", b"illegalParking,congestion", b"end", b"new",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b"\"",
+    b":",
+    b",",
+    b"<",
+    b">",
+    b"/>",
+    b"</",
+    b"&",
+    b"&amp;",
+    b"&lol;",
+    b"&#0;",
+    b"&#x110000;",
+    b"<!DOCTYPE x [<!ENTITY a \"b\">]>",
+    b"<![CDATA[",
+    b"]]>",
+    b"null",
+    b"true",
+    b"-1",
+    b"0",
+    b"1e308",
+    b"-1e308",
+    b"99999999999999999999",
+    b"1795749305",
+    b"1795749305250",
+    b"1795749305250000",
+    b"NaN",
+    b"\"\"",
+    b"\\u0000",
+    b"\\ud800",
+    b"\x00",
+    b"\xff",
+    b"\xc3\x28",
+    b"\r\n",
+    b";",
+    b"=",
+    b"data=",
+    b"Code=",
+    b"action=Start",
+    b"action=Stop",
+    b"2026-11-27T08:15:05+05:00",
+    b"2099-01-01T00:00:00Z",
+    b"1970-01-01T00:00:00Z",
+    b"+14:00",
+    b"Initialized",
+    b"Changed",
+    b"true",
+    b"inactive",
+    b"active",
+    b"TrafficJunction",
+    b"illegalParking,congestion",
+    b"end",
+    b"new",
 ];
 
 /// Returns a mutated copy of `input`.
-pub fn mutate(input: &[u8], rng: &mut Rng) -> Vec<u8> {
+pub(crate) fn mutate(input: &[u8], rng: &mut Rng) -> Vec<u8> {
     let mut data = input.to_vec();
     let rounds = 1 + rng.below(4);
     for _ in 0..rounds {
@@ -99,7 +147,12 @@ pub fn mutate(input: &[u8], rng: &mut Rng) -> Vec<u8> {
                 let copy = data[start..end].to_vec();
                 let times = 1 + rng.below(2000);
                 let at = rng.below(data.len() + 1);
-                let repeated: Vec<u8> = copy.iter().copied().cycle().take(copy.len() * times).collect();
+                let repeated: Vec<u8> = copy
+                    .iter()
+                    .copied()
+                    .cycle()
+                    .take(copy.len() * times)
+                    .collect();
                 data.splice(at..at, repeated);
             }
         }
@@ -108,7 +161,7 @@ pub fn mutate(input: &[u8], rng: &mut Rng) -> Vec<u8> {
 }
 
 /// Random bytes, sometimes printable only.
-pub fn random_bytes(rng: &mut Rng) -> Vec<u8> {
+pub(crate) fn random_bytes(rng: &mut Rng) -> Vec<u8> {
     let len = rng.below(512);
     let printable = rng.below(2) == 0;
     (0..len)
@@ -125,7 +178,7 @@ pub fn random_bytes(rng: &mut Rng) -> Vec<u8> {
 }
 
 /// Checks an outcome against the normaliser's promises; returns a complaint.
-pub fn violation(outcome: &Outcome, limits: &Limits, now: DateTime<Utc>) -> Option<String> {
+pub(crate) fn violation(outcome: &Outcome, limits: &Limits, now: DateTime<Utc>) -> Option<String> {
     let Outcome::Offences(events) = outcome else {
         return None;
     };
@@ -136,8 +189,12 @@ pub fn violation(outcome: &Outcome, limits: &Limits, now: DateTime<Utc>) -> Opti
         return Some(format!("{} offences in one message", events.len()));
     }
     for event in events {
-        if event.detected_at > now + limits.max_future || event.detected_at < now - limits.max_past {
-            return Some(format!("detected_at {} outside the window", event.detected_at));
+        if event.detected_at > now + limits.max_future || event.detected_at < now - limits.max_past
+        {
+            return Some(format!(
+                "detected_at {} outside the window",
+                event.detected_at
+            ));
         }
         if let Some(confidence) = event.confidence {
             if !(0.0..=1.0).contains(&confidence) {
@@ -150,4 +207,3 @@ pub fn violation(outcome: &Outcome, limits: &Limits, now: DateTime<Utc>) -> Opti
     }
     None
 }
-

@@ -27,7 +27,10 @@ fn check_format(format: Format) -> Vec<String> {
             continue;
         }
         failures.push(match expected {
-            None => format!("{}: no snapshot; actual:\n{rendered}", fixture.path.display()),
+            None => format!(
+                "{}: no snapshot; actual:\n{rendered}",
+                fixture.path.display()
+            ),
             Some(expected) => format!(
                 "{}: snapshot differs\nexpected:\n{expected}actual:\n{rendered}",
                 fixture.path.display()
