@@ -8,3 +8,4 @@
 mod foundation;
 mod harness;
 mod layering;
+mod mixed;

@@ -1211,7 +1211,14 @@ mod tests {
             Arc::new(registry.clone()),
             Limits::default(),
         );
-        for format in ["mixed", "hikvision", "dahua", "onvif", "deepstream", "frigate"] {
+        for format in [
+            "mixed",
+            "hikvision",
+            "dahua",
+            "onvif",
+            "deepstream",
+            "frigate",
+        ] {
             let choice = parse_format(format).unwrap();
             let fleet = Fleet::new(Some(&registry), 0, &regions, 4, choice).unwrap();
             let day = yesterday();
@@ -1247,13 +1254,23 @@ mod tests {
                     };
                     match (&outcome, message.expected) {
                         (Outcome::Offences(events), Expected::Counted) => {
-                            assert!(events.iter().all(|e| seen.insert(e.event_id)), "{}", context());
+                            assert!(
+                                events.iter().all(|e| seen.insert(e.event_id)),
+                                "{}",
+                                context()
+                            );
                             counted_cells.extend(
-                                events.iter().map(|e| (e.region.clone(), e.offence_type.clone())),
+                                events
+                                    .iter()
+                                    .map(|e| (e.region.clone(), e.offence_type.clone())),
                             );
                         }
                         (Outcome::Offences(events), Expected::Duplicate) => {
-                            assert!(events.iter().all(|e| seen.contains(&e.event_id)), "{}", context());
+                            assert!(
+                                events.iter().all(|e| seen.contains(&e.event_id)),
+                                "{}",
+                                context()
+                            );
                         }
                         (Outcome::Ignored(_), Expected::Ignored)
                         | (Outcome::Rejected(_), Expected::DeadLettered) => {}
@@ -1267,9 +1284,19 @@ mod tests {
                 );
             }
             let expected_formats = if format == "mixed" { 6 } else { 2 };
-            assert_eq!(formats_seen.len(), expected_formats, "{format}: {formats_seen:?}");
-            assert!(outcomes.duplicate > 0 || format == "onvif", "{format}: {outcomes:?}");
-            assert!(outcomes.ignored > 0 && outcomes.dead_lettered > 0, "{format}: {outcomes:?}");
+            assert_eq!(
+                formats_seen.len(),
+                expected_formats,
+                "{format}: {formats_seen:?}"
+            );
+            assert!(
+                outcomes.duplicate > 0 || format == "onvif",
+                "{format}: {outcomes:?}"
+            );
+            assert!(
+                outcomes.ignored > 0 && outcomes.dead_lettered > 0,
+                "{format}: {outcomes:?}"
+            );
         }
     }
 }
