@@ -121,3 +121,106 @@ async fn a_mixed_vendor_fleet_is_counted_exactly_and_every_message_accounted_for
     ingest.stop().await;
     aggregator.stop().await;
 }
+
+/// A Frigate track: `new`, `update` and `end` of one object id.
+fn frigate_message(kind: &str, track_id: &str, start_time: f64) -> Vec<u8> {
+    let object = serde_json::json!({
+        "id": track_id, "camera": "yard_east", "label": "person", "score": 0.8,
+        "top_score": 0.8, "false_positive": false, "start_time": start_time,
+        "end_time": null, "current_zones": ["dumping_site"], "entered_zones": ["dumping_site"]
+    });
+    serde_json::to_vec(&serde_json::json!({"type": kind, "before": object, "after": object}))
+        .unwrap()
+}
+
+/// The same vendor identity counts once across an ingest restart, a NATS
+/// restart and two ingest instances sharing the work: the events stream's
+/// duplicate window (the dedup horizon) lives in the server, is rebuilt from
+/// the stored events after a restart, and is shared by every instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_identity_counts_once_across_restarts_and_instances() {
+    let mut stack = Stack::start().await;
+    let start_time =
+        (chrono::Utc::now() - chrono::TimeDelta::minutes(30)).timestamp_millis() as f64 / 1000.0;
+    let first = stack.start_ingest();
+    let aggregator = stack.start_aggregator();
+    stack
+        .publish_raw(
+            "frigate",
+            "gw-yard",
+            &[],
+            frigate_message("new", "track-a", start_time),
+        )
+        .await;
+    stack.wait_for_rows(1).await;
+    first.stop().await;
+    aggregator.stop().await;
+
+    stack
+        .nats
+        .restart()
+        .expect("nats-server restarts on its file storage");
+    // Two instances share the raw consumer from now on.
+    let second = stack.start_ingest();
+    let third = stack.start_ingest();
+    let aggregator = stack.start_aggregator();
+    stack
+        .publish_raw(
+            "frigate",
+            "gw-yard",
+            &[],
+            frigate_message("update", "track-a", start_time),
+        )
+        .await;
+    stack
+        .publish_raw(
+            "frigate",
+            "gw-yard",
+            &[],
+            frigate_message("end", "track-a", start_time),
+        )
+        .await;
+    // A new track afterwards: once it is counted, everything before it was handled.
+    stack
+        .publish_raw(
+            "frigate",
+            "gw-yard",
+            &[],
+            frigate_message("new", "track-b", start_time + 5.0),
+        )
+        .await;
+    stack.wait_for_rows(2).await;
+    let deadline = tokio::time::Instant::now() + crate::harness::DRAIN_TIMEOUT;
+    loop {
+        let handled = second.stats.snapshot().handled() + third.stats.snapshot().handled();
+        if handled >= 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ingest handled {handled} of 3"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (second_stats, third_stats) = (second.stats.snapshot(), third.stats.snapshot());
+    assert_eq!(
+        second_stats.duplicate + third_stats.duplicate,
+        2,
+        "{second_stats:?} {third_stats:?}"
+    );
+    assert_eq!(second_stats.counted + third_stats.counted, 1);
+    let store = stack.store();
+    let ids: Vec<(String, u64)> = store
+        .client()
+        .query("SELECT source_event_id, count() FROM offence_events GROUP BY source_event_id ORDER BY source_event_id")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        ids,
+        [("track-a".to_string(), 1), ("track-b".to_string(), 1)]
+    );
+    second.stop().await;
+    third.stop().await;
+    aggregator.stop().await;
+}
