@@ -4,6 +4,7 @@
 # the totals by region x offence type, and stop the stack again.
 #
 #   DEMO_EVENTS=60000   offences to simulate
+#   DEMO_FORMAT=mixed   payload format: mixed (every vendor), canonical or one vendor
 #   DEMO_RATE=20000     publish rate, messages per second
 #   KEEP=1              leave the stack running afterwards (stop it with `make down`)
 #
@@ -37,9 +38,10 @@ cd "$ROOT"
 "$STACK" up
 
 mkdir -p "$(dirname "$EXPECTED")"
-say "simulate: ${DEMO_EVENTS:-60000} offences at ${DEMO_RATE:-20000}/s"
+say "simulate: ${DEMO_EVENTS:-60000} offences (${DEMO_FORMAT:-mixed} formats) at ${DEMO_RATE:-20000} msg/s"
 "$STACK" ctl simulate \
     --count "${DEMO_EVENTS:-60000}" \
+    --format "${DEMO_FORMAT:-mixed}" \
     --rate "${DEMO_RATE:-20000}" \
     --registry deploy/cameras.csv \
     --expect-out "$EXPECTED"
