@@ -1,5 +1,8 @@
 //! Criterion micro-benchmarks of the hot path of the ingest service:
-//! canonical JSON normalisation and event encoding.
+//! canonical JSON normalisation, event encoding, and every vendor decoder on
+//! its fixture files (`crates/cctv-normalize/fixtures/<format>/`, the same
+//! files the snapshot tests check; throughput is fixtures per second, each
+//! normalised with that format's fixture registry).
 
 use std::sync::Arc;
 
@@ -40,5 +43,77 @@ fn canonical(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, canonical);
+/// Payload files of one format's fixture directory (snapshots, metadata and
+/// the registry excluded), with the registry CSV if there is one.
+fn fixtures(format: &str) -> (Vec<Vec<u8>>, Option<String>) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/cctv-normalize/fixtures")
+        .join(format);
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            !name.ends_with(".snap.json") && !name.ends_with(".meta.json") && name != "registry.csv"
+        })
+        .collect();
+    paths.sort();
+    let payloads = paths
+        .iter()
+        .map(|path| std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .collect();
+    let registry = std::fs::read_to_string(dir.join("registry.csv")).ok();
+    (payloads, registry)
+}
+
+fn vendor_fixtures(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fixtures");
+    let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T00:00:00Z")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_timezone(&chrono::Utc);
+    for format in [
+        "canonical",
+        "hikvision",
+        "dahua",
+        "onvif",
+        "deepstream",
+        "frigate",
+    ] {
+        let (payloads, registry_csv) = fixtures(format);
+        let regions = Regions::builtin().unwrap_or_else(|e| panic!("{e}"));
+        let registry = registry_csv
+            .map(|csv| CameraRegistry::from_csv(&csv, &regions).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_default();
+        let normalizer = Normalizer::new(
+            Arc::new(Taxonomy::builtin().unwrap_or_else(|e| panic!("{e}"))),
+            Arc::new(regions),
+            Arc::new(registry),
+            Limits::default(),
+        );
+        group.throughput(Throughput::Elements(payloads.len() as u64));
+        group.bench_function(format, |b| {
+            b.iter(|| {
+                for payload in &payloads {
+                    let raw = RawMessage {
+                        format,
+                        gateway_id: "gw-test",
+                        payload,
+                        msg_id: None,
+                        camera_id: None,
+                        received_at: None,
+                        stored_at: None,
+                    };
+                    std::hint::black_box(normalizer.normalize(&raw, now));
+                }
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, canonical, vendor_fixtures);
 criterion_main!(benches);
