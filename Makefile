@@ -13,7 +13,7 @@ ifeq ($(CI),true)
 export CCTV_REQUIRE_SERVERS := 1
 endif
 
-.PHONY: help demo up down status servers-up servers-down build test bench fmt lint clean-local
+.PHONY: help demo up down status servers-up servers-down build test bench fuzz fmt lint clean-local
 
 help: ## list the targets
 	@echo "usage: make <target>"
@@ -54,6 +54,10 @@ bench: ## the benchmarks; results go to BENCHMARKS.md
 	$(CARGO) bench -p cctv-benches
 	@if [ -f scripts/bench-e2e.sh ]; then bash scripts/bench-e2e.sh; \
 	else echo "make bench: scripts/bench-e2e.sh not present, end-to-end benchmark skipped"; fi
+
+FUZZ_SECONDS ?= 60
+fuzz: ## mutation-fuzz every decoder for FUZZ_SECONDS (default 60) in total; FUZZ_SEED=n replays a run
+	$(CARGO) run --release -p cctv-normalize --example fuzz -- $(FUZZ_SECONDS)
 
 fmt: ## format the code
 	$(CARGO) fmt --all
