@@ -309,9 +309,15 @@ async fn drain_stop_and_check(
     check_exact(stack, load).await;
 }
 
-/// Exact totals per region x type, the contract's query agreeing, and a
-/// clean audit.
+/// A clean audit, then exact totals per region x type, the contract's query
+/// agreeing.
 async fn check_exact(stack: &FaultStack, load: &Load) {
+    let report = cctv_cli::audit_pipeline(&stack.cli_config())
+        .await
+        .expect("audit runs");
+    assert!(report.is_clean(), "{}", cctv_cli::render_audit(&report));
+    assert_eq!(report.streams.len(), 1);
+    assert_eq!(report.streams[0].rows, load.count);
     let store = stack.store();
     assert_eq!(store.count_events().await.unwrap(), load.count);
     let totals = store.totals(&TotalsFilter::default()).await.unwrap();
@@ -327,12 +333,6 @@ async fn check_exact(stack: &FaultStack, load: &Load) {
         .unwrap();
     assert_eq!(as_map(&contract), load.expected);
     assert_eq!(stack.events_in_stream().await, load.count);
-    let report = cctv_cli::audit_pipeline(&stack.cli_config())
-        .await
-        .expect("audit runs");
-    assert!(report.is_clean(), "{}", cctv_cli::render_audit(&report));
-    assert_eq!(report.streams.len(), 1);
-    assert_eq!(report.streams[0].rows, load.count);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

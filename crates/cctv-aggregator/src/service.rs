@@ -35,6 +35,9 @@ const SESSION_RETRY: Duration = Duration::from_millis(500);
 /// backlog must still show.
 const LAG_REFRESH: Duration = Duration::from_secs(2);
 
+/// Pause between looks at the inserts still running in ClickHouse.
+const SETTLE_POLL: Duration = Duration::from_millis(100);
+
 /// One batch handed from the reader to the writer.
 struct Batch {
     /// Rows to insert, in stream order; their batch fields are set at insert.
@@ -78,6 +81,7 @@ pub async fn run(
         retry_max_backoff: config.aggregator.retry_max_backoff,
         written_through: Arc::new(AtomicU64::new(0)),
         writer_name: config.aggregator.consumer.clone(),
+        insert_tag: store.insert_tag(&config.aggregator.consumer),
     };
     while !shutdown.is_cancelled() {
         match run_session(&js, &config, &writer, &shutdown, &health, &stats).await {
@@ -175,6 +179,10 @@ async fn run_session(
     let settings = &config.aggregator;
     let info = cctv_bus::ensure_stream(js, StreamKind::Events, &config.streams.events).await?;
     let source_stream = cctv_bus::stream_identity(&info);
+    // A predecessor killed mid-insert may have left its insert running in
+    // ClickHouse: its rows appear only when it ends, so wait for that before
+    // reading how far the writer got (else that batch would be written twice).
+    writer.settle().await?;
     let resume = writer
         .store
         .resume_point(&source_stream, &settings.consumer)
@@ -443,9 +451,37 @@ struct Writer {
     retry_max_backoff: Duration,
     written_through: Arc<AtomicU64>,
     writer_name: String,
+    /// `query_id` prefix of this writer's inserts.
+    insert_tag: String,
 }
 
 impl Writer {
+    /// Waits until no insert of this writer is still running in ClickHouse
+    /// (one of a crashed predecessor, or one this writer gave up on after a
+    /// timeout), so that the resume point read next is final.
+    async fn settle(&self) -> Result<(), StoreError> {
+        let mut logged = false;
+        loop {
+            match self.store.inserts_in_flight(&self.insert_tag).await {
+                Ok(0) => return Ok(()),
+                Ok(running) => {
+                    if !logged {
+                        tracing::info!(running, "waiting for earlier inserts of this writer to end");
+                        logged = true;
+                    }
+                    tokio::time::sleep(SETTLE_POLL).await;
+                }
+                Err(error) if error.is_transient() => return Err(error),
+                Err(error) => {
+                    // A user without access to system.processes: carry on,
+                    // but say what is at stake.
+                    tracing::warn!(%error, "cannot list running inserts; a crash mid-insert may double that batch");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
     async fn write_all(
         &self,
         mut batches: mpsc::Receiver<Batch>,
@@ -468,7 +504,12 @@ impl Writer {
             attempt += 1;
             if attempt > 1 {
                 // The previous attempt may have been written after all (a
-                // timeout after the server committed): ask ClickHouse first.
+                // timeout after the server committed, or still running):
+                // let it end, then ask ClickHouse.
+                if let Err(error) = self.settle().await {
+                    self.pause_after(error, &mut pause).await?;
+                    continue;
+                }
                 match self
                     .store
                     .resume_point(source_stream, &self.writer_name)
@@ -506,7 +547,7 @@ impl Writer {
                 row.inserted_at = inserted_at;
             }
             let started = Instant::now();
-            match self.store.insert_batch(&rows).await {
+            match self.store.insert_batch_tagged(&rows, &self.insert_tag).await {
                 Ok(()) => {
                     // Crash tests: the rows are in ClickHouse, the ack is not sent.
                     cctv_telemetry::fault_point("after_insert");
