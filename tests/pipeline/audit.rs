@@ -73,7 +73,10 @@ async fn audit_is_clean_after_a_run_and_names_doubled_and_missing_ranges() {
     loop {
         let report = audit_pipeline(&config).await.unwrap();
         if report.streams[0].missing == expected {
-            assert_eq!(report.streams[0].doubled, SequenceRanges::from_range(100, 104));
+            assert_eq!(
+                report.streams[0].doubled,
+                SequenceRanges::from_range(100, 104)
+            );
             let text = render_audit(&report);
             assert!(
                 text.contains("missing in ClickHouse: 11 sequences: 200-209, 2999"),

@@ -105,7 +105,8 @@ pub async fn run(
     }
     // Acks are fire-and-forget publishes: push the last ones out before the
     // connection is dropped, so a clean stop leaves nothing written unacked.
-    if let Err(error) = tokio::time::timeout(config.aggregator.shutdown_grace, client.flush()).await
+    if let Err(error) = tokio::time::timeout(config.aggregator.shutdown_grace, client.flush())
+        .await
         .map_err(|_| "timed out".to_string())
         .and_then(|flushed| flushed.map_err(|e| e.to_string()))
     {
@@ -466,7 +467,10 @@ impl Writer {
                 Ok(0) => return Ok(()),
                 Ok(running) => {
                     if !logged {
-                        tracing::info!(running, "waiting for earlier inserts of this writer to end");
+                        tracing::info!(
+                            running,
+                            "waiting for earlier inserts of this writer to end"
+                        );
                         logged = true;
                     }
                     tokio::time::sleep(SETTLE_POLL).await;
@@ -547,7 +551,11 @@ impl Writer {
                 row.inserted_at = inserted_at;
             }
             let started = Instant::now();
-            match self.store.insert_batch_tagged(&rows, &self.insert_tag).await {
+            match self
+                .store
+                .insert_batch_tagged(&rows, &self.insert_tag)
+                .await
+            {
                 Ok(()) => {
                     // Crash tests: the rows are in ClickHouse, the ack is not sent.
                     cctv_telemetry::fault_point("after_insert");

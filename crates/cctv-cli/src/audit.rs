@@ -389,7 +389,10 @@ async fn existing_sequences(
     }
     let contiguous = extent.last_seq - extent.first_seq + 1 == extent.messages;
     if extent.num_deleted == 0 && contiguous {
-        return Ok(SequenceRanges::from_range(extent.first_seq, extent.last_seq));
+        return Ok(SequenceRanges::from_range(
+            extent.first_seq,
+            extent.last_seq,
+        ));
     }
     let consumer = events
         .create_consumer(consumer::pull::OrderedConfig {
@@ -691,9 +694,8 @@ mod tests {
             streams: vec![audit],
             clean: true,
         };
-        assert!(render_audit(&report).ends_with(
-            "audit: ClickHouse holds every event of the stream exactly once\n"
-        ));
+        assert!(render_audit(&report)
+            .ends_with("audit: ClickHouse holds every event of the stream exactly once\n"));
         // A vanished incarnation is checked for doubles only.
         let gone = compare("S@0", None, 3, Fold::default());
         assert!(gone.is_clean());

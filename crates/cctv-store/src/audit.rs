@@ -64,7 +64,13 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_clickhouse("read stored span", e))
             // min/max of no rows are 0 on every version; keep that explicit.
-            .map(|span| if span.rows == 0 { StoredSpan::default() } else { span })
+            .map(|span| {
+                if span.rows == 0 {
+                    StoredSpan::default()
+                } else {
+                    span
+                }
+            })
     }
 
     /// Calls `visit` for every stored sequence of `source_stream` in

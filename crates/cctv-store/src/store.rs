@@ -221,7 +221,11 @@ impl Store {
     /// Like [`Store::insert_batch`], with a `query_id` of `tag` plus a random
     /// suffix, so that [`Store::inserts_in_flight`] can find the insert while
     /// the server still runs it, even after the client gave up or died.
-    pub async fn insert_batch_tagged(&self, rows: &[EventRow], tag: &str) -> Result<(), StoreError> {
+    pub async fn insert_batch_tagged(
+        &self,
+        rows: &[EventRow],
+        tag: &str,
+    ) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
