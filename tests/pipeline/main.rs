@@ -5,7 +5,10 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit;
+mod faults;
 mod foundation;
 mod harness;
 mod layering;
 mod mixed;
+mod processes;

@@ -30,6 +30,14 @@ const WRITE_QUEUE: usize = 1;
 /// Pause after a failed session before the next.
 const SESSION_RETRY: Duration = Duration::from_millis(500);
 
+/// How often the lag gauge is refreshed from the consumer's state. Deliveries
+/// refresh it too, but while ClickHouse is down nothing is delivered and the
+/// backlog must still show.
+const LAG_REFRESH: Duration = Duration::from_secs(2);
+
+/// Pause between looks at the inserts still running in ClickHouse.
+const SETTLE_POLL: Duration = Duration::from_millis(100);
+
 /// One batch handed from the reader to the writer.
 struct Batch {
     /// Rows to insert, in stream order; their batch fields are set at insert.
@@ -45,6 +53,7 @@ pub async fn run(
     stats: AggregatorStats,
 ) -> Result<(), AggregatorError> {
     config.validate()?;
+    cctv_telemetry::fault_point("on_start");
     let health = Health::starting();
     if let Some(listen) = config.telemetry.listen {
         let address = cctv_telemetry::serve(listen, health.clone(), shutdown.clone())
@@ -63,7 +72,7 @@ pub async fn run(
     else {
         return Ok(());
     };
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
 
     let writer = Writer {
         store: store.clone(),
@@ -72,6 +81,7 @@ pub async fn run(
         retry_max_backoff: config.aggregator.retry_max_backoff,
         written_through: Arc::new(AtomicU64::new(0)),
         writer_name: config.aggregator.consumer.clone(),
+        insert_tag: store.insert_tag(&config.aggregator.consumer),
     };
     while !shutdown.is_cancelled() {
         match run_session(&js, &config, &writer, &shutdown, &health, &stats).await {
@@ -92,6 +102,15 @@ pub async fn run(
             }
             Err(error) => return Err(error),
         }
+    }
+    // Acks are fire-and-forget publishes: push the last ones out before the
+    // connection is dropped, so a clean stop leaves nothing written unacked.
+    if let Err(error) = tokio::time::timeout(config.aggregator.shutdown_grace, client.flush())
+        .await
+        .map_err(|_| "timed out".to_string())
+        .and_then(|flushed| flushed.map_err(|e| e.to_string()))
+    {
+        tracing::warn!(%error, "final flush of acks failed; they will be redelivered and skipped");
     }
     let snapshot = stats.snapshot();
     tracing::info!(
@@ -161,6 +180,10 @@ async fn run_session(
     let settings = &config.aggregator;
     let info = cctv_bus::ensure_stream(js, StreamKind::Events, &config.streams.events).await?;
     let source_stream = cctv_bus::stream_identity(&info);
+    // A predecessor killed mid-insert may have left its insert running in
+    // ClickHouse: its rows appear only when it ends, so wait for that before
+    // reading how far the writer got (else that batch would be written twice).
+    writer.settle().await?;
     let resume = writer
         .store
         .resume_point(&source_stream, &settings.consumer)
@@ -210,6 +233,7 @@ async fn run_session(
         .map_err(|e| cctv_bus::BusError::jetstream("pull events", e))?;
     health.set_ok();
     tracing::info!(%source_stream, start_sequence, writer = %settings.consumer, "session started");
+    let lag_refresh = tokio::spawn(refresh_lag(stream.clone(), settings.consumer.clone()));
 
     let (batch_sender, batch_receiver) = mpsc::channel::<Batch>(WRITE_QUEUE);
     let writer_task = {
@@ -265,32 +289,50 @@ async fn run_session(
                 break SessionEnd::Reset(reason);
             }
         }
-        // A failed send means the writer stopped: its error is reported below.
-        if reader.batcher.decide(Instant::now()) != BatchDecision::Wait
-            && batch_sender.send(reader.take_batch()).await.is_err()
-        {
-            break SessionEnd::Reset("writer stopped");
+        if reader.batcher.decide(Instant::now()) != BatchDecision::Wait {
+            // Waiting for room in the queue is the backpressure: while the
+            // writer retries (ClickHouse down) nothing more is read. Shutdown
+            // still wins; the batch then stays with the reader for the final
+            // flush below.
+            let permit = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break SessionEnd::Shutdown,
+                permit = batch_sender.reserve() => permit,
+            };
+            // A closed queue means the writer stopped: its error is reported below.
+            let Ok(permit) = permit else {
+                break SessionEnd::Reset("writer stopped");
+            };
+            permit.send(reader.take_batch());
         }
     };
     // Everything accepted so far was delivered in order without gaps: flush
     // it, then let the writer finish before the next session reads the resume
-    // point (bounded by the grace period on shutdown).
-    if reader.batcher.deadline().is_some() {
-        let _ = batch_sender.send(reader.take_batch()).await;
-    }
-    drop(batch_sender);
+    // point. On shutdown this is bounded by the grace period; what is not
+    // written by then is not acked and is read again at the next start.
     drop(chunks);
-    let grace = settings.shutdown_grace;
-    let written = if matches!(end, SessionEnd::Shutdown) {
-        match tokio::time::timeout(grace, writer_task).await {
-            Ok(joined) => joined,
-            Err(_) => {
-                tracing::warn!("grace period over with a batch unwritten; it will be read again at the next start");
-                return Ok(SessionEnd::Shutdown);
-            }
+    lag_refresh.abort();
+    let finish = async {
+        if reader.batcher.deadline().is_some() {
+            let _ = batch_sender.send(reader.take_batch()).await;
         }
-    } else {
+        drop(batch_sender);
         writer_task.await
+    };
+    tokio::pin!(finish);
+    let grace = settings.shutdown_grace;
+    let written = match end {
+        SessionEnd::Shutdown => tokio::time::timeout(grace, &mut finish).await.ok(),
+        SessionEnd::Reset(_) => tokio::select! {
+            joined = &mut finish => Some(joined),
+            () = shutdown.cancelled() => tokio::time::timeout(grace, &mut finish).await.ok(),
+        },
+    };
+    let Some(written) = written else {
+        tracing::warn!(
+            "grace period over with a batch unwritten; it will be read again at the next start"
+        );
+        return Ok(SessionEnd::Shutdown);
     };
     match written {
         Ok(Ok(())) => Ok(end),
@@ -298,6 +340,19 @@ async fn run_session(
         Err(join_error) => Err(AggregatorError::Config(format!(
             "writer task failed: {join_error}"
         ))),
+    }
+}
+
+/// Sets the lag gauge from the consumer's undelivered count every
+/// [`LAG_REFRESH`], until aborted at the end of the session.
+async fn refresh_lag(stream: jetstream::stream::Stream, consumer: String) {
+    let mut ticks = tokio::time::interval(LAG_REFRESH);
+    loop {
+        ticks.tick().await;
+        if let Ok(info) = stream.consumer_info(&consumer).await {
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!(names::LAG).set(info.num_pending as f64);
+        }
     }
 }
 
@@ -397,9 +452,40 @@ struct Writer {
     retry_max_backoff: Duration,
     written_through: Arc<AtomicU64>,
     writer_name: String,
+    /// `query_id` prefix of this writer's inserts.
+    insert_tag: String,
 }
 
 impl Writer {
+    /// Waits until no insert of this writer is still running in ClickHouse
+    /// (one of a crashed predecessor, or one this writer gave up on after a
+    /// timeout), so that the resume point read next is final.
+    async fn settle(&self) -> Result<(), StoreError> {
+        let mut logged = false;
+        loop {
+            match self.store.inserts_in_flight(&self.insert_tag).await {
+                Ok(0) => return Ok(()),
+                Ok(running) => {
+                    if !logged {
+                        tracing::info!(
+                            running,
+                            "waiting for earlier inserts of this writer to end"
+                        );
+                        logged = true;
+                    }
+                    tokio::time::sleep(SETTLE_POLL).await;
+                }
+                Err(error) if error.is_transient() => return Err(error),
+                Err(error) => {
+                    // A user without access to system.processes: carry on,
+                    // but say what is at stake.
+                    tracing::warn!(%error, "cannot list running inserts; a crash mid-insert may double that batch");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
     async fn write_all(
         &self,
         mut batches: mpsc::Receiver<Batch>,
@@ -422,7 +508,12 @@ impl Writer {
             attempt += 1;
             if attempt > 1 {
                 // The previous attempt may have been written after all (a
-                // timeout after the server committed): ask ClickHouse first.
+                // timeout after the server committed, or still running):
+                // let it end, then ask ClickHouse.
+                if let Err(error) = self.settle().await {
+                    self.pause_after(error, &mut pause).await?;
+                    continue;
+                }
                 match self
                     .store
                     .resume_point(source_stream, &self.writer_name)
@@ -460,8 +551,14 @@ impl Writer {
                 row.inserted_at = inserted_at;
             }
             let started = Instant::now();
-            match self.store.insert_batch(&rows).await {
+            match self
+                .store
+                .insert_batch_tagged(&rows, &self.insert_tag)
+                .await
+            {
                 Ok(()) => {
+                    // Crash tests: the rows are in ClickHouse, the ack is not sent.
+                    cctv_telemetry::fault_point("after_insert");
                     metrics::histogram!(names::INSERT_SECONDS)
                         .record(started.elapsed().as_secs_f64());
                     #[allow(clippy::cast_precision_loss)]

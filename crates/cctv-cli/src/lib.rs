@@ -9,12 +9,15 @@
 //!   and writes the totals the pipeline must end up with ([`Expectation`]);
 //! - `totals` ([`run_totals`]): prints region x offence totals from ClickHouse
 //!   and optionally waits until they match an expectation;
-//! - `dlq` ([`run_dlq`]): reads dead letters without consuming them.
+//! - `dlq` ([`run_dlq`]): reads dead letters without consuming them;
+//! - `audit` ([`run_audit`], [`audit_pipeline`]): compares the events stream
+//!   with ClickHouse by stream sequence; exit code 1 on any difference.
 //!
 //! The pure parts (event generation, expected regions, table rendering, totals
 //! comparison, date parsing) take plain values and are unit-tested without
 //! servers; NATS and ClickHouse are touched only in the `run_*` functions.
 
+mod audit;
 mod config;
 mod dlq;
 mod expectation;
@@ -24,6 +27,10 @@ mod table;
 mod totals;
 mod vendors;
 
+pub use audit::{
+    audit_pipeline, render_audit, run_audit, AuditArgs, AuditFormat, AuditReport, SequenceRange,
+    SequenceRanges, StreamAudit, StreamExtent,
+};
 pub use config::CliConfig;
 pub use dlq::{run_dlq, DlqCommand, DlqListArgs, ListFormat};
 pub use expectation::{compare_totals, CellDiff, Expectation, RawOutcomes};

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cctv_cli::{CliConfig, DlqCommand, SetupArgs, SimulateArgs, TotalsArgs};
+use cctv_cli::{AuditArgs, CliConfig, DlqCommand, SetupArgs, SimulateArgs, TotalsArgs};
 use clap::{Parser, Subcommand};
 
 /// Operator and analyst command line of the CCTV offence pipeline.
@@ -31,6 +31,15 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Compare the events stream with ClickHouse, by stream sequence.
+    ///
+    /// Reports, per stream: sequences in the stream with no row in ClickHouse
+    /// (as ranges), sequences and event ids stored more than once, and rows
+    /// beyond the stream's last sequence. Exit code 0 when clean, 1 on any
+    /// difference, 2 on usage or connection errors. There is no `--repair`:
+    /// the design has no rollup table to rebuild (`offence_totals` is a plain
+    /// view over `offence_events`), so totals follow the rows by construction.
+    Audit(AuditArgs),
 }
 
 /// Log filter of an interactive tool when neither `CCTV_LOG` nor `RUST_LOG`
@@ -70,6 +79,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Simulate(args) => cctv_cli::run_simulate(&config, args).await?,
         Command::Totals(args) => return cctv_cli::run_totals(&config, args).await,
         Command::Dlq { command } => cctv_cli::run_dlq(&config, command).await?,
+        Command::Audit(args) => return cctv_cli::run_audit(&config, args).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -37,6 +37,7 @@ pub async fn run(
     stats: IngestStats,
 ) -> Result<(), IngestError> {
     config.validate()?;
+    cctv_telemetry::fault_point("on_start");
     let health = Health::starting();
     if let Some(listen) = config.telemetry.listen {
         let address = cctv_telemetry::serve(listen, health.clone(), shutdown.clone())
@@ -50,9 +51,9 @@ pub async fn run(
 
     let client = cctv_bus::connect_with_retry(&config.nats, "cctv-ingest", &shutdown).await?;
     let Some(client) = client else { return Ok(()) };
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     cctv_bus::ensure_streams(&js, &config.streams).await?;
-    let consumer = create_consumer(&js, &config).await?;
+    let mut consumer = create_consumer(&js, &config).await?;
     health.set_ok();
     tracing::info!(consumer = %config.ingest.consumer, "ingest started");
 
@@ -80,8 +81,15 @@ pub async fn run(
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(RETRY_PAUSE) => continue,
+                    () = tokio::time::sleep(RETRY_PAUSE) => {}
                 }
+                // The consumer may be gone (or JetStream not back yet after a
+                // server restart): look it up again before the next pull.
+                match create_consumer(&js, &config).await {
+                    Ok(found) => consumer = found,
+                    Err(error) => tracing::warn!(%error, "raw consumer not available yet"),
+                }
+                continue;
             }
         };
         let mut chunks = messages.ready_chunks(config.ingest.batch_size);
@@ -97,21 +105,29 @@ pub async fn run(
             };
             let Some(chunk) = chunk else { break };
             let mut batch = Vec::with_capacity(chunk.len());
+            let mut stream_failed = false;
             for item in chunk {
                 match item {
                     Ok(message) => batch.push(message),
                     Err(error) => {
-                        tracing::warn!(%error, "consumer stream error");
+                        tracing::warn!(%error, "consumer stream error; pulling anew");
                         health.set_problem("consumer stream error");
+                        stream_failed = true;
                     }
                 }
             }
-            if batch.is_empty() {
-                continue;
+            if !batch.is_empty() {
+                health.set_ok();
+                let context = context.clone();
+                in_flight.spawn(async move { context.process(batch).await });
             }
-            health.set_ok();
-            let context = context.clone();
-            in_flight.spawn(async move { context.process(batch).await });
+            if stream_failed {
+                // A pull stream can stall after a reconnect (missed heartbeats,
+                // pull requests lost with the old connection): start a new one.
+                // Deliveries of the old one are acked by their batches or
+                // redelivered after ack_wait.
+                break;
+            }
         }
     }
 
@@ -126,6 +142,13 @@ pub async fn run(
     if drained.is_err() {
         tracing::warn!("grace period over; unfinished raw messages will be redelivered");
         in_flight.abort_all();
+    }
+    // Acks are fire-and-forget publishes: push the last ones out before the
+    // connection is dropped, so a clean stop leaves no handled message unacked.
+    match tokio::time::timeout(config.ingest.shutdown_grace, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "final flush of acks failed"),
+        Err(_) => tracing::warn!("final flush of acks timed out"),
     }
     let snapshot = stats.snapshot();
     tracing::info!(
@@ -268,8 +291,9 @@ impl BatchContext {
             pending.push(entry);
         }
 
-        // Every publish of the batch is in flight; now wait for the acks and
+        // Every publish of the batch is in flight; now wait for the acks, then
         // ack each raw message whose publishes all succeeded.
+        let mut settled_all = Vec::with_capacity(batch.len());
         for (message, entry) in batch.iter().zip(pending) {
             let format = format_label(&message.subject);
             let settled = match entry {
@@ -315,6 +339,12 @@ impl BatchContext {
                 },
                 Pending::Failed => None,
             };
+            settled_all.push(settled);
+        }
+        // Crash tests: the events are in JetStream, the raw messages unacked.
+        cctv_telemetry::fault_point("after_publish");
+        for (message, settled) in batch.iter().zip(settled_all) {
+            let format = format_label(&message.subject);
             match settled {
                 Some(outcome) => {
                     if let Err(error) = message.ack().await {

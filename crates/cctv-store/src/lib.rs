@@ -6,6 +6,7 @@
 //! `DateTime64`, no `LowCardinality`, no TTL, RowBinary without the
 //! names-and-types header. This crate knows nothing of NATS.
 
+mod audit;
 mod config;
 mod error;
 mod migrations;
@@ -13,6 +14,7 @@ mod queries;
 mod row;
 mod store;
 
+pub use audit::{DoubledEventId, StoredSequence, StoredSpan, AUDIT_CHUNK_SEQUENCES};
 pub use config::{ClickHouseConfig, DEFAULT_CLICKHOUSE_URL};
 pub use error::StoreError;
 pub use migrations::{Migration, MIGRATIONS};

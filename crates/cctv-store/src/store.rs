@@ -209,14 +209,33 @@ impl Store {
     /// one `inserted_at` value and well below `max_insert_block_size`, so the
     /// server writes it as one part: all rows or none.
     pub async fn insert_batch(&self, rows: &[EventRow]) -> Result<(), StoreError> {
+        self.insert_batch_tagged(rows, "cctv-insert:").await
+    }
+
+    /// The `query_id` prefix of `writer`'s inserts into this database (see
+    /// [`Store::inserts_in_flight`]).
+    pub fn insert_tag(&self, writer: &str) -> String {
+        format!("cctv-insert:{}:{writer}:", self.config.database)
+    }
+
+    /// Like [`Store::insert_batch`], with a `query_id` of `tag` plus a random
+    /// suffix, so that [`Store::inserts_in_flight`] can find the insert while
+    /// the server still runs it, even after the client gave up or died.
+    pub async fn insert_batch_tagged(
+        &self,
+        rows: &[EventRow],
+        tag: &str,
+    ) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
+        let query_id = format!("{tag}{}", uuid::Uuid::new_v4());
         let mut insert = self
             .client
             .insert::<EventRow>("offence_events")
             .await
             .map_err(|e| StoreError::from_clickhouse("insert", e))?
+            .with_setting("query_id", query_id)
             .with_timeouts(
                 Some(self.config.insert_timeout),
                 Some(self.config.insert_timeout),
@@ -231,6 +250,21 @@ impl Store {
             .end()
             .await
             .map_err(|e| StoreError::from_clickhouse("insert", e))
+    }
+
+    /// Queries the server is still running whose `query_id` starts with `tag`.
+    ///
+    /// An insert whose client died (a crash, a timeout) still completes on
+    /// the server once its body has arrived. Until it is gone from
+    /// `system.processes`, the rows it writes are not visible, so a resume
+    /// point read meanwhile would lead to writing them again.
+    pub async fn inserts_in_flight(&self, tag: &str) -> Result<u64, StoreError> {
+        self.server_client
+            .query("SELECT count() FROM system.processes WHERE startsWith(query_id, ?)")
+            .bind(tag)
+            .fetch_one::<u64>()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("list inserts in flight", e))
     }
 
     /// Reads where `writer` left off in `source_stream`: the highest sequence

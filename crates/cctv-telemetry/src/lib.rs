@@ -1,12 +1,15 @@
 //! Runtime pieces every binary shares: structured logs, the Prometheus
-//! recorder with `/metrics` and `/healthz` over HTTP, and shutdown on signals.
+//! recorder with `/metrics` and `/healthz` over HTTP, shutdown on signals, and
+//! the crash tests' fault points (compiled only with `fault-injection`).
 
 mod config;
+mod fault;
 mod health;
 mod http;
 mod signals;
 
 pub use config::{LogFormat, TelemetryConfig};
+pub use fault::{fault_point, FAULT_AFTER_ENV, FAULT_ENV, FAULT_INJECTION_COMPILED};
 pub use health::Health;
 pub use http::{install_metrics, serve};
 pub use signals::shutdown_on_signals;
