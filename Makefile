@@ -50,10 +50,11 @@ test: ## every test, integration tests against real servers the tests start
 		echo "make test: warning: servers missing, tests that need them will fail" >&2; }
 	$(CARGO) test --workspace --all-targets
 
-bench: ## the benchmarks; results go to BENCHMARKS.md
+BENCH_EVENTS ?= 1000000
+bench: ## the benchmarks (criterion, then end to end with BENCH_EVENTS offences); results go to BENCHMARKS.md
 	$(CARGO) bench -p cctv-benches
-	@if [ -f scripts/bench-e2e.sh ]; then bash scripts/bench-e2e.sh; \
-	else echo "make bench: scripts/bench-e2e.sh not present, end-to-end benchmark skipped"; fi
+	$(CARGO) build --release --bins
+	target/release/cctv-bench-e2e --events $(BENCH_EVENTS) --output BENCHMARKS.md
 
 FUZZ_SECONDS ?= 60
 fuzz: ## mutation-fuzz every decoder for FUZZ_SECONDS (default 60) in total; FUZZ_SEED=n replays a run

@@ -47,6 +47,7 @@ async fn a_mixed_vendor_fleet_is_counted_exactly_and_every_message_accounted_for
         format: FormatChoice::Mixed,
         noise: 0.1,
         malformed: 0.01,
+        quiet: true,
     };
     cctv_cli::run_simulate(&cli_config, &args).await.unwrap();
     let expectation = Expectation::load(expect_file.path()).unwrap();

@@ -102,6 +102,9 @@ pub struct SimulateArgs {
     /// Share of extra broken messages (dead-lettered), per offence.
     #[arg(long, default_value_t = 0.005)]
     pub malformed: f64,
+    /// Print only the summary lines, not the expected totals table.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// `--format`: one format for every camera, or each camera its own.
@@ -967,11 +970,13 @@ pub async fn run_simulate(config: &CliConfig, args: &SimulateArgs) -> anyhow::Re
         publisher.acked_as_duplicate,
         publisher.failures
     );
-    println!("expected totals ({} events):", expectation.count);
-    print!(
-        "{}",
-        render_totals(&expectation.totals, &regions, OutputFormat::Table)
-    );
+    if !args.quiet {
+        println!("expected totals ({} events):", expectation.count);
+        print!(
+            "{}",
+            render_totals(&expectation.totals, &regions, OutputFormat::Table)
+        );
+    }
     if let Some(path) = &args.expect_out {
         expectation.save(path)?;
         println!("expectation written to {}", path.display());

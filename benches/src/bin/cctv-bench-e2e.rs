@@ -1,0 +1,698 @@
+//! End-to-end benchmark of the whole pipeline on this machine: real
+//! `nats-server` and `clickhouse-server` (started on free ports in temp dirs,
+//! fresh for every scenario), the release `cctv-ingest` and `cctv-aggregator`
+//! binaries as processes, and a publisher in this process.
+//!
+//! Scenarios:
+//! - `canonical`: a burst of N canonical events published as fast as the
+//!   publisher can; sustained events/s from the first publish to the last row
+//!   counted in ClickHouse, loss (expected minus counted, must be 0), CPU
+//!   seconds per million events of each service and server, peak RSS;
+//! - `mixed`: the same with every vendor format (`simulate --format mixed`);
+//! - `latency`: canonical events at a fixed rate; publish -> queryable
+//!   latency of every event, p50/p99/max.
+//!
+//! Results are printed and written into `BENCHMARKS.md` with the machine's
+//! description. Run by `make bench` (which builds the release binaries first).
+#![allow(clippy::print_stdout)]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use cctv_bus::{NatsConfig, StreamsConfig};
+use cctv_cli::{compare_totals, CliConfig, Expectation, FormatChoice, SimulateArgs};
+use cctv_store::{ClickHouseConfig, Store, TotalsFilter};
+use cctv_testkit::{ClickHouseServer, NatsServer};
+
+/// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK` on Linux).
+const CLOCK_TICKS: f64 = 100.0;
+/// How often ClickHouse is asked for progress.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest a scenario may take to drain.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
+
+struct Options {
+    events: u64,
+    latency_rate: u64,
+    latency_seconds: u64,
+    scenarios: Vec<String>,
+    output: Option<PathBuf>,
+}
+
+fn parse_options() -> anyhow::Result<Options> {
+    let mut options = Options {
+        events: 1_000_000,
+        latency_rate: 10_000,
+        latency_seconds: 30,
+        scenarios: vec!["canonical".into(), "mixed".into(), "latency".into()],
+        output: Some(PathBuf::from("BENCHMARKS.md")),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--events" => options.events = value()?.parse()?,
+            "--latency-rate" => options.latency_rate = value()?.parse()?,
+            "--latency-seconds" => options.latency_seconds = value()?.parse()?,
+            "--scenarios" => {
+                options.scenarios = value()?.split(',').map(str::to_string).collect();
+            }
+            "--output" => options.output = Some(PathBuf::from(value()?)),
+            "--no-output" => options.output = None,
+            other => bail!(
+                "unknown flag {other}; flags: --events N --latency-rate N --latency-seconds N \
+                 --scenarios canonical,mixed,latency --output FILE --no-output"
+            ),
+        }
+    }
+    Ok(options)
+}
+
+/// CPU seconds and peak RSS of one process.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    cpu_seconds: f64,
+    peak_rss_mib: f64,
+}
+
+fn usage(pid: u32) -> Usage {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu_seconds = (ticks(11) + ticks(12)) / CLOCK_TICKS;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let peak_kib = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    Usage {
+        cpu_seconds,
+        peak_rss_mib: peak_kib / 1024.0,
+    }
+}
+
+/// One scenario's servers and service processes.
+struct Rig {
+    nats: NatsServer,
+    clickhouse: ClickHouseServer,
+    dir: tempfile::TempDir,
+    ingest: Child,
+    aggregator: Child,
+    database: String,
+}
+
+impl Rig {
+    async fn start(registry: &Path) -> anyhow::Result<Rig> {
+        let nats = NatsServer::start().context("failed to start nats-server")?;
+        let clickhouse = ClickHouseServer::start().context("failed to start clickhouse-server")?;
+        let dir = tempfile::tempdir()?;
+        let database = "cctv_bench".to_string();
+        let client = async_nats::connect(nats.url()).await?;
+        let js = async_nats::jetstream::new(client);
+        cctv_bus::ensure_streams(&js, &StreamsConfig::default()).await?;
+        let store = Store::new(&ClickHouseConfig {
+            url: clickhouse.http_url(),
+            database: database.clone(),
+            ..ClickHouseConfig::default()
+        })?;
+        store.migrate().await?;
+        let ingest_toml = format!(
+            "[nats]\nurl = \"{}\"\n\n[data]\nregistry_path = \"{}\"\n\n[telemetry]\nlisten = \"127.0.0.1:0\"\n",
+            nats.url(),
+            registry.display()
+        );
+        let aggregator_toml = format!(
+            "[nats]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\n\n[telemetry]\nlisten = \"127.0.0.1:0\"\n",
+            nats.url(),
+            clickhouse.http_url()
+        );
+        let ingest = spawn_service("cctv-ingest", dir.path(), &ingest_toml)?;
+        let aggregator = spawn_service("cctv-aggregator", dir.path(), &aggregator_toml)?;
+        Ok(Rig {
+            nats,
+            clickhouse,
+            dir,
+            ingest,
+            aggregator,
+            database,
+        })
+    }
+
+    fn store(&self) -> anyhow::Result<Store> {
+        Ok(Store::new(&ClickHouseConfig {
+            url: self.clickhouse.http_url(),
+            database: self.database.clone(),
+            ..ClickHouseConfig::default()
+        })?)
+    }
+
+    fn cli_config(&self) -> CliConfig {
+        CliConfig {
+            nats: NatsConfig {
+                url: self.nats.url(),
+                ..NatsConfig::default()
+            },
+            clickhouse: ClickHouseConfig {
+                url: self.clickhouse.http_url(),
+                database: self.database.clone(),
+                ..ClickHouseConfig::default()
+            },
+            ..CliConfig::default()
+        }
+    }
+
+    /// Usage of ingest, aggregator, nats-server, clickhouse-server.
+    fn usages(&self) -> [Usage; 4] {
+        [
+            usage(self.ingest.id()),
+            usage(self.aggregator.id()),
+            self.nats.pid().map(usage).unwrap_or_default(),
+            self.clickhouse.pid().map(usage).unwrap_or_default(),
+        ]
+    }
+
+    fn stop(mut self) {
+        for child in [&mut self.ingest, &mut self.aggregator] {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+        let _ = &self.dir;
+    }
+}
+
+/// The release binary next to this one (`target/release/<name>`).
+fn release_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let binary = me
+        .parent()
+        .map(|dir| dir.join(name))
+        .context("no directory of the bench binary")?;
+    if !binary.is_file() {
+        bail!(
+            "{} is missing: build it with `cargo build --release --bins` (make bench does)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+fn spawn_service(name: &str, dir: &Path, config: &str) -> anyhow::Result<Child> {
+    let config_path = dir.join(format!("{name}.toml"));
+    std::fs::write(&config_path, config)?;
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    Command::new(release_binary(name)?)
+        .arg("--config")
+        .arg(&config_path)
+        .env_remove("CCTV_CONFIG")
+        .env_remove("CCTV_NATS_URL")
+        .env_remove("CCTV_CLICKHOUSE_URL")
+        .env_remove("CCTV_FAULT")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("failed to start {name}"))
+}
+
+/// What one throughput scenario measured.
+struct Throughput {
+    scenario: String,
+    offences: u64,
+    raw_messages: u64,
+    seconds: f64,
+    publish_seconds: f64,
+    lost: i64,
+    usage: [Usage; 4],
+}
+
+async fn throughput(scenario: &str, events: u64, registry: &Path) -> anyhow::Result<Throughput> {
+    let rig = Rig::start(registry).await?;
+    let before = rig.usages();
+    let expect_file = rig.dir.path().join("expected.json");
+    let format = if scenario == "mixed" {
+        FormatChoice::Mixed
+    } else {
+        FormatChoice::One("canonical")
+    };
+    let args = SimulateArgs {
+        count: events,
+        rate: 0.0,
+        registry: Some(registry.to_path_buf()),
+        cameras: None,
+        unknown_share: 0.02,
+        gateways: 8,
+        run_id: Some(format!("bench-{scenario}")),
+        day: None,
+        seed: Some(7),
+        expect_out: Some(expect_file.clone()),
+        duplicates: 0.0,
+        format,
+        noise: 0.1,
+        malformed: 0.005,
+        quiet: true,
+    };
+    let started = Instant::now();
+    cctv_cli::run_simulate(&rig.cli_config(), &args).await?;
+    let publish_seconds = started.elapsed().as_secs_f64();
+    let expectation = Expectation::load(&expect_file)?;
+    let store = rig.store()?;
+    loop {
+        let counted = store.count_events().await.unwrap_or(0);
+        if counted >= expectation.count {
+            break;
+        }
+        if started.elapsed() > DRAIN_TIMEOUT {
+            bail!(
+                "{scenario}: only {counted} of {} rows after {DRAIN_TIMEOUT:?}",
+                expectation.count
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // Let the services go idle so that their CPU is all counted, then compare.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rig.usages();
+    let totals = store.totals(&TotalsFilter::default()).await?;
+    let counted: u64 = totals.iter().map(|row| row.events).sum();
+    let differences = compare_totals(&expectation.totals, &totals);
+    if !differences.is_empty() {
+        println!(
+            "{scenario}: {} cells differ from the expectation",
+            differences.len()
+        );
+    }
+    let usage = std::array::from_fn(|index| Usage {
+        cpu_seconds: after[index].cpu_seconds - before[index].cpu_seconds,
+        peak_rss_mib: after[index].peak_rss_mib,
+    });
+    let raw_messages = expectation.raw.map_or(events, |raw| raw.published);
+    rig.stop();
+    Ok(Throughput {
+        scenario: scenario.to_string(),
+        offences: expectation.count,
+        raw_messages,
+        seconds,
+        publish_seconds,
+        lost: i64::try_from(expectation.count).unwrap_or(i64::MAX)
+            - i64::try_from(counted).unwrap_or(i64::MAX),
+        usage,
+    })
+}
+
+/// Publish -> queryable latencies in milliseconds, sorted.
+async fn latency(rate: u64, seconds: u64, registry: &Path) -> anyhow::Result<Vec<f64>> {
+    let rig = Rig::start(registry).await?;
+    let client = async_nats::connect(rig.nats.url()).await?;
+    let js = async_nats::jetstream::new(client);
+    let total = rate * seconds;
+    let detected = (chrono::Utc::now() - chrono::TimeDelta::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let started = Instant::now();
+    let mut published_at: Vec<f64> = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    let store = rig.store()?;
+    let poller = tokio::spawn(poll_latencies(store, total, started));
+    let mut acks = std::collections::VecDeque::new();
+    let per_tick = rate / 1000;
+    let mut interval = tokio::time::interval(Duration::from_millis(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut index = 0u64;
+    while index < total {
+        interval.tick().await;
+        // Publish the events due by now (keeps the rate exact after a stall).
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+        let due = due.max(index + per_tick.min(total - index));
+        while index < due {
+            let payload = format!(
+                r#"{{"camera_id":"KZ75-0001","offence_type":"traffic.speeding","detected_at":"{detected}","source_event_id":"lat-{index}"}}"#
+            );
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("lat-{index}").as_str());
+            published_at.push(started.elapsed().as_secs_f64() * 1000.0);
+            acks.push_back(
+                js.publish_with_headers(
+                    "cctv.raw.canonical.bench-latency",
+                    headers,
+                    payload.into(),
+                )
+                .await?,
+            );
+            while acks.len() > 4096 {
+                if let Some(ack) = acks.pop_front() {
+                    ack.await?;
+                }
+            }
+            index += 1;
+        }
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    let queryable = poller.await??;
+    rig.stop();
+    let mut latencies: Vec<f64> = queryable
+        .iter()
+        .filter_map(|(index, at)| {
+            published_at
+                .get(usize::try_from(*index).ok()?)
+                .map(|published| at - published)
+        })
+        .collect();
+    if latencies.len() as u64 != total {
+        bail!(
+            "latency: {} of {total} events became queryable",
+            latencies.len()
+        );
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
+}
+
+/// Polls ClickHouse for new rows; returns (event index, ms since start when
+/// first seen).
+async fn poll_latencies(
+    store: Store,
+    total: u64,
+    started: Instant,
+) -> anyhow::Result<Vec<(u64, f64)>> {
+    let mut seen = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    let mut last_sequence = 0u64;
+    while (seen.len() as u64) < total {
+        if started.elapsed() > DRAIN_TIMEOUT {
+            bail!("latency: only {} of {total} rows seen", seen.len());
+        }
+        let rows: Vec<(u64, String)> = store
+            .client()
+            .query("SELECT stream_seq, source_event_id FROM offence_events WHERE stream_seq > ?")
+            .bind(last_sequence)
+            .fetch_all()
+            .await
+            .unwrap_or_default();
+        let now = started.elapsed().as_secs_f64() * 1000.0;
+        for (sequence, source_id) in rows {
+            last_sequence = last_sequence.max(sequence);
+            if let Some(index) = source_id.strip_prefix("lat-").and_then(|i| i.parse().ok()) {
+                seen.push((index, now));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(seen)
+}
+
+fn percentile(sorted: &[f64], fraction: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let index = ((sorted.len() - 1) as f64 * fraction).round() as usize;
+    sorted.get(index).copied().unwrap_or(f64::NAN)
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|out| {
+            let text = if out.stdout.is_empty() {
+                out.stderr
+            } else {
+                out.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_else(|_| "not found".into())
+}
+
+fn machine_description() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|line| line.starts_with("model name"))
+        .and_then(|line| line.split_once(':'))
+        .map_or("unknown", |(_, model)| model.trim())
+        .to_string();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo
+        .lines()
+        .next()
+        .unwrap_or("")
+        .replace("MemTotal:", "")
+        .trim()
+        .to_string();
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    format!(
+        "- CPU: {model}, {cores} cores available\n- memory: {memory}\n- kernel: {}\n\
+         - nats-server: {}\n- clickhouse-server: {}\n- rustc: {}\n- commit: {}\n- date: {}\n",
+        command_output("uname", &["-r"]),
+        command_output("nats-server", &["--version"]),
+        command_output("dpkg-query", &["-W", "-f=${Version}", "clickhouse-server"]),
+        command_output("rustc", &["--version"]),
+        command_output("git", &["rev-parse", "--short", "HEAD"]),
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+    )
+}
+
+/// Criterion's estimates under `target/criterion`: (name, ns per element, elements/s).
+fn criterion_results(target: &Path) -> Vec<(String, f64, f64)> {
+    let mut results = Vec::new();
+    let root = target.join("criterion");
+    let Ok(groups) = std::fs::read_dir(&root) else {
+        return results;
+    };
+    for group in groups.filter_map(Result::ok) {
+        let Ok(benches) = std::fs::read_dir(group.path()) else {
+            continue;
+        };
+        for bench in benches.filter_map(Result::ok) {
+            let new = bench.path().join("new");
+            let estimates: serde_json::Value = match std::fs::read(new.join("estimates.json")) {
+                Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                Err(_) => continue,
+            };
+            let benchmark: serde_json::Value = std::fs::read(new.join("benchmark.json"))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                .unwrap_or_default();
+            let mean_ns = estimates["mean"]["point_estimate"]
+                .as_f64()
+                .unwrap_or(f64::NAN);
+            let elements = benchmark["throughput"]["Elements"].as_f64().unwrap_or(1.0);
+            let name = benchmark["full_id"].as_str().map_or_else(
+                || bench.file_name().to_string_lossy().to_string(),
+                str::to_string,
+            );
+            results.push((name, mean_ns / elements, elements * 1e9 / mean_ns));
+        }
+    }
+    results.sort_by(|a, b| a.0.cmp(&b.0));
+    results
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let options = parse_options()?;
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let registry = repo.join("deploy/cameras.csv").canonicalize()?;
+    let mut report = String::new();
+    writeln!(report, "# Benchmarks\n")?;
+    writeln!(
+        report,
+        "Written by `make bench` (criterion micro-benchmarks, then `cctv-bench-e2e`). \
+         Every process runs on this one machine: the publisher, nats-server, \
+         clickhouse-server and both services share its cores. Servers are fresh for \
+         each scenario (temp dirs, file storage), services are the release binaries.\n"
+    )?;
+    writeln!(report, "## Machine\n\n{}", machine_description())?;
+
+    let mut throughputs = Vec::new();
+    for scenario in options.scenarios.iter().filter(|s| *s != "latency") {
+        println!("scenario {scenario}: {} offences", options.events);
+        let result = throughput(scenario, options.events, &registry).await?;
+        println!(
+            "  {:.0} offences/s end to end ({} raw messages, published in {:.1} s, drained in {:.1} s), lost {}",
+            result.offences as f64 / result.seconds,
+            result.raw_messages,
+            result.publish_seconds,
+            result.seconds,
+            result.lost
+        );
+        throughputs.push(result);
+    }
+    if !throughputs.is_empty() {
+        writeln!(
+            report,
+            "## Throughput (burst, published as fast as possible)\n"
+        )?;
+        writeln!(
+            report,
+            "| load | offences | raw messages | seconds (first publish to last row) | offences/s | raw msg/s | lost |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        )?;
+        for result in &throughputs {
+            writeln!(
+                report,
+                "| {} | {} | {} | {:.1} | {:.0} | {:.0} | {} |",
+                result.scenario,
+                result.offences,
+                result.raw_messages,
+                result.seconds,
+                result.offences as f64 / result.seconds,
+                result.raw_messages as f64 / result.seconds,
+                result.lost
+            )?;
+        }
+        writeln!(
+            report,
+            "\nCPU seconds per million offences, and peak RSS:\n\n| load | cctv-ingest | cctv-aggregator | nats-server | clickhouse-server | ours / servers |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+        )?;
+        for result in &throughputs {
+            let per_million = |usage: &Usage| usage.cpu_seconds * 1e6 / result.offences as f64;
+            let ours = per_million(&result.usage[0]) + per_million(&result.usage[1]);
+            let servers = per_million(&result.usage[2]) + per_million(&result.usage[3]);
+            writeln!(
+                report,
+                "| {} | {:.1} s, {:.0} MiB | {:.1} s, {:.0} MiB | {:.1} s, {:.0} MiB | {:.1} s, {:.0} MiB | {:.2} |",
+                result.scenario,
+                per_million(&result.usage[0]),
+                result.usage[0].peak_rss_mib,
+                per_million(&result.usage[1]),
+                result.usage[1].peak_rss_mib,
+                per_million(&result.usage[2]),
+                result.usage[2].peak_rss_mib,
+                per_million(&result.usage[3]),
+                result.usage[3].peak_rss_mib,
+                ours / servers
+            )?;
+        }
+        writeln!(report)?;
+    }
+    let mut latency_p99 = None;
+    if options.scenarios.iter().any(|s| s == "latency") {
+        println!(
+            "scenario latency: {} events/s for {} s",
+            options.latency_rate, options.latency_seconds
+        );
+        let latencies = latency(options.latency_rate, options.latency_seconds, &registry).await?;
+        let (p50, p99, max) = (
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            latencies.last().copied().unwrap_or(f64::NAN),
+        );
+        println!("  publish -> queryable: p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms");
+        latency_p99 = Some(p99);
+        writeln!(
+            report,
+            "## Latency (publish -> queryable in ClickHouse)\n\n{} canonical events/s for {} s ({} events), ClickHouse polled every 20 ms:\n\n| p50 | p99 | max |\n| ---: | ---: | ---: |\n| {p50:.0} ms | {p99:.0} ms | {max:.0} ms |\n",
+            options.latency_rate,
+            options.latency_seconds,
+            latencies.len()
+        )?;
+    }
+    writeln!(
+        report,
+        "## Targets (issue 5)\n\n| target | measured | met |\n| --- | --- | --- |"
+    )?;
+    for result in &throughputs {
+        let rate = result.offences as f64 / result.seconds;
+        let goal = if result.scenario == "mixed" {
+            60_000.0
+        } else {
+            110_000.0
+        };
+        writeln!(
+            report,
+            "| {} >= {goal:.0} offences/s, 0 lost | {rate:.0}/s, {} lost | {} |",
+            result.scenario,
+            result.lost,
+            if rate >= goal && result.lost == 0 {
+                "yes"
+            } else {
+                "no"
+            }
+        )?;
+        let peak = result.usage[0]
+            .peak_rss_mib
+            .max(result.usage[1].peak_rss_mib);
+        writeln!(
+            report,
+            "| {} peak RSS <= 150 MB per service | {peak:.0} MiB | {} |",
+            result.scenario,
+            if peak * 1.048_576 <= 150.0 {
+                "yes"
+            } else {
+                "no"
+            }
+        )?;
+        let ours = result.usage[0].cpu_seconds + result.usage[1].cpu_seconds;
+        let servers = result.usage[2].cpu_seconds + result.usage[3].cpu_seconds;
+        writeln!(
+            report,
+            "| {} our CPU < servers' CPU | {ours:.1} s vs {servers:.1} s | {} |",
+            result.scenario,
+            if ours < servers { "yes" } else { "no" }
+        )?;
+    }
+    if let Some(p99) = latency_p99 {
+        writeln!(
+            report,
+            "| p99 publish -> queryable <= 2 s at {} events/s | {p99:.0} ms | {} |",
+            options.latency_rate,
+            if p99 <= 2000.0 { "yes" } else { "no" }
+        )?;
+    }
+    writeln!(report)?;
+    let micro = criterion_results(&repo.join("target"));
+    if !micro.is_empty() {
+        writeln!(
+            report,
+            "## Micro-benchmarks (criterion, `cargo bench -p cctv-benches`)\n\n\
+             `fixtures/<format>` normalises every fixture file of the format (offences, \
+             repeats, ignored and rejected inputs alike).\n\n| benchmark | per element | elements/s |\n| --- | ---: | ---: |"
+        )?;
+        for (name, ns, per_second) in micro {
+            writeln!(
+                report,
+                "| {name} | {:.2} µs | {per_second:.0} |",
+                ns / 1000.0
+            )?;
+        }
+        writeln!(report)?;
+    }
+    let analysis = repo.join("benches/analysis.md");
+    if let Ok(text) = std::fs::read_to_string(&analysis) {
+        writeln!(report, "{}", text.trim_end())?;
+    }
+    if let Some(path) = &options.output {
+        std::fs::write(path, &report)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        println!("results written to {}", path.display());
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
