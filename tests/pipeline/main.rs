@@ -9,3 +9,4 @@ mod foundation;
 mod harness;
 mod layering;
 mod mixed;
+mod security;
