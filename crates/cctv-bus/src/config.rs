@@ -132,7 +132,9 @@ impl NatsConfig {
                         && !token.contains(char::is_whitespace)
                 });
             if !valid {
-                return Err(format!("nats.inbox_prefix {prefix:?} is not a subject prefix"));
+                return Err(format!(
+                    "nats.inbox_prefix {prefix:?} is not a subject prefix"
+                ));
             }
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
