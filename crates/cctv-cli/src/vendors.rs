@@ -329,7 +329,7 @@ pub(crate) fn noise_message(
 /// format then fails to parse).
 pub(crate) fn broken(message: &VendorMessage) -> VendorMessage {
     let mut cut = message.payload.len() * 3 / 5;
-    while cut > 0 && !std::str::from_utf8(&message.payload[..cut]).is_ok() {
+    while cut > 0 && std::str::from_utf8(&message.payload[..cut]).is_err() {
         cut -= 1;
     }
     VendorMessage {
