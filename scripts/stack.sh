@@ -29,6 +29,11 @@
 #                        CCTV_CLICKHOUSE_PASSWORD from the environment are used as given.
 #   CCTV_CONFIG          passed through; the stack always names each binary's config
 #                        with --config (deploy/local/<binary>.toml).
+#   CCTV_NATS_USER, CCTV_NATS_PASSWORD, ...
+#                        used as given against an existing NATS. The stack's own NATS
+#                        runs deploy/nats/auth.conf: `up` generates one random password
+#                        per user into .local/secrets.env (mode 600, kept across runs)
+#                        and hands each binary only its own user and password.
 #   CCTV_SKIP_BUILD=1    do not run `cargo build --release --bins` in `up`.
 #   CARGO_TARGET_DIR     where the release binaries are looked for (default target/).
 set -euo pipefail
@@ -44,6 +49,10 @@ readonly NATS_MONITOR_PORT=18222
 readonly OWN_NATS_URL="nats://127.0.0.1:$NATS_PORT"
 readonly NATS_CONFIG="$ROOT/deploy/nats/local.conf"
 readonly NATS_STORE_DIR="$LOCAL_DIR/nats/js"
+readonly SECRETS_FILE="$LOCAL_DIR/secrets.env"
+
+# NATS users of deploy/nats/auth.conf and the variable holding each password.
+readonly NATS_PASSWORD_VARS="CCTV_NATS_INGEST_PASSWORD CCTV_NATS_AGGREGATOR_PASSWORD CCTV_NATS_OPERATOR_PASSWORD CCTV_NATS_ANALYST_PASSWORD CCTV_NATS_GW1_PASSWORD CCTV_NATS_GW2_PASSWORD"
 
 readonly CLICKHOUSE_HTTP_PORT=18123
 readonly CLICKHOUSE_TCP_PORT=19000
@@ -208,6 +217,66 @@ find_server_binary() {
     return 1
 }
 
+# --- secrets -----------------------------------------------------------------------
+
+# Creates .local/secrets.env on first use: one random password per NATS user, as
+# shell assignments, readable by the owner only. Existing passwords are kept (the
+# running server and stored configs depend on them); a missing one is added.
+ensure_secrets() {
+    mkdir -p "$LOCAL_DIR"
+    local variable password
+    (
+        umask 077
+        touch "$SECRETS_FILE"
+    )
+    chmod 600 "$SECRETS_FILE"
+    for variable in $NATS_PASSWORD_VARS; do
+        if ! grep -q "^$variable=" "$SECRETS_FILE"; then
+            # nats-server parses a variable's value as config syntax, so the
+            # password is letters and digits and starts with a letter (a leading
+            # digit would make it a number).
+            password="p$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+            printf '%s=%s\n' "$variable" "$password" >>"$SECRETS_FILE"
+        fi
+    done
+}
+
+# Prints the value of variable $1 from .local/secrets.env.
+secret() {
+    local line
+    line="$(grep "^$1=" "$SECRETS_FILE" | tail -n 1)" || die "$1 missing from ${SECRETS_FILE#"$ROOT"/}; run scripts/stack.sh up"
+    printf '%s\n' "${line#*=}"
+}
+
+# Runs "$@" as NATS user $1 of the stack's own server, with the password from
+# .local/secrets.env in CCTV_NATS_USER / CCTV_NATS_PASSWORD (exported to "$@" only).
+# Against an existing NATS the caller's own CCTV_NATS_* settings are used as given.
+with_nats_user() {
+    local user="$1" variable="$2"
+    shift 2
+    if nats_is_external; then
+        "$@"
+        return
+    fi
+    [ -f "$SECRETS_FILE" ] || die "${SECRETS_FILE#"$ROOT"/} is missing; run scripts/stack.sh up"
+    local password
+    password="$(secret "$variable")"
+    CCTV_NATS_USER="$user" CCTV_NATS_PASSWORD="$password" "$@"
+}
+
+# Runs "$@" with every password of .local/secrets.env exported (for nats-server,
+# which resolves $CCTV_NATS_..._PASSWORD in auth.conf from its environment).
+with_all_nats_passwords() {
+    (
+        local variable value
+        for variable in $NATS_PASSWORD_VARS; do
+            value="$(secret "$variable")"
+            export "$variable=$value"
+        done
+        "$@"
+    )
+}
+
 # --- servers -----------------------------------------------------------------------
 
 nats_ready() { http_body_is "http://127.0.0.1:$NATS_MONITOR_PORT/healthz" ok; }
@@ -232,8 +301,9 @@ start_nats() {
     say "nats: starting on 127.0.0.1:$NATS_PORT (monitoring $NATS_MONITOR_PORT)"
     # nats-server writes its own log with -l; the redirected output only catches
     # start-up errors printed before the log is opened.
-    start_background nats "$binary" -c "$NATS_CONFIG" -js -sd "$NATS_STORE_DIR" \
-        -l "$LOG_DIR/nats.log"
+    ensure_secrets
+    with_all_nats_passwords start_background nats "$binary" -c "$NATS_CONFIG" -js \
+        -sd "$NATS_STORE_DIR" -l "$LOG_DIR/nats.log"
     wait_until nats "$NATS_CONFIG" nats_ready
     say "nats: ready"
 }
@@ -279,6 +349,9 @@ servers_up() {
     if ! nats_is_external || ! clickhouse_is_external; then
         "$ROOT/scripts/install-servers.sh"
     fi
+    if ! nats_is_external; then
+        ensure_secrets
+    fi
     start_nats
     start_clickhouse
 }
@@ -316,7 +389,8 @@ build_binaries() {
 # Runs cctvctl with the stack's config, in the repo root.
 run_ctl() {
     [ -x "$BIN_DIR/cctvctl" ] || die "$BIN_DIR/cctvctl is missing; run scripts/stack.sh up (or cargo build --release --bins)"
-    (cd "$ROOT" && "$BIN_DIR/cctvctl" --config "$CTL_CONFIG" "$@")
+    (cd "$ROOT" && with_nats_user cctv_operator CCTV_NATS_OPERATOR_PASSWORD \
+        "$BIN_DIR/cctvctl" --config "$CTL_CONFIG" "$@")
 }
 
 # Runs "$@" with CCTV_CLICKHOUSE_USER=$1 when the stack runs its own ClickHouse; an
@@ -337,16 +411,18 @@ setup_schema() {
 }
 
 start_service() {
-    local name="$1" config="$2" health_url="$3" clickhouse_user="$4"
+    local name="$1" config="$2" health_url="$3" clickhouse_user="$4" nats_user="$5" nats_password_var="$6"
     local binary="$BIN_DIR/$name"
     if running_pid "$name" "$binary" >/dev/null; then
         say "$name: already running"
     else
-        say "$name: starting"
+        say "$name: starting (NATS user $nats_user)"
         if [ -n "$clickhouse_user" ]; then
-            (cd "$ROOT" && with_clickhouse_user "$clickhouse_user" start_background "$name" "$binary" --config "$config")
+            (cd "$ROOT" && with_nats_user "$nats_user" "$nats_password_var" \
+                with_clickhouse_user "$clickhouse_user" start_background "$name" "$binary" --config "$config")
         else
-            (cd "$ROOT" && start_background "$name" "$binary" --config "$config")
+            (cd "$ROOT" && with_nats_user "$nats_user" "$nats_password_var" \
+                start_background "$name" "$binary" --config "$config")
         fi
     fi
     wait_until "$name" "$binary" http_ok "$health_url"
@@ -365,8 +441,10 @@ cmd_up() {
     servers_up
     build_binaries
     setup_schema
-    start_service cctv-ingest "$INGEST_CONFIG" "$INGEST_HEALTH_URL" ""
-    start_service cctv-aggregator "$AGGREGATOR_CONFIG" "$AGGREGATOR_HEALTH_URL" "$WRITER_USER"
+    start_service cctv-ingest "$INGEST_CONFIG" "$INGEST_HEALTH_URL" "" \
+        cctv_ingest CCTV_NATS_INGEST_PASSWORD
+    start_service cctv-aggregator "$AGGREGATOR_CONFIG" "$AGGREGATOR_HEALTH_URL" "$WRITER_USER" \
+        cctv_aggregator CCTV_NATS_AGGREGATOR_PASSWORD
     say "stack is up: NATS $CCTV_NATS_URL, ClickHouse $CCTV_CLICKHOUSE_URL, logs in .local/log/"
 }
 

@@ -12,3 +12,4 @@ mod harness;
 mod layering;
 mod mixed;
 mod processes;
+mod security;

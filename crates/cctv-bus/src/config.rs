@@ -30,6 +30,12 @@ pub struct NatsConfig {
     pub tls_key_file: Option<PathBuf>,
     /// Require TLS even without a CA file.
     pub tls_required: bool,
+    /// Prefix of this client's reply subjects (JetStream API answers, publish
+    /// acks and pull-consumer deliveries arrive on `<prefix>.<id>`). Default:
+    /// `_INBOX_<user>` with user/password auth, so a server can give every user
+    /// a private inbox (`deploy/nats/auth.conf`); `_INBOX` otherwise. Env:
+    /// `CCTV_NATS_INBOX_PREFIX`.
+    pub inbox_prefix: Option<String>,
     /// Time allowed for one connection attempt.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -57,6 +63,7 @@ impl Default for NatsConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_required: false,
+            inbox_prefix: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             password: None,
@@ -89,6 +96,9 @@ impl NatsConfig {
         if let Some(path) = non_empty("CCTV_NATS_TLS_KEY") {
             self.tls_key_file = Some(PathBuf::from(path));
         }
+        if let Some(prefix) = non_empty("CCTV_NATS_INBOX_PREFIX") {
+            self.inbox_prefix = Some(prefix);
+        }
         self.password = non_empty("CCTV_NATS_PASSWORD");
         self.token = non_empty("CCTV_NATS_TOKEN");
         self.nkey_seed = non_empty("CCTV_NATS_NKEY_SEED");
@@ -113,10 +123,40 @@ impl NatsConfig {
         if self.user.is_some() != self.password.is_some() {
             return Err("NATS user and CCTV_NATS_PASSWORD must be set together".into());
         }
+        if let Some(prefix) = &self.inbox_prefix {
+            let valid = !prefix.is_empty()
+                && prefix.split('.').all(|token| {
+                    !token.is_empty()
+                        && token != "*"
+                        && token != ">"
+                        && !token.contains(char::is_whitespace)
+                });
+            if !valid {
+                return Err(format!(
+                    "nats.inbox_prefix {prefix:?} is not a subject prefix"
+                ));
+            }
+        }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             return Err("nats.tls_cert_file and nats.tls_key_file must be set together".into());
         }
         Ok(())
+    }
+}
+
+impl NatsConfig {
+    /// The prefix of this client's reply subjects: `inbox_prefix` if set, else
+    /// `_INBOX_<user>` when the user name is one subject token, else `_INBOX`.
+    pub fn effective_inbox_prefix(&self) -> String {
+        if let Some(prefix) = &self.inbox_prefix {
+            return prefix.clone();
+        }
+        match &self.user {
+            Some(user) if crate::subjects::is_valid_gateway_id(user) => {
+                format!("_INBOX_{user}")
+            }
+            _ => "_INBOX".to_string(),
+        }
     }
 }
 
@@ -214,6 +254,28 @@ mod tests {
         assert_eq!(config.url, "nats://10.0.0.1:4222");
         assert_eq!(config.password.as_deref(), Some("s3cret"));
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn each_user_gets_a_private_inbox_unless_one_is_configured() {
+        let mut config = NatsConfig::default();
+        assert_eq!(config.effective_inbox_prefix(), "_INBOX");
+        config.user = Some("cctv_ingest".into());
+        assert_eq!(config.effective_inbox_prefix(), "_INBOX_cctv_ingest");
+        config.user = Some("not a token".into());
+        assert_eq!(config.effective_inbox_prefix(), "_INBOX");
+        config.apply_env(|name| match name {
+            "CCTV_NATS_INBOX_PREFIX" => Some("_INBOX.gw7".into()),
+            _ => None,
+        });
+        assert_eq!(config.effective_inbox_prefix(), "_INBOX.gw7");
+        for bad in ["", "_INBOX.>", "a..b", "in box"] {
+            let config = NatsConfig {
+                inbox_prefix: Some(bad.into()),
+                ..NatsConfig::default()
+            };
+            assert!(config.validate().is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -1,4 +1,9 @@
 //! Connecting to NATS with the configured auth and TLS.
+//!
+//! Server errors the client sees after connecting (a `Permissions Violation`
+//! for a publish or subscription the server's permissions refuse, a slow
+//! consumer) are logged: a refused publish is otherwise silent, and a refused
+//! JetStream API request only shows as a timeout.
 
 use crate::{BusError, NatsConfig};
 
@@ -16,7 +21,9 @@ pub async fn connect(
         // Keep publishing through short reconnects; the client buffers up to
         // this many bytes before publishes fail.
         .client_capacity(8192)
-        .subscription_capacity(65_536);
+        .subscription_capacity(65_536)
+        .custom_inbox_prefix(config.effective_inbox_prefix())
+        .event_callback(|event| async move { log_event(&event) });
     if let (Some(user), Some(password)) = (&config.user, &config.password) {
         options = options.user_and_password(user.clone(), password.clone());
     }
@@ -48,10 +55,35 @@ pub async fn connect(
     options
         .connect(config.url.as_str())
         .await
-        .map_err(|error| BusError::Connect {
-            url: config.url.clone(),
-            message: error.to_string(),
+        .map_err(|error| match error.kind() {
+            // Wrong credentials do not get better by retrying.
+            async_nats::ConnectErrorKind::AuthorizationViolation
+            | async_nats::ConnectErrorKind::Authentication => BusError::Unauthorized {
+                url: config.url.clone(),
+                message: error.to_string(),
+            },
+            _ => BusError::Connect {
+                url: config.url.clone(),
+                message: error.to_string(),
+            },
         })
+}
+
+/// Logs what the client reports after connecting. Server errors are warnings:
+/// a permissions violation means the server's permissions and our calls
+/// disagree (a misconfiguration) or something tried what it must not.
+fn log_event(event: &async_nats::Event) {
+    match event {
+        async_nats::Event::ServerError(error) => {
+            tracing::warn!(%error, "NATS server reported an error");
+        }
+        async_nats::Event::ClientError(error) => {
+            tracing::warn!(%error, "NATS client error");
+        }
+        async_nats::Event::Disconnected => tracing::warn!("NATS connection lost"),
+        async_nats::Event::Connected => tracing::info!("NATS connected"),
+        other => tracing::debug!(event = %other, "NATS connection event"),
+    }
 }
 
 /// Connects, retrying with backoff (up to 5 s between attempts) while the

@@ -11,6 +11,14 @@ pub enum BusError {
         /// Cause.
         message: String,
     },
+    /// The server refused the credentials.
+    #[error("NATS at {url} refused the credentials: {message}")]
+    Unauthorized {
+        /// Server URL.
+        url: String,
+        /// Cause.
+        message: String,
+    },
     /// The settings are unusable (missing file, bad combination).
     #[error("invalid NATS settings: {0}")]
     Settings(String),

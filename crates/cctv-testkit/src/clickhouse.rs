@@ -58,7 +58,7 @@ impl ClickHouseServer {
     /// Starts a server with user `default` (no password) and waits until `SELECT 1`
     /// succeeds over HTTP.
     pub fn start() -> Result<ClickHouseServer, TestkitError> {
-        Self::start_users(None)
+        Self::start_users(UsersFile::Default)
     }
 
     /// Starts a server whose `<users>` section is `users_xml_body` instead of the
@@ -67,15 +67,24 @@ impl ClickHouseServer {
     /// [`ClickHouseServer::query`] only works if the body defines a `default` user
     /// without password; readiness then only requires that the query pipeline answers.
     pub fn start_with_users(users_xml_body: &str) -> Result<ClickHouseServer, TestkitError> {
-        Self::start_users(Some(users_xml_body))
+        Self::start_users(UsersFile::Body(users_xml_body))
     }
 
-    /// Shared body of the two constructors, retrying on port conflicts.
-    fn start_users(users_xml_body: Option<&str>) -> Result<ClickHouseServer, TestkitError> {
+    /// Starts a server whose whole `users.xml` (profiles, users, quotas) is
+    /// `users_xml`, e.g. the shipped `deploy/clickhouse/users.xml.in`.
+    ///
+    /// As with [`ClickHouseServer::start_with_users`], [`ClickHouseServer::query`]
+    /// only works if the document defines a `default` user without password.
+    pub fn start_with_users_xml(users_xml: &str) -> Result<ClickHouseServer, TestkitError> {
+        Self::start_users(UsersFile::Document(users_xml))
+    }
+
+    /// Shared body of the constructors, retrying on port conflicts.
+    fn start_users(users: UsersFile<'_>) -> Result<ClickHouseServer, TestkitError> {
         let binary = find_binary(CLICKHOUSE_BINARY, CLICKHOUSE_BINARY_ENV)?;
         let mut attempt = 1;
         loop {
-            match Self::start_once(&binary, users_xml_body) {
+            match Self::start_once(&binary, users) {
                 Err(error) if error.is_port_conflict() && attempt < START_ATTEMPTS => {
                     attempt += 1;
                 }
@@ -85,10 +94,7 @@ impl ClickHouseServer {
     }
 
     /// One start attempt with fresh ports and directory.
-    fn start_once(
-        binary: &Path,
-        users_xml_body: Option<&str>,
-    ) -> Result<ClickHouseServer, TestkitError> {
+    fn start_once(binary: &Path, users: UsersFile<'_>) -> Result<ClickHouseServer, TestkitError> {
         let temp_dir = create_temp_dir("clickhouse")?;
         let dir = temp_dir.path().to_path_buf();
         for subdir in ["data", "tmp", "log", "user_files", "format_schemas"] {
@@ -98,10 +104,12 @@ impl ClickHouseServer {
         let tcp_port = free_port()?;
         let config_path = dir.join("config.xml");
         write_file(&config_path, &server_config(&dir, http_port, tcp_port))?;
-        write_file(
-            &dir.join("users.xml"),
-            &users_config(users_xml_body.unwrap_or(DEFAULT_USERS)),
-        )?;
+        let users_xml = match users {
+            UsersFile::Default => users_config(DEFAULT_USERS),
+            UsersFile::Body(body) => users_config(body),
+            UsersFile::Document(document) => document.to_owned(),
+        };
+        write_file(&dir.join("users.xml"), &users_xml)?;
         let mut config_arg = OsString::from("--config-file=");
         config_arg.push(&config_path);
         let spec = ProcessSpec {
@@ -110,12 +118,13 @@ impl ClickHouseServer {
             args: vec![config_arg],
             dir: dir.clone(),
             extra_log_paths: vec![dir.join("log/server.log"), dir.join("log/err.log")],
+            envs: Vec::new(),
         };
         let mut server = ClickHouseServer {
             process: ServerProcess::new(spec),
             http_port,
             tcp_port,
-            users_are_default: users_xml_body.is_none(),
+            users_are_default: matches!(users, UsersFile::Default),
             temp_dir,
         };
         server.process.spawn()?;
@@ -216,6 +225,17 @@ impl ClickHouseServer {
         }
         Ok(response.body)
     }
+}
+
+/// What goes into the generated `users.xml`.
+#[derive(Debug, Clone, Copy)]
+enum UsersFile<'a> {
+    /// User `default` without password, from localhost.
+    Default,
+    /// The inner XML of `<users>`, with the testkit's profiles and quota.
+    Body(&'a str),
+    /// A whole `users.xml` document.
+    Document(&'a str),
 }
 
 /// One server per test process, started on first use.

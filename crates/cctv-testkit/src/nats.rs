@@ -52,10 +52,24 @@ impl NatsServer {
     /// an `authorization { .. }` block) to the generated config, which sets the
     /// listen address, JetStream store dir, limits and `max_payload`.
     pub fn start_with_config(extra_config: &str) -> Result<NatsServer, TestkitError> {
+        Self::start_with_config_and_env(extra_config, &[])
+    }
+
+    /// Like [`NatsServer::start_with_config`], with `env` added to the server's
+    /// environment (kept across restarts), so a config can read secrets as
+    /// `$VARIABLE` the way a deployed server does.
+    pub fn start_with_config_and_env(
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> Result<NatsServer, TestkitError> {
         let binary = find_binary(NATS_BINARY, NATS_BINARY_ENV)?;
+        let envs: Vec<(OsString, OsString)> = env
+            .iter()
+            .map(|(name, value)| (OsString::from(name), OsString::from(value)))
+            .collect();
         let mut attempt = 1;
         loop {
-            match Self::start_once(&binary, extra_config) {
+            match Self::start_once(&binary, extra_config, &envs) {
                 Err(error) if error.is_port_conflict() && attempt < START_ATTEMPTS => {
                     attempt += 1;
                 }
@@ -65,7 +79,11 @@ impl NatsServer {
     }
 
     /// One start attempt with a fresh port and directory.
-    fn start_once(binary: &Path, extra_config: &str) -> Result<NatsServer, TestkitError> {
+    fn start_once(
+        binary: &Path,
+        extra_config: &str,
+        envs: &[(OsString, OsString)],
+    ) -> Result<NatsServer, TestkitError> {
         let temp_dir = create_temp_dir("nats")?;
         let dir = temp_dir.path().to_path_buf();
         let store_dir = dir.join("js");
@@ -79,6 +97,7 @@ impl NatsServer {
             args: vec![OsString::from("-c"), config_path.into_os_string()],
             dir,
             extra_log_paths: Vec::new(),
+            envs: envs.to_vec(),
         };
         let mut server = NatsServer {
             process: ServerProcess::new(spec),
@@ -270,6 +289,19 @@ mod tests {
             .read_line(&mut info)
             .map_err(|source| TestkitError::io("read INFO", source))?;
         assert!(info.contains("\"auth_required\":true"), "INFO was {info}");
+        Ok(())
+    }
+
+    #[test]
+    fn config_variables_are_read_from_the_given_environment() -> Result<(), TestkitError> {
+        let config = "authorization { token: $CCTV_TESTKIT_TOKEN }";
+        assert!(
+            NatsServer::start_with_config(config).is_err(),
+            "server started with an undefined variable"
+        );
+        let server =
+            NatsServer::start_with_config_and_env(config, &[("CCTV_TESTKIT_TOKEN", "s3cret")])?;
+        assert!(server.pid().is_some());
         Ok(())
     }
 

@@ -39,6 +39,9 @@ pub(crate) struct ProcessSpec {
     pub(crate) dir: PathBuf,
     /// Log files the server writes itself, included in log tails.
     pub(crate) extra_log_paths: Vec<PathBuf>,
+    /// Environment variables set for the server on top of the inherited ones
+    /// (e.g. the passwords a NATS config reads as `$VAR`).
+    pub(crate) envs: Vec<(OsString, OsString)>,
 }
 
 impl ProcessSpec {
@@ -78,6 +81,7 @@ impl ServerProcess {
         let stderr = open_append(&self.spec.stderr_path())?;
         let child = Command::new(&self.spec.binary)
             .args(&self.spec.args)
+            .envs(self.spec.envs.iter().map(|(name, value)| (name, value)))
             .current_dir(&self.spec.dir)
             .stdin(Stdio::null())
             .stdout(stdout)
