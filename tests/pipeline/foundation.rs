@@ -2,7 +2,6 @@
 //! fallback and catching up after downtime, each end to end.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use cctv_bus::headers;
 use cctv_store::TotalsRow;
@@ -366,6 +365,7 @@ async fn events_published_while_ingest_was_down_are_counted_after_it_starts() {
         .await;
     stack.wait_for_ingest(&ingest.stats, 1).await;
     ingest.stop().await;
+    stack.wait_for_rows(1).await;
 
     let messages: Vec<(String, Vec<u8>)> = (0..500)
         .map(|n| {
@@ -379,12 +379,15 @@ async fn events_published_while_ingest_was_down_are_counted_after_it_starts() {
         })
         .collect();
     stack.publish_many("gw", messages).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // With the ingest stopped nothing can reach the events stream: the 500
+    // wait in the raw stream.
     assert_eq!(
-        stack.store().count_events().await.unwrap(),
+        stack.stream_messages("CCTV_EVENTS").await,
         1,
-        "nothing is counted while ingest is down"
+        "nothing is turned into events while ingest is down"
     );
+    assert_eq!(stack.stream_messages("CCTV_RAW").await, 501);
+    assert_eq!(stack.store().count_events().await.unwrap(), 1);
 
     let ingest = stack.start_ingest();
     let totals = stack.wait_for_rows(501).await;
