@@ -9,6 +9,7 @@ mod audit;
 mod faults;
 mod foundation;
 mod harness;
+mod hostile;
 mod layering;
 mod mixed;
 mod processes;

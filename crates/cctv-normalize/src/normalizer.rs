@@ -500,8 +500,8 @@ mod tests {
             one_event(hashing.normalize(&raw(&spaced), now())).plate,
             key.hash("404ZXC16")
         );
-        let json = String::from_utf8(one_event(hashing.normalize(&raw(SAMPLE), now())).to_json())
-            .unwrap();
+        let json =
+            String::from_utf8(one_event(hashing.normalize(&raw(SAMPLE), now())).to_json()).unwrap();
         assert!(!json.contains("404ZXC16"), "{json}");
     }
 
