@@ -12,4 +12,5 @@ mod harness;
 mod hostile;
 mod layering;
 mod mixed;
+mod privacy;
 mod processes;
