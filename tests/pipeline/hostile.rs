@@ -480,9 +480,12 @@ fn adversarial(format: Format, normalizer: &Normalizer, seed: u64) -> Adversaria
     result
 }
 
-/// Valid canonical events over the registry's cameras and every offence
-/// type, with their expected totals per (region, offence type).
-fn valid_traffic() -> (Vec<(String, Vec<u8>)>, BTreeMap<(String, String), u64>) {
+/// Expected events per (region, offence type).
+type Totals = BTreeMap<(String, String), u64>;
+
+/// Valid canonical events (`Nats-Msg-Id`, payload) over the registry's
+/// cameras and every offence type, with their expected totals.
+fn valid_traffic() -> (Vec<(String, Vec<u8>)>, Totals) {
     let regions: Vec<String> = Regions::builtin()
         .unwrap()
         .all()
@@ -589,7 +592,7 @@ async fn dlq_reasons(js: &jetstream::Context, expected: u64) -> BTreeMap<(String
     tally
 }
 
-fn as_map(rows: &[cctv_store::TotalsRow]) -> BTreeMap<(String, String), u64> {
+fn as_map(rows: &[cctv_store::TotalsRow]) -> Totals {
     rows.iter()
         .map(|row| ((row.region.clone(), row.offence_type.clone()), row.events))
         .collect()
@@ -665,7 +668,7 @@ async fn hostile_input_ends_in_the_dlq_with_its_reason_and_valid_traffic_is_coun
                     payload,
                 });
                 emitted += 1;
-                if emitted % 20 == 0 {
+                if emitted.is_multiple_of(20) {
                     if let Some((msg_id, payload)) = valid.next() {
                         outgoing.push(Outgoing {
                             format: Format::Canonical,

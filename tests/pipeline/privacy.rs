@@ -75,7 +75,7 @@ async fn keyed_hash_keeps_clear_plates_out_of_the_events_and_clickhouse_yet_coun
         for _ in 0..offences {
             // Alternate between a source event id and content-only identity,
             // whose key includes the plate as received.
-            let source = if n % 2 == 0 {
+            let source = if n.is_multiple_of(2) {
                 format!(r#","source_event_id":"privacy-{n}""#)
             } else {
                 String::new()
