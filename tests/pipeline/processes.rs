@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// Environment variables a child must not inherit: they would override its
 /// config file or arm fault points the test did not ask for.
-const SCRUBBED_ENV: [&str; 9] = [
+const SCRUBBED_ENV: [&str; 10] = [
     "CCTV_CONFIG",
     "CCTV_NATS_URL",
     "CCTV_CLICKHOUSE_URL",
@@ -26,6 +26,7 @@ const SCRUBBED_ENV: [&str; 9] = [
     "CCTV_AGGREGATOR_METRICS_LISTEN",
     "CCTV_FAULT",
     "CCTV_FAULT_AFTER_BATCHES",
+    "CCTV_PLATE_HASH_KEY",
 ];
 
 /// Exit signal of `std::process::abort`.

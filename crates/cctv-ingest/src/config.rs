@@ -4,13 +4,14 @@
 //! Environment overrides: `CCTV_NATS_URL`, `CCTV_NATS_USER`,
 //! `CCTV_NATS_PASSWORD`, `CCTV_NATS_TOKEN`, `CCTV_NATS_NKEY_SEED`,
 //! `CCTV_NATS_CREDS`, `CCTV_NATS_TLS_CA`, `CCTV_NATS_TLS_CERT`,
-//! `CCTV_NATS_TLS_KEY`, `CCTV_INGEST_METRICS_LISTEN`. Secrets come only from
-//! the environment.
+//! `CCTV_NATS_TLS_KEY`, `CCTV_INGEST_METRICS_LISTEN`, `CCTV_PLATE_HASH_KEY`.
+//! Secrets come only from the environment.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cctv_bus::{NatsConfig, StreamsConfig};
+use cctv_normalize::PlateKey;
 use cctv_telemetry::TelemetryConfig;
 use serde::Deserialize;
 
@@ -30,6 +31,8 @@ pub struct IngestConfig {
     pub data: DataSettings,
     /// Input limits.
     pub limits: LimitsSettings,
+    /// What personal data leaves the service in clear.
+    pub privacy: PrivacySettings,
     /// Metrics endpoint and logs.
     pub telemetry: TelemetryConfig,
 }
@@ -143,6 +146,84 @@ impl LimitsSettings {
     }
 }
 
+/// Environment variable holding the plate hash key (`privacy.plates =
+/// "keyed_hash"`), at least [`PlateKey::MIN_BYTES`] bytes.
+pub const PLATE_HASH_KEY_ENV: &str = "CCTV_PLATE_HASH_KEY";
+
+/// How plates are stored in the events (and so in ClickHouse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlateStorage {
+    /// The plate as the camera read it.
+    #[default]
+    Clear,
+    /// `hmac:<hex>`: HMAC-SHA256 of the normalised plate under the key from
+    /// `CCTV_PLATE_HASH_KEY`, first 16 bytes. Counts per plate still work.
+    KeyedHash,
+}
+
+/// Privacy settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacySettings {
+    /// `"clear"` (default) or `"keyed_hash"`.
+    pub plates: PlateStorage,
+    /// The plate hash key, from `CCTV_PLATE_HASH_KEY` only (never from the
+    /// file). Its `Debug` form is redacted.
+    #[serde(skip)]
+    pub plate_hash_key: Option<PlateHashKey>,
+}
+
+/// The raw bytes of `CCTV_PLATE_HASH_KEY`, kept as given so that
+/// [`IngestConfig::validate`] can name a key that is too short.
+#[derive(Clone)]
+pub struct PlateHashKey(Vec<u8>);
+
+impl PlateHashKey {
+    /// Wraps the key bytes.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+
+    /// The normaliser's key, `None` when too short.
+    pub fn to_plate_key(&self) -> Option<PlateKey> {
+        PlateKey::new(self.0.clone())
+    }
+}
+
+impl std::fmt::Debug for PlateHashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PlateHashKey(<{} bytes, redacted>)", self.0.len())
+    }
+}
+
+impl PrivacySettings {
+    /// The key the normaliser hashes plates with: `None` when plates are
+    /// stored in clear; an error naming the variable when it is missing or
+    /// too short.
+    pub fn plate_key(&self) -> Result<Option<PlateKey>, IngestError> {
+        if self.plates == PlateStorage::Clear {
+            return Ok(None);
+        }
+        let Some(key) = &self.plate_hash_key else {
+            return Err(IngestError::Config(format!(
+                "privacy.plates = \"keyed_hash\" needs the key in {PLATE_HASH_KEY_ENV} \
+                 (at least {} bytes), which is not set",
+                PlateKey::MIN_BYTES
+            )));
+        };
+        match key.to_plate_key() {
+            Some(plate_key) => Ok(Some(plate_key)),
+            None => Err(IngestError::Config(format!(
+                "{PLATE_HASH_KEY_ENV} is {} bytes; privacy.plates = \"keyed_hash\" needs \
+                 at least {}",
+                key.0.len(),
+                PlateKey::MIN_BYTES
+            ))),
+        }
+    }
+}
+
 impl IngestConfig {
     /// Reads a TOML file, applies the environment, validates.
     pub fn load(path: Option<&Path>) -> Result<Self, IngestError> {
@@ -170,6 +251,9 @@ impl IngestConfig {
         self.nats.apply_env(&lookup);
         if let Some(listen) = lookup("CCTV_INGEST_METRICS_LISTEN").and_then(|v| v.parse().ok()) {
             self.telemetry.listen = Some(listen);
+        }
+        if let Some(key) = lookup(PLATE_HASH_KEY_ENV).filter(|key| !key.is_empty()) {
+            self.privacy.plate_hash_key = Some(PlateHashKey::new(key));
         }
     }
 
@@ -206,6 +290,7 @@ impl IngestConfig {
                 "streams.raw.duplicate_window must exceed ingest.ack_wait so redeliveries stay deduplicated".into(),
             ));
         }
+        self.privacy.plate_key()?;
         Ok(())
     }
 }
@@ -240,6 +325,35 @@ mod tests {
         let mut config = IngestConfig::default();
         config.ingest.consumer = "a.b".into();
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn keyed_plate_hashing_needs_a_long_enough_key_from_the_environment() {
+        let text = "[privacy]\nplates = \"keyed_hash\"\n";
+        let config = IngestConfig::from_toml(text).unwrap();
+        assert_eq!(config.privacy.plates, PlateStorage::KeyedHash);
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains(PLATE_HASH_KEY_ENV), "{error}");
+
+        let mut short = config.clone();
+        short.apply_env(|name| (name == PLATE_HASH_KEY_ENV).then(|| "x".repeat(31)));
+        let error = short.validate().unwrap_err().to_string();
+        assert!(
+            error.contains(PLATE_HASH_KEY_ENV) && error.contains("31 bytes"),
+            "{error}"
+        );
+
+        let mut keyed = config;
+        keyed.apply_env(|name| (name == PLATE_HASH_KEY_ENV).then(|| "k".repeat(32)));
+        keyed.validate().unwrap();
+        assert!(keyed.privacy.plate_key().unwrap().is_some());
+        assert!(!format!("{keyed:?}").contains(&"k".repeat(32)));
+
+        // The key never comes from the file, and the mode is spelled exactly.
+        assert!(IngestConfig::from_toml("[privacy]\nplate_hash_key = \"abc\"\n").is_err());
+        assert!(IngestConfig::from_toml("[privacy]\nplates = \"hashed\"\n").is_err());
+        let clear = IngestConfig::from_toml("[privacy]\nplates = \"clear\"\n").unwrap();
+        assert!(clear.privacy.plate_key().unwrap().is_none());
     }
 
     #[test]

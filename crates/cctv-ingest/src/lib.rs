@@ -13,7 +13,10 @@ mod metrics;
 mod service;
 mod stats;
 
-pub use config::{DataSettings, IngestConfig, IngestSettings, LimitsSettings};
+pub use config::{
+    DataSettings, IngestConfig, IngestSettings, LimitsSettings, PlateHashKey, PlateStorage,
+    PrivacySettings, PLATE_HASH_KEY_ENV,
+};
 pub use error::IngestError;
 pub use service::run;
 pub use stats::{IngestStats, StatsSnapshot};

@@ -180,12 +180,21 @@ fn load_normalizer(config: &IngestConfig) -> Result<Normalizer, IngestError> {
         cameras = registry.len(),
         "reference data loaded"
     );
-    Ok(Normalizer::new(
+    let normalizer = Normalizer::new(
         Arc::new(taxonomy),
         Arc::new(regions),
         Arc::new(registry),
         config.limits.to_limits(),
-    ))
+    );
+    // Plates leave the service only as a keyed hash when so configured;
+    // `validate` has already refused a missing or short key.
+    match config.privacy.plate_key()? {
+        Some(key) => {
+            tracing::info!("plates are stored as a keyed hash");
+            Ok(normalizer.with_plate_key(key))
+        }
+        None => Ok(normalizer),
+    }
 }
 
 async fn create_consumer(

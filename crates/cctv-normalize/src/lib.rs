@@ -6,7 +6,9 @@
 //! vendor-neutral [`Detection`]s; the [`Normalizer`] then resolves the offence
 //! name through the taxonomy, the camera through the registry, checks times and
 //! ranges, derives the deterministic event id and builds the
-//! [`cctv_event::OffenceEvent`].
+//! [`cctv_event::OffenceEvent`]. With a [`PlateKey`]
+//! ([`Normalizer::with_plate_key`]) plates leave as a keyed hash, never in
+//! clear.
 
 mod canonical;
 mod dahua;
@@ -21,6 +23,7 @@ mod limits;
 mod normalizer;
 mod onvif;
 mod outcome;
+mod plate;
 mod time;
 mod xml;
 
@@ -29,4 +32,5 @@ pub use format::Format;
 pub use limits::Limits;
 pub use normalizer::{Normalizer, RawMessage};
 pub use outcome::{IgnoreReason, Outcome, RejectReason, Rejection};
+pub use plate::{normalise_plate, PlateKey, PLATE_HASH_PREFIX};
 pub use time::{epoch_to_utc, parse_rfc3339};

@@ -14,6 +14,7 @@ use crate::detection::Detection;
 use crate::format::Format;
 use crate::limits::{json_too_deep, Limits};
 use crate::outcome::{Outcome, RejectReason, Rejection};
+use crate::plate::PlateKey;
 use crate::time::parse_rfc3339;
 use crate::{canonical, dahua, deepstream, frigate, hikvision, onvif, IgnoreReason};
 
@@ -45,6 +46,8 @@ pub struct Normalizer {
     regions: Arc<Regions>,
     registry: Arc<CameraRegistry>,
     limits: Limits,
+    /// When set, plates are stored as their keyed hash instead of in clear.
+    plate_key: Option<PlateKey>,
 }
 
 impl Normalizer {
@@ -60,7 +63,17 @@ impl Normalizer {
             regions,
             registry,
             limits,
+            plate_key: None,
         }
+    }
+
+    /// Stores plates as their keyed hash (`hmac:<hex>`, see [`PlateKey`])
+    /// instead of in clear. Event ids do not change: identity keys keep
+    /// using the plate as received.
+    #[must_use]
+    pub fn with_plate_key(mut self, key: PlateKey) -> Self {
+        self.plate_key = Some(key);
+        self
     }
 
     /// The limits in force.
@@ -294,7 +307,7 @@ impl Normalizer {
             source_event_id: detection.source_event_id,
             confidence: confidence.map(|c| (c.raw / c.scale) as f32),
             confidence_raw: confidence.map(|c| c.raw),
-            plate: detection.plate,
+            plate: self.stored_plate(detection.plate),
             speed_kmh: detection.speed_kmh.map(|v| v as f32),
             speed_limit_kmh: detection.speed_limit_kmh.map(|v| v as f32),
             lat,
@@ -302,6 +315,15 @@ impl Normalizer {
             evidence_url: detection.evidence_url,
         };
         Ok(Some(event))
+    }
+
+    /// The plate as it leaves the service: in clear, or its keyed hash.
+    fn stored_plate(&self, plate: Option<String>) -> Option<String> {
+        let plate = plate?;
+        match &self.plate_key {
+            None => Some(plate),
+            Some(key) => key.hash(&plate),
+        }
     }
 
     fn check_strings(&self, raw: &RawMessage<'_>, detection: &Detection) -> Result<(), Rejection> {
@@ -448,6 +470,39 @@ mod tests {
         assert_eq!(event.source_format, "canonical");
         assert_eq!(event.gateway_id, "gw7");
         assert_eq!(event.ingested_at, now());
+    }
+
+    #[test]
+    fn a_plate_key_hashes_the_plate_and_changes_nothing_else() {
+        let key = PlateKey::new([42u8; 32]).unwrap();
+        let hashing = normalizer().with_plate_key(key.clone());
+        // With a source event id, with a message id, and from content alone
+        // (where the plate is part of the identity key).
+        let fingerprint_only = SAMPLE.replace(r#","source_event_id":"gw7-000184223""#, "");
+        for payload in [SAMPLE.to_string(), fingerprint_only] {
+            for msg_id in [None, Some("gw7-msg-1")] {
+                let mut message = raw(&payload);
+                message.msg_id = msg_id;
+                let clear = one_event(normalizer().normalize(&message, now()));
+                let hashed = one_event(hashing.normalize(&message, now()));
+                assert_eq!(clear.plate.as_deref(), Some("404ZXC16"));
+                assert_eq!(hashed.plate, key.hash("404ZXC16"));
+                assert_eq!(hashed.event_id, clear.event_id);
+                let without_plates = |mut event: OffenceEvent| {
+                    event.plate = None;
+                    event
+                };
+                assert_eq!(without_plates(hashed), without_plates(clear));
+            }
+        }
+        let spaced = SAMPLE.replace("404ZXC16", "404 zxc-16");
+        assert_eq!(
+            one_event(hashing.normalize(&raw(&spaced), now())).plate,
+            key.hash("404ZXC16")
+        );
+        let json =
+            String::from_utf8(one_event(hashing.normalize(&raw(SAMPLE), now())).to_json()).unwrap();
+        assert!(!json.contains("404ZXC16"), "{json}");
     }
 
     #[test]
