@@ -297,10 +297,11 @@ async fn drain_stop_and_check(
         assert!(
             tokio::time::Instant::now() < deadline,
             "not drained after {DRAIN_TIMEOUT:?}: {events} events in the stream, {rows} rows \
-             of {}\n{}\n{}",
+             of {}\n{}\n{}\n--- nats-server log ---\n{}",
             load.count,
             ingest.log_tail(),
-            aggregator.log_tail()
+            aggregator.log_tail(),
+            stack.nats.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

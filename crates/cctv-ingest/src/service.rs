@@ -10,6 +10,7 @@
 //!   stream drops repeated `Nats-Msg-Id`s within its duplicate window (the
 //!   dedup horizon), so a redelivery never adds a second event.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,11 @@ use crate::{IngestConfig, IngestError, IngestStats};
 
 /// Pause after a failed fetch or lost consumer before trying again.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// Batches in a row whose every publish went unacknowledged after which the
+/// connection is replaced: a client whose requests stopped getting answers
+/// after a server restart (seen under load: every JetStream publish timed out
+/// while deliveries still arrived) is not trusted to heal itself.
+const RECONNECT_AFTER_FAILED_BATCHES: u32 = 3;
 
 /// Runs the ingest service until `shutdown` is cancelled, then finishes the
 /// batches in flight (bounded by `shutdown_grace`) and returns.
@@ -50,22 +56,54 @@ pub async fn run(
     let normalizer = Arc::new(load_normalizer(&config)?);
 
     let client = cctv_bus::connect_with_retry(&config.nats, "cctv-ingest", &shutdown).await?;
-    let Some(client) = client else { return Ok(()) };
-    let js = jetstream::new(client.clone());
+    let Some(mut client) = client else {
+        return Ok(());
+    };
+    let mut js = jetstream::new(client.clone());
     cctv_bus::ensure_streams(&js, &config.streams).await?;
     let mut consumer = create_consumer(&js, &config).await?;
     health.set_ok();
     tracing::info!(consumer = %config.ingest.consumer, "ingest started");
 
     let mut in_flight = JoinSet::new();
-    let context = Arc::new(BatchContext {
+    let mut context = Arc::new(BatchContext {
         js: js.clone(),
-        normalizer,
+        normalizer: normalizer.clone(),
         stats: stats.clone(),
         raw_stream: config.streams.raw.name.clone(),
         event_shards: config.ingest.event_shards,
+        failed_batches: AtomicU32::new(0),
     });
     'outer: while !shutdown.is_cancelled() {
+        if context.failed_batches.load(Ordering::Relaxed) >= RECONNECT_AFTER_FAILED_BATCHES {
+            tracing::warn!(
+                batches = RECONNECT_AFTER_FAILED_BATCHES,
+                "no publish acknowledged for several batches; replacing the NATS connection"
+            );
+            health.set_problem("publishes not acknowledged; reconnecting");
+            // Their raw messages stay unacked and are redelivered.
+            while in_flight.join_next().await.is_some() {}
+            let Some(new_client) =
+                cctv_bus::connect_with_retry(&config.nats, "cctv-ingest", &shutdown).await?
+            else {
+                break;
+            };
+            client = new_client;
+            js = jetstream::new(client.clone());
+            match create_consumer(&js, &config).await {
+                Ok(found) => consumer = found,
+                Err(error) => tracing::warn!(%error, "raw consumer not available yet"),
+            }
+            context = Arc::new(BatchContext {
+                js: js.clone(),
+                normalizer: normalizer.clone(),
+                stats: stats.clone(),
+                raw_stream: config.streams.raw.name.clone(),
+                event_shards: config.ingest.event_shards,
+                failed_batches: AtomicU32::new(0),
+            });
+            continue;
+        }
         let messages = consumer
             .stream()
             .max_messages_per_batch(config.ingest.batch_size)
@@ -120,6 +158,9 @@ pub async fn run(
                 health.set_ok();
                 let context = context.clone();
                 in_flight.spawn(async move { context.process(batch).await });
+            }
+            if context.failed_batches.load(Ordering::Relaxed) >= RECONNECT_AFTER_FAILED_BATCHES {
+                break;
             }
             if stream_failed {
                 // A pull stream can stall after a reconnect (missed heartbeats,
@@ -231,6 +272,8 @@ struct BatchContext {
     stats: IngestStats,
     raw_stream: String,
     event_shards: u16,
+    /// Batches in a row in which publishes failed and none succeeded.
+    failed_batches: AtomicU32,
 }
 
 /// What one raw message turned into, waiting for its publish acks.
@@ -303,6 +346,7 @@ impl BatchContext {
         // Every publish of the batch is in flight; now wait for the acks, then
         // ack each raw message whose publishes all succeeded.
         let mut settled_all = Vec::with_capacity(batch.len());
+        let (mut publishes_acked, mut publishes_failed) = (0u64, 0u64);
         for (message, entry) in batch.iter().zip(pending) {
             let format = format_label(&message.subject);
             let settled = match entry {
@@ -321,6 +365,7 @@ impl BatchContext {
                         }
                     }
                     if ok {
+                        publishes_acked += 1;
                         self.stats.add_events(new, duplicate);
                         metrics::counter!(names::EVENTS, "format" => format, "outcome" => "new")
                             .increment(new);
@@ -332,23 +377,34 @@ impl BatchContext {
                             Some("duplicate")
                         }
                     } else {
+                        publishes_failed += 1;
                         None
                     }
                 }
                 Pending::Ignored => Some("ignored"),
                 Pending::DeadLetter(ack, reason) => match ack.await {
                     Ok(_) => {
+                        publishes_acked += 1;
                         metrics::counter!(names::DEAD_LETTERS, "format" => format, "reason" => reason).increment(1);
                         Some("dead_lettered")
                     }
                     Err(error) => {
+                        publishes_failed += 1;
                         tracing::warn!(%error, "dead letter not acknowledged");
                         None
                     }
                 },
-                Pending::Failed => None,
+                Pending::Failed => {
+                    publishes_failed += 1;
+                    None
+                }
             };
             settled_all.push(settled);
+        }
+        if publishes_acked > 0 {
+            self.failed_batches.store(0, Ordering::Relaxed);
+        } else if publishes_failed > 0 {
+            self.failed_batches.fetch_add(1, Ordering::Relaxed);
         }
         // Crash tests: the events are in JetStream, the raw messages unacked.
         cctv_telemetry::fault_point("after_publish");
