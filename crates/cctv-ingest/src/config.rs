@@ -47,6 +47,11 @@ pub struct IngestSettings {
     pub batch_size: usize,
     /// Most batches whose publishes are in flight at once.
     pub max_in_flight_batches: usize,
+    /// Most bytes of raw payloads one pull delivers (hence one batch holds).
+    /// With `max_in_flight_batches` it bounds the raw bytes in memory by bytes,
+    /// not only by count, whatever size the messages are. Raised at start to
+    /// twice the server's `max_payload`, so that every message can be delivered.
+    pub max_batch_bytes: usize,
     /// Time JetStream waits for an ack before redelivering a raw message.
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
@@ -66,6 +71,7 @@ impl Default for IngestSettings {
             consumer: "cctv-ingest".into(),
             batch_size: 1000,
             max_in_flight_batches: 4,
+            max_batch_bytes: 16 * 1024 * 1024,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 20_000,
             event_shards: 1,

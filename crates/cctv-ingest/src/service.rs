@@ -104,9 +104,16 @@ pub async fn run(
             });
             continue;
         }
+        // A pull may not deliver a message larger than its byte limit, so the
+        // limit is at least twice the largest message the server accepts.
+        let max_batch_bytes = config
+            .ingest
+            .max_batch_bytes
+            .max(client.server_info().max_payload.saturating_mul(2));
         let messages = consumer
             .stream()
             .max_messages_per_batch(config.ingest.batch_size)
+            .max_bytes_per_batch(max_batch_bytes)
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
