@@ -40,6 +40,9 @@ struct Options {
     latency_seconds: u64,
     scenarios: Vec<String>,
     output: Option<PathBuf>,
+    /// Duplicate window of CCTV_EVENTS (the dedup horizon) instead of 24 h,
+    /// to measure what the window costs the server.
+    events_duplicate_window: Option<String>,
 }
 
 fn parse_options() -> anyhow::Result<Options> {
@@ -49,6 +52,7 @@ fn parse_options() -> anyhow::Result<Options> {
         latency_seconds: 30,
         scenarios: vec!["canonical".into(), "mixed".into(), "latency".into()],
         output: Some(PathBuf::from("BENCHMARKS.md")),
+        events_duplicate_window: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -62,9 +66,11 @@ fn parse_options() -> anyhow::Result<Options> {
             }
             "--output" => options.output = Some(PathBuf::from(value()?)),
             "--no-output" => options.output = None,
+            "--events-duplicate-window" => options.events_duplicate_window = Some(value()?),
             other => bail!(
                 "unknown flag {other}; flags: --events N --latency-rate N --latency-seconds N \
-                 --scenarios canonical,mixed,latency --output FILE --no-output"
+                 --scenarios canonical,mixed,latency --output FILE --no-output \
+                 --events-duplicate-window DURATION"
             ),
         }
     }
@@ -115,14 +121,27 @@ struct Rig {
 }
 
 impl Rig {
-    async fn start(registry: &Path) -> anyhow::Result<Rig> {
+    async fn start(registry: &Path, events_window: Option<&str>) -> anyhow::Result<Rig> {
         let nats = NatsServer::start().context("failed to start nats-server")?;
         let clickhouse = ClickHouseServer::start().context("failed to start clickhouse-server")?;
         let dir = tempfile::tempdir()?;
         let database = "cctv_bench".to_string();
         let client = async_nats::connect(nats.url()).await?;
         let js = async_nats::jetstream::new(client);
-        cctv_bus::ensure_streams(&js, &StreamsConfig::default()).await?;
+        let mut streams = StreamsConfig::default();
+        let mut streams_toml = String::new();
+        if let Some(window) = events_window {
+            streams.events.duplicate_window = humantime::parse_duration(window)?;
+            let events = &streams.events;
+            streams_toml = format!(
+                "\n[streams.events]\nname = \"{}\"\nmax_age = \"{}\"\nduplicate_window = \"{window}\"\nmax_bytes = {}\nreplicas = {}\n",
+                events.name,
+                humantime::format_duration(events.max_age),
+                events.max_bytes,
+                events.replicas
+            );
+        }
+        cctv_bus::ensure_streams(&js, &streams).await?;
         let store = Store::new(&ClickHouseConfig {
             url: clickhouse.http_url(),
             database: database.clone(),
@@ -130,12 +149,12 @@ impl Rig {
         })?;
         store.migrate().await?;
         let ingest_toml = format!(
-            "[nats]\nurl = \"{}\"\n\n[data]\nregistry_path = \"{}\"\n\n[telemetry]\nlisten = \"127.0.0.1:0\"\n",
+            "[nats]\nurl = \"{}\"\n\n[data]\nregistry_path = \"{}\"\n\n[telemetry]\nlisten = \"127.0.0.1:0\"\n{streams_toml}",
             nats.url(),
             registry.display()
         );
         let aggregator_toml = format!(
-            "[nats]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\n\n[telemetry]\nlisten = \"127.0.0.1:0\"\n",
+            "[nats]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\n\n[telemetry]\nlisten = \"127.0.0.1:0\"\n{streams_toml}",
             nats.url(),
             clickhouse.http_url()
         );
@@ -240,8 +259,13 @@ struct Throughput {
     usage: [Usage; 4],
 }
 
-async fn throughput(scenario: &str, events: u64, registry: &Path) -> anyhow::Result<Throughput> {
-    let rig = Rig::start(registry).await?;
+async fn throughput(
+    scenario: &str,
+    events: u64,
+    registry: &Path,
+    events_window: Option<&str>,
+) -> anyhow::Result<Throughput> {
+    let rig = Rig::start(registry, events_window).await?;
     let before = rig.usages();
     let expect_file = rig.dir.path().join("expected.json");
     let format = if scenario == "mixed" {
@@ -317,7 +341,7 @@ async fn throughput(scenario: &str, events: u64, registry: &Path) -> anyhow::Res
 
 /// Publish -> queryable latencies in milliseconds, sorted.
 async fn latency(rate: u64, seconds: u64, registry: &Path) -> anyhow::Result<Vec<f64>> {
-    let rig = Rig::start(registry).await?;
+    let rig = Rig::start(registry, None).await?;
     let client = async_nats::connect(rig.nats.url()).await?;
     let js = async_nats::jetstream::new(client);
     let total = rate * seconds;
@@ -533,7 +557,13 @@ async fn main() -> anyhow::Result<()> {
     let mut throughputs = Vec::new();
     for scenario in options.scenarios.iter().filter(|s| *s != "latency") {
         println!("scenario {scenario}: {} offences", options.events);
-        let result = throughput(scenario, options.events, &registry).await?;
+        let result = throughput(
+            scenario,
+            options.events,
+            &registry,
+            options.events_duplicate_window.as_deref(),
+        )
+        .await?;
         println!(
             "  {:.0} offences/s end to end ({} raw messages, published in {:.1} s, drained in {:.1} s), lost {}",
             result.offences as f64 / result.seconds,
