@@ -211,7 +211,6 @@ impl Rig {
                 .status();
             let _ = child.wait();
         }
-        let _ = &self.dir;
     }
 }
 

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::detection::{Confidence, Detection};
 use crate::json::json_rejection;
 use crate::normalizer::RawMessage;
-use crate::outcome::{RejectReason, Rejection};
+use crate::outcome::{clip, missing_field, RejectReason, Rejection};
 use crate::time::{epoch_to_utc, parse_rfc3339};
 
 /// The canonical payload as sent by gateways. Unknown fields are ignored, as
@@ -80,16 +80,19 @@ pub(crate) fn decode(raw: &RawMessage<'_>) -> Result<Detection, Rejection> {
     let payload: CanonicalPayload<'_> =
         serde_json::from_slice(raw.payload).map_err(json_rejection)?;
 
-    let camera_id = non_empty(payload.camera_id).ok_or_else(|| missing("camera_id"))?;
-    let offence_name = non_empty(payload.offence_type).ok_or_else(|| missing("offence_type"))?;
-    let time_value = payload.detected_at.ok_or_else(|| missing("detected_at"))?;
+    let camera_id = non_empty(payload.camera_id).ok_or_else(|| missing_field("camera_id"))?;
+    let offence_name =
+        non_empty(payload.offence_type).ok_or_else(|| missing_field("offence_type"))?;
+    let time_value = payload
+        .detected_at
+        .ok_or_else(|| missing_field("detected_at"))?;
     let detected_at = match &time_value {
         TimeValue::Text(text) => parse_rfc3339(text).ok_or_else(|| {
             Rejection::new(
                 RejectReason::InvalidTime,
                 format!(
                     "detected_at {:?} is not RFC 3339 with an offset",
-                    truncate(text)
+                    clip(text)
                 ),
             )
         })?,
@@ -109,7 +112,7 @@ pub(crate) fn decode(raw: &RawMessage<'_>) -> Result<Detection, Rejection> {
         Some(text) => Some(Uuid::parse_str(&text).map_err(|_| {
             Rejection::new(
                 RejectReason::InvalidField,
-                format!("event_id {:?} is not a UUID", truncate(&text)),
+                format!("event_id {:?} is not a UUID", clip(&text)),
             )
         })?),
     };
@@ -165,19 +168,4 @@ pub(crate) fn decode(raw: &RawMessage<'_>) -> Result<Detection, Rejection> {
 
 fn non_empty(value: Option<Cow<'_, str>>) -> Option<Cow<'_, str>> {
     value.filter(|text| !text.trim().is_empty())
-}
-
-fn missing(field: &str) -> Rejection {
-    Rejection::new(
-        RejectReason::MissingField,
-        format!("required field {field} is missing or empty"),
-    )
-}
-
-/// Keeps error texts short when they quote input.
-fn truncate(text: &str) -> &str {
-    match text.char_indices().nth(64) {
-        Some((index, _)) => &text[..index],
-        None => text,
-    }
 }

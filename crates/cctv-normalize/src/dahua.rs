@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 use crate::decode::{DecodeContext, Decoded};
 use crate::detection::{Confidence, Detection};
 use crate::json;
-use crate::outcome::{IgnoreReason, RejectReason, Rejection};
+use crate::outcome::{clip, IgnoreReason, RejectReason, Rejection};
 use crate::time::epoch_to_utc;
 
 /// The RPC method that carries events; any other non-heartbeat method is not
@@ -802,14 +802,6 @@ fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
     text.as_bytes()
         .get(..prefix.len())
         .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
-}
-
-/// At most 64 characters of a value quoted in a rejection detail.
-fn clip(text: &str) -> &str {
-    match text.char_indices().nth(64) {
-        Some((index, _)) => text.get(..index).unwrap_or(text),
-        None => text,
-    }
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ use serde_json::Value;
 
 use crate::decode::{DecodeContext, Decoded};
 use crate::detection::{Confidence, Detection};
-use crate::json::{number, parse_value, path};
-use crate::outcome::{IgnoreReason, RejectReason, Rejection};
+use crate::json::{optional_number, optional_text, parse_value, path, required_text};
+use crate::outcome::{clip, IgnoreReason, RejectReason, Rejection};
 use crate::time::parse_rfc3339;
 
 /// The event types DeepStream's analytics emit by themselves. They say what an
@@ -155,58 +155,6 @@ fn location(value: Option<&Value>, field: &str) -> Result<Option<(f64, f64)>, Re
     match (lat, lon) {
         (Some(lat), Some(lon)) if lat != 0.0 || lon != 0.0 => Ok(Some((lat, lon))),
         _ => Ok(None),
-    }
-}
-
-/// A required string (or number rendered as text): missing, null or blank is
-/// a missing field, any other type an invalid one.
-fn required_text<'v>(value: Option<&'v Value>, field: &str) -> Result<Cow<'v, str>, Rejection> {
-    optional_text(value, field)?.ok_or_else(|| {
-        Rejection::new(
-            RejectReason::MissingField,
-            format!("required field {field} is missing or empty"),
-        )
-    })
-}
-
-/// An optional string (or number rendered as text); `None` for absent, null
-/// or blank, an invalid field for objects, arrays and booleans.
-fn optional_text<'v>(
-    value: Option<&'v Value>,
-    field: &str,
-) -> Result<Option<Cow<'v, str>>, Rejection> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) if text.trim().is_empty() => Ok(None),
-        Some(Value::String(text)) => Ok(Some(Cow::Borrowed(text.as_str()))),
-        Some(Value::Number(number)) => Ok(Some(Cow::Owned(number.to_string()))),
-        Some(_) => Err(Rejection::new(
-            RejectReason::InvalidField,
-            format!("field {field} is neither text nor a number"),
-        )),
-    }
-}
-
-/// An optional number (or numeric string); `None` for absent, null or blank,
-/// an invalid field for anything else that is not a number.
-fn optional_number(value: Option<&Value>, field: &str) -> Result<Option<f64>, Rejection> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) if text.trim().is_empty() => Ok(None),
-        Some(value) => number(Some(value)).map(Some).ok_or_else(|| {
-            Rejection::new(
-                RejectReason::InvalidField,
-                format!("field {field} is not a number"),
-            )
-        }),
-    }
-}
-
-/// Keeps error texts short when they quote input.
-fn clip(text: &str) -> &str {
-    match text.char_indices().nth(64) {
-        Some((index, _)) => &text[..index],
-        None => text,
     }
 }
 

@@ -21,8 +21,8 @@ use serde_json::Value;
 
 use crate::decode::{DecodeContext, Decoded};
 use crate::detection::{Confidence, Detection};
-use crate::json::{boolean, number, parse_value};
-use crate::outcome::{IgnoreReason, RejectReason, Rejection};
+use crate::json::{boolean, number, optional_number, optional_text, parse_value, required_text};
+use crate::outcome::{clip, missing_field, IgnoreReason, RejectReason, Rejection};
 use crate::time::epoch_to_utc;
 
 /// The message types Frigate publishes on `frigate/events`.
@@ -38,7 +38,7 @@ pub(crate) fn decode(context: &DecodeContext<'_>) -> Result<Decoded, Rejection> 
         ));
     }
     let message_type = match message.get("type") {
-        None | Some(Value::Null) => return Err(missing("type")),
+        None | Some(Value::Null) => return Err(missing_field("type")),
         Some(Value::String(message_type)) => message_type.as_str(),
         Some(_) => {
             return Err(Rejection::new(
@@ -123,7 +123,7 @@ fn tracked_object(message: &Value) -> Result<&Value, Rejection> {
     let (field, tracked) = match (present("after"), present("before")) {
         (Some(after), _) => ("after", after),
         (None, Some(before)) => ("before", before),
-        (None, None) => return Err(missing("after")),
+        (None, None) => return Err(missing_field("after")),
     };
     if !tracked.is_object() {
         return Err(Rejection::new(
@@ -185,61 +185,6 @@ fn plate(value: Option<&Value>) -> Result<Option<Cow<'_, str>>, Rejection> {
     match value {
         Some(Value::Array(parts)) => optional_text(parts.first(), "recognized_license_plate"),
         other => optional_text(other, "recognized_license_plate"),
-    }
-}
-
-/// A missing-field rejection naming `field`.
-fn missing(field: &str) -> Rejection {
-    Rejection::new(
-        RejectReason::MissingField,
-        format!("required field {field} is missing or empty"),
-    )
-}
-
-/// A required string (or number rendered as text): missing, null or blank is
-/// a missing field, any other type an invalid one.
-fn required_text<'v>(value: Option<&'v Value>, field: &str) -> Result<Cow<'v, str>, Rejection> {
-    optional_text(value, field)?.ok_or_else(|| missing(field))
-}
-
-/// An optional string (or number rendered as text); `None` for absent, null
-/// or blank, an invalid field for objects, arrays and booleans.
-fn optional_text<'v>(
-    value: Option<&'v Value>,
-    field: &str,
-) -> Result<Option<Cow<'v, str>>, Rejection> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) if text.trim().is_empty() => Ok(None),
-        Some(Value::String(text)) => Ok(Some(Cow::Borrowed(text.as_str()))),
-        Some(Value::Number(number)) => Ok(Some(Cow::Owned(number.to_string()))),
-        Some(_) => Err(Rejection::new(
-            RejectReason::InvalidField,
-            format!("field {field} is neither text nor a number"),
-        )),
-    }
-}
-
-/// An optional number (or numeric string); `None` for absent, null or blank,
-/// an invalid field for anything else that is not a number.
-fn optional_number(value: Option<&Value>, field: &str) -> Result<Option<f64>, Rejection> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) if text.trim().is_empty() => Ok(None),
-        Some(value) => number(Some(value)).map(Some).ok_or_else(|| {
-            Rejection::new(
-                RejectReason::InvalidField,
-                format!("field {field} is not a number"),
-            )
-        }),
-    }
-}
-
-/// Keeps error texts short when they quote input.
-fn clip(text: &str) -> &str {
-    match text.char_indices().nth(64) {
-        Some((index, _)) => &text[..index],
-        None => text,
     }
 }
 
@@ -385,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn before_is_read_only_when_after_is_missing() {
+    fn before_is_read_only_when_after_is_missing_field() {
         let swapped = TRACK.replace(r#""before":null,"after""#, r#""after":null,"before""#);
         assert_eq!(
             one_detection(&swapped).identity_key,

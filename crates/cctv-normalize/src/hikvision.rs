@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::decode::{DecodeContext, Decoded};
 use crate::detection::{Confidence, Detection};
-use crate::outcome::{IgnoreReason, RejectReason, Rejection};
+use crate::outcome::{clip, missing_field, IgnoreReason, RejectReason, Rejection};
 use crate::time::parse_rfc3339;
 use crate::{json, xml};
 
@@ -156,7 +156,7 @@ enum Verdict {
 fn decode_alert(context: &DecodeContext<'_>, alert: Node<'_>) -> Result<Decoded, Rejection> {
     let event_type = alert
         .text_at(&["eventType"])
-        .ok_or_else(|| missing("eventType"))?;
+        .ok_or_else(|| missing_field("eventType"))?;
     if event_type.eq_ignore_ascii_case("heartBeat") {
         return Ok(Decoded::Ignored(IgnoreReason::Heartbeat));
     }
@@ -195,7 +195,7 @@ fn decode_alert(context: &DecodeContext<'_>, alert: Node<'_>) -> Result<Decoded,
 
     let device_time = alert
         .text_at(&["dateTime"])
-        .ok_or_else(|| missing("dateTime"))?;
+        .ok_or_else(|| missing_field("dateTime"))?;
     let detected_at = parse_rfc3339(&device_time).ok_or_else(|| {
         Rejection::new(
             RejectReason::InvalidTime,
@@ -266,7 +266,7 @@ fn is_inactive(alert: Node<'_>) -> Result<bool, Rejection> {
 /// `illegalCode` whose `illegalName` is not `normal`.
 fn read_anpr(alert: Node<'_>) -> Result<Verdict, Rejection> {
     let Some(block) = alert.child("ANPR") else {
-        return Err(missing("ANPR"));
+        return Err(missing_field("ANPR"));
     };
     let Some(code_text) = block.text_at(&["illegalInfo", "illegalCode"]) else {
         return Ok(Verdict::Ignore(IgnoreReason::PlateRead));
@@ -309,11 +309,11 @@ fn read_anpr(alert: Node<'_>) -> Result<Verdict, Rejection> {
 /// not a traffic state.
 fn read_tfs(context: &DecodeContext<'_>, alert: Node<'_>) -> Result<Verdict, Rejection> {
     let Some(block) = alert.child("TFS") else {
-        return Err(missing("TFS"));
+        return Err(missing_field("TFS"));
     };
     let event_list = block
         .text_at(&["illegalTrafficEvent"])
-        .ok_or_else(|| missing("TFS.illegalTrafficEvent"))?;
+        .ok_or_else(|| missing_field("TFS.illegalTrafficEvent"))?;
     let mut offence_names = Vec::new();
     for name in event_list.split(',').map(str::trim) {
         if name.is_empty() || matches!(context.classify(name), NameMatch::State) {
@@ -415,21 +415,6 @@ fn percent(raw: Option<f64>) -> Option<Confidence> {
         raw,
         scale: PERCENT_SCALE,
     })
-}
-
-fn missing(field: &str) -> Rejection {
-    Rejection::new(
-        RejectReason::MissingField,
-        format!("required field {field} is missing or empty"),
-    )
-}
-
-/// Keeps error texts short when they quote input.
-fn clip(text: &str) -> &str {
-    match text.char_indices().nth(64) {
-        Some((index, _)) => &text[..index],
-        None => text,
-    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use serde_json::Value;
 
 use crate::limits::{json_too_deep, Limits};
-use crate::outcome::{RejectReason, Rejection};
+use crate::outcome::{missing_field, RejectReason, Rejection};
 
 /// Parses a JSON payload after the depth check; classifies errors.
 pub(crate) fn parse_value(payload: &[u8], limits: &Limits) -> Result<Value, Rejection> {
@@ -56,6 +56,51 @@ pub(crate) fn boolean(value: Option<&Value>) -> Option<bool> {
         },
         Value::Number(number) => number.as_f64().map(|n| n != 0.0),
         _ => None,
+    }
+}
+
+/// A required string (or number rendered as text): missing, null or blank is
+/// a missing field, any other type an invalid one.
+pub(crate) fn required_text<'v>(
+    value: Option<&'v Value>,
+    field: &str,
+) -> Result<Cow<'v, str>, Rejection> {
+    optional_text(value, field)?.ok_or_else(|| missing_field(field))
+}
+
+/// An optional string (or number rendered as text); `None` for absent, null
+/// or blank, an invalid field for objects, arrays and booleans.
+pub(crate) fn optional_text<'v>(
+    value: Option<&'v Value>,
+    field: &str,
+) -> Result<Option<Cow<'v, str>>, Rejection> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.trim().is_empty() => Ok(None),
+        Some(Value::String(text)) => Ok(Some(Cow::Borrowed(text.as_str()))),
+        Some(Value::Number(number)) => Ok(Some(Cow::Owned(number.to_string()))),
+        Some(_) => Err(Rejection::new(
+            RejectReason::InvalidField,
+            format!("field {field} is neither text nor a number"),
+        )),
+    }
+}
+
+/// An optional number (or numeric string); `None` for absent, null or blank,
+/// an invalid field for anything else that is not a number.
+pub(crate) fn optional_number(
+    value: Option<&Value>,
+    field: &str,
+) -> Result<Option<f64>, Rejection> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.trim().is_empty() => Ok(None),
+        Some(value) => number(Some(value)).map(Some).ok_or_else(|| {
+            Rejection::new(
+                RejectReason::InvalidField,
+                format!("field {field} is not a number"),
+            )
+        }),
     }
 }
 

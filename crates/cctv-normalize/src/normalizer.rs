@@ -13,7 +13,7 @@ use crate::decode::{DecodeContext, Decoded};
 use crate::detection::Detection;
 use crate::format::Format;
 use crate::limits::{json_too_deep, Limits};
-use crate::outcome::{Outcome, RejectReason, Rejection};
+use crate::outcome::{clip, Outcome, RejectReason, Rejection};
 use crate::plate::PlateKey;
 use crate::time::parse_rfc3339;
 use crate::{canonical, dahua, deepstream, frigate, hikvision, onvif, IgnoreReason};
@@ -384,13 +384,6 @@ fn check_range(name: &str, value: Option<f64>, low: f64, high: f64) -> Result<()
             format!("{name} {value} is outside {low}..{high}"),
         )),
         _ => Ok(()),
-    }
-}
-
-fn clip(text: &str) -> &str {
-    match text.char_indices().nth(64) {
-        Some((index, _)) => &text[..index],
-        None => text,
     }
 }
 

@@ -32,7 +32,7 @@ use serde_json::{Map, Value};
 use crate::decode::{DecodeContext, Decoded};
 use crate::detection::{Confidence, Detection};
 use crate::json::{self, parse_value};
-use crate::outcome::{IgnoreReason, RejectReason, Rejection};
+use crate::outcome::{clip, IgnoreReason, RejectReason, Rejection};
 use crate::time::parse_rfc3339;
 use crate::xml::{self, XmlElement};
 
@@ -504,14 +504,6 @@ fn likelihood(value: ItemValue<'_>, position: usize) -> Result<Confidence, Rejec
     };
     let scale = if raw > 1.0 { 100.0 } else { 1.0 };
     Ok(Confidence { raw, scale })
-}
-
-/// The first 64 characters of `text`, for rejection details.
-fn clip(text: &str) -> &str {
-    match text.char_indices().nth(64) {
-        Some((index, _)) => text.get(..index).unwrap_or(text),
-        None => text,
-    }
 }
 
 #[cfg(test)]

@@ -119,6 +119,22 @@ impl Rejection {
     }
 }
 
+/// A rejection for a required field that is missing, null or empty.
+pub(crate) fn missing_field(field: &str) -> Rejection {
+    Rejection::new(
+        RejectReason::MissingField,
+        format!("required field {field} is missing or empty"),
+    )
+}
+
+/// At most 64 characters of a value quoted in a rejection detail.
+pub(crate) fn clip(text: &str) -> &str {
+    match text.char_indices().nth(64) {
+        Some((index, _)) => text.get(..index).unwrap_or(text),
+        None => text,
+    }
+}
+
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.reason.as_str(), self.detail)
