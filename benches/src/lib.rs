@@ -1,1 +1,4 @@
-//! Benchmarks live in `benches/`; this library is empty.
+//! Support for the benchmarks: the criterion benches live in `benches/`, the
+//! end-to-end benchmark in `src/bin/cctv-bench-e2e.rs`.
+
+pub mod hops;

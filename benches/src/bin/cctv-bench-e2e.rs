@@ -10,7 +10,11 @@
 //!   seconds per million events of each service and server, peak RSS;
 //! - `mixed`: the same with every vendor format (`simulate --format mixed`);
 //! - `latency`: canonical events at a fixed rate; publish -> queryable
-//!   latency of every event, p50/p99/max.
+//!   latency of every event, p50/p99/max;
+//! - `floor`: nats-server alone (no service, no ClickHouse), the CPU it
+//!   spends on each NATS operation the pipeline needs per offence, hence the
+//!   most offences per second two durable hops allow on this machine
+//!   (`cctv_benches::hops`).
 //!
 //! Results are printed and written into `BENCHMARKS.md` with the machine's
 //! description. Run by `make bench` (which builds the release binaries first).
@@ -27,12 +31,14 @@ use cctv_cli::{compare_totals, CliConfig, Expectation, FormatChoice, SimulateArg
 use cctv_store::{ClickHouseConfig, Store, TotalsFilter};
 use cctv_testkit::{ClickHouseServer, NatsServer};
 
-/// Clock ticks per second of `/proc/<pid>/stat` (`getconf CLK_TCK` on Linux).
-const CLOCK_TICKS: f64 = 100.0;
 /// How often ClickHouse is asked for progress.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Longest a scenario may take to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
+
+const USAGE: &str = "usage: cctv-bench-e2e [--events N] [--latency-rate N] [--latency-seconds N] \
+[--scenarios floor,canonical,mixed,latency] [--output FILE | --no-output] \
+[--events-duplicate-window DURATION]";
 
 struct Options {
     events: u64,
@@ -50,7 +56,12 @@ fn parse_options() -> anyhow::Result<Options> {
         events: 1_000_000,
         latency_rate: 10_000,
         latency_seconds: 30,
-        scenarios: vec!["canonical".into(), "mixed".into(), "latency".into()],
+        scenarios: vec![
+            "floor".into(),
+            "canonical".into(),
+            "mixed".into(),
+            "latency".into(),
+        ],
         output: Some(PathBuf::from("BENCHMARKS.md")),
         events_duplicate_window: None,
     };
@@ -67,11 +78,11 @@ fn parse_options() -> anyhow::Result<Options> {
             "--output" => options.output = Some(PathBuf::from(value()?)),
             "--no-output" => options.output = None,
             "--events-duplicate-window" => options.events_duplicate_window = Some(value()?),
-            other => bail!(
-                "unknown flag {other}; flags: --events N --latency-rate N --latency-seconds N \
-                 --scenarios canonical,mixed,latency --output FILE --no-output \
-                 --events-duplicate-window DURATION"
-            ),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown flag {other}\n{USAGE}"),
         }
     }
     Ok(options)
@@ -85,18 +96,7 @@ struct Usage {
 }
 
 fn usage(pid: u32) -> Usage {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line.
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let cpu_seconds = (ticks(11) + ticks(12)) / CLOCK_TICKS;
+    let cpu_seconds = cctv_benches::hops::cpu_seconds(pid);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let peak_kib = status
         .lines()
@@ -439,6 +439,101 @@ async fn poll_latencies(
     Ok(seen)
 }
 
+/// A canonical raw message as gateways send it, and the event it becomes.
+const RAW_SAMPLE: &str = r#"{"camera_id":"AST-0412","offence_type":"traffic.speeding","detected_at":"2026-11-27T08:15:05.250+05:00","confidence":0.97,"plate":"404ZXC16","speed_kmh":97,"speed_limit_kmh":70,"source_event_id":"gw7-000184223"}"#;
+
+/// The `floor` scenario: runs `cctv_benches::hops` on a fresh nats-server and
+/// returns its report section.
+async fn floor(messages: u64) -> anyhow::Result<String> {
+    let nats = NatsServer::start().context("failed to start nats-server")?;
+    let pid = nats.pid().context("nats-server has no pid")?;
+    let normalizer = cctv_normalize::Normalizer::new(
+        std::sync::Arc::new(cctv_event::Taxonomy::builtin()?),
+        std::sync::Arc::new(cctv_event::Regions::builtin()?),
+        std::sync::Arc::new(cctv_event::CameraRegistry::default()),
+        cctv_normalize::Limits::default(),
+    );
+    let raw = cctv_normalize::RawMessage {
+        format: "canonical",
+        gateway_id: "gw7",
+        payload: RAW_SAMPLE.as_bytes(),
+        msg_id: Some("gw7-000184223"),
+        camera_id: None,
+        received_at: None,
+        stored_at: None,
+    };
+    let cctv_normalize::Outcome::Offences(events) = normalizer.normalize(&raw, chrono::Utc::now())
+    else {
+        bail!("the raw sample does not normalise to an offence");
+    };
+    let event = events.first().context("no event")?.to_json();
+    let hops = cctv_benches::hops::measure(
+        &nats.url(),
+        pid,
+        messages,
+        bytes::Bytes::from_static(RAW_SAMPLE.as_bytes()),
+        bytes::Bytes::from(event.clone()),
+    )
+    .await?;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut section = String::new();
+    writeln!(
+        section,
+        "## NATS floor (nats-server alone: no service, no ClickHouse)\n\n\
+         {messages} messages per operation on a fresh nats-server with the streams as deployed \
+         (file storage; `CCTV_RAW` 2 min and `CCTV_EVENTS` 24 h duplicate windows), \
+         raw messages of {} bytes, events of {} bytes, one publisher or consumer in the \
+         benchmark process (4,096 publishes in flight, pulls of 1,000).\n\n\
+         | operation | msg/s | nats-server CPU µs per msg | client CPU µs per msg |\n\
+         | --- | ---: | ---: | ---: |",
+        RAW_SAMPLE.len(),
+        event.len()
+    )?;
+    for hop in &hops {
+        println!(
+            "  {}: {:.0} msg/s, server {:.1} µs, client {:.1} µs per message",
+            hop.operation,
+            hop.rate(),
+            hop.server_us(),
+            hop.client_us()
+        );
+        writeln!(
+            section,
+            "| {} | {:.0} | {:.1} | {:.1} |",
+            hop.operation,
+            hop.rate(),
+            hop.server_us(),
+            hop.client_us()
+        )?;
+    }
+    // The pipeline's own four operations: raw in (acked), events in,
+    // raw out (explicit acks), events out (AckAll).
+    let needed = [0, 2, 3, 4];
+    let server: f64 = needed
+        .iter()
+        .filter_map(|&i| hops.get(i))
+        .map(cctv_benches::hops::Hop::server_us)
+        .sum();
+    let client: f64 = needed
+        .iter()
+        .filter_map(|&i| hops.get(i))
+        .map(cctv_benches::hops::Hop::client_us)
+        .sum();
+    #[allow(clippy::cast_precision_loss)]
+    let cores = cores as f64;
+    writeln!(
+        section,
+        "\nPer offence the pipeline needs rows 1, 3, 4 and 5: **{server:.1} µs of nats-server \
+         CPU** and {client:.1} µs of NATS client CPU (publisher, ingest, aggregator), before any \
+         normalisation, encoding or ClickHouse work. On {cores:.0} cores that bounds the pipeline \
+         at **{:.0} offences/s** if nothing but nats-server ran, and {:.0}/s with the minimal \
+         client work added.\n",
+        cores * 1e6 / server,
+        cores * 1e6 / (server + client)
+    )?;
+    Ok(section)
+}
+
 fn percentile(sorted: &[f64], fraction: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -553,8 +648,23 @@ async fn main() -> anyhow::Result<()> {
     )?;
     writeln!(report, "## Machine\n\n{}", machine_description())?;
 
+    if let Some(unknown) = options
+        .scenarios
+        .iter()
+        .find(|s| !["floor", "canonical", "mixed", "latency"].contains(&s.as_str()))
+    {
+        bail!("unknown scenario {unknown}; scenarios: floor, canonical, mixed, latency");
+    }
+    if options.scenarios.iter().any(|s| s == "floor") {
+        println!("scenario floor: {} messages per operation", options.events);
+        report.push_str(&floor(options.events).await?);
+    }
     let mut throughputs = Vec::new();
-    for scenario in options.scenarios.iter().filter(|s| *s != "latency") {
+    for scenario in options
+        .scenarios
+        .iter()
+        .filter(|s| *s == "canonical" || *s == "mixed")
+    {
         println!("scenario {scenario}: {} offences", options.events);
         let result = throughput(
             scenario,
