@@ -104,11 +104,21 @@ pub async fn measure(
 
     let timed = |operation: &'static str| Meter::start(operation, server_pid, me);
 
-    let meter = timed("JetStream publish to CCTV_RAW, acked (raw hop in)");
+    let meter = timed("JetStream publish to CCTV_RAW, acked (async-nats `Context::publish`)");
     publish_acked(
         &js,
         "cctv.raw.canonical.floor",
         "raw",
+        messages,
+        &raw_payload,
+    )
+    .await?;
+    hops.push(meter.stop(messages));
+
+    let meter = timed("JetStream publish to CCTV_RAW, acked (`cctv_bus::AckedPublisher`)");
+    publish_batched(
+        &client,
+        "cctv.raw.canonical.floor-batched",
         messages,
         &raw_payload,
     )
@@ -128,14 +138,13 @@ pub async fn measure(
             .await?;
     }
     client.flush().await?;
-    wait_for_count(&js, &streams.raw.name, messages * 2).await?;
+    wait_for_count(&js, &streams.raw.name, messages * 3).await?;
     hops.push(meter.stop(messages));
 
-    let meter = timed("JetStream publish to CCTV_EVENTS, acked, 24 h dedup (events hop in)");
-    publish_acked(
-        &js,
+    let meter = timed("JetStream publish to CCTV_EVENTS, acked, 24 h dedup (`AckedPublisher`)");
+    publish_batched(
+        &client,
         "cctv.events.s0.KZ-75.traffic.speeding",
-        "event",
         messages,
         &event_payload,
     )
@@ -234,6 +243,43 @@ async fn publish_acked(
     }
     for ack in in_flight {
         stored += u64::from(!ack.await?.duplicate);
+    }
+    if stored != messages {
+        bail!("{subject}: {stored} of {messages} publishes stored");
+    }
+    Ok(())
+}
+
+/// Publishes in batches of [`PULL_BATCH`] through `cctv_bus::AckedPublisher`,
+/// as the ingest does, with up to four batches' acks outstanding.
+async fn publish_batched(
+    client: &async_nats::Client,
+    subject: &'static str,
+    messages: u64,
+    payload: &Bytes,
+) -> anyhow::Result<()> {
+    let publisher = cctv_bus::AckedPublisher::new(client.clone()).await?;
+    let mut waiting = VecDeque::new();
+    let mut stored = 0u64;
+    let mut index = 0u64;
+    while index < messages {
+        let mut batch = publisher.batch();
+        while index < messages && batch.len() < PULL_BATCH {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("batched-{subject}-{index}").as_str());
+            batch.publish(subject, headers, payload.clone()).await?;
+            index += 1;
+        }
+        waiting.push_back(tokio::spawn(batch.acks(OPERATION_TIMEOUT)));
+        while waiting.len() >= 4 || (index == messages && !waiting.is_empty()) {
+            if let Some(acks) = waiting.pop_front() {
+                stored += acks
+                    .await?
+                    .iter()
+                    .filter(|ack| matches!(ack, Some(cctv_bus::PublishOutcome::Stored(_))))
+                    .count() as u64;
+            }
+        }
     }
     if stored != messages {
         bail!("{subject}: {stored} of {messages} publishes stored");

@@ -8,7 +8,7 @@
 //! The generator ([`Generator`]) is pure and seeded: it decides camera,
 //! offence, time and payloads of every step and whether it is republished,
 //! so a run is reproducible with `--seed`. The publisher keeps many JetStream
-//! publishes in flight, awaits their acks in order and retries failures.
+//! publishes in flight in batches, awaits their acks and retries failures.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::IsTerminal as _;
@@ -16,10 +16,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use async_nats::jetstream::{self, context::PublishAckFuture};
+use async_nats::jetstream;
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use cctv_bus::{headers, subjects};
+use cctv_bus::{headers, subjects, AckBatch, AckedPublisher, PublishOutcome};
 use cctv_event::{CameraRegistry, Regions, Taxonomy, UNKNOWN_REGION};
 use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, TimeDelta, TimeZone as _, Utc};
 use chrono_tz::Tz;
@@ -29,6 +29,7 @@ use rand::distr::Distribution as _;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::Serialize;
+use tokio::task::JoinHandle;
 
 use crate::expectation::RawOutcomes;
 use crate::vendors::{self, Device, Expected, OffenceSpec, Vendor, VendorMessage};
@@ -36,8 +37,14 @@ use crate::{render_totals, CliConfig, Expectation, OutputFormat};
 
 /// The time zone whose calendar day the detections are spread over.
 const SIMULATION_TIMEZONE: Tz = chrono_tz::Asia::Almaty;
-/// Publishes whose acks may be outstanding at once.
-const MAX_IN_FLIGHT_PUBLISHES: usize = 4096;
+/// Publishes per batch of acks.
+const PUBLISH_BATCH: usize = 1000;
+/// Batches whose acks may be outstanding at once (with the batch being
+/// filled, at most 5,000 publishes unanswered).
+const MAX_IN_FLIGHT_BATCHES: usize = 4;
+/// How long a sealed batch waits for its acks before its unanswered
+/// publishes are retried (same `Nats-Msg-Id`, so a late ack is harmless).
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Republished duplicates go out this many originals after their first copy,
 /// well inside the raw stream's duplicate window at any sensible rate.
 const DUPLICATE_DELAY_MESSAGES: u64 = 500;
@@ -679,10 +686,16 @@ struct OutboundMessage {
     payload: Bytes,
 }
 
-/// Pipelined JetStream publisher: acks awaited in order, failures retried.
+/// The task awaiting one sealed batch's acks.
+type AcksTask = JoinHandle<Vec<Option<PublishOutcome>>>;
+
+/// Pipelined JetStream publisher: publishes go out in batches whose acks
+/// come back on one subscription (`cctv_bus::AckedPublisher`), at most
+/// `MAX_IN_FLIGHT_BATCHES` batches unanswered at once; failures are retried.
 struct Publisher {
-    js: jetstream::Context,
-    in_flight: VecDeque<(OutboundMessage, PublishAckFuture)>,
+    publisher: AckedPublisher,
+    current: Option<(AckBatch, Vec<OutboundMessage>)>,
+    in_flight: VecDeque<(Vec<OutboundMessage>, AcksTask)>,
     failed: Vec<OutboundMessage>,
     acked: u64,
     acked_as_duplicate: u64,
@@ -690,10 +703,11 @@ struct Publisher {
 }
 
 impl Publisher {
-    fn new(js: jetstream::Context) -> Self {
+    fn new(publisher: AckedPublisher) -> Self {
         Self {
-            js,
-            in_flight: VecDeque::with_capacity(MAX_IN_FLIGHT_PUBLISHES),
+            publisher,
+            current: None,
+            in_flight: VecDeque::with_capacity(MAX_IN_FLIGHT_BATCHES),
             failed: Vec::new(),
             acked: 0,
             acked_as_duplicate: 0,
@@ -702,52 +716,78 @@ impl Publisher {
     }
 
     async fn send(&mut self, message: OutboundMessage) {
-        while self.in_flight.len() >= MAX_IN_FLIGHT_PUBLISHES {
-            self.await_oldest().await;
-        }
-        let sent = self
-            .js
-            .publish_with_headers(
+        let (batch, messages) = self
+            .current
+            .get_or_insert_with(|| (self.publisher.batch(), Vec::with_capacity(PUBLISH_BATCH)));
+        let sent = batch
+            .publish(
                 message.subject.clone(),
                 message.headers.clone(),
                 message.payload.clone(),
             )
             .await;
         match sent {
-            Ok(ack) => self.in_flight.push_back((message, ack)),
+            Ok(_) => messages.push(message),
             Err(error) => {
                 tracing::warn!(%error, subject = %message.subject, "publish failed, will retry");
                 self.failures += 1;
                 self.failed.push(message);
             }
         }
+        if messages.len() >= PUBLISH_BATCH {
+            self.seal().await;
+        }
+    }
+
+    /// Hands the current batch to a task awaiting its acks, keeping at most
+    /// `MAX_IN_FLIGHT_BATCHES` waiting.
+    async fn seal(&mut self) {
+        if let Some((batch, messages)) = self.current.take() {
+            self.in_flight
+                .push_back((messages, tokio::spawn(batch.acks(ACK_TIMEOUT))));
+        }
+        while self.in_flight.len() > MAX_IN_FLIGHT_BATCHES {
+            self.await_oldest().await;
+        }
     }
 
     async fn await_oldest(&mut self) {
-        let Some((message, ack)) = self.in_flight.pop_front() else {
+        let Some((messages, acks)) = self.in_flight.pop_front() else {
             return;
         };
-        match ack.await {
-            Ok(ack) => {
-                self.acked += 1;
-                if ack.duplicate {
+        let acks = acks.await.unwrap_or_default();
+        for (index, message) in messages.into_iter().enumerate() {
+            match acks.get(index).cloned().flatten() {
+                Some(PublishOutcome::Stored(_)) => self.acked += 1,
+                Some(PublishOutcome::Duplicate(_)) => {
+                    self.acked += 1;
                     self.acked_as_duplicate += 1;
                 }
+                Some(PublishOutcome::Refused(reason)) => {
+                    tracing::warn!(%reason, subject = %message.subject, "publish refused, will retry");
+                    self.failures += 1;
+                    self.failed.push(message);
+                }
+                None => {
+                    tracing::warn!(subject = %message.subject, "publish not acknowledged, will retry");
+                    self.failures += 1;
+                    self.failed.push(message);
+                }
             }
-            Err(error) => {
-                tracing::warn!(%error, subject = %message.subject, "publish not acknowledged, will retry");
-                self.failures += 1;
-                self.failed.push(message);
-            }
+        }
+    }
+
+    async fn await_all(&mut self) {
+        self.seal().await;
+        while !self.in_flight.is_empty() {
+            self.await_oldest().await;
         }
     }
 
     /// Awaits every ack and retries failed publishes a few rounds.
     async fn finish(&mut self) -> anyhow::Result<()> {
         for round in 1..=MAX_RETRY_ROUNDS {
-            while !self.in_flight.is_empty() {
-                self.await_oldest().await;
-            }
+            self.await_all().await;
             if self.failed.is_empty() {
                 return Ok(());
             }
@@ -761,9 +801,7 @@ impl Publisher {
                 self.send(message).await;
             }
         }
-        while !self.in_flight.is_empty() {
-            self.await_oldest().await;
-        }
+        self.await_all().await;
         if !self.failed.is_empty() {
             bail!(
                 "{} messages could not be published after {MAX_RETRY_ROUNDS} retry rounds",
@@ -894,7 +932,11 @@ pub async fn run_simulate(config: &CliConfig, args: &SimulateArgs) -> anyhow::Re
         })?;
     tracing::info!(%run_id, seed, %day, count = args.count, "simulation starting");
 
-    let mut publisher = Publisher::new(js);
+    let mut publisher = Publisher::new(
+        AckedPublisher::new(client.clone())
+            .await
+            .context("failed to subscribe to publish acks")?,
+    );
     let mut pacer = Pacer::new(args.rate);
     let mut progress = Progress::new(args.count, "publishing");
     let mut pending_duplicates: VecDeque<(u64, OutboundMessage)> = VecDeque::new();
