@@ -252,6 +252,7 @@ async fn run_session(
         last_message: None,
         batcher: Batcher::new(settings.batch_max_rows, settings.batch_max_age),
         stats,
+        lag: metrics::gauge!(names::LAG),
     };
     let mut chunks = messages.ready_chunks(settings.fetch_batch);
     let end = loop {
@@ -377,13 +378,15 @@ struct Reader<'a> {
     last_message: Option<jetstream::Message>,
     batcher: Batcher,
     stats: &'a AggregatorStats,
+    /// The lag gauge, set from every delivery (a handle, not a lookup per message).
+    lag: metrics::Gauge,
 }
 
 impl Reader<'_> {
     /// Takes one delivery. `Err` names an anomaly that ends the session.
     fn accept(&mut self, message: jetstream::Message) -> Result<(), &'static str> {
-        let (stream_sequence, consumer_sequence) = match message.info() {
-            Ok(info) => (info.stream_sequence, info.consumer_sequence),
+        let (stream_sequence, consumer_sequence, pending) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.consumer_sequence, info.pending),
             Err(_) => return Err("message without JetStream metadata"),
         };
         if consumer_sequence != self.next_consumer_sequence {
@@ -392,10 +395,8 @@ impl Reader<'_> {
             return Err("gap in consumer sequence");
         }
         self.next_consumer_sequence += 1;
-        if let Ok(info) = message.info() {
-            #[allow(clippy::cast_precision_loss)]
-            metrics::gauge!(names::LAG).set(info.pending as f64);
-        }
+        #[allow(clippy::cast_precision_loss)]
+        self.lag.set(pending as f64);
         let now = Instant::now();
         if stream_sequence <= self.highest_seen || self.already_written.contains(&stream_sequence) {
             // A redelivery of something held or written: only its ack matters.

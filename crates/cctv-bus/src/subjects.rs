@@ -4,6 +4,8 @@
 //! `s<N>` with `N = event id mod shards`, so several aggregators can each own a
 //! disjoint set of shards.
 
+use std::fmt::Write as _;
+
 /// Prefix of every raw subject.
 pub const RAW_PREFIX: &str = "cctv.raw";
 /// Prefix of every canonical event subject.
@@ -60,7 +62,8 @@ pub fn event(shard: u16, region: &str, offence_type: &str) -> String {
         String::with_capacity(EVENTS_PREFIX.len() + region.len() + offence_type.len() + 12);
     subject.push_str(EVENTS_PREFIX);
     subject.push_str(".s");
-    subject.push_str(&shard.to_string());
+    // Writing into a String cannot fail.
+    let _ = write!(subject, "{shard}");
     subject.push('.');
     push_token(&mut subject, region);
     for part in offence_type.splitn(2, '.') {

@@ -46,10 +46,11 @@ pub struct Taxonomy {
     offences: Vec<Offence>,
     /// alias key -> index into `offences`, valid for every format.
     shared_aliases: HashMap<String, usize>,
-    /// (format, alias key) -> index into `offences`.
-    vendor_aliases: HashMap<(String, String), usize>,
-    /// (format, alias key) of names that are states, not offences.
-    states: HashSet<(String, String)>,
+    /// format -> alias key -> index into `offences` (nested, so a lookup
+    /// borrows the format and the key instead of building an owned pair).
+    vendor_aliases: HashMap<String, HashMap<String, usize>>,
+    /// format -> alias keys of names that are states, not offences.
+    states: HashMap<String, HashSet<String>>,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +86,25 @@ pub fn alias_key(name: &str) -> String {
         .filter(|c| c.is_alphanumeric())
         .flat_map(char::to_lowercase)
         .collect()
+}
+
+/// Longest alias key built on the stack by [`ascii_alias_key`].
+const ASCII_KEY_BYTES: usize = 64;
+
+/// [`alias_key`] of an ASCII name, built in `buffer`; `None` when the name is
+/// not ASCII or its key does not fit (the caller then uses [`alias_key`]).
+/// For ASCII text both give the same key: the Unicode letter, digit and
+/// lowercase rules agree with the ASCII ones there.
+fn ascii_alias_key<'b>(name: &str, buffer: &'b mut [u8; ASCII_KEY_BYTES]) -> Option<&'b str> {
+    if !name.is_ascii() {
+        return None;
+    }
+    let mut len = 0;
+    for byte in name.bytes().filter(u8::is_ascii_alphanumeric) {
+        *buffer.get_mut(len)? = byte.to_ascii_lowercase();
+        len += 1;
+    }
+    std::str::from_utf8(buffer.get(..len)?).ok()
 }
 
 impl Taxonomy {
@@ -146,21 +166,23 @@ impl Taxonomy {
             });
         }
         let index_of = |code: &str| offences.iter().position(|offence| offence.code == code);
-        let mut vendor_aliases = HashMap::new();
+        let mut vendor_aliases: HashMap<String, HashMap<String, usize>> = HashMap::new();
         for (format, names) in file.vendor {
+            let aliases = vendor_aliases.entry(format.clone()).or_default();
             for (name, code) in names {
                 let Some(index) = index_of(&code) else {
                     return Err(invalid(format!(
                         "vendor.{format}.{name} names unknown code {code:?}"
                     )));
                 };
-                vendor_aliases.insert((format.clone(), alias_key(&name)), index);
+                aliases.insert(alias_key(&name), index);
             }
         }
-        let mut states = HashSet::new();
+        let mut states: HashMap<String, HashSet<String>> = HashMap::new();
         for (format, names) in file.states {
+            let keys = states.entry(format).or_default();
             for name in names {
-                states.insert((format.clone(), alias_key(&name)));
+                keys.insert(alias_key(&name));
             }
         }
         Ok(Self {
@@ -184,18 +206,35 @@ impl Taxonomy {
     /// Resolves a name seen in a payload of `format`: a vendor-specific alias
     /// first, then the shared aliases and codes, then the known states.
     pub fn resolve(&self, format: &str, name: &str) -> NameMatch<'_> {
-        let key = alias_key(name);
+        // Names are resolved once per offence: the usual short ASCII name is
+        // keyed in a stack buffer, anything else through `alias_key`.
+        let mut buffer = [0u8; ASCII_KEY_BYTES];
+        let owned_key;
+        let key = match ascii_alias_key(name, &mut buffer) {
+            Some(key) => key,
+            None => {
+                owned_key = alias_key(name);
+                owned_key.as_str()
+            }
+        };
         if key.is_empty() {
             return NameMatch::Unknown;
         }
-        let lookup = (format.to_string(), key);
-        if let Some(&index) = self.vendor_aliases.get(&lookup) {
+        let vendor_alias = self
+            .vendor_aliases
+            .get(format)
+            .and_then(|aliases| aliases.get(key));
+        if let Some(&index) = vendor_alias {
             return NameMatch::Offence(&self.offences[index]);
         }
-        if let Some(&index) = self.shared_aliases.get(&lookup.1) {
+        if let Some(&index) = self.shared_aliases.get(key) {
             return NameMatch::Offence(&self.offences[index]);
         }
-        if self.states.contains(&lookup) {
+        if self
+            .states
+            .get(format)
+            .is_some_and(|keys| keys.contains(key))
+        {
             return NameMatch::State;
         }
         NameMatch::Unknown
@@ -313,5 +352,25 @@ aliases = ["SAME"]
     fn a_code_without_family_is_refused() {
         let text = "version = 1\n[[offences]]\ncode = \"speeding\"\nmeaning = \"x\"\ncategory = \"administrative\"\n";
         assert!(Taxonomy::from_toml(text).is_err());
+    }
+
+    #[test]
+    fn ascii_keys_built_on_the_stack_equal_alias_keys() {
+        let mut buffer = [0u8; ASCII_KEY_BYTES];
+        for name in [
+            "traffic.speeding",
+            "RED-LIGHT",
+            "redLight",
+            "a b_c9",
+            "",
+            "...",
+        ] {
+            assert_eq!(
+                ascii_alias_key(name, &mut buffer).map(str::to_string),
+                Some(alias_key(name))
+            );
+        }
+        assert_eq!(ascii_alias_key("Превышение", &mut buffer), None);
+        assert_eq!(ascii_alias_key(&"x".repeat(65), &mut buffer), None);
     }
 }

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics as names;
+use crate::metrics::{self as names, FormatLabel, HotCounters, RawOutcome};
 use crate::{IngestConfig, IngestError, IngestStats};
 
 /// Pause after a failed fetch or lost consumer before trying again.
@@ -73,6 +73,7 @@ pub async fn run(
         raw_stream: config.streams.raw.name.clone(),
         event_shards: config.ingest.event_shards,
         failed_batches: AtomicU32::new(0),
+        counters: HotCounters::new(),
     });
     'outer: while !shutdown.is_cancelled() {
         if context.failed_batches.load(Ordering::Relaxed) >= RECONNECT_AFTER_FAILED_BATCHES {
@@ -101,6 +102,7 @@ pub async fn run(
                 raw_stream: config.streams.raw.name.clone(),
                 event_shards: config.ingest.event_shards,
                 failed_batches: AtomicU32::new(0),
+                counters: HotCounters::new(),
             });
             continue;
         }
@@ -281,6 +283,8 @@ struct BatchContext {
     event_shards: u16,
     /// Batches in a row in which publishes failed and none succeeded.
     failed_batches: AtomicU32,
+    /// Counter handles of the per-message metrics.
+    counters: HotCounters,
 }
 
 /// What one raw message turned into, waiting for its publish acks.
@@ -299,10 +303,18 @@ impl BatchContext {
     async fn process(&self, batch: Vec<jetstream::Message>) {
         let started = Instant::now();
         let now = chrono::Utc::now();
+        // One entry per message: its format label (the subject is parsed
+        // once) and what it turned into.
         let mut pending = Vec::with_capacity(batch.len());
+        // One buffer for every event's JSON: each publish takes a copy of
+        // exactly its length, so the buffer grows once and is reused.
+        let mut json = Vec::new();
         for message in &batch {
-            let outcome = self.normalize(message, now);
-            let format = format_label(&message.subject);
+            let parsed = subjects::parse_raw(&message.subject);
+            let format = FormatLabel::new(
+                parsed.and_then(|parsed| cctv_normalize::Format::parse(parsed.format)),
+            );
+            let outcome = self.normalize(message, parsed, now);
             let entry = match outcome {
                 Outcome::Offences(events) => {
                     let mut acks = Vec::with_capacity(events.len());
@@ -312,11 +324,17 @@ impl BatchContext {
                             subjects::shard_of(event.event_id.as_bytes(), self.event_shards);
                         let subject = subjects::event(shard, &event.region, &event.offence_type);
                         let mut event_headers = HeaderMap::new();
-                        event_headers
-                            .insert(headers::NATS_MSG_ID, event.event_id.to_string().as_str());
+                        let mut id_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                        event_headers.insert(
+                            headers::NATS_MSG_ID,
+                            &*event.event_id.hyphenated().encode_lower(&mut id_text),
+                        );
+                        json.clear();
+                        event.write_json(&mut json);
+                        let payload = bytes::Bytes::copy_from_slice(&json);
                         match self
                             .js
-                            .publish_with_headers(subject, event_headers, event.to_json().into())
+                            .publish_with_headers(subject, event_headers, payload)
                             .await
                         {
                             Ok(ack) => acks.push(ack),
@@ -334,11 +352,14 @@ impl BatchContext {
                     }
                 }
                 Outcome::Ignored(reason) => {
-                    metrics::counter!(names::IGNORED, "format" => format, "reason" => reason.as_str()).increment(1);
+                    metrics::counter!(names::IGNORED, "format" => format.as_str(), "reason" => reason.as_str()).increment(1);
                     Pending::Ignored
                 }
                 Outcome::Rejected(rejection) => {
-                    match self.publish_dead_letter(message, &rejection, format).await {
+                    match self
+                        .publish_dead_letter(message, &rejection, format.as_str())
+                        .await
+                    {
                         Ok(ack) => Pending::DeadLetter(ack, rejection.reason.as_str()),
                         Err(error) => {
                             tracing::warn!(%error, "dead letter publish failed");
@@ -347,15 +368,14 @@ impl BatchContext {
                     }
                 }
             };
-            pending.push(entry);
+            pending.push((format, entry));
         }
 
         // Every publish of the batch is in flight; now wait for the acks, then
         // ack each raw message whose publishes all succeeded.
         let mut settled_all = Vec::with_capacity(batch.len());
         let (mut publishes_acked, mut publishes_failed) = (0u64, 0u64);
-        for (message, entry) in batch.iter().zip(pending) {
-            let format = format_label(&message.subject);
+        for (format, entry) in pending {
             let settled = match entry {
                 Pending::Events(acks) => {
                     let mut new = 0u64;
@@ -374,26 +394,24 @@ impl BatchContext {
                     if ok {
                         publishes_acked += 1;
                         self.stats.add_events(new, duplicate);
-                        metrics::counter!(names::EVENTS, "format" => format, "outcome" => "new")
-                            .increment(new);
-                        metrics::counter!(names::EVENTS, "format" => format, "outcome" => "duplicate")
-                            .increment(duplicate);
+                        self.counters.events_new(format).increment(new);
+                        self.counters.events_duplicate(format).increment(duplicate);
                         if new > 0 {
-                            Some("counted")
+                            Some(RawOutcome::Counted)
                         } else {
-                            Some("duplicate")
+                            Some(RawOutcome::Duplicate)
                         }
                     } else {
                         publishes_failed += 1;
                         None
                     }
                 }
-                Pending::Ignored => Some("ignored"),
+                Pending::Ignored => Some(RawOutcome::Ignored),
                 Pending::DeadLetter(ack, reason) => match ack.await {
                     Ok(_) => {
                         publishes_acked += 1;
-                        metrics::counter!(names::DEAD_LETTERS, "format" => format, "reason" => reason).increment(1);
-                        Some("dead_lettered")
+                        metrics::counter!(names::DEAD_LETTERS, "format" => format.as_str(), "reason" => reason).increment(1);
+                        Some(RawOutcome::DeadLettered)
                     }
                     Err(error) => {
                         publishes_failed += 1;
@@ -406,7 +424,7 @@ impl BatchContext {
                     None
                 }
             };
-            settled_all.push(settled);
+            settled_all.push((format, settled));
         }
         if publishes_acked > 0 {
             self.failed_batches.store(0, Ordering::Relaxed);
@@ -415,8 +433,7 @@ impl BatchContext {
         }
         // Crash tests: the events are in JetStream, the raw messages unacked.
         cctv_telemetry::fault_point("after_publish");
-        for (message, settled) in batch.iter().zip(settled_all) {
-            let format = format_label(&message.subject);
+        for (message, (format, settled)) in batch.iter().zip(settled_all) {
             match settled {
                 Some(outcome) => {
                     if let Err(error) = message.ack().await {
@@ -424,12 +441,12 @@ impl BatchContext {
                         tracing::warn!(%error, "raw ack failed; message will be redelivered");
                     }
                     match outcome {
-                        "counted" => self.stats.add_counted(),
-                        "duplicate" => self.stats.add_duplicate(),
-                        "ignored" => self.stats.add_ignored(),
-                        _ => self.stats.add_dead_lettered(),
+                        RawOutcome::Counted => self.stats.add_counted(),
+                        RawOutcome::Duplicate => self.stats.add_duplicate(),
+                        RawOutcome::Ignored => self.stats.add_ignored(),
+                        RawOutcome::DeadLettered => self.stats.add_dead_lettered(),
                     }
-                    metrics::counter!(names::RAW_MESSAGES, "format" => format, "outcome" => outcome).increment(1);
+                    self.counters.raw_messages(format, outcome).increment(1);
                 }
                 None => {
                     self.stats.add_retried();
@@ -454,10 +471,9 @@ impl BatchContext {
     fn normalize(
         &self,
         message: &jetstream::Message,
+        parsed: Option<subjects::RawSubject<'_>>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Outcome {
-        let subject = message.subject.as_str();
-        let parsed = subjects::parse_raw(subject);
         let header = |name: &str| {
             message
                 .headers
@@ -538,12 +554,4 @@ fn clean_header(text: &str) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(512)
         .collect()
-}
-
-/// The format label of a raw subject, limited to the known formats so that
-/// metrics keep a bounded label set.
-fn format_label(subject: &str) -> &'static str {
-    subjects::parse_raw(subject)
-        .and_then(|parsed| cctv_normalize::Format::parse(parsed.format))
-        .map_or("other", cctv_normalize::Format::as_str)
 }

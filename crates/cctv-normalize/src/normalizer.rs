@@ -188,7 +188,7 @@ impl Normalizer {
         &self,
         format: Format,
         raw: &RawMessage<'_>,
-        detection: Detection,
+        mut detection: Detection,
         received_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<Option<OffenceEvent>, Rejection> {
@@ -277,9 +277,17 @@ impl Normalizer {
             }
         };
 
-        let event_id = detection
-            .explicit_event_id
-            .unwrap_or_else(|| event_id(&format!("{}|{}", detection.identity_key, offence.code)));
+        let event_id = match detection.explicit_event_id {
+            Some(explicit) => explicit,
+            None => {
+                // The identity key is not needed past this point: extend it
+                // in place to `<identity key>|<code>` rather than copy it.
+                let key = &mut detection.identity_key;
+                key.push('|');
+                key.push_str(&offence.code);
+                event_id(key)
+            }
+        };
         let clock_skew = received_at.is_some_and(|received| {
             (detection.detected_at - received).abs() > self.limits.max_clock_skew
                 && detection.detected_at > received
