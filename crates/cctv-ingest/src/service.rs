@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_nats::HeaderMap;
-use cctv_bus::{headers, subjects};
+use cctv_bus::{headers, subjects, PublishOutcome};
 use cctv_event::{CameraRegistry, Regions, Taxonomy};
 use cctv_normalize::{Normalizer, Outcome, RawMessage};
 use cctv_telemetry::Health;
@@ -27,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::{self as names, FormatLabel, HotCounters, RawOutcome};
 use crate::{IngestConfig, IngestError, IngestStats};
 
+/// How long a batch waits for the acks of its event and dead-letter
+/// publishes; raw messages whose publishes went unanswered are redelivered.
+const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed fetch or lost consumer before trying again.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Batches in a row whose every publish went unacknowledged after which the
@@ -66,8 +69,9 @@ pub async fn run(
     tracing::info!(consumer = %config.ingest.consumer, "ingest started");
 
     let mut in_flight = JoinSet::new();
+    let publisher = cctv_bus::AckedPublisher::new(client.clone()).await?;
     let mut context = Arc::new(BatchContext {
-        js: js.clone(),
+        publisher,
         normalizer: normalizer.clone(),
         stats: stats.clone(),
         raw_stream: config.streams.raw.name.clone(),
@@ -95,8 +99,16 @@ pub async fn run(
                 Ok(found) => consumer = found,
                 Err(error) => tracing::warn!(%error, "raw consumer not available yet"),
             }
+            let publisher = match cctv_bus::AckedPublisher::new(client.clone()).await {
+                Ok(publisher) => publisher,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot subscribe to publish acks; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
+            };
             context = Arc::new(BatchContext {
-                js: js.clone(),
+                publisher,
                 normalizer: normalizer.clone(),
                 stats: stats.clone(),
                 raw_stream: config.streams.raw.name.clone(),
@@ -276,7 +288,8 @@ async fn create_consumer(
 
 /// What every batch task needs.
 struct BatchContext {
-    js: jetstream::Context,
+    /// Event and dead-letter publishes, their acks awaited per batch.
+    publisher: cctv_bus::AckedPublisher,
     normalizer: Arc<Normalizer>,
     stats: IngestStats,
     raw_stream: String,
@@ -289,12 +302,12 @@ struct BatchContext {
 
 /// What one raw message turned into, waiting for its publish acks.
 enum Pending {
-    /// Events published; the futures resolve to their acks.
-    Events(Vec<jetstream::context::PublishAckFuture>),
+    /// Events published: their indexes in the batch's acks.
+    Events(Vec<usize>),
     /// Not an offence: nothing to publish.
     Ignored,
-    /// A dead letter published.
-    DeadLetter(jetstream::context::PublishAckFuture, &'static str),
+    /// A dead letter published: its index in the batch's acks.
+    DeadLetter(usize, &'static str),
     /// A publish could not even be sent: leave the message for redelivery.
     Failed,
 }
@@ -309,6 +322,7 @@ impl BatchContext {
         // One buffer for every event's JSON: each publish takes a copy of
         // exactly its length, so the buffer grows once and is reused.
         let mut json = Vec::new();
+        let mut publishes = self.publisher.batch();
         for message in &batch {
             let parsed = subjects::parse_raw(&message.subject);
             let format = FormatLabel::new(
@@ -317,7 +331,7 @@ impl BatchContext {
             let outcome = self.normalize(message, parsed, now);
             let entry = match outcome {
                 Outcome::Offences(events) => {
-                    let mut acks = Vec::with_capacity(events.len());
+                    let mut indexes = Vec::with_capacity(events.len());
                     let mut failed = false;
                     for event in &events {
                         let shard =
@@ -332,12 +346,8 @@ impl BatchContext {
                         json.clear();
                         event.write_json(&mut json);
                         let payload = bytes::Bytes::copy_from_slice(&json);
-                        match self
-                            .js
-                            .publish_with_headers(subject, event_headers, payload)
-                            .await
-                        {
-                            Ok(ack) => acks.push(ack),
+                        match publishes.publish(subject, event_headers, payload).await {
+                            Ok(index) => indexes.push(index),
                             Err(error) => {
                                 tracing::warn!(%error, "event publish failed");
                                 failed = true;
@@ -348,7 +358,7 @@ impl BatchContext {
                     if failed {
                         Pending::Failed
                     } else {
-                        Pending::Events(acks)
+                        Pending::Events(indexes)
                     }
                 }
                 Outcome::Ignored(reason) => {
@@ -357,7 +367,7 @@ impl BatchContext {
                 }
                 Outcome::Rejected(rejection) => {
                     match self
-                        .publish_dead_letter(message, &rejection, format.as_str())
+                        .publish_dead_letter(&mut publishes, message, &rejection, format.as_str())
                         .await
                     {
                         Ok(ack) => Pending::DeadLetter(ack, rejection.reason.as_str()),
@@ -373,20 +383,25 @@ impl BatchContext {
 
         // Every publish of the batch is in flight; now wait for the acks, then
         // ack each raw message whose publishes all succeeded.
+        let acks = publishes.acks(PUBLISH_ACK_TIMEOUT).await;
         let mut settled_all = Vec::with_capacity(batch.len());
         let (mut publishes_acked, mut publishes_failed) = (0u64, 0u64);
         for (format, entry) in pending {
             let settled = match entry {
-                Pending::Events(acks) => {
+                Pending::Events(indexes) => {
                     let mut new = 0u64;
                     let mut duplicate = 0u64;
                     let mut ok = true;
-                    for ack in acks {
-                        match ack.await {
-                            Ok(ack) if ack.duplicate => duplicate += 1,
-                            Ok(_) => new += 1,
-                            Err(error) => {
-                                tracing::warn!(%error, "event publish not acknowledged");
+                    for index in indexes {
+                        match acks.get(index) {
+                            Some(Some(PublishOutcome::Stored(_))) => new += 1,
+                            Some(Some(PublishOutcome::Duplicate(_))) => duplicate += 1,
+                            Some(Some(PublishOutcome::Refused(reason))) => {
+                                tracing::warn!(%reason, "event publish refused");
+                                ok = false;
+                            }
+                            Some(None) | None => {
+                                tracing::warn!("event publish not acknowledged in time");
                                 ok = false;
                             }
                         }
@@ -407,15 +422,20 @@ impl BatchContext {
                     }
                 }
                 Pending::Ignored => Some(RawOutcome::Ignored),
-                Pending::DeadLetter(ack, reason) => match ack.await {
-                    Ok(_) => {
+                Pending::DeadLetter(index, reason) => match acks.get(index).cloned().flatten() {
+                    Some(PublishOutcome::Stored(_) | PublishOutcome::Duplicate(_)) => {
                         publishes_acked += 1;
                         metrics::counter!(names::DEAD_LETTERS, "format" => format.as_str(), "reason" => reason).increment(1);
                         Some(RawOutcome::DeadLettered)
                     }
-                    Err(error) => {
+                    Some(PublishOutcome::Refused(reason)) => {
                         publishes_failed += 1;
-                        tracing::warn!(%error, "dead letter not acknowledged");
+                        tracing::warn!(%reason, "dead letter refused");
+                        None
+                    }
+                    None => {
+                        publishes_failed += 1;
+                        tracing::warn!("dead letter not acknowledged in time");
                         None
                     }
                 },
@@ -495,11 +515,11 @@ impl BatchContext {
 
     async fn publish_dead_letter(
         &self,
+        publishes: &mut cctv_bus::AckBatch,
         message: &jetstream::Message,
         rejection: &cctv_normalize::Rejection,
         format: &str,
-    ) -> Result<jetstream::context::PublishAckFuture, async_nats::jetstream::context::PublishError>
-    {
+    ) -> Result<usize, cctv_bus::BusError> {
         let sequence = message
             .info()
             .map(|info| info.stream_sequence)
@@ -542,8 +562,8 @@ impl BatchContext {
             }
         }
         let subject = subjects::dlq(format, rejection.reason.as_str());
-        self.js
-            .publish_with_headers(subject, dlq_headers, message.payload.clone())
+        publishes
+            .publish(subject, dlq_headers, message.payload.clone())
             .await
     }
 }
