@@ -1,13 +1,14 @@
-//! Criterion micro-benchmarks of the hot path of the ingest service:
-//! canonical JSON normalisation, event encoding, and every vendor decoder on
+//! Criterion micro-benchmarks of the hot paths: canonical JSON normalisation,
+//! event encoding, the aggregator's event-to-row step, and every vendor decoder on
 //! its fixture files (`crates/cctv-normalize/fixtures/<format>/`, the same
 //! files the snapshot tests check; throughput is fixtures per second, each
 //! normalised with that format's fixture registry).
 
 use std::sync::Arc;
 
-use cctv_event::{CameraRegistry, Regions, Taxonomy};
+use cctv_event::{CameraRegistry, OffenceEvent, Regions, Taxonomy};
 use cctv_normalize::{Limits, Normalizer, Outcome, RawMessage};
+use cctv_store::{EventRow, StreamPosition};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const SAMPLE: &str = r#"{"camera_id":"AST-0412","offence_type":"traffic.speeding","detected_at":"2026-11-27T08:15:05.250+05:00","confidence":0.97,"plate":"404ZXC16","speed_kmh":97,"speed_limit_kmh":70,"source_event_id":"gw7-000184223"}"#;
@@ -40,6 +41,29 @@ fn canonical(c: &mut Criterion) {
         panic!("sample must normalise to an offence");
     };
     group.bench_function("encode_event_json", |b| b.iter(|| events[0].to_json()));
+    group.finish();
+
+    // The aggregator's own work per delivery before the ClickHouse client
+    // writes the row as RowBinary: decode the event, build the row.
+    let json = events[0].to_json();
+    let mut group = c.benchmark_group("aggregator");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("event_json_to_row", |b| {
+        b.iter(|| {
+            let event = OffenceEvent::from_json(&json).unwrap_or_else(|e| panic!("{e}"));
+            EventRow::from_event(
+                event,
+                "CCTV_EVENTS",
+                "bench",
+                StreamPosition {
+                    stream_seq: 1,
+                    batch_first_seq: 1,
+                    batch_rows: 1,
+                },
+                0,
+            )
+        });
+    });
     group.finish();
 }
 
