@@ -509,7 +509,7 @@ async fn floor(messages: u64) -> anyhow::Result<String> {
     // The pipeline's own four operations: raw in (acked, as the simulator
     // publishes), events in (as the ingest publishes), raw out (explicit
     // acks), events out (AckAll).
-    let needed = [1, 3, 4, 5];
+    let needed = [0, 3, 4, 5];
     let server: f64 = needed
         .iter()
         .filter_map(|&i| hops.get(i))
@@ -524,7 +524,7 @@ async fn floor(messages: u64) -> anyhow::Result<String> {
     let cores = cores as f64;
     writeln!(
         section,
-        "\nPer offence the pipeline needs rows 2, 4, 5 and 6: **{server:.1} µs of nats-server \
+        "\nPer offence the pipeline needs rows 1, 4, 5 and 6: **{server:.1} µs of nats-server \
          CPU** and {client:.1} µs of NATS client CPU (publisher, ingest, aggregator), before any \
          normalisation, encoding or ClickHouse work. On {cores:.0} cores that bounds the pipeline \
          at **{:.0} offences/s** if nothing but nats-server ran, and {:.0}/s with the minimal \
