@@ -343,8 +343,19 @@ async fn check_exact(stack: &FaultStack, load: &Load) {
     assert_eq!(stack.events_in_stream().await, load.count);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aggregator_killed_with_sigkill_five_times_during_load() {
+/// Which service the SIGKILL test kills, and how its progress shows.
+#[derive(Clone, Copy)]
+enum Victim {
+    /// Killed as ClickHouse rows grow.
+    Aggregator,
+    /// Killed as events reach `CCTV_EVENTS`.
+    Ingest,
+}
+
+/// Runs the load with both services, kills `victim` with SIGKILL five times
+/// at 1/7 .. 5/7 of its progress, restarting it each time, then drains and
+/// checks exact totals.
+async fn killed_with_sigkill_five_times(victim: Victim) {
     let stack = FaultStack::start(false).await;
     let load = load(LOAD_EVENTS);
     let mut ingest = stack.start_ingest(&[]);
@@ -352,43 +363,43 @@ async fn aggregator_killed_with_sigkill_five_times_during_load() {
     let publisher = tokio::spawn(publish_all(stack.js.clone(), load.messages.clone()));
     for kill in 1..=5u64 {
         let threshold = load.count * kill / 7;
+        let (what, process) = match victim {
+            Victim::Aggregator => ("rows", &mut aggregator),
+            Victim::Ingest => ("events", &mut ingest),
+        };
         poll_until(
-            &format!("{threshold} rows before kill {kill}"),
+            &format!("{threshold} {what} before kill {kill}"),
             DRAIN_TIMEOUT,
-            || async { stack.rows().await >= threshold },
+            || async {
+                let progress = match victim {
+                    Victim::Aggregator => stack.rows().await,
+                    Victim::Ingest => stack.events_in_stream().await,
+                };
+                progress >= threshold
+            },
         )
         .await;
-        let status = aggregator.kill9();
+        let status = process.kill9();
         assert!(killed_by(status, SIGKILL), "{status:?}");
-        aggregator.restart();
+        process.restart();
     }
     publisher.await.expect("publisher");
-    assert_eq!(aggregator.starts, 6);
+    let starts = match victim {
+        Victim::Aggregator => aggregator.starts,
+        Victim::Ingest => ingest.starts,
+    };
+    assert_eq!(starts, 6);
     drain_stop_and_check(&stack, &load, &mut ingest, &mut aggregator).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregator_killed_with_sigkill_five_times_during_load() {
+    killed_with_sigkill_five_times(Victim::Aggregator).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_killed_with_sigkill_five_times_during_load() {
-    let stack = FaultStack::start(false).await;
-    let load = load(LOAD_EVENTS);
-    let mut ingest = stack.start_ingest(&[]);
-    let mut aggregator = stack.start_aggregator(&[]);
-    let publisher = tokio::spawn(publish_all(stack.js.clone(), load.messages.clone()));
-    for kill in 1..=5u64 {
-        let threshold = load.count * kill / 7;
-        poll_until(
-            &format!("{threshold} events before kill {kill}"),
-            DRAIN_TIMEOUT,
-            || async { stack.events_in_stream().await >= threshold },
-        )
-        .await;
-        let status = ingest.kill9();
-        assert!(killed_by(status, SIGKILL), "{status:?}");
-        ingest.restart();
-    }
-    publisher.await.expect("publisher");
-    assert_eq!(ingest.starts, 6);
-    drain_stop_and_check(&stack, &load, &mut ingest, &mut aggregator).await;
+    killed_with_sigkill_five_times(Victim::Ingest).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,15 +70,7 @@ pub async fn run(
 
     let mut in_flight = JoinSet::new();
     let publisher = cctv_bus::AckedPublisher::new(client.clone()).await?;
-    let mut context = Arc::new(BatchContext {
-        publisher,
-        normalizer: normalizer.clone(),
-        stats: stats.clone(),
-        raw_stream: config.streams.raw.name.clone(),
-        event_shards: config.ingest.event_shards,
-        failed_batches: AtomicU32::new(0),
-        counters: HotCounters::new(),
-    });
+    let mut context = Arc::new(BatchContext::new(publisher, &normalizer, &stats, &config));
     'outer: while !shutdown.is_cancelled() {
         if context.failed_batches.load(Ordering::Relaxed) >= RECONNECT_AFTER_FAILED_BATCHES {
             tracing::warn!(
@@ -107,15 +99,7 @@ pub async fn run(
                     continue;
                 }
             };
-            context = Arc::new(BatchContext {
-                publisher,
-                normalizer: normalizer.clone(),
-                stats: stats.clone(),
-                raw_stream: config.streams.raw.name.clone(),
-                event_shards: config.ingest.event_shards,
-                failed_batches: AtomicU32::new(0),
-                counters: HotCounters::new(),
-            });
+            context = Arc::new(BatchContext::new(publisher, &normalizer, &stats, &config));
             continue;
         }
         // A pull may not deliver a message larger than its byte limit, so the
@@ -313,6 +297,24 @@ enum Pending {
 }
 
 impl BatchContext {
+    /// A fresh context for a (new) connection's publisher.
+    fn new(
+        publisher: cctv_bus::AckedPublisher,
+        normalizer: &Arc<Normalizer>,
+        stats: &IngestStats,
+        config: &IngestConfig,
+    ) -> BatchContext {
+        BatchContext {
+            publisher,
+            normalizer: normalizer.clone(),
+            stats: stats.clone(),
+            raw_stream: config.streams.raw.name.clone(),
+            event_shards: config.ingest.event_shards,
+            failed_batches: AtomicU32::new(0),
+            counters: HotCounters::new(),
+        }
+    }
+
     async fn process(&self, batch: Vec<jetstream::Message>) {
         let started = Instant::now();
         let now = chrono::Utc::now();
