@@ -37,18 +37,29 @@ pub struct AggregatorConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AggregatorSettings {
-    /// Durable consumer name; also the `writer` recorded on every row. One
-    /// running instance per name.
+    /// Prefix of the per-partition consumers (`<consumer>-p<k>-<epoch>`).
+    /// Any number of instances may share one config: partitions are divided
+    /// by leases, not by names.
     pub consumer: String,
-    /// Subject filter of this writer (`""` = the whole events stream; e.g.
-    /// `cctv.events.s0.>` for one shard). Fixed for the life of the writer.
-    pub filter_subject: String,
-    /// Flush a batch at this many rows.
+    /// This instance's member id in the lease bucket; empty (the default):
+    /// `<host>-<pid>-<random>`, unique per process.
+    pub instance_id: String,
+    /// Lease time to live: a dead owner's partitions are taken over after
+    /// about this long (plus one rebuild).
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How long an event id is remembered per partition (the dedup horizon).
+    #[serde(with = "humantime_serde")]
+    pub dedup_horizon: Duration,
+    /// Unacknowledged messages (event batches) per partition consumer.
+    pub max_ack_pending: usize,
+    /// Flush a partition's batch at this many rows (whole messages: a batch
+    /// may exceed it by one message's events).
     pub batch_max_rows: usize,
     /// Flush a batch when its first row is this old.
     #[serde(with = "humantime_serde")]
     pub batch_max_age: Duration,
-    /// Messages requested per pull.
+    /// Messages (event batches) requested per pull.
     pub fetch_batch: usize,
     /// Redelivery timeout of the consumer. Correctness does not depend on it.
     #[serde(with = "humantime_serde")]
@@ -68,10 +79,13 @@ impl Default for AggregatorSettings {
     fn default() -> Self {
         Self {
             consumer: "cctv-aggregator".into(),
-            filter_subject: String::new(),
+            instance_id: String::new(),
+            lease_ttl: Duration::from_secs(10),
+            dedup_horizon: Duration::from_secs(24 * 3600),
+            max_ack_pending: 256,
             batch_max_rows: 20_000,
             batch_max_age: Duration::from_millis(500),
-            fetch_batch: 1_000,
+            fetch_batch: 64,
             ack_wait: Duration::from_secs(300),
             migrate_on_start: true,
             retry_max_backoff: Duration::from_secs(5),
@@ -136,12 +150,25 @@ impl AggregatorConfig {
                 "aggregator.fetch_batch must be at least 1".into(),
             ));
         }
-        if !settings.filter_subject.is_empty()
-            && !settings.filter_subject.starts_with("cctv.events.")
-        {
+        if settings.lease_ttl < Duration::from_secs(1) {
             return Err(AggregatorError::Config(
-                "aggregator.filter_subject must be within cctv.events.>".into(),
+                "aggregator.lease_ttl must be at least 1s".into(),
             ));
+        }
+        if settings.max_ack_pending == 0 {
+            return Err(AggregatorError::Config(
+                "aggregator.max_ack_pending must be at least 1".into(),
+            ));
+        }
+        let valid_id = |id: &str| {
+            id.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !valid_id(&settings.instance_id) {
+            return Err(AggregatorError::Config(format!(
+                "aggregator.instance_id {:?} may hold only letters, digits, - and _",
+                settings.instance_id
+            )));
         }
         Ok(())
     }
@@ -170,12 +197,15 @@ mod tests {
     }
 
     #[test]
-    fn oversized_batches_and_foreign_filters_are_refused() {
+    fn oversized_batches_short_leases_and_bad_ids_are_refused() {
         let mut config = AggregatorConfig::default();
         config.aggregator.batch_max_rows = 2_000_000;
         assert!(config.validate().is_err());
         let mut config = AggregatorConfig::default();
-        config.aggregator.filter_subject = "cctv.raw.>".into();
+        config.aggregator.lease_ttl = Duration::from_millis(10);
+        assert!(config.validate().is_err());
+        let mut config = AggregatorConfig::default();
+        config.aggregator.instance_id = "a.b".into();
         assert!(config.validate().is_err());
         assert!(AggregatorConfig::from_toml("[aggregator]\nrows = 1\n").is_err());
     }

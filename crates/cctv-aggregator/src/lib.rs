@@ -1,18 +1,27 @@
 //! The aggregator service: reads canonical events from `CCTV_EVENTS` and
 //! writes them to ClickHouse exactly once.
 //!
-//! Exactly once rests on three facts: every row carries the stream sequence
-//! of its message; one writer owns a consumer and inserts its batches one at a
-//! time in sequence order, each batch as one ClickHouse part (all or nothing);
-//! and on every (re)start the writer reads from ClickHouse how far it got and
-//! recreates its consumer from the next sequence. ClickHouse, not the consumer's
-//! ack state, is the source of truth, so a crash between insert and ack, a lost
-//! ack, or a redelivery can neither lose nor double a row.
+//! The events stream is split into partitions by event id. Any number of
+//! instances run with one config; each partition is owned by exactly one
+//! live instance at a time through a lease in the NATS KV bucket
+//! `CCTV_LEASES` ([`ownership`]), and a stale owner is fenced in ClickHouse
+//! (rows carry their lease epoch; only the newest epoch passes).
+//!
+//! Exactly once rests on four facts: every row carries the stream sequence
+//! of its message and the partition (writer) that wrote it; one owner per
+//! partition inserts its batches one at a time in sequence order, each batch
+//! as one ClickHouse part (all or nothing); on every (re)start the owner
+//! reads from ClickHouse how far the partition got and recreates its
+//! consumer from the next sequence; and it keeps the ids written within the
+//! dedup horizon ([`seen`]), so a repeated offence is dropped however it
+//! arrives. ClickHouse, not consumer state, is the source of truth.
 
 mod batch;
 mod config;
 mod error;
 mod metrics;
+mod ownership;
+mod seen;
 mod service;
 mod stats;
 

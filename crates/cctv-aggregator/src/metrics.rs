@@ -16,7 +16,21 @@ pub(crate) const RESETS: &str = "cctv_aggregator_resets_total";
 pub(crate) const INSERT_SECONDS: &str = "cctv_aggregator_insert_seconds";
 /// Rows per inserted batch.
 pub(crate) const BATCH_ROWS: &str = "cctv_aggregator_batch_rows";
-/// Events in the stream not yet delivered to the writer (lag).
+/// Event batches of a partition not yet delivered to its owner (lag), by `partition`.
 pub(crate) const LAG: &str = "cctv_aggregator_consumer_pending";
+/// Events by `outcome`: `new` (written) or `duplicate` (id already written).
+pub(crate) const EVENTS: &str = "cctv_aggregator_events_total";
+/// Partitions this instance owns.
+pub(crate) const PARTITIONS_OWNED: &str = "cctv_aggregator_partitions_owned";
+/// 1 for each partition this instance owns, by `partition`.
+pub(crate) const PARTITION_OWNED: &str = "cctv_aggregator_partition_owned";
+/// Leases lost (taken over, or not renewed in time).
+pub(crate) const LEASES_LOST: &str = "cctv_aggregator_leases_lost_total";
+/// Seconds to rebuild a partition's seen-set from ClickHouse.
+pub(crate) const REBUILD_SECONDS: &str = "cctv_aggregator_seen_rebuild_seconds";
+/// Event ids held in a partition's seen-set, by `partition`.
+pub(crate) const SEEN_IDS: &str = "cctv_aggregator_seen_ids";
+/// Heap bytes of a partition's seen-set, by `partition`.
+pub(crate) const SEEN_BYTES: &str = "cctv_aggregator_seen_bytes";
 /// 1 while ClickHouse refuses or cannot be reached, else 0.
 pub(crate) const STORE_DOWN: &str = "cctv_aggregator_clickhouse_down";

@@ -1,52 +1,46 @@
-//! The aggregator loop: sessions of (resume point from ClickHouse, consumer
-//! recreated from the next sequence, read and batch, insert in order, ack).
+//! The aggregator: partition leases, and per owned partition a term of
+//! sessions (fence, settle, resume point and seen-set from ClickHouse, fresh
+//! consumer, read and batch, insert through the fence, ack).
 //!
-//! A session ends on shutdown or on any delivery anomaly (a gap in consumer
-//! sequences, a stream error after a reconnect). The next session starts again
-//! from what ClickHouse holds, so an anomaly costs a re-read, never a row.
+//! A session ends on any delivery anomaly (a gap in consumer sequences, a
+//! stream error after a reconnect); the next starts again from what
+//! ClickHouse holds, so an anomaly costs a re-read, never a row. A term ends
+//! when the lease is handed over or lost; a lost lease stops it at once, and
+//! whatever it still sends is dropped by the fence.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
-use cctv_bus::StreamKind;
+use cctv_bus::{subjects, LeaseBucket, LeaseWriteError, StreamKind};
 use cctv_event::OffenceEvent;
 use cctv_store::{EventRow, Store, StoreError, StreamPosition};
 use cctv_telemetry::Health;
 use futures::StreamExt;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as names;
+use crate::ownership::{Action, Ownership};
+use crate::seen::SeenSet;
 use crate::{AggregatorConfig, AggregatorError, AggregatorStats, BatchDecision, Batcher};
 
-/// Batches queued between the reader and the writer. With one batch being
-/// inserted and one being filled, at most `2 + WRITE_QUEUE` batches of
-/// `batch_max_rows` rows are in memory.
+/// Batches queued between a partition's reader and its writer.
 const WRITE_QUEUE: usize = 1;
-
 /// Pause after a failed session before the next.
 const SESSION_RETRY: Duration = Duration::from_millis(500);
-
-/// How often the lag gauge is refreshed from the consumer's state. Deliveries
-/// refresh it too, but while ClickHouse is down nothing is delivered and the
-/// backlog must still show.
+/// How often a partition's lag gauge is refreshed from its consumer.
 const LAG_REFRESH: Duration = Duration::from_secs(2);
-
 /// Pause between looks at the inserts still running in ClickHouse.
 const SETTLE_POLL: Duration = Duration::from_millis(100);
+/// How long an idle consumer of a dead term survives on the server.
+const CONSUMER_INACTIVE: Duration = Duration::from_secs(120);
 
-/// One batch handed from the reader to the writer.
-struct Batch {
-    /// Rows to insert, in stream order; their batch fields are set at insert.
-    rows: Vec<EventRow>,
-    /// The last message received for this batch (acked with `AckPolicy::All`).
-    last_message: Option<jetstream::Message>,
-}
-
-/// Runs the aggregator until `shutdown`, then flushes, acks and returns.
+/// Runs the aggregator until `shutdown`, then drains its partitions, releases
+/// their leases and returns.
 pub async fn run(
     config: AggregatorConfig,
     shutdown: CancellationToken,
@@ -73,36 +67,41 @@ pub async fn run(
         return Ok(());
     };
     let js = jetstream::new(client.clone());
-
-    let writer = Writer {
-        store: store.clone(),
-        stats: stats.clone(),
-        health: health.clone(),
-        retry_max_backoff: config.aggregator.retry_max_backoff,
-        written_through: Arc::new(AtomicU64::new(0)),
-        writer_name: config.aggregator.consumer.clone(),
-        insert_tag: store.insert_tag(&config.aggregator.consumer),
-    };
-    while !shutdown.is_cancelled() {
-        match run_session(&js, &config, &writer, &shutdown, &health, &stats).await {
-            Ok(SessionEnd::Shutdown) => break,
-            Ok(SessionEnd::Reset(reason)) => {
-                stats.add_reset();
-                metrics::counter!(names::RESETS).increment(1);
-                tracing::info!(reason, "consumer reset; resuming from ClickHouse");
-            }
-            Err(error) if is_transient(&error) => {
-                health.set_problem("session failed; retrying");
-                tracing::warn!(%error, "session failed; retrying");
+    let (bucket, partitions) = loop {
+        let opened = async {
+            cctv_bus::ensure_stream(&js, StreamKind::Events, &config.streams.events).await?;
+            let bucket = LeaseBucket::open(&js, &config.streams.leases).await?;
+            let partitions = bucket.partitions_or_init().await?;
+            Ok::<_, cctv_bus::BusError>((bucket, partitions))
+        }
+        .await;
+        match opened {
+            Ok(found) => break found,
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, "events stream or lease bucket not ready; retrying");
                 tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => break,
+                    () = shutdown.cancelled() => return Ok(()),
                     () = tokio::time::sleep(SESSION_RETRY) => {}
                 }
             }
-            Err(error) => return Err(error),
+            Err(error) => return Err(error.into()),
         }
-    }
+    };
+    let instance = instance_id(&config);
+    tracing::info!(%instance, partitions, "aggregator started");
+    health.set_ok();
+    let context = Arc::new(Context {
+        js,
+        store,
+        config: config.clone(),
+        stats: stats.clone(),
+        health,
+        instance: instance.clone(),
+    });
+    let result = LeaseLoop::new(context, bucket, partitions)
+        .run(&shutdown)
+        .await;
     // Acks are fire-and-forget publishes: push the last ones out before the
     // connection is dropped, so a clean stop leaves nothing written unacked.
     if let Err(error) = tokio::time::timeout(config.aggregator.shutdown_grace, client.flush())
@@ -116,11 +115,30 @@ pub async fn run(
     tracing::info!(
         rows_written = snapshot.rows_written,
         batches = snapshot.batches,
+        duplicates = snapshot.duplicates,
         skipped = snapshot.skipped,
         resets = snapshot.resets,
         "aggregator stopped"
     );
-    Ok(())
+    result
+}
+
+/// The configured member id, or `<host>-<pid>-<random>`.
+fn instance_id(config: &AggregatorConfig) -> String {
+    if !config.aggregator.instance_id.is_empty() {
+        return config.aggregator.instance_id.clone();
+    }
+    let host: String = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_else(|| "host".into())
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .take(32)
+        .collect();
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &random[..8])
 }
 
 fn is_transient(error: &AggregatorError) -> bool {
@@ -163,62 +181,504 @@ async fn prepare_store(
     }
 }
 
+/// What every partition term shares.
+struct Context {
+    js: jetstream::Context,
+    store: Store,
+    config: AggregatorConfig,
+    stats: AggregatorStats,
+    health: Health,
+    instance: String,
+}
+
+/// Until when a term may write: moved forward by every renewal.
+#[derive(Debug)]
+pub(crate) struct LeaseGate {
+    base: Instant,
+    valid_until_nanos: AtomicU64,
+}
+
+impl LeaseGate {
+    fn new(valid_until: Instant) -> Self {
+        let gate = Self {
+            base: Instant::now(),
+            valid_until_nanos: AtomicU64::new(0),
+        };
+        gate.extend(valid_until);
+        gate
+    }
+
+    fn extend(&self, valid_until: Instant) {
+        let nanos = valid_until
+            .checked_duration_since(self.base)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.valid_until_nanos.fetch_max(nanos, Ordering::SeqCst);
+    }
+
+    fn is_valid(&self, now: Instant) -> bool {
+        let nanos = now
+            .checked_duration_since(self.base)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        nanos < self.valid_until_nanos.load(Ordering::SeqCst)
+    }
+}
+
+/// One running term of an owned partition.
+struct Term {
+    handle: JoinHandle<Result<(), AggregatorError>>,
+    /// Cancelled to drain (handover, shutdown): flush, ack, end.
+    drain: CancellationToken,
+    gate: Arc<LeaseGate>,
+}
+
+/// Reads the lease bucket, acts on [`Ownership`]'s plan, starts and stops terms.
+struct LeaseLoop {
+    context: Arc<Context>,
+    bucket: LeaseBucket,
+    partitions: u16,
+    ownership: Ownership,
+    terms: HashMap<u16, Term>,
+    member_revision: Option<u64>,
+    member_written: Option<Instant>,
+    ttl: Duration,
+}
+
+impl LeaseLoop {
+    fn new(context: Arc<Context>, bucket: LeaseBucket, partitions: u16) -> Self {
+        let ttl = context.config.aggregator.lease_ttl;
+        let ownership = Ownership::new(context.instance.clone(), partitions, ttl);
+        Self {
+            context,
+            bucket,
+            partitions,
+            ownership,
+            terms: HashMap::new(),
+            member_revision: None,
+            member_written: None,
+            ttl,
+        }
+    }
+
+    async fn run(mut self, shutdown: &CancellationToken) -> Result<(), AggregatorError> {
+        let poll = (self.ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut ticks = tokio::time::interval(poll);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopping_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled(), if stopping_since.is_none() => {
+                    tracing::info!(held = self.terms.len(), "shutting down: draining partitions");
+                    stopping_since = Some(Instant::now());
+                    for (partition, term) in &self.terms {
+                        term.drain.cancel();
+                        self.ownership.draining(*partition);
+                    }
+                }
+                _ = ticks.tick() => {}
+            }
+            let now = Instant::now();
+            self.heartbeat(now).await;
+            self.reap_terms().await?;
+            if let Some(since) = stopping_since {
+                if self.terms.is_empty() {
+                    break;
+                }
+                if since.elapsed() > self.context.config.aggregator.shutdown_grace {
+                    tracing::warn!("grace period over with partitions not drained; their rest will be read again");
+                    for (_, term) in self.terms.drain() {
+                        term.handle.abort();
+                    }
+                    break;
+                }
+                // Keep renewing what drains.
+                for partition in self.ownership.held_partitions() {
+                    if let Some(held) = self.ownership.held(partition) {
+                        if now.duration_since(held.renewed_at) >= self.ttl / 3 {
+                            self.renew(partition, held.revision).await;
+                        }
+                    }
+                }
+                continue;
+            }
+            if let Err(error) = self.observe(now).await {
+                tracing::warn!(%error, "cannot read the lease bucket");
+                self.context.health.set_problem("lease bucket unreadable");
+            }
+            for action in self.ownership.plan(Instant::now()) {
+                self.act(action).await;
+            }
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!(names::PARTITIONS_OWNED).set(self.terms.len() as f64);
+        }
+        if let Some(revision) = self.member_revision {
+            let key = cctv_bus::member_key(&self.context.instance);
+            let _ = self.bucket.delete(&key, revision).await;
+        }
+        metrics::gauge!(names::PARTITIONS_OWNED).set(0.0);
+        Ok(())
+    }
+
+    /// Rewrites this member's key every TTL/3.
+    async fn heartbeat(&mut self, now: Instant) {
+        if self
+            .member_written
+            .is_some_and(|at| now.duration_since(at) < self.ttl / 3)
+        {
+            return;
+        }
+        let key = cctv_bus::member_key(&self.context.instance);
+        let value = self.context.instance.as_str();
+        let written = match self.member_revision {
+            None => self.bucket.create(&key, value).await,
+            Some(revision) => self.bucket.update(&key, value, revision).await,
+        };
+        match written {
+            Ok(revision) => {
+                self.member_revision = Some(revision);
+                self.member_written = Some(now);
+            }
+            Err(LeaseWriteError::Conflict) => {
+                // Forgotten by a peer that thought us dead: register again.
+                tracing::warn!("member key changed by another instance; registering again");
+                self.member_revision = None;
+                if let Ok(Some(entry)) = self.bucket.entry(&key).await {
+                    self.member_revision = Some(entry.revision);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "member heartbeat failed"),
+        }
+    }
+
+    async fn observe(&mut self, now: Instant) -> Result<(), cctv_bus::BusError> {
+        let leases: Vec<(u16, String, u64)> = self
+            .bucket
+            .entries(cctv_bus::LEASE_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|entry| {
+                let partition = cctv_bus::parse_lease_key(&entry.key)?;
+                let owner = String::from_utf8_lossy(&entry.value).into_owned();
+                Some((partition, owner, entry.revision))
+            })
+            .filter(|(partition, _, _)| *partition < self.partitions)
+            .collect();
+        let members: Vec<(String, u64)> = self
+            .bucket
+            .entries(cctv_bus::MEMBER_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|entry| {
+                let id = entry.key.strip_prefix(cctv_bus::MEMBER_PREFIX)?.to_string();
+                Some((id, entry.revision))
+            })
+            .collect();
+        self.ownership.observe(now, &leases, &members);
+        Ok(())
+    }
+
+    async fn act(&mut self, action: Action) {
+        match action {
+            Action::Acquire {
+                partition,
+                revision,
+            } => self.acquire(partition, revision).await,
+            Action::Renew {
+                partition,
+                revision,
+            } => self.renew(partition, revision).await,
+            Action::Drain { partition } => {
+                tracing::info!(partition, "handing the partition over: draining");
+                self.ownership.draining(partition);
+                if let Some(term) = self.terms.get(&partition) {
+                    term.drain.cancel();
+                }
+            }
+            Action::Abandon { partition } => {
+                tracing::warn!(
+                    partition,
+                    "lost the lease: not renewed in time; stopped writing"
+                );
+                metrics::counter!(names::LEASES_LOST).increment(1);
+                self.stop_now(partition);
+            }
+            Action::ForgetMember { member, revision } => {
+                let key = cctv_bus::member_key(&member);
+                if self.bucket.delete(&key, revision).await.is_ok() {
+                    tracing::info!(%member, "forgot a dead member");
+                }
+            }
+        }
+    }
+
+    async fn acquire(&mut self, partition: u16, revision: Option<u64>) {
+        let key = cctv_bus::lease_key(partition);
+        let sent_at = Instant::now();
+        let value = self.context.instance.as_str();
+        let written = match revision {
+            None => self.bucket.create(&key, value).await,
+            Some(revision) => self.bucket.update(&key, value, revision).await,
+        };
+        let new_revision = match written {
+            Ok(new_revision) => new_revision,
+            Err(LeaseWriteError::Conflict) => return,
+            Err(error) => {
+                tracing::warn!(partition, %error, "lease write failed");
+                return;
+            }
+        };
+        // The epoch is fixed by the server's record of this very write.
+        let epoch = match self.bucket.entry(&key).await {
+            Ok(Some(entry)) if entry.revision == new_revision => {
+                cctv_bus::lease_epoch(entry.created, entry.revision)
+            }
+            Ok(_) => return, // Changed already: somebody else's now.
+            Err(error) => {
+                tracing::warn!(partition, %error, "cannot read back the lease; leaving it to expire");
+                return;
+            }
+        };
+        self.ownership
+            .acquired(partition, new_revision, epoch, sent_at);
+        let valid_until = self
+            .ownership
+            .valid_until(partition)
+            .unwrap_or(sent_at);
+        let gate = Arc::new(LeaseGate::new(valid_until));
+        let drain = CancellationToken::new();
+        let handle = tokio::spawn(run_term(
+            self.context.clone(),
+            partition,
+            epoch,
+            drain.clone(),
+            gate.clone(),
+        ));
+        tracing::info!(
+            partition,
+            epoch,
+            taken_over = revision.is_some(),
+            "lease acquired"
+        );
+        metrics::gauge!(names::PARTITION_OWNED, "partition" => partition.to_string()).set(1.0);
+        self.terms.insert(
+            partition,
+            Term {
+                handle,
+                drain,
+                gate,
+            },
+        );
+    }
+
+    async fn renew(&mut self, partition: u16, revision: u64) {
+        let key = cctv_bus::lease_key(partition);
+        let sent_at = Instant::now();
+        match self
+            .bucket
+            .update(&key, &self.context.instance, revision)
+            .await
+        {
+            Ok(new_revision) => {
+                self.ownership.renewed(partition, new_revision, sent_at);
+                if let (Some(term), Some(valid_until)) = (
+                    self.terms.get(&partition),
+                    self.ownership.valid_until(partition),
+                ) {
+                    term.gate.extend(valid_until);
+                }
+            }
+            Err(LeaseWriteError::Conflict) => {
+                tracing::warn!(partition, "lost the lease: another instance took the partition over; stopped writing");
+                metrics::counter!(names::LEASES_LOST).increment(1);
+                self.stop_now(partition);
+            }
+            Err(error) => tracing::warn!(partition, %error, "lease renewal failed"),
+        }
+    }
+
+    /// Ends a term at once (no flush: what it holds is read again by the next owner).
+    fn stop_now(&mut self, partition: u16) {
+        if let Some(term) = self.terms.remove(&partition) {
+            term.handle.abort();
+        }
+        self.ownership.dropped(partition);
+        metrics::gauge!(names::PARTITION_OWNED, "partition" => partition.to_string()).set(0.0);
+    }
+
+    /// Releases the leases of terms that finished draining; fails on a term
+    /// that ended with a permanent error.
+    async fn reap_terms(&mut self) -> Result<(), AggregatorError> {
+        let finished: Vec<u16> = self
+            .terms
+            .iter()
+            .filter(|(_, term)| term.handle.is_finished())
+            .map(|(partition, _)| *partition)
+            .collect();
+        for partition in finished {
+            let Some(term) = self.terms.remove(&partition) else {
+                continue;
+            };
+            let outcome = term.handle.await;
+            let held = self.ownership.dropped(partition);
+            metrics::gauge!(names::PARTITION_OWNED, "partition" => partition.to_string()).set(0.0);
+            if let Some(held) = held {
+                let key = cctv_bus::lease_key(partition);
+                match self.bucket.delete(&key, held.revision).await {
+                    Ok(()) => tracing::info!(partition, "lease released"),
+                    Err(error) => {
+                        tracing::warn!(partition, %error, "lease not released; it will expire");
+                    }
+                }
+            }
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(error),
+                Err(join_error) if join_error.is_cancelled() => {}
+                Err(join_error) => {
+                    return Err(AggregatorError::Config(format!(
+                        "partition {partition} task failed: {join_error}"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One term of an owned partition: fence, then sessions until drained.
+async fn run_term(
+    context: Arc<Context>,
+    partition: u16,
+    epoch: u64,
+    drain: CancellationToken,
+    gate: Arc<LeaseGate>,
+) -> Result<(), AggregatorError> {
+    let writer_name = format!("p{partition}");
+    let mut pause = Duration::from_millis(100);
+    // The fence first: from now on no older owner's insert writes a row.
+    loop {
+        match context
+            .store
+            .fence(&writer_name, epoch, &context.instance)
+            .await
+        {
+            Ok(()) => break,
+            Err(error) if error.is_transient() => {
+                tracing::warn!(partition, %error, "cannot write the fence yet; retrying");
+                tokio::select! {
+                    biased;
+                    () = drain.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(context.config.aggregator.retry_max_backoff);
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let writer = Writer {
+        store: context.store.clone(),
+        stats: context.stats.clone(),
+        health: context.health.clone(),
+        retry_max_backoff: context.config.aggregator.retry_max_backoff,
+        writer_name: writer_name.clone(),
+        insert_tag: context.store.insert_tag(&writer_name),
+        epoch,
+        gate,
+    };
+    while !drain.is_cancelled() {
+        match run_session(&context, partition, epoch, &writer, &drain).await {
+            Ok(SessionEnd::Shutdown) => break,
+            Ok(SessionEnd::Reset(reason)) => {
+                context.stats.add_reset();
+                metrics::counter!(names::RESETS).increment(1);
+                tracing::info!(partition, reason, "consumer reset; resuming from ClickHouse");
+            }
+            Err(error) if is_transient(&error) => {
+                context.health.set_problem("session failed; retrying");
+                tracing::warn!(partition, %error, "session failed; retrying");
+                tokio::select! {
+                    biased;
+                    () = drain.cancelled() => break,
+                    () = tokio::time::sleep(SESSION_RETRY) => {}
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
 enum SessionEnd {
     Shutdown,
     Reset(&'static str),
 }
 
-/// One session: resume point, fresh consumer, read until shutdown or anomaly.
+/// One session: settle, resume point and seen-set, fresh consumer, read
+/// until drained or an anomaly.
 async fn run_session(
-    js: &jetstream::Context,
-    config: &AggregatorConfig,
+    context: &Context,
+    partition: u16,
+    epoch: u64,
     writer: &Writer,
-    shutdown: &CancellationToken,
-    health: &Health,
-    stats: &AggregatorStats,
+    drain: &CancellationToken,
 ) -> Result<SessionEnd, AggregatorError> {
-    let settings = &config.aggregator;
-    let info = cctv_bus::ensure_stream(js, StreamKind::Events, &config.streams.events).await?;
+    let settings = &context.config.aggregator;
+    let info =
+        cctv_bus::ensure_stream(&context.js, StreamKind::Events, &context.config.streams.events)
+            .await?;
     let source_stream = cctv_bus::stream_identity(&info);
-    // A predecessor killed mid-insert may have left its insert running in
-    // ClickHouse: its rows appear only when it ends, so wait for that before
-    // reading how far the writer got (else that batch would be written twice).
+    // Inserts of an earlier owner (or of this one, given up after a timeout)
+    // may still run in ClickHouse: their rows appear only when they end, so
+    // wait for that before reading how far the partition got.
     writer.settle().await?;
     let resume = writer
         .store
-        .resume_point(&source_stream, &settings.consumer)
+        .resume_point(&source_stream, &writer.writer_name)
         .await?;
+    let rebuild_started = Instant::now();
+    let mut seen = SeenSet::new(u32::try_from(settings.dedup_horizon.as_secs()).unwrap_or(u32::MAX));
+    let cutoff = seen.cutoff(now_secs());
     writer
-        .written_through
-        .store(resume.written_through, Ordering::SeqCst);
+        .store
+        .for_each_written_id(&writer.writer_name, cutoff, |id, at| {
+            seen.insert(id, at);
+        })
+        .await?;
+    metrics::histogram!(names::REBUILD_SECONDS).record(rebuild_started.elapsed().as_secs_f64());
     let start_sequence = resume.written_through + 1;
     if resume.written_through > 0 && info.state.first_sequence > start_sequence {
         tracing::error!(
+            partition,
             first_in_stream = info.state.first_sequence,
             next_needed = start_sequence,
             "events expired from the stream before they were written; run `cctvctl audit`"
         );
     }
 
-    let stream = js
-        .get_stream(&config.streams.events.name)
+    let stream = context
+        .js
+        .get_stream(&context.config.streams.events.name)
         .await
         .map_err(|e| cctv_bus::BusError::jetstream("get events stream", e))?;
-    // The consumer is recreated at every session start: where to read from is
-    // decided by ClickHouse, never by leftover consumer state.
-    let _ = stream.delete_consumer(&settings.consumer).await;
-    let max_pending =
-        settings.batch_max_rows.saturating_mul(2 + WRITE_QUEUE) + settings.fetch_batch;
+    // A fresh consumer per session: where to read from is decided by
+    // ClickHouse, never by leftover consumer state. Its name carries the
+    // epoch, so terms of two owners never share one.
+    let consumer_name = format!("{}-p{partition}-{epoch:x}", settings.consumer);
+    let _ = stream.delete_consumer(&consumer_name).await;
     let consumer = stream
         .create_consumer(pull::Config {
-            durable_name: Some(settings.consumer.clone()),
-            description: Some("cctv-aggregator: canonical events into ClickHouse".into()),
+            durable_name: Some(consumer_name.clone()),
+            description: Some(format!(
+                "cctv-aggregator {}: partition {partition} into ClickHouse",
+                context.instance
+            )),
             deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
             ack_policy: AckPolicy::All,
             ack_wait: settings.ack_wait,
             max_deliver: -1,
-            max_ack_pending: i64::try_from(max_pending).unwrap_or(i64::MAX),
-            filter_subject: settings.filter_subject.clone(),
+            max_ack_pending: i64::try_from(settings.max_ack_pending).unwrap_or(i64::MAX),
+            filter_subject: subjects::event_partition(partition),
+            inactive_threshold: CONSUMER_INACTIVE,
             ..Default::default()
         })
         .await
@@ -231,29 +691,43 @@ async fn run_session(
         .messages()
         .await
         .map_err(|e| cctv_bus::BusError::jetstream("pull events", e))?;
-    health.set_ok();
-    tracing::info!(%source_stream, start_sequence, writer = %settings.consumer, "session started");
-    let lag_refresh = tokio::spawn(refresh_lag(stream.clone(), settings.consumer.clone()));
+    context.health.set_ok();
+    tracing::info!(
+        partition,
+        %source_stream,
+        start_sequence,
+        seen_ids = seen.len(),
+        rebuild_ms = rebuild_started.elapsed().as_millis() as u64,
+        "session started"
+    );
+    let label = partition.to_string();
+    let lag = metrics::gauge!(names::LAG, "partition" => label.clone());
+    let lag_refresh = tokio::spawn(refresh_lag(stream.clone(), consumer_name, lag.clone()));
 
     let (batch_sender, batch_receiver) = mpsc::channel::<Batch>(WRITE_QUEUE);
     let writer_task = {
         let writer = writer.clone();
-        let source_stream = source_stream.clone();
-        tokio::spawn(async move { writer.write_all(batch_receiver, &source_stream).await })
+        tokio::spawn(async move { writer.write_all(batch_receiver).await })
     };
 
     let mut reader = Reader {
         source_stream: &source_stream,
-        writer_name: &settings.consumer,
+        writer_name: &writer.writer_name,
         already_written: resume.already_written,
         next_consumer_sequence: 1,
         highest_seen: resume.written_through,
-        rows: Vec::with_capacity(settings.batch_max_rows),
+        rows: Vec::with_capacity(settings.batch_max_rows.min(100_000)),
         last_message: None,
         batcher: Batcher::new(settings.batch_max_rows, settings.batch_max_age),
-        stats,
-        lag: metrics::gauge!(names::LAG),
+        stats: &context.stats,
+        lag,
+        seen,
+        seen_gauge: metrics::gauge!(names::SEEN_IDS, "partition" => label.clone()),
+        seen_bytes: metrics::gauge!(names::SEEN_BYTES, "partition" => label),
+        duplicates: metrics::counter!(names::EVENTS, "outcome" => "duplicate"),
+        last_prune: Instant::now(),
     };
+    reader.report_seen();
     let mut chunks = messages.ready_chunks(settings.fetch_batch);
     let end = loop {
         let deadline = reader
@@ -262,7 +736,7 @@ async fn run_session(
             .map(tokio::time::Instant::from_std);
         let chunk = tokio::select! {
             biased;
-            () = shutdown.cancelled() => break SessionEnd::Shutdown,
+            () = drain.cancelled() => break SessionEnd::Shutdown,
             () = sleep_until_or_forever(deadline) => None,
             chunk = chunks.next() => match chunk {
                 Some(chunk) => Some(chunk),
@@ -280,7 +754,7 @@ async fn run_session(
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "events consumer error");
+                        tracing::warn!(partition, %error, "events consumer error");
                         anomaly = Some("consumer stream error");
                         break;
                     }
@@ -292,50 +766,29 @@ async fn run_session(
         }
         if reader.batcher.decide(Instant::now()) != BatchDecision::Wait {
             // Waiting for room in the queue is the backpressure: while the
-            // writer retries (ClickHouse down) nothing more is read. Shutdown
-            // still wins; the batch then stays with the reader for the final
-            // flush below.
+            // writer retries (ClickHouse down) nothing more is read.
             let permit = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break SessionEnd::Shutdown,
+                () = drain.cancelled() => break SessionEnd::Shutdown,
                 permit = batch_sender.reserve() => permit,
             };
-            // A closed queue means the writer stopped: its error is reported below.
             let Ok(permit) = permit else {
                 break SessionEnd::Reset("writer stopped");
             };
             permit.send(reader.take_batch());
+            reader.maybe_prune();
         }
     };
     // Everything accepted so far was delivered in order without gaps: flush
-    // it, then let the writer finish before the next session reads the resume
-    // point. On shutdown this is bounded by the grace period; what is not
-    // written by then is not acked and is read again at the next start.
+    // it, then let the writer finish before the next session reads the
+    // resume point. On a drain this is bounded by the caller's grace period.
     drop(chunks);
     lag_refresh.abort();
-    let finish = async {
-        if reader.batcher.deadline().is_some() {
-            let _ = batch_sender.send(reader.take_batch()).await;
-        }
-        drop(batch_sender);
-        writer_task.await
-    };
-    tokio::pin!(finish);
-    let grace = settings.shutdown_grace;
-    let written = match end {
-        SessionEnd::Shutdown => tokio::time::timeout(grace, &mut finish).await.ok(),
-        SessionEnd::Reset(_) => tokio::select! {
-            joined = &mut finish => Some(joined),
-            () = shutdown.cancelled() => tokio::time::timeout(grace, &mut finish).await.ok(),
-        },
-    };
-    let Some(written) = written else {
-        tracing::warn!(
-            "grace period over with a batch unwritten; it will be read again at the next start"
-        );
-        return Ok(SessionEnd::Shutdown);
-    };
-    match written {
+    if reader.batcher.deadline().is_some() {
+        let _ = batch_sender.send(reader.take_batch()).await;
+    }
+    drop(batch_sender);
+    match writer_task.await {
         Ok(Ok(())) => Ok(end),
         Ok(Err(error)) => Err(error.into()),
         Err(join_error) => Err(AggregatorError::Config(format!(
@@ -344,15 +797,18 @@ async fn run_session(
     }
 }
 
-/// Sets the lag gauge from the consumer's undelivered count every
-/// [`LAG_REFRESH`], until aborted at the end of the session.
-async fn refresh_lag(stream: jetstream::stream::Stream, consumer: String) {
+fn now_secs() -> u32 {
+    u32::try_from(chrono::Utc::now().timestamp().max(0)).unwrap_or(u32::MAX)
+}
+
+/// Sets a partition's lag gauge from its consumer's undelivered count.
+async fn refresh_lag(stream: jetstream::stream::Stream, consumer: String, lag: metrics::Gauge) {
     let mut ticks = tokio::time::interval(LAG_REFRESH);
     loop {
         ticks.tick().await;
         if let Ok(info) = stream.consumer_info(&consumer).await {
             #[allow(clippy::cast_precision_loss)]
-            metrics::gauge!(names::LAG).set(info.num_pending as f64);
+            lag.set(info.num_pending as f64);
         }
     }
 }
@@ -364,7 +820,16 @@ async fn sleep_until_or_forever(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// The reading half of a session: checks delivery order and builds batches.
+/// One batch handed from the reader to the writer.
+struct Batch {
+    /// Rows to insert, in stream order; their batch fields are set at insert.
+    rows: Vec<EventRow>,
+    /// The last message received for this batch (acked with `AckPolicy::All`).
+    last_message: Option<jetstream::Message>,
+}
+
+/// The reading half of a session: checks delivery order, drops repeats of
+/// ids already written, builds batches.
 struct Reader<'a> {
     source_stream: &'a str,
     writer_name: &'a str,
@@ -378,8 +843,12 @@ struct Reader<'a> {
     last_message: Option<jetstream::Message>,
     batcher: Batcher,
     stats: &'a AggregatorStats,
-    /// The lag gauge, set from every delivery (a handle, not a lookup per message).
     lag: metrics::Gauge,
+    seen: SeenSet,
+    seen_gauge: metrics::Gauge,
+    seen_bytes: metrics::Gauge,
+    duplicates: metrics::Counter,
+    last_prune: Instant,
 }
 
 impl Reader<'_> {
@@ -408,31 +877,50 @@ impl Reader<'_> {
             return Ok(());
         }
         self.highest_seen = stream_sequence;
-        match OffenceEvent::from_json(&message.payload) {
-            Ok(event) => {
-                let position = StreamPosition {
-                    stream_seq: stream_sequence,
-                    batch_first_seq: 0,
-                    batch_rows: 0,
-                };
-                self.rows.push(EventRow::from_event(
-                    event,
-                    self.source_stream,
-                    self.writer_name,
-                    position,
-                    0,
-                ));
-                self.batcher.add(1, now);
+        let mut added = 0;
+        match cctv_bus::decode_event_batch(&message.payload) {
+            Ok(events) => {
+                let written_at = now_secs();
+                for item in events {
+                    let decoded = item
+                        .map_err(|e| e.to_string())
+                        .and_then(|json| OffenceEvent::from_json(json).map_err(|e| e.to_string()));
+                    match decoded {
+                        Ok(event) => {
+                            if !self.seen.insert(*event.event_id.as_bytes(), written_at) {
+                                self.stats.add_duplicate();
+                                self.duplicates.increment(1);
+                                continue;
+                            }
+                            let position = StreamPosition {
+                                stream_seq: stream_sequence,
+                                batch_first_seq: 0,
+                                batch_rows: 0,
+                            };
+                            self.rows.push(EventRow::from_event(
+                                event,
+                                self.source_stream,
+                                self.writer_name,
+                                position,
+                                0,
+                            ));
+                            added += 1;
+                        }
+                        Err(error) => self.undecodable(stream_sequence, &error),
+                    }
+                }
             }
-            Err(error) => {
-                self.stats.add_undecodable();
-                metrics::counter!(names::UNDECODABLE).increment(1);
-                tracing::error!(stream_sequence, %error, "undecodable event message; not written");
-                self.batcher.add(0, now);
-            }
+            Err(error) => self.undecodable(stream_sequence, &error.to_string()),
         }
+        self.batcher.add(added, now);
         self.last_message = Some(message);
         Ok(())
+    }
+
+    fn undecodable(&self, stream_sequence: u64, error: &str) {
+        self.stats.add_undecodable();
+        metrics::counter!(names::UNDECODABLE).increment(1);
+        tracing::error!(stream_sequence, %error, "undecodable event; not written");
     }
 
     fn take_batch(&mut self) -> Batch {
@@ -440,6 +928,25 @@ impl Reader<'_> {
         Batch {
             rows: std::mem::take(&mut self.rows),
             last_message: self.last_message.take(),
+        }
+    }
+
+    /// Drops expired ids about once a minute and reports the set's size.
+    fn maybe_prune(&mut self) {
+        if self.last_prune.elapsed() < Duration::from_secs(60) {
+            self.report_seen();
+            return;
+        }
+        self.last_prune = Instant::now();
+        self.seen.prune(now_secs());
+        self.report_seen();
+    }
+
+    fn report_seen(&self) {
+        #[allow(clippy::cast_precision_loss)]
+        {
+            self.seen_gauge.set(self.seen.len() as f64);
+            self.seen_bytes.set(self.seen.heap_bytes() as f64);
         }
     }
 }
@@ -451,15 +958,16 @@ struct Writer {
     stats: AggregatorStats,
     health: Health,
     retry_max_backoff: Duration,
-    written_through: Arc<AtomicU64>,
     writer_name: String,
-    /// `query_id` prefix of this writer's inserts.
+    /// `query_id` prefix of this partition's inserts (any owner's).
     insert_tag: String,
+    epoch: u64,
+    gate: Arc<LeaseGate>,
 }
 
 impl Writer {
-    /// Waits until no insert of this writer is still running in ClickHouse
-    /// (one of a crashed predecessor, or one this writer gave up on after a
+    /// Waits until no insert of this partition is still running in
+    /// ClickHouse (a predecessor's, or one this writer gave up on after a
     /// timeout), so that the resume point read next is final.
     async fn settle(&self) -> Result<(), StoreError> {
         let mut logged = false;
@@ -469,8 +977,9 @@ impl Writer {
                 Ok(running) => {
                     if !logged {
                         tracing::info!(
+                            writer = %self.writer_name,
                             running,
-                            "waiting for earlier inserts of this writer to end"
+                            "waiting for earlier inserts of this partition to end"
                         );
                         logged = true;
                     }
@@ -478,8 +987,6 @@ impl Writer {
                 }
                 Err(error) if error.is_transient() => return Err(error),
                 Err(error) => {
-                    // A user without access to system.processes: carry on,
-                    // but say what is at stake.
                     tracing::warn!(%error, "cannot list running inserts; a crash mid-insert may double that batch");
                     return Ok(());
                 }
@@ -487,18 +994,14 @@ impl Writer {
         }
     }
 
-    async fn write_all(
-        &self,
-        mut batches: mpsc::Receiver<Batch>,
-        source_stream: &str,
-    ) -> Result<(), StoreError> {
+    async fn write_all(&self, mut batches: mpsc::Receiver<Batch>) -> Result<(), StoreError> {
         while let Some(batch) = batches.recv().await {
-            self.write_one(batch, source_stream).await?;
+            self.write_one(batch).await?;
         }
         Ok(())
     }
 
-    async fn write_one(&self, batch: Batch, source_stream: &str) -> Result<(), StoreError> {
+    async fn write_one(&self, batch: Batch) -> Result<(), StoreError> {
         let Batch {
             mut rows,
             last_message,
@@ -506,6 +1009,11 @@ impl Writer {
         let mut pause = Duration::from_millis(100);
         let mut attempt = 0u32;
         while !rows.is_empty() {
+            // Never send an insert on a lease not known to be valid; if it is
+            // lost, the lease loop aborts this task.
+            while !self.gate.is_valid(Instant::now()) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             attempt += 1;
             if attempt > 1 {
                 // The previous attempt may have been written after all (a
@@ -515,9 +1023,10 @@ impl Writer {
                     self.pause_after(error, &mut pause).await?;
                     continue;
                 }
+                let source_stream = rows[0].source_stream.clone();
                 match self
                     .store
-                    .resume_point(source_stream, &self.writer_name)
+                    .resume_point(&source_stream, &self.writer_name)
                     .await
                 {
                     Ok(resume) => {
@@ -544,19 +1053,15 @@ impl Writer {
             }
             let first_seq = rows.first().map_or(0, |row| row.stream_seq);
             let count = u32::try_from(rows.len()).unwrap_or(u32::MAX);
-            let inserted_at =
-                u32::try_from(chrono::Utc::now().timestamp().max(0)).unwrap_or(u32::MAX);
+            let inserted_at = now_secs();
             for row in &mut rows {
                 row.batch_first_seq = first_seq;
                 row.batch_rows = count;
                 row.inserted_at = inserted_at;
+                row.lease_epoch = self.epoch;
             }
             let started = Instant::now();
-            match self
-                .store
-                .insert_batch_tagged(&rows, &self.insert_tag)
-                .await
-            {
+            match self.store.insert_fenced(&rows, &self.insert_tag).await {
                 Ok(()) => {
                     // Crash tests: the rows are in ClickHouse, the ack is not sent.
                     cctv_telemetry::fault_point("after_insert");
@@ -565,6 +1070,8 @@ impl Writer {
                     #[allow(clippy::cast_precision_loss)]
                     metrics::histogram!(names::BATCH_ROWS).record(rows.len() as f64);
                     metrics::counter!(names::ROWS_WRITTEN).increment(rows.len() as u64);
+                    metrics::counter!(names::EVENTS, "outcome" => "new")
+                        .increment(rows.len() as u64);
                     metrics::counter!(names::BATCHES).increment(1);
                     metrics::gauge!(names::STORE_DOWN).set(0.0);
                     self.stats.add_written(rows.len() as u64);
@@ -573,10 +1080,6 @@ impl Writer {
                 }
                 Err(error) => self.pause_after(error, &mut pause).await?,
             }
-        }
-        if let Some(last) = rows.last() {
-            self.written_through
-                .fetch_max(last.stream_seq, Ordering::SeqCst);
         }
         if let Some(message) = last_message {
             // `AckPolicy::All`: this acks every earlier delivery too. A lost
@@ -604,5 +1107,22 @@ impl Writer {
         tokio::time::sleep(*pause).await;
         *pause = (*pause * 2).min(self.retry_max_backoff);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gate_opens_until_its_deadline_and_only_moves_forward() {
+        let now = Instant::now();
+        let gate = LeaseGate::new(now + Duration::from_secs(5));
+        assert!(gate.is_valid(now));
+        assert!(!gate.is_valid(now + Duration::from_secs(5)));
+        gate.extend(now + Duration::from_secs(1));
+        assert!(gate.is_valid(now + Duration::from_secs(4)));
+        gate.extend(now + Duration::from_secs(9));
+        assert!(gate.is_valid(now + Duration::from_secs(8)));
     }
 }

@@ -14,6 +14,7 @@ struct Counters {
     rows_written: AtomicU64,
     batches: AtomicU64,
     skipped: AtomicU64,
+    duplicates: AtomicU64,
     resets: AtomicU64,
     undecodable: AtomicU64,
 }
@@ -27,6 +28,8 @@ pub struct AggregatorSnapshot {
     pub batches: u64,
     /// Messages skipped as already written.
     pub skipped: u64,
+    /// Events dropped because their id was already written.
+    pub duplicates: u64,
     /// Consumer resets.
     pub resets: u64,
     /// Undecodable event messages.
@@ -40,6 +43,9 @@ impl AggregatorStats {
     }
     pub(crate) fn add_skipped(&self, count: u64) {
         self.inner.skipped.fetch_add(count, Ordering::Relaxed);
+    }
+    pub(crate) fn add_duplicate(&self) {
+        self.inner.duplicates.fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn add_reset(&self) {
         self.inner.resets.fetch_add(1, Ordering::Relaxed);
@@ -55,6 +61,7 @@ impl AggregatorStats {
             rows_written: read(&self.inner.rows_written),
             batches: read(&self.inner.batches),
             skipped: read(&self.inner.skipped),
+            duplicates: read(&self.inner.duplicates),
             resets: read(&self.inner.resets),
             undecodable: read(&self.inner.undecodable),
         }

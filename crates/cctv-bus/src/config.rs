@@ -184,11 +184,14 @@ pub struct StreamSettings {
 pub struct StreamsConfig {
     /// Raw vendor messages, `cctv.raw.>`.
     pub raw: StreamSettings,
-    /// Canonical events, `cctv.events.>`. Its duplicate window is the dedup
-    /// horizon for event ids (default 24 h).
+    /// Canonical event batches, `cctv.events.p<k>`. Its duplicate window is
+    /// only a first filter (2 min): the aggregator's seen-set is the dedup
+    /// horizon.
     pub events: StreamSettings,
     /// Dead letters, `cctv.dlq.>`.
     pub dlq: StreamSettings,
+    /// The KV bucket of partition count, members and leases.
+    pub leases: crate::LeaseBucketSettings,
 }
 
 impl Default for StreamsConfig {
@@ -205,7 +208,7 @@ impl Default for StreamsConfig {
             events: StreamSettings {
                 name: "CCTV_EVENTS".into(),
                 max_age: hours(24 * 7),
-                duplicate_window: hours(24),
+                duplicate_window: Duration::from_secs(120),
                 max_bytes: -1,
                 replicas: 1,
             },
@@ -216,6 +219,7 @@ impl Default for StreamsConfig {
                 max_bytes: -1,
                 replicas: 1,
             },
+            leases: crate::LeaseBucketSettings::default(),
         }
     }
 }
@@ -301,10 +305,10 @@ mod tests {
     }
 
     #[test]
-    fn stream_defaults_are_valid_and_the_event_window_is_a_day() {
+    fn stream_defaults_are_valid_and_the_event_window_is_short() {
         let streams = StreamsConfig::default();
         assert!(streams.validate().is_ok());
-        assert_eq!(streams.events.duplicate_window, Duration::from_secs(86_400));
+        assert_eq!(streams.events.duplicate_window, Duration::from_secs(120));
         let bad = StreamsConfig {
             raw: StreamSettings {
                 name: "A.B".into(),

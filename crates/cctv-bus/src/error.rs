@@ -40,6 +40,9 @@ pub enum BusError {
         /// Cause.
         message: String,
     },
+    /// Shared state holds a value that cannot be used (e.g. a partition count).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl BusError {

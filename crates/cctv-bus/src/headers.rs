@@ -18,3 +18,9 @@ pub const SOURCE_SEQUENCE: &str = "Cctv-Source-Sequence";
 pub const SOURCE_MSG_ID: &str = "Cctv-Source-Msg-Id";
 /// Dead letter: when the message was rejected (RFC 3339).
 pub const REJECTED_AT: &str = "Cctv-Rejected-At";
+/// Dead letter of a batch item: its 0-based position in the gateway batch.
+pub const BATCH_ITEM: &str = "Cctv-Batch-Item";
+/// Dead letter: the format of the rejected message (for a batch item, its own).
+pub const SOURCE_FORMAT: &str = "Cctv-Source-Format";
+/// Content type of a message (`application/vnd.cctv.event-batch` on events).
+pub const CONTENT_TYPE: &str = "Content-Type";

@@ -3,13 +3,17 @@
 //! Connection settings with secrets from the environment ([`NatsConfig`]), the
 //! three streams of the contract ([`StreamsConfig`], [`ensure_streams`]),
 //! subject builders and header names ([`subjects`], [`headers`]), and batched
-//! acknowledged publishes for the hot paths ([`AckedPublisher`]). This crate
+//! acknowledged publishes for the hot paths ([`AckedPublisher`]), the event
+//! batch encoding of `CCTV_EVENTS` ([`event_batch`]) and the partition lease
+//! bucket ([`LeaseBucket`]). This crate
 //! knows nothing of ClickHouse.
 
 mod config;
 mod connect;
 mod error;
+pub mod event_batch;
 pub mod headers;
+mod leases;
 mod publish;
 mod streams;
 pub mod subjects;
@@ -17,5 +21,7 @@ pub mod subjects;
 pub use config::{NatsConfig, StreamSettings, StreamsConfig, DEFAULT_NATS_URL};
 pub use connect::{connect, connect_with_retry};
 pub use error::BusError;
+pub use event_batch::{decode_event_batch, encode_event_batch, EventBatchError, EventBatchReader, EventBatchWriter, EVENT_BATCH_CONTENT_TYPE};
+pub use leases::{lease_epoch, lease_key, member_key, parse_lease_key, LeaseBucket, LeaseBucketSettings, LeaseEntry, LeaseWriteError, LEASE_PREFIX, MEMBER_PREFIX, PARTITIONS_KEY};
 pub use publish::{AckBatch, AckedPublisher, PublishOutcome};
 pub use streams::{ensure_stream, ensure_streams, stream_identity, StreamKind};

@@ -1,8 +1,8 @@
 //! Subject layout. The raw and dead-letter prefixes are the contract's; the
-//! layout of `cctv.events.>` past its prefix is ours:
-//! `cctv.events.<shard>.<region>.<family>.<name>`, where `<shard>` is
-//! `s<N>` with `N = event id mod shards`, so several aggregators can each own a
-//! disjoint set of shards.
+//! layout of `cctv.events.>` past its prefix is ours: `cctv.events.p<k>`, one
+//! subject per partition `k = event id mod partitions`, each message an event
+//! batch ([`crate::event_batch`]). Every repeat of one offence has the same
+//! event id, so it lands in the same partition and meets the same owner.
 
 use std::fmt::Write as _;
 
@@ -46,36 +46,39 @@ pub fn raw(format: &str, gateway_id: &str) -> String {
     format!("{RAW_PREFIX}.{format}.{gateway_id}")
 }
 
-/// The shard an event id belongs to, out of `shards`.
-pub fn shard_of(event_id: &[u8; 16], shards: u16) -> u16 {
+/// Most partitions a deployment may have.
+pub const MAX_PARTITIONS: u16 = 1024;
+/// Partitions `cctvctl setup` creates when not told otherwise.
+pub const DEFAULT_PARTITIONS: u16 = 16;
+/// The `<format>` token of gateway batches (`cctv.raw.batch.<gateway_id>`).
+pub const BATCH_FORMAT: &str = "batch";
+
+/// The partition an event id belongs to, out of `partitions`.
+pub fn partition_of(event_id: &[u8; 16], partitions: u16) -> u16 {
     let value = u128::from_be_bytes(*event_id);
-    // The remainder is below `shards`, so it fits.
+    // The remainder is below `partitions`, so it fits.
     #[allow(clippy::cast_possible_truncation)]
-    let shard = (value % u128::from(shards.max(1))) as u16;
-    shard
+    let partition = (value % u128::from(partitions.max(1))) as u16;
+    partition
 }
 
-/// The subject of a canonical event. Region and offence code are sanitised
-/// so each stays within its own tokens.
-pub fn event(shard: u16, region: &str, offence_type: &str) -> String {
-    let mut subject =
-        String::with_capacity(EVENTS_PREFIX.len() + region.len() + offence_type.len() + 12);
+/// The subject of partition `partition`'s event batches.
+pub fn event_partition(partition: u16) -> String {
+    let mut subject = String::with_capacity(EVENTS_PREFIX.len() + 8);
     subject.push_str(EVENTS_PREFIX);
-    subject.push_str(".s");
+    subject.push_str(".p");
     // Writing into a String cannot fail.
-    let _ = write!(subject, "{shard}");
-    subject.push('.');
-    push_token(&mut subject, region);
-    for part in offence_type.splitn(2, '.') {
-        subject.push('.');
-        push_token(&mut subject, part);
-    }
+    let _ = write!(subject, "{partition}");
     subject
 }
 
-/// The filter subject selecting one shard of the events stream.
-pub fn event_shard_filter(shard: u16) -> String {
-    format!("{EVENTS_PREFIX}.s{shard}.>")
+/// The partition of an event subject `cctv.events.p<k>`.
+pub fn parse_event_partition(subject: &str) -> Option<u16> {
+    let digits = subject.strip_prefix(EVENTS_PREFIX)?.strip_prefix(".p")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// The dead-letter subject for a rejected message.
@@ -132,13 +135,12 @@ mod tests {
     }
 
     #[test]
-    fn event_subjects_keep_region_and_code_in_their_tokens() {
-        assert_eq!(
-            event(3, "KZ-75", "traffic.speeding"),
-            "cctv.events.s3.KZ-75.traffic.speeding"
-        );
-        assert_eq!(event(0, "unknown", "a.b.c"), "cctv.events.s0.unknown.a.b_c");
-        assert_eq!(event(0, "x y>", "nodot"), "cctv.events.s0.x_y_.nodot");
+    fn event_subjects_name_their_partition() {
+        assert_eq!(event_partition(3), "cctv.events.p3");
+        assert_eq!(parse_event_partition("cctv.events.p3"), Some(3));
+        assert_eq!(parse_event_partition("cctv.events.p"), None);
+        assert_eq!(parse_event_partition("cctv.events.p3.x"), None);
+        assert_eq!(parse_event_partition("cctv.raw.p3"), None);
         assert_eq!(
             dlq("canonical", "missing_field"),
             "cctv.dlq.canonical.missing_field"
@@ -147,14 +149,14 @@ mod tests {
     }
 
     #[test]
-    fn shards_spread_and_stay_in_range() {
+    fn partitions_spread_and_stay_in_range() {
         let mut seen = [0u32; 4];
         for i in 0u128..400 {
-            let shard = shard_of(&(i * 7_919).to_be_bytes(), 4);
-            seen[usize::from(shard)] += 1;
+            let partition = partition_of(&(i * 7_919).to_be_bytes(), 4);
+            seen[usize::from(partition)] += 1;
         }
         assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
-        assert_eq!(shard_of(&[0xff; 16], 1), 0);
-        assert_eq!(shard_of(&[0xff; 16], 0), 0);
+        assert_eq!(partition_of(&[0xff; 16], 1), 0);
+        assert_eq!(partition_of(&[0xff; 16], 0), 0);
     }
 }

@@ -10,6 +10,7 @@ mod audit;
 mod config;
 mod error;
 mod migrations;
+mod partitions;
 mod queries;
 mod row;
 mod store;

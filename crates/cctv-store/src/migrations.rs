@@ -17,6 +17,10 @@ pub struct Migration {
     pub statements: &'static [&'static str],
 }
 
+/// A statement of this form adds a column unless it exists (18.16 has no
+/// `ADD COLUMN IF NOT EXISTS`): `ADD COLUMN IF NOT EXISTS <table> <column> <type>`.
+pub(crate) const ADD_COLUMN: &str = "ADD COLUMN IF NOT EXISTS ";
+
 /// Every migration, oldest first.
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -66,6 +70,30 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         FROM {db}.offence_events
         GROUP BY day, region, offence_type",
     ],
+}, Migration {
+    version: 2,
+    name: "partition leases: lease_epoch, partition_fences, fenced inserts",
+    statements: &[
+        "ADD COLUMN IF NOT EXISTS offence_events lease_epoch UInt64",
+        // One row per lease taken: a new owner writes its epoch here before
+        // it reads anything, and from then on only rows of the newest epoch
+        // of their writer (partition) pass into offence_events.
+        "CREATE TABLE IF NOT EXISTS {db}.partition_fences (
+            writer String,
+            lease_epoch UInt64,
+            owner String,
+            fenced_at DateTime
+        ) ENGINE = MergeTree()
+        ORDER BY (writer, lease_epoch)",
+        // The aggregators insert here; the table keeps nothing.
+        "CREATE TABLE IF NOT EXISTS {db}.offence_events_incoming AS {db}.offence_events ENGINE = Null",
+        // The fence: evaluated for every inserted block when the server
+        // writes it, so a stale owner's insert (an older epoch) writes nothing.
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.offence_events_fenced TO {db}.offence_events
+        AS SELECT * FROM {db}.offence_events_incoming
+        WHERE (writer, lease_epoch) IN
+            (SELECT writer, max(lease_epoch) FROM {db}.partition_fences GROUP BY writer)",
+    ],
 }];
 
 /// Newest version this build knows.
@@ -91,6 +119,9 @@ mod tests {
         for migration in MIGRATIONS {
             for statement in migration.statements {
                 assert!(statement.contains("IF NOT EXISTS"), "{statement}");
+                if let Some(spec) = statement.strip_prefix(ADD_COLUMN) {
+                    assert_eq!(spec.split_whitespace().count(), 3, "{statement}");
+                }
             }
         }
     }

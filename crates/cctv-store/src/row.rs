@@ -84,6 +84,9 @@ pub struct EventRow {
     pub batch_first_seq: u64,
     /// Rows in the batch.
     pub batch_rows: u32,
+    /// Epoch of the writer's partition lease (migration 2): rows of an epoch
+    /// older than the partition's newest fence are dropped by ClickHouse.
+    pub lease_epoch: u64,
 }
 
 /// Seconds since the epoch as stored in a `DateTime` column (clamped to its range).
@@ -134,6 +137,7 @@ impl EventRow {
             stream_seq: position.stream_seq,
             batch_first_seq: position.batch_first_seq,
             batch_rows: position.batch_rows,
+            lease_epoch: 0,
         }
     }
 }

@@ -7,7 +7,7 @@ use clickhouse::sql::Identifier;
 use clickhouse::Client;
 use serde::Deserialize;
 
-use crate::migrations::{latest_version, MIGRATIONS};
+use crate::migrations::{latest_version, ADD_COLUMN, MIGRATIONS};
 use crate::{ClickHouseConfig, EventRow, StoreError};
 
 /// Where a writer resumes after a restart, read from the rows themselves.
@@ -119,7 +119,10 @@ impl Store {
         }
         for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
             for statement in migration.statements {
-                self.run_templated(statement).await?;
+                match statement.strip_prefix(ADD_COLUMN) {
+                    Some(spec) => self.add_column(spec).await?,
+                    None => self.run_templated(statement).await?,
+                }
             }
             self.client
                 .query("INSERT INTO ?.schema_migrations (version, name, applied_at) VALUES (?, ?, now())")
@@ -164,6 +167,38 @@ impl Store {
             "database schema is at version {version}, this build needs {}; run `cctvctl setup`",
             latest_version()
         )))
+    }
+
+    /// `<table> <column> <type>`: adds the column unless the table has it.
+    /// The type comes from our own migration list, never from data.
+    async fn add_column(&self, spec: &str) -> Result<(), StoreError> {
+        let mut parts = spec.split_whitespace();
+        let (Some(table), Some(column), Some(column_type)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(StoreError::Settings(format!("bad migration step {spec:?}")));
+        };
+        let present = self
+            .server_client
+            .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+            .bind(self.config.database.as_str())
+            .bind(table)
+            .bind(column)
+            .fetch_one::<u64>()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("migration: look up column", e))?;
+        if present > 0 {
+            return Ok(());
+        }
+        let sql = format!("ALTER TABLE ?.? ADD COLUMN ? {column_type}");
+        self.client
+            .query(&sql)
+            .bind(Identifier(&self.config.database))
+            .bind(Identifier(table))
+            .bind(Identifier(column))
+            .execute()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("migration: add column", e))
     }
 
     /// Runs a migration statement, binding `{db}` and `{tz}` in order.
@@ -226,13 +261,23 @@ impl Store {
         rows: &[EventRow],
         tag: &str,
     ) -> Result<(), StoreError> {
+        self.insert_into("offence_events", rows, tag).await
+    }
+
+    /// One INSERT of `rows` into `table`, `query_id` = `tag` + random suffix.
+    pub(crate) async fn insert_into(
+        &self,
+        table: &str,
+        rows: &[EventRow],
+        tag: &str,
+    ) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
         let query_id = format!("{tag}{}", uuid::Uuid::new_v4());
         let mut insert = self
             .client
-            .insert::<EventRow>("offence_events")
+            .insert::<EventRow>(table)
             .await
             .map_err(|e| StoreError::from_clickhouse("insert", e))?
             .with_setting("query_id", query_id)

@@ -1,0 +1,113 @@
+//! The seen-set of one partition: every event id written within the dedup
+//! horizon, with its insert time (UTC seconds), so that a repeat of an
+//! offence (a redelivery, a republish, a vendor repeat hours later) is
+//! recognised however it arrives. Rebuilt from ClickHouse, the source of
+//! truth, at every session start; expired ids are pruned as time passes.
+
+use std::collections::HashMap;
+
+/// Ids written within the horizon.
+#[derive(Debug, Default)]
+pub(crate) struct SeenSet {
+    ids: HashMap<[u8; 16], u32>,
+    horizon_secs: u32,
+    /// Insert time of the oldest id possibly still held.
+    oldest: u32,
+}
+
+impl SeenSet {
+    /// An empty set keeping ids for `horizon_secs`.
+    pub(crate) fn new(horizon_secs: u32) -> Self {
+        Self {
+            ids: HashMap::new(),
+            horizon_secs,
+            oldest: u32::MAX,
+        }
+    }
+
+    /// Records an id written at `at` (UTC seconds); false when it was known.
+    pub(crate) fn insert(&mut self, id: [u8; 16], at: u32) -> bool {
+        self.oldest = self.oldest.min(at);
+        self.ids.insert(id, at).is_none()
+    }
+
+    /// Whether `id` is held.
+    #[cfg(test)]
+    pub(crate) fn contains(&self, id: &[u8; 16]) -> bool {
+        self.ids.contains_key(id)
+    }
+
+    /// Forgets `id`.
+    #[cfg(test)]
+    pub(crate) fn remove(&mut self, id: &[u8; 16]) {
+        self.ids.remove(id);
+    }
+
+    /// Drops ids written before `now - horizon`. Cheap when nothing expired.
+    pub(crate) fn prune(&mut self, now: u32) {
+        let cutoff = now.saturating_sub(self.horizon_secs);
+        if self.oldest >= cutoff {
+            return;
+        }
+        self.ids.retain(|_, at| *at >= cutoff);
+        self.oldest = self.ids.values().copied().min().unwrap_or(u32::MAX);
+        if self.ids.capacity() > self.ids.len() * 4 + 1024 {
+            self.ids.shrink_to_fit();
+        }
+    }
+
+    /// The first second still inside the horizon at `now`.
+    pub(crate) fn cutoff(&self, now: u32) -> u32 {
+        now.saturating_sub(self.horizon_secs)
+    }
+
+    /// Ids held.
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether no id is held.
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Heap bytes held: the table's buckets (key, value, one control byte).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.ids.capacity() * (16 + 4 + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> [u8; 16] {
+        [n; 16]
+    }
+
+    #[test]
+    fn repeats_are_recognised() {
+        let mut seen = SeenSet::new(100);
+        assert!(seen.insert(id(1), 1_000));
+        assert!(!seen.insert(id(1), 1_050));
+        assert!(seen.contains(&id(1)));
+        assert!(!seen.contains(&id(2)));
+        seen.remove(&id(1));
+        assert!(seen.is_empty());
+    }
+
+    #[test]
+    fn ids_older_than_the_horizon_are_pruned() {
+        let mut seen = SeenSet::new(100);
+        seen.insert(id(1), 1_000);
+        seen.insert(id(2), 1_090);
+        seen.prune(1_100);
+        assert_eq!(seen.len(), 2);
+        seen.prune(1_101);
+        assert!(!seen.contains(&id(1)));
+        assert!(seen.contains(&id(2)));
+        assert_eq!(seen.cutoff(1_101), 1_001);
+        assert!(seen.heap_bytes() >= 21);
+    }
+}

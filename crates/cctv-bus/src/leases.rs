@@ -1,0 +1,294 @@
+//! The lease bucket: a NATS KV bucket (`CCTV_LEASES`) holding the partition
+//! count chosen at setup, one `member.<instance>` key per live aggregator
+//! (rewritten as a heartbeat) and one `lease.p<k>` key per owned partition.
+//!
+//! Every write is a compare-and-set on the key's revision, so of two
+//! instances racing for one partition exactly one wins. Revisions only grow
+//! (they are the bucket stream's sequences), which makes the revision a
+//! lease was taken at a fencing token: the lease's epoch.
+//!
+//! Expiry is judged by the observer with its own monotonic clock: a key whose
+//! revision has not changed for a whole TTL since the observer first saw that
+//! revision is expired. No clocks of two machines are ever compared.
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use serde::Deserialize;
+
+use crate::subjects::{DEFAULT_PARTITIONS, MAX_PARTITIONS};
+use crate::BusError;
+
+/// Key holding the partition count.
+pub const PARTITIONS_KEY: &str = "config.partitions";
+/// Prefix of lease keys.
+pub const LEASE_PREFIX: &str = "lease.p";
+/// Prefix of member keys.
+pub const MEMBER_PREFIX: &str = "member.";
+
+/// Settings of the lease bucket.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaseBucketSettings {
+    /// Bucket name.
+    pub name: String,
+    /// Replicas (3 on a cluster).
+    pub replicas: usize,
+}
+
+impl Default for LeaseBucketSettings {
+    fn default() -> Self {
+        Self {
+            name: "CCTV_LEASES".into(),
+            replicas: 1,
+        }
+    }
+}
+
+/// The key of partition `partition`'s lease.
+pub fn lease_key(partition: u16) -> String {
+    format!("{LEASE_PREFIX}{partition}")
+}
+
+/// The partition of a lease key.
+pub fn parse_lease_key(key: &str) -> Option<u16> {
+    key.strip_prefix(LEASE_PREFIX)?.parse().ok()
+}
+
+/// The key of a member.
+pub fn member_key(instance: &str) -> String {
+    format!("{MEMBER_PREFIX}{instance}")
+}
+
+/// A fencing token from a lease's revision and the server's time of that
+/// write: strictly larger for every later acquisition, also across a bucket
+/// deleted and created again (its revisions restart, its clock does not).
+pub fn lease_epoch(created: DateTime<Utc>, revision: u64) -> u64 {
+    let seconds = u64::try_from(created.timestamp().max(0)).unwrap_or(0);
+    (seconds << 20) | (revision & 0xF_FFFF)
+}
+
+/// One key of the bucket as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseEntry {
+    /// The key.
+    pub key: String,
+    /// Its revision.
+    pub revision: u64,
+    /// The server's time of that revision.
+    pub created: DateTime<Utc>,
+    /// The value (a lease's or member's owner id).
+    pub value: Bytes,
+}
+
+/// Why a compare-and-set write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseWriteError {
+    /// Someone else wrote the key first: the caller lost the race.
+    #[error("the key changed since it was read")]
+    Conflict,
+    /// The write failed (server away, timeout): the outcome is unknown.
+    #[error("lease write failed: {0}")]
+    Failed(String),
+}
+
+/// The lease bucket of one deployment.
+#[derive(Debug, Clone)]
+pub struct LeaseBucket {
+    kv: kv::Store,
+}
+
+impl LeaseBucket {
+    /// Opens the bucket, creating it when missing.
+    pub async fn open(
+        js: &jetstream::Context,
+        settings: &LeaseBucketSettings,
+    ) -> Result<LeaseBucket, BusError> {
+        match js.get_key_value(&settings.name).await {
+            Ok(kv) => Ok(LeaseBucket { kv }),
+            Err(_) => {
+                let created = js
+                    .create_key_value(kv::Config {
+                        bucket: settings.name.clone(),
+                        description: "cctv: partition count, members and partition leases".into(),
+                        history: 1,
+                        storage: jetstream::stream::StorageType::File,
+                        num_replicas: settings.replicas,
+                        ..Default::default()
+                    })
+                    .await;
+                match created {
+                    Ok(kv) => Ok(LeaseBucket { kv }),
+                    // Another instance created it meanwhile.
+                    Err(error) => js
+                        .get_key_value(&settings.name)
+                        .await
+                        .map(|kv| LeaseBucket { kv })
+                        .map_err(|_| BusError::jetstream("create lease bucket", error)),
+                }
+            }
+        }
+    }
+
+    /// The partition count, if set.
+    pub async fn partitions(&self) -> Result<Option<u16>, BusError> {
+        let Some(value) = self
+            .kv
+            .get(PARTITIONS_KEY)
+            .await
+            .map_err(|e| BusError::jetstream("read partition count", e))?
+        else {
+            return Ok(None);
+        };
+        let text = std::str::from_utf8(&value).unwrap_or("");
+        match text.trim().parse::<u16>() {
+            Ok(count) if (1..=MAX_PARTITIONS).contains(&count) => Ok(Some(count)),
+            _ => Err(BusError::Invalid(format!(
+                "{PARTITIONS_KEY} holds {text:?}, not a partition count 1..={MAX_PARTITIONS}"
+            ))),
+        }
+    }
+
+    /// Sets the partition count once. Setting it again to another value is
+    /// refused: every event already published was routed by the old count.
+    pub async fn set_partitions(&self, count: u16) -> Result<u16, BusError> {
+        if !(1..=MAX_PARTITIONS).contains(&count) {
+            return Err(BusError::Invalid(format!(
+                "partitions must be 1..={MAX_PARTITIONS}, not {count}"
+            )));
+        }
+        match self
+            .kv
+            .create(PARTITIONS_KEY, Bytes::from(count.to_string()))
+            .await
+        {
+            Ok(_) => Ok(count),
+            Err(error) => match self.partitions().await? {
+                Some(existing) if existing == count => Ok(count),
+                Some(existing) => Err(BusError::Invalid(format!(
+                    "the deployment has {existing} partitions; they cannot change to {count} \
+                     (events already published are routed by {existing})"
+                ))),
+                None => Err(BusError::jetstream("write partition count", error)),
+            },
+        }
+    }
+
+    /// The partition count, set to [`DEFAULT_PARTITIONS`] when nobody chose one.
+    pub async fn partitions_or_init(&self) -> Result<u16, BusError> {
+        match self.partitions().await? {
+            Some(count) => Ok(count),
+            None => self.set_partitions(DEFAULT_PARTITIONS).await,
+        }
+    }
+
+    /// Every live key with `prefix`, with revision and value.
+    pub async fn entries(&self, prefix: &str) -> Result<Vec<LeaseEntry>, BusError> {
+        let keys: Vec<String> = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| BusError::jetstream("list lease keys", e))?
+            .try_collect()
+            .await
+            .map_err(|e| BusError::jetstream("list lease keys", e))?;
+        let mut entries = Vec::new();
+        for key in keys.into_iter().filter(|key| key.starts_with(prefix)) {
+            let entry = self
+                .kv
+                .entry(key.as_str())
+                .await
+                .map_err(|e| BusError::jetstream("read lease key", e))?;
+            if let Some(entry) = entry {
+                if entry.operation == kv::Operation::Put {
+                    entries.push(LeaseEntry {
+                        key,
+                        revision: entry.revision,
+                        created: entry.created,
+                        value: entry.value,
+                    });
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Writes `key` if it does not exist (or was deleted); returns the revision.
+    pub async fn create(&self, key: &str, value: &str) -> Result<u64, LeaseWriteError> {
+        match self.kv.create(key, Bytes::from(value.to_string())).await {
+            Ok(revision) => Ok(revision),
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
+                Err(LeaseWriteError::Conflict)
+            }
+            Err(error) => Err(LeaseWriteError::Failed(error.to_string())),
+        }
+    }
+
+    /// Writes `key` if its revision is still `revision`; returns the new one.
+    pub async fn update(
+        &self,
+        key: &str,
+        value: &str,
+        revision: u64,
+    ) -> Result<u64, LeaseWriteError> {
+        match self
+            .kv
+            .update(key, Bytes::from(value.to_string()), revision)
+            .await
+        {
+            Ok(revision) => Ok(revision),
+            Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                Err(LeaseWriteError::Conflict)
+            }
+            Err(error) => Err(LeaseWriteError::Failed(error.to_string())),
+        }
+    }
+
+    /// Deletes `key` if its revision is still `revision`.
+    pub async fn delete(&self, key: &str, revision: u64) -> Result<(), LeaseWriteError> {
+        self.kv
+            .delete_expect_revision(key, Some(revision))
+            .await
+            .map_err(|e| LeaseWriteError::Failed(e.to_string()))
+    }
+
+    /// The server time of a fresh write, read back (for the first epoch).
+    pub async fn entry(&self, key: &str) -> Result<Option<LeaseEntry>, BusError> {
+        let entry = self
+            .kv
+            .entry(key)
+            .await
+            .map_err(|e| BusError::jetstream("read lease key", e))?;
+        Ok(entry
+            .filter(|entry| entry.operation == kv::Operation::Put)
+            .map(|entry| LeaseEntry {
+                key: key.to_string(),
+                revision: entry.revision,
+                created: entry.created,
+                value: entry.value,
+            }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        assert_eq!(lease_key(7), "lease.p7");
+        assert_eq!(parse_lease_key("lease.p7"), Some(7));
+        assert_eq!(parse_lease_key("lease.px"), None);
+        assert_eq!(member_key("a-1"), "member.a-1");
+    }
+
+    #[test]
+    fn epochs_grow_with_revision_and_with_time() {
+        let t = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
+        let later = DateTime::from_timestamp(1_800_000_001, 0).expect("time");
+        assert!(lease_epoch(t, 5) > lease_epoch(t, 4));
+        // A recreated bucket (revision 1 again) a second later is still newer.
+        assert!(lease_epoch(later, 1) > lease_epoch(t, 900_000));
+    }
+}

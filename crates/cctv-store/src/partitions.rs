@@ -1,0 +1,136 @@
+//! What a partition owner needs from ClickHouse: its fence, its fenced
+//! inserts and the event ids it wrote within the dedup horizon.
+//!
+//! The fence: `offence_events_incoming` keeps nothing; a materialized view
+//! moves each inserted block into `offence_events` only if its rows carry
+//! the newest `lease_epoch` fenced for their writer (partition). A new owner
+//! first writes its epoch to `partition_fences`, then waits until no insert
+//! of that writer is still running ([`Store::inserts_in_flight`]); from then
+//! on a stale owner's insert writes nothing, and everything it wrote before
+//! is visible to the new owner's rebuild.
+
+use clickhouse::sql::Identifier;
+use serde::{Deserialize, Serialize};
+
+use crate::{EventRow, Store, StoreError};
+
+/// The table the fenced inserts go to.
+const INCOMING: &str = "offence_events_incoming";
+
+#[derive(Debug, clickhouse::Row, Serialize)]
+struct FenceRow<'a> {
+    writer: &'a str,
+    lease_epoch: u64,
+    owner: &'a str,
+    fenced_at: u32,
+}
+
+impl Store {
+    /// Records `epoch` as the newest lease of `writer`: from now on only rows
+    /// of this epoch (or a newer one) are written for it.
+    pub async fn fence(&self, writer: &str, epoch: u64, owner: &str) -> Result<(), StoreError> {
+        let mut insert = self
+            .client()
+            .insert::<FenceRow<'_>>("partition_fences")
+            .await
+            .map_err(|e| StoreError::from_clickhouse("fence", e))?;
+        let fenced_at = u32::try_from(chrono::Utc::now().timestamp().max(0)).unwrap_or(u32::MAX);
+        insert
+            .write(&FenceRow {
+                writer,
+                lease_epoch: epoch,
+                owner,
+                fenced_at,
+            })
+            .await
+            .map_err(|e| StoreError::from_clickhouse("fence", e))?;
+        insert
+            .end()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("fence", e))
+    }
+
+    /// The newest epoch fenced for `writer` (0 when none).
+    pub async fn newest_fence(&self, writer: &str) -> Result<u64, StoreError> {
+        self.client()
+            .query("SELECT max(lease_epoch) FROM ?.partition_fences WHERE writer = ?")
+            .bind(Identifier(&self.config().database))
+            .bind(writer)
+            .fetch_one::<u64>()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("read fence", e))
+    }
+
+    /// Inserts one batch through the fence, as one INSERT with a `query_id`
+    /// of `tag` plus a random suffix (see [`Store::inserts_in_flight`]).
+    /// Rows whose `lease_epoch` is not their writer's newest are dropped by
+    /// the server: success does not mean the rows were written.
+    pub async fn insert_fenced(&self, rows: &[EventRow], tag: &str) -> Result<(), StoreError> {
+        self.insert_into(INCOMING, rows, tag).await
+    }
+
+    /// Event ids `writer` wrote with an insert time at or after `since`
+    /// (UTC seconds), streamed to `visit`.
+    pub async fn for_each_written_id(
+        &self,
+        writer: &str,
+        since: u32,
+        mut visit: impl FnMut([u8; 16], u32),
+    ) -> Result<u64, StoreError> {
+        #[derive(Debug, clickhouse::Row, Deserialize)]
+        struct Written {
+            #[serde(with = "clickhouse::serde::uuid")]
+            event_id: uuid::Uuid,
+            inserted_at: u32,
+        }
+        let mut cursor = self
+            .client()
+            .query(
+                "SELECT event_id, toUInt32(inserted_at) AS inserted_at FROM ?.offence_events \
+                 WHERE writer = ? AND inserted_at >= toDateTime(?)",
+            )
+            .bind(Identifier(&self.config().database))
+            .bind(writer)
+            .bind(since)
+            .fetch::<Written>()
+            .map_err(|e| StoreError::from_clickhouse("read written ids", e))?;
+        let mut count = 0;
+        while let Some(row) = cursor
+            .next()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("read written ids", e))?
+        {
+            visit(*row.event_id.as_bytes(), row.inserted_at);
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Every event id in `offence_events` with its copy count, streamed (for
+    /// the audit).
+    pub async fn for_each_stored_id(
+        &self,
+        mut visit: impl FnMut([u8; 16], u64),
+    ) -> Result<(), StoreError> {
+        #[derive(Debug, clickhouse::Row, Deserialize)]
+        struct Stored {
+            #[serde(with = "clickhouse::serde::uuid")]
+            event_id: uuid::Uuid,
+            copies: u64,
+        }
+        let mut cursor = self
+            .client()
+            .query("SELECT event_id, toUInt64(count()) AS copies FROM ?.offence_events GROUP BY event_id")
+            .bind(Identifier(&self.config().database))
+            .fetch::<Stored>()
+            .map_err(|e| StoreError::from_clickhouse("read stored ids", e))?;
+        while let Some(row) = cursor
+            .next()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("read stored ids", e))?
+        {
+            visit(*row.event_id.as_bytes(), row.copies);
+        }
+        Ok(())
+    }
+}
