@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Installs the servers the local stack and the integration tests need, when missing:
-# nats-server, clickhouse-server and clickhouse-client, from the OS packages (apt).
+# the pinned nats-server (scripts/install-nats.sh, into .local/tools/; not Debian's
+# 2.9.10, which is older than the supported 2.10), then clickhouse-server and
+# clickhouse-client from the OS packages (apt).
 #
 # - Idempotent and quiet when everything is already there.
 # - Uses sudo when not run as root.
 # - Runs `apt-get update` once, only when the first install attempt fails.
 # - Skips ClickHouse when CCTV_CLICKHOUSE_URL names a server other than the local
 #   stack's own (http://127.0.0.1:18123): that server is used instead (see stack.sh).
-# - Keeps the packages from starting their system-wide daemons (NATS on 4222,
-#   ClickHouse on 8123/9000): the stack and the tests run their own servers from their
-#   own configs, and the machine may already run a NATS of its own on 4222.
+# - Keeps the packages from starting their system-wide daemons (ClickHouse on
+#   8123/9000): the stack and the tests run their own servers from their own configs,
+#   and the machine may already run a NATS of its own on 4222.
 #
 # Extra packages to install along (e.g. curl) may be given as arguments.
 set -euo pipefail
 
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly ROOT
 readonly OWN_CLICKHOUSE_URL="http://127.0.0.1:18123"
 
 log() { printf 'install-servers: %s\n' "$*"; }
@@ -35,8 +39,10 @@ clickhouse_is_external() {
     esac
 }
 
+# nats-server comes from the project's own installer (quiet when installed).
+"$ROOT/scripts/install-nats.sh" || die "could not install nats-server (scripts/install-nats.sh)"
+
 missing=()
-have_binary nats-server || missing+=(nats-server)
 if ! clickhouse_is_external; then
     have_binary clickhouse-server || missing+=(clickhouse-server)
     have_binary clickhouse-client || missing+=(clickhouse-client)

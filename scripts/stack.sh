@@ -34,6 +34,9 @@
 #                        runs deploy/nats/auth.conf: `up` generates one random password
 #                        per user into .local/secrets.env (mode 600, kept across runs)
 #                        and hands each binary only its own user and password.
+#   CCTV_NATS_SERVER_BIN nats-server binary for the stack's own NATS (default: the
+#                        pinned one of scripts/versions.env, which scripts/install-nats.sh
+#                        installs into .local/tools/).
 #   CCTV_SKIP_BUILD=1    do not run `cargo build --release --bins` in `up`.
 #   CARGO_TARGET_DIR     where the release binaries are looked for (default target/).
 set -euo pipefail
@@ -202,6 +205,17 @@ http_ok() {
     curl -fsS --max-time 2 -o /dev/null "$1" 2>/dev/null
 }
 
+# Prints the nats-server to run: CCTV_NATS_SERVER_BIN when set, else the pinned one
+# of scripts/versions.env, installed by scripts/install-nats.sh when missing.
+nats_server_binary() {
+    if [ -n "${CCTV_NATS_SERVER_BIN:-}" ]; then
+        [ -x "$CCTV_NATS_SERVER_BIN" ] || die "CCTV_NATS_SERVER_BIN=$CCTV_NATS_SERVER_BIN is not an executable file"
+        printf '%s\n' "$CCTV_NATS_SERVER_BIN"
+        return 0
+    fi
+    "$ROOT/scripts/install-nats.sh" --print-path || die "could not install nats-server; run scripts/install-nats.sh"
+}
+
 find_server_binary() {
     local name="$1" dir
     if command -v "$name" >/dev/null 2>&1; then
@@ -296,7 +310,7 @@ start_nats() {
         die "port $NATS_PORT or $NATS_MONITOR_PORT is taken by a process the stack did not start; stop it or set CCTV_NATS_URL to use it"
     fi
     local binary
-    binary="$(find_server_binary nats-server)" || die "nats-server not found; run scripts/install-servers.sh"
+    binary="$(nats_server_binary)"
     mkdir -p "$NATS_STORE_DIR"
     say "nats: starting on 127.0.0.1:$NATS_PORT (monitoring $NATS_MONITOR_PORT)"
     # nats-server writes its own log with -l; the redirected output only catches

@@ -589,7 +589,11 @@ fn machine_description() -> String {
         "- CPU: {model}, {cores} cores available\n- memory: {memory}\n- kernel: {}\n\
          - nats-server: {}\n- clickhouse-server: {}\n- rustc: {}\n- commit: {}\n- date: {}\n",
         command_output("uname", &["-r"]),
-        command_output("nats-server", &["--version"]),
+        // The nats-server the testkit runs (the pinned release), not the one on PATH.
+        cctv_testkit::nats_server_binary().map_or_else(
+            |error| format!("unavailable ({error})"),
+            |binary| command_output(&binary.to_string_lossy(), &["--version"]),
+        ),
         command_output("dpkg-query", &["-W", "-f=${Version}", "clickhouse-server"]),
         command_output("rustc", &["--version"]),
         command_output("git", &["rev-parse", "--short", "HEAD"]),

@@ -25,6 +25,7 @@ pub(crate) fn find_binary(binary_name: &str, env_override: &str) -> Result<PathB
         }
         return Err(TestkitError::BinaryNotFound {
             name: path.display().to_string(),
+            hint: String::new(),
         });
     }
     let path_dirs = std::env::var_os("PATH")
@@ -38,6 +39,7 @@ pub(crate) fn find_binary(binary_name: &str, env_override: &str) -> Result<PathB
         .find(|candidate| candidate.is_file())
         .ok_or_else(|| TestkitError::BinaryNotFound {
             name: binary_name.to_owned(),
+            hint: String::new(),
         })
 }
 

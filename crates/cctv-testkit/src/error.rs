@@ -6,11 +6,33 @@ pub enum TestkitError {
     /// The server binary was found neither via its env override, `PATH`, `/usr/sbin`
     /// nor `/usr/bin`.
     #[error(
-        "server binary `{name}` not found (looked at its env override, PATH, /usr/sbin, /usr/bin)"
+        "server binary `{name}` not found (looked at its env override, PATH, /usr/sbin, /usr/bin){hint}"
     )]
     BinaryNotFound {
         /// Binary name or the path given in the env override.
         name: String,
+        /// Where else was looked and how to install it (empty, or starting with `; `).
+        hint: String,
+    },
+    /// The server binary is older than the oldest release the project supports.
+    #[error("{binary} is nats-server {found}, older than the supported minimum {minimum}; {hint}")]
+    TooOld {
+        /// The binary that was run.
+        binary: String,
+        /// The version it reported, e.g. "2.9.10".
+        found: String,
+        /// The oldest supported version, e.g. "2.10.0".
+        minimum: String,
+        /// How to install a supported release (`scripts/install-nats.sh`).
+        hint: String,
+    },
+    /// The server binary's `--version` output did not name a version.
+    #[error("{binary} --version did not report a nats-server version: {output}")]
+    UnknownVersion {
+        /// The binary that was run.
+        binary: String,
+        /// What it printed (stdout and stderr).
+        output: String,
     },
     /// An operating-system level operation failed.
     #[error("failed to {what}")]

@@ -14,6 +14,10 @@
 //! - `names`: [`unique_name`] for databases and streams.
 //! - `process`: spawning, log capture, stopping and the watchdog.
 //! - `http`: a minimal HTTP/1.0 client over `std::net::TcpStream`.
+//! - `nats_binary`: which nats-server runs ([`nats_server_binary`]: the
+//!   `CCTV_NATS_SERVER_BIN` override, the release pinned in `scripts/versions.env`
+//!   and installed by `scripts/install-nats.sh`, else `PATH`), refusing releases
+//!   older than 2.10.
 //! - `nats`: [`NatsServer`].
 //! - `clickhouse`: [`ClickHouseServer`] and [`shared_clickhouse`].
 //!
@@ -26,6 +30,7 @@ mod error;
 mod http;
 mod names;
 mod nats;
+mod nats_binary;
 mod ports;
 mod process;
 mod wait;
@@ -36,6 +41,7 @@ pub use crate::{
     error::TestkitError,
     names::unique_name,
     nats::NatsServer,
+    nats_binary::{nats_server_binary, nats_server_version, pinned_nats_version},
     ports::free_port,
     wait::wait_until,
 };

@@ -4,22 +4,25 @@ use std::{
     ffi::OsString,
     io::{BufRead, BufReader},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
 use crate::{
-    environment::find_binary,
+    nats_binary::nats_server_binary,
     ports::{free_port, wait_until_port_free},
     process::{create_dir, create_temp_dir, write_file, ProcessSpec, ServerProcess},
     TestkitError,
 };
 
-/// Binary name looked up in `PATH`, `/usr/sbin` and `/usr/bin`.
+/// Server name used in errors.
 const NATS_BINARY: &str = "nats-server";
 
-/// Env var that overrides the binary path.
-const NATS_BINARY_ENV: &str = "CCTV_NATS_SERVER_BIN";
+/// The binary [`nats_server_binary`] resolved first, so that each start does not
+/// run `nats-server --version` again. A failed resolution is not kept: the next
+/// start tries (and reports) again.
+static RESOLVED_BINARY: OnceLock<PathBuf> = OnceLock::new();
 
 /// How long start-up may take before [`TestkitError::NotReady`].
 const NATS_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,7 +65,7 @@ impl NatsServer {
         extra_config: &str,
         env: &[(&str, &str)],
     ) -> Result<NatsServer, TestkitError> {
-        let binary = find_binary(NATS_BINARY, NATS_BINARY_ENV)?;
+        let binary = resolved_binary()?;
         let envs: Vec<(OsString, OsString)> = env
             .iter()
             .map(|(name, value)| (OsString::from(name), OsString::from(value)))
@@ -177,6 +180,15 @@ impl NatsServer {
     }
 }
 
+/// [`nats_server_binary`], resolved once per process.
+fn resolved_binary() -> Result<PathBuf, TestkitError> {
+    if let Some(binary) = RESOLVED_BINARY.get() {
+        return Ok(binary.clone());
+    }
+    let binary = nats_server_binary()?;
+    Ok(RESOLVED_BINARY.get_or_init(|| binary).clone())
+}
+
 /// The generated config file; `extra_config` comes last so it may add blocks.
 fn nats_config(port: u16, store_dir: &Path, extra_config: &str) -> String {
     format!(
@@ -210,6 +222,7 @@ fn sends_info(port: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nats_binary::nats_server_version;
 
     #[test]
     fn config_contains_port_store_and_extra() {
@@ -254,6 +267,22 @@ mod tests {
         assert!(
             sends_info(port),
             "server restarted after kill does not answer"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn runs_the_resolved_release() -> Result<(), TestkitError> {
+        let version = nats_server_version(&nats_server_binary()?)?;
+        let server = NatsServer::start()?;
+        // nats-server logs its banner ("  Version:  2.15.1") to stderr at start-up.
+        let banner = std::fs::read_to_string(server.temp_dir().join("stderr.log"))
+            .map_err(|source| TestkitError::io("read stderr.log", source))?;
+        assert!(
+            banner
+                .lines()
+                .any(|line| line.trim_end().ends_with(&format!("Version:  {version}"))),
+            "the started server is not {version}:\n{banner}"
         );
         Ok(())
     }
