@@ -59,7 +59,11 @@ pub struct IngestSettings {
     pub max_ack_pending: i64,
     /// Number of event shards (`cctv.events.s<N>.>`). Fixed for the life of
     /// the events stream: changing it moves events between aggregators.
-    pub event_shards: u16,
+
+    /// Most events in one event batch message on `CCTV_EVENTS`.
+    pub event_batch_max_events: usize,
+    /// Most bytes of event JSON in one event batch message.
+    pub event_batch_max_bytes: usize,
     /// Time allowed to finish in-flight batches after a shutdown request.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -74,7 +78,8 @@ impl Default for IngestSettings {
             max_batch_bytes: 16 * 1024 * 1024,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 20_000,
-            event_shards: 1,
+            event_batch_max_events: 2_000,
+            event_batch_max_bytes: 512 * 1024,
             shutdown_grace: Duration::from_secs(20),
         }
     }
@@ -276,10 +281,11 @@ impl IngestConfig {
         }
         if settings.batch_size == 0
             || settings.max_in_flight_batches == 0
-            || settings.event_shards == 0
+            || settings.event_batch_max_events == 0
+            || settings.event_batch_max_bytes < 4096
         {
             return Err(IngestError::Config(
-                "ingest.batch_size, max_in_flight_batches and event_shards must be at least 1"
+                "ingest.batch_size, max_in_flight_batches and event_batch_max_events must be at least 1, event_batch_max_bytes at least 4096"
                     .into(),
             ));
         }

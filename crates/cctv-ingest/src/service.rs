@@ -6,9 +6,16 @@
 //! - a raw message is acked only after JetStream acknowledged each event and
 //!   dead letter it produced, so a crash at any instant leads to a
 //!   redelivery, never a loss;
-//! - a redelivered raw message yields the same event ids, and the events
-//!   stream drops repeated `Nats-Msg-Id`s within its duplicate window (the
-//!   dedup horizon), so a redelivery never adds a second event.
+//! - a redelivered raw message yields the same event ids, and each event
+//!   goes to the partition of its id (`cctv.events.p<k>`), whose owner in the
+//!   aggregator drops ids it has written: a redelivery never adds a count.
+//!
+//! The events of one pull are packed per partition into event batches
+//! ([`cctv_bus::event_batch`]): one NATS message carries up to
+//! `event_batch_max_events` events, so the broker's per-message cost is paid
+//! per batch, not per offence. Gateway batches (`cctv.raw.batch.<gateway>`)
+//! are split into their items, each normalised, published, ignored or
+//! dead-lettered as if it had come alone.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -18,7 +25,10 @@ use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_nats::HeaderMap;
 use cctv_bus::{headers, subjects, PublishOutcome};
 use cctv_event::{CameraRegistry, Regions, Taxonomy};
-use cctv_normalize::{Normalizer, Outcome, RawMessage};
+use std::fmt::Write as _;
+
+use cctv_normalize::{BatchEntry, Normalizer, Outcome, RawMessage};
+use sha2::{Digest, Sha256};
 use cctv_telemetry::Health;
 use futures::StreamExt;
 use tokio::task::JoinSet;
@@ -64,13 +74,17 @@ pub async fn run(
     };
     let mut js = jetstream::new(client.clone());
     cctv_bus::ensure_streams(&js, &config.streams).await?;
+    let partitions = cctv_bus::LeaseBucket::open(&js, &config.streams.leases)
+        .await?
+        .partitions_or_init()
+        .await?;
     let mut consumer = create_consumer(&js, &config).await?;
     health.set_ok();
-    tracing::info!(consumer = %config.ingest.consumer, "ingest started");
+    tracing::info!(consumer = %config.ingest.consumer, partitions, "ingest started");
 
     let mut in_flight = JoinSet::new();
     let publisher = cctv_bus::AckedPublisher::new(client.clone()).await?;
-    let mut context = Arc::new(BatchContext::new(publisher, &normalizer, &stats, &config));
+    let mut context = Arc::new(BatchContext::new(publisher, &normalizer, &stats, &config, partitions));
     'outer: while !shutdown.is_cancelled() {
         if context.failed_batches.load(Ordering::Relaxed) >= RECONNECT_AFTER_FAILED_BATCHES {
             tracing::warn!(
@@ -99,7 +113,7 @@ pub async fn run(
                     continue;
                 }
             };
-            context = Arc::new(BatchContext::new(publisher, &normalizer, &stats, &config));
+            context = Arc::new(BatchContext::new(publisher, &normalizer, &stats, &config, partitions));
             continue;
         }
         // A pull may not deliver a message larger than its byte limit, so the
@@ -198,8 +212,8 @@ pub async fn run(
     }
     let snapshot = stats.snapshot();
     tracing::info!(
-        counted = snapshot.counted,
-        duplicate = snapshot.duplicate,
+        published = snapshot.published,
+        events = snapshot.events,
         ignored = snapshot.ignored,
         dead_lettered = snapshot.dead_lettered,
         "ingest stopped"
@@ -277,23 +291,118 @@ struct BatchContext {
     normalizer: Arc<Normalizer>,
     stats: IngestStats,
     raw_stream: String,
-    event_shards: u16,
+    /// Partitions of `CCTV_EVENTS` (fixed at setup).
+    partitions: u16,
+    max_events: usize,
+    max_bytes: usize,
     /// Batches in a row in which publishes failed and none succeeded.
     failed_batches: AtomicU32,
     /// Counter handles of the per-message metrics.
     counters: HotCounters,
 }
 
-/// What one raw message turned into, waiting for its publish acks.
-enum Pending {
-    /// Events published: their indexes in the batch's acks.
-    Events(Vec<usize>),
+/// What one vendor message (a raw message, or one item of a gateway batch)
+/// turned into.
+enum Unit {
+    /// Offences routed into event batches.
+    Published(u64),
     /// Not an offence: nothing to publish.
-    Ignored,
-    /// A dead letter published: its index in the batch's acks.
+    Ignored(&'static str),
+    /// A dead letter published: its index in the acks, and its reason.
     DeadLetter(usize, &'static str),
+}
+
+/// One raw message waiting for its publish acks.
+struct Pending {
+    /// Its vendor messages (one, or a gateway batch's items).
+    units: Vec<(FormatLabel, Unit)>,
+    /// Event batches holding its events (indexes into the sealed list).
+    batches: Vec<usize>,
     /// A publish could not even be sent: leave the message for redelivery.
-    Failed,
+    failed: bool,
+}
+
+/// An event batch ready to publish.
+struct Sealed {
+    partition: u16,
+    payload: bytes::Bytes,
+    msg_id: String,
+    /// Raw messages (indexes in the pull) with events in it.
+    members: Vec<usize>,
+}
+
+/// The open event batch of each partition.
+struct Router {
+    writers: Vec<cctv_bus::EventBatchWriter>,
+    members: Vec<Vec<usize>>,
+    hashers: Vec<Sha256>,
+    sealed: Vec<Sealed>,
+    max_events: usize,
+    max_bytes: usize,
+}
+
+impl Router {
+    fn new(partitions: u16, max_events: usize, max_bytes: usize) -> Self {
+        let count = usize::from(partitions.max(1));
+        Self {
+            writers: (0..count)
+                .map(|_| cctv_bus::EventBatchWriter::new())
+                .collect(),
+            members: vec![Vec::new(); count],
+            hashers: vec![Sha256::new(); count],
+            sealed: Vec::new(),
+            max_events,
+            max_bytes,
+        }
+    }
+
+    /// Adds one event of raw message `member` to its partition's batch.
+    fn push(&mut self, partition: u16, event_id: &[u8; 16], json: &[u8], member: usize) {
+        let index = usize::from(partition);
+        if !self.writers[index].is_empty()
+            && self.writers[index].bytes_len() + json.len() + 4 > self.max_bytes
+        {
+            self.seal(index);
+        }
+        self.writers[index].push(json);
+        self.hashers[index].update(event_id);
+        if self.members[index].last() != Some(&member) {
+            self.members[index].push(member);
+        }
+        if self.writers[index].len() >= self.max_events {
+            self.seal(index);
+        }
+    }
+
+    fn seal(&mut self, index: usize) {
+        if self.writers[index].is_empty() {
+            return;
+        }
+        let payload = self.writers[index].finish();
+        let digest = std::mem::replace(&mut self.hashers[index], Sha256::new()).finalize();
+        let mut msg_id = String::with_capacity(40);
+        msg_id.push_str("ev:");
+        for byte in &digest[..16] {
+            let _ = write!(msg_id, "{byte:02x}");
+        }
+        // The index is below the partition count, a u16.
+        #[allow(clippy::cast_possible_truncation)]
+        let partition = index as u16;
+        self.sealed.push(Sealed {
+            partition,
+            payload,
+            msg_id,
+            members: std::mem::take(&mut self.members[index]),
+        });
+    }
+
+    /// Every batch, the open ones sealed.
+    fn finish(mut self) -> Vec<Sealed> {
+        for index in 0..self.writers.len() {
+            self.seal(index);
+        }
+        self.sealed
+    }
 }
 
 impl BatchContext {
@@ -303,13 +412,16 @@ impl BatchContext {
         normalizer: &Arc<Normalizer>,
         stats: &IngestStats,
         config: &IngestConfig,
+        partitions: u16,
     ) -> BatchContext {
         BatchContext {
             publisher,
             normalizer: normalizer.clone(),
             stats: stats.clone(),
             raw_stream: config.streams.raw.name.clone(),
-            event_shards: config.ingest.event_shards,
+            partitions,
+            max_events: config.ingest.event_batch_max_events,
+            max_bytes: config.ingest.event_batch_max_bytes,
             failed_batches: AtomicU32::new(0),
             counters: HotCounters::new(),
         }
@@ -318,166 +430,221 @@ impl BatchContext {
     async fn process(&self, batch: Vec<jetstream::Message>) {
         let started = Instant::now();
         let now = chrono::Utc::now();
-        // One entry per message: its format label (the subject is parsed
-        // once) and what it turned into.
-        let mut pending = Vec::with_capacity(batch.len());
-        // One buffer for every event's JSON: each publish takes a copy of
-        // exactly its length, so the buffer grows once and is reused.
-        let mut json = Vec::new();
         let mut publishes = self.publisher.batch();
-        for message in &batch {
+        let mut router = Router::new(self.partitions, self.max_events, self.max_bytes);
+        // One buffer for every event's JSON, reused.
+        let mut json = Vec::new();
+        let mut pending = Vec::with_capacity(batch.len());
+        for (index, message) in batch.iter().enumerate() {
             let parsed = subjects::parse_raw(&message.subject);
-            let format = FormatLabel::new(
-                parsed.and_then(|parsed| cctv_normalize::Format::parse(parsed.format)),
-            );
-            let outcome = self.normalize(message, parsed, now);
-            let entry = match outcome {
-                Outcome::Offences(events) => {
-                    let mut indexes = Vec::with_capacity(events.len());
-                    let mut failed = false;
-                    for event in &events {
-                        let shard =
-                            subjects::shard_of(event.event_id.as_bytes(), self.event_shards);
-                        let subject = subjects::event(shard, &event.region, &event.offence_type);
-                        let mut event_headers = HeaderMap::new();
-                        let mut id_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-                        event_headers.insert(
-                            headers::NATS_MSG_ID,
-                            &*event.event_id.hyphenated().encode_lower(&mut id_text),
-                        );
-                        json.clear();
-                        event.write_json(&mut json);
-                        let payload = bytes::Bytes::copy_from_slice(&json);
-                        match publishes.publish(subject, event_headers, payload).await {
-                            Ok(index) => indexes.push(index),
-                            Err(error) => {
-                                tracing::warn!(%error, "event publish failed");
-                                failed = true;
-                                break;
-                            }
-                        }
-                    }
-                    if failed {
-                        Pending::Failed
-                    } else {
-                        Pending::Events(indexes)
-                    }
-                }
-                Outcome::Ignored(reason) => {
-                    metrics::counter!(names::IGNORED, "format" => format.as_str(), "reason" => reason.as_str()).increment(1);
-                    Pending::Ignored
-                }
-                Outcome::Rejected(rejection) => {
-                    match self
-                        .publish_dead_letter(&mut publishes, message, &rejection, format.as_str())
-                        .await
-                    {
-                        Ok(ack) => Pending::DeadLetter(ack, rejection.reason.as_str()),
-                        Err(error) => {
-                            tracing::warn!(%error, "dead letter publish failed");
-                            Pending::Failed
-                        }
-                    }
-                }
+            let mut entry = Pending {
+                units: Vec::with_capacity(1),
+                batches: Vec::new(),
+                failed: false,
             };
-            pending.push((format, entry));
-        }
-
-        // Every publish of the batch is in flight; now wait for the acks, then
-        // ack each raw message whose publishes all succeeded.
-        let acks = publishes.acks(PUBLISH_ACK_TIMEOUT).await;
-        let mut settled_all = Vec::with_capacity(batch.len());
-        let (mut publishes_acked, mut publishes_failed) = (0u64, 0u64);
-        for (format, entry) in pending {
-            let settled = match entry {
-                Pending::Events(indexes) => {
-                    let mut new = 0u64;
-                    let mut duplicate = 0u64;
-                    let mut ok = true;
-                    for index in indexes {
-                        match acks.get(index) {
-                            Some(Some(PublishOutcome::Stored(_))) => new += 1,
-                            Some(Some(PublishOutcome::Duplicate(_))) => duplicate += 1,
-                            Some(Some(PublishOutcome::Refused(reason))) => {
-                                tracing::warn!(%reason, "event publish refused");
-                                ok = false;
-                            }
-                            Some(None) | None => {
-                                tracing::warn!("event publish not acknowledged in time");
-                                ok = false;
+            let stored_at = message.info().ok().map(|info| info.published);
+            if parsed.is_some_and(|p| p.format == subjects::BATCH_FORMAT) {
+                let gateway = parsed.map_or("", |p| p.gateway_id);
+                match cctv_normalize::parse_batch(&message.payload, gateway) {
+                    Ok(items) => {
+                        for item in items {
+                            match item {
+                                BatchEntry::Item(item) => {
+                                    let format = FormatLabel::parse(&item.format);
+                                    let raw = item.raw(gateway, stored_at);
+                                    let outcome = self.normalizer.normalize(&raw, now);
+                                    let unit = self
+                                        .settle_outcome(
+                                            outcome,
+                                            &mut router,
+                                            &mut json,
+                                            index,
+                                            &mut publishes,
+                                            DeadLetterSource {
+                                                message,
+                                                payload: bytes::Bytes::from(item.body.clone()),
+                                                format: &item.format,
+                                                item: Some(item.index),
+                                                item_id: Some(&item.id),
+                                            },
+                                        )
+                                        .await;
+                                    match unit {
+                                        Some(unit) => entry.units.push((format, unit)),
+                                        None => entry.failed = true,
+                                    }
+                                }
+                                BatchEntry::Broken {
+                                    index: item,
+                                    rejection,
+                                    body,
+                                } => {
+                                    let unit = self
+                                        .dead_letter(
+                                            &mut publishes,
+                                            &rejection,
+                                            DeadLetterSource {
+                                                message,
+                                                payload: bytes::Bytes::from(body),
+                                                format: subjects::BATCH_FORMAT,
+                                                item: Some(item),
+                                                item_id: None,
+                                            },
+                                        )
+                                        .await;
+                                    match unit {
+                                        Some(unit) => entry.units.push((FormatLabel::Batch, unit)),
+                                        None => entry.failed = true,
+                                    }
+                                }
                             }
                         }
                     }
-                    if ok {
-                        publishes_acked += 1;
-                        self.stats.add_events(new, duplicate);
-                        self.counters.events_new(format).increment(new);
-                        self.counters.events_duplicate(format).increment(duplicate);
-                        if new > 0 {
-                            Some(RawOutcome::Counted)
-                        } else {
-                            Some(RawOutcome::Duplicate)
+                    Err(rejection) => {
+                        let unit = self
+                            .dead_letter(
+                                &mut publishes,
+                                &rejection,
+                                DeadLetterSource {
+                                    message,
+                                    payload: message.payload.clone(),
+                                    format: subjects::BATCH_FORMAT,
+                                    item: None,
+                                    item_id: None,
+                                },
+                            )
+                            .await;
+                        match unit {
+                            Some(unit) => entry.units.push((FormatLabel::Batch, unit)),
+                            None => entry.failed = true,
                         }
-                    } else {
-                        publishes_failed += 1;
-                        None
                     }
                 }
-                Pending::Ignored => Some(RawOutcome::Ignored),
-                Pending::DeadLetter(index, reason) => match acks.get(index).cloned().flatten() {
-                    Some(PublishOutcome::Stored(_) | PublishOutcome::Duplicate(_)) => {
-                        publishes_acked += 1;
-                        metrics::counter!(names::DEAD_LETTERS, "format" => format.as_str(), "reason" => reason).increment(1);
-                        Some(RawOutcome::DeadLettered)
-                    }
-                    Some(PublishOutcome::Refused(reason)) => {
-                        publishes_failed += 1;
-                        tracing::warn!(%reason, "dead letter refused");
-                        None
-                    }
-                    None => {
-                        publishes_failed += 1;
-                        tracing::warn!("dead letter not acknowledged in time");
-                        None
-                    }
-                },
-                Pending::Failed => {
-                    publishes_failed += 1;
-                    None
-                }
-            };
-            settled_all.push((format, settled));
-        }
-        if publishes_acked > 0 {
-            self.failed_batches.store(0, Ordering::Relaxed);
-        } else if publishes_failed > 0 {
-            self.failed_batches.fetch_add(1, Ordering::Relaxed);
-        }
-        // Crash tests: the events are in JetStream, the raw messages unacked.
-        cctv_telemetry::fault_point("after_publish");
-        for (message, (format, settled)) in batch.iter().zip(settled_all) {
-            match settled {
-                Some(outcome) => {
-                    if let Err(error) = message.ack().await {
-                        // The events are stored; a redelivery is a harmless duplicate.
-                        tracing::warn!(%error, "raw ack failed; message will be redelivered");
-                    }
-                    match outcome {
-                        RawOutcome::Counted => self.stats.add_counted(),
-                        RawOutcome::Duplicate => self.stats.add_duplicate(),
-                        RawOutcome::Ignored => self.stats.add_ignored(),
-                        RawOutcome::DeadLettered => self.stats.add_dead_lettered(),
-                    }
-                    self.counters.raw_messages(format, outcome).increment(1);
-                }
-                None => {
-                    self.stats.add_retried();
-                    metrics::counter!(names::RETRIES).increment(1);
-                    let _ = message
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
+            } else {
+                let format = FormatLabel::new(
+                    parsed.and_then(|parsed| cctv_normalize::Format::parse(parsed.format)),
+                );
+                let outcome = self.normalize(message, parsed, now);
+                let unit = self
+                    .settle_outcome(
+                        outcome,
+                        &mut router,
+                        &mut json,
+                        index,
+                        &mut publishes,
+                        DeadLetterSource {
+                            message,
+                            payload: message.payload.clone(),
+                            format: format.as_str(),
+                            item: None,
+                            item_id: None,
+                        },
+                    )
+                    .await;
+                match unit {
+                    Some(unit) => entry.units.push((format, unit)),
+                    None => entry.failed = true,
                 }
             }
+            pending.push(entry);
+        }
+
+        // The event batches: one publish per partition batch.
+        let sealed = router.finish();
+        let mut batch_acks = Vec::with_capacity(sealed.len());
+        for (sealed_index, batch_out) in sealed.iter().enumerate() {
+            for member in &batch_out.members {
+                pending[*member].batches.push(sealed_index);
+            }
+            let mut event_headers = HeaderMap::new();
+            event_headers.insert(headers::NATS_MSG_ID, batch_out.msg_id.as_str());
+            event_headers.insert(headers::CONTENT_TYPE, cctv_bus::EVENT_BATCH_CONTENT_TYPE);
+            match publishes
+                .publish(
+                    subjects::event_partition(batch_out.partition),
+                    event_headers,
+                    batch_out.payload.clone(),
+                )
+                .await
+            {
+                Ok(ack) => batch_acks.push(Some(ack)),
+                Err(error) => {
+                    tracing::warn!(%error, "event batch publish failed");
+                    batch_acks.push(None);
+                }
+            }
+        }
+
+        // Every publish of the pull is in flight; now wait for the acks, then
+        // ack each raw message whose publishes all succeeded.
+        let acks = publishes.acks(PUBLISH_ACK_TIMEOUT).await;
+        let stored = |index: usize| {
+            matches!(
+                acks.get(index),
+                Some(Some(PublishOutcome::Stored(_) | PublishOutcome::Duplicate(_)))
+            )
+        };
+        let batch_ok: Vec<bool> = batch_acks
+            .iter()
+            .map(|ack| ack.is_some_and(stored))
+            .collect();
+        let (mut settled_any, mut failed_any) = (false, false);
+        let published_batches = batch_ok.iter().filter(|ok| **ok).count() as u64;
+        // Crash tests: the events are in JetStream, the raw messages unacked.
+        cctv_telemetry::fault_point("after_publish");
+        for (message, entry) in batch.iter().zip(pending) {
+            let ok = !entry.failed
+                && entry.batches.iter().all(|index| batch_ok[*index])
+                && entry.units.iter().all(|(_, unit)| match unit {
+                    Unit::DeadLetter(index, _) => stored(*index),
+                    _ => true,
+                });
+            if !ok {
+                failed_any = true;
+                self.stats.add_retried();
+                metrics::counter!(names::RETRIES).increment(1);
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                continue;
+            }
+            settled_any = true;
+            if let Err(error) = message.ack().await {
+                // The events are stored; a redelivery is a harmless duplicate.
+                tracing::warn!(%error, "raw ack failed; message will be redelivered");
+            }
+            for (format, unit) in entry.units {
+                match unit {
+                    Unit::Published(events) => {
+                        self.stats.add_published(events);
+                        self.counters.events(format).increment(events);
+                        self.counters
+                            .raw_messages(format, RawOutcome::Published)
+                            .increment(1);
+                    }
+                    Unit::Ignored(reason) => {
+                        self.stats.add_ignored();
+                        metrics::counter!(names::IGNORED, "format" => format.as_str(), "reason" => reason).increment(1);
+                        self.counters
+                            .raw_messages(format, RawOutcome::Ignored)
+                            .increment(1);
+                    }
+                    Unit::DeadLetter(_, reason) => {
+                        self.stats.add_dead_lettered();
+                        metrics::counter!(names::DEAD_LETTERS, "format" => format.as_str(), "reason" => reason).increment(1);
+                        self.counters
+                            .raw_messages(format, RawOutcome::DeadLettered)
+                            .increment(1);
+                    }
+                }
+            }
+        }
+        self.stats.add_batches(published_batches);
+        metrics::counter!(names::EVENT_BATCHES).increment(published_batches);
+        if settled_any {
+            self.failed_batches.store(0, Ordering::Relaxed);
+        } else if failed_any {
+            self.failed_batches.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(last) = batch.last() {
             if let Ok(info) = last.info() {
@@ -488,6 +655,32 @@ impl BatchContext {
         #[allow(clippy::cast_precision_loss)]
         metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
         metrics::histogram!(names::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+    }
+
+    /// Routes offences into event batches, or publishes the dead letter.
+    /// `None` when a publish could not be sent.
+    async fn settle_outcome(
+        &self,
+        outcome: Outcome,
+        router: &mut Router,
+        json: &mut Vec<u8>,
+        member: usize,
+        publishes: &mut cctv_bus::AckBatch,
+        source: DeadLetterSource<'_>,
+    ) -> Option<Unit> {
+        match outcome {
+            Outcome::Offences(events) => {
+                for event in &events {
+                    let id = event.event_id.as_bytes();
+                    json.clear();
+                    event.write_json(json);
+                    router.push(subjects::partition_of(id, self.partitions), id, json, member);
+                }
+                Some(Unit::Published(events.len() as u64))
+            }
+            Outcome::Ignored(reason) => Some(Unit::Ignored(reason.as_str())),
+            Outcome::Rejected(rejection) => self.dead_letter(publishes, &rejection, source).await,
+        }
     }
 
     fn normalize(
@@ -515,24 +708,26 @@ impl BatchContext {
         self.normalizer.normalize(&raw, now)
     }
 
-    async fn publish_dead_letter(
+    /// Publishes one dead letter; `None` when it could not be sent.
+    async fn dead_letter(
         &self,
         publishes: &mut cctv_bus::AckBatch,
-        message: &jetstream::Message,
         rejection: &cctv_normalize::Rejection,
-        format: &str,
-    ) -> Result<usize, cctv_bus::BusError> {
+        source: DeadLetterSource<'_>,
+    ) -> Option<Unit> {
+        let message = source.message;
         let sequence = message
             .info()
             .map(|info| info.stream_sequence)
             .unwrap_or_default();
         let mut dlq_headers = HeaderMap::new();
-        // One dead letter per raw stream position: a redelivery after a crash
-        // is dropped as a duplicate by the dead-letter stream.
-        dlq_headers.insert(
-            headers::NATS_MSG_ID,
-            format!("dlq:{}:{sequence}", self.raw_stream).as_str(),
-        );
+        // One dead letter per raw stream position (and batch item): a
+        // redelivery after a crash is dropped as a duplicate by the stream.
+        let msg_id = match source.item {
+            Some(item) => format!("dlq:{}:{sequence}:{item}", self.raw_stream),
+            None => format!("dlq:{}:{sequence}", self.raw_stream),
+        };
+        dlq_headers.insert(headers::NATS_MSG_ID, msg_id.as_str());
         dlq_headers.insert(headers::ERROR_REASON, rejection.reason.as_str());
         dlq_headers.insert(headers::ERROR, clean_header(&rejection.detail).as_str());
         dlq_headers.insert(
@@ -543,10 +738,14 @@ impl BatchContext {
             headers::SOURCE_SEQUENCE,
             format!("{}:{sequence}", self.raw_stream).as_str(),
         );
+        dlq_headers.insert(headers::SOURCE_FORMAT, clean_header(source.format).as_str());
         dlq_headers.insert(
             headers::REJECTED_AT,
             chrono::Utc::now().to_rfc3339().as_str(),
         );
+        if let Some(item) = source.item {
+            dlq_headers.insert(headers::BATCH_ITEM, item.to_string().as_str());
+        }
         if let Some(original) = message.headers.as_ref() {
             for name in [
                 headers::NATS_MSG_ID,
@@ -559,15 +758,39 @@ impl BatchContext {
                     } else {
                         name
                     };
-                    dlq_headers.insert(target, clean_header(value.as_str()).as_str());
+                    if source.item.is_none() || target != headers::SOURCE_MSG_ID {
+                        dlq_headers.insert(target, clean_header(value.as_str()).as_str());
+                    }
                 }
             }
         }
-        let subject = subjects::dlq(format, rejection.reason.as_str());
-        publishes
-            .publish(subject, dlq_headers, message.payload.clone())
+        if let Some(item_id) = source.item_id {
+            dlq_headers.insert(headers::SOURCE_MSG_ID, clean_header(item_id).as_str());
+        }
+        let subject = subjects::dlq(source.format, rejection.reason.as_str());
+        match publishes
+            .publish(subject, dlq_headers, source.payload)
             .await
+        {
+            Ok(index) => Some(Unit::DeadLetter(index, rejection.reason.as_str())),
+            Err(error) => {
+                tracing::warn!(%error, "dead letter publish failed");
+                None
+            }
+        }
     }
+}
+
+/// Where a dead letter comes from.
+struct DeadLetterSource<'a> {
+    message: &'a jetstream::Message,
+    /// The rejected vendor message (a batch item's own body).
+    payload: bytes::Bytes,
+    format: &'a str,
+    /// Position in the gateway batch, for an item.
+    item: Option<usize>,
+    /// The item's CloudEvents id.
+    item_id: Option<&'a str>,
 }
 
 /// Header values must be one line and reasonably short.

@@ -13,47 +13,44 @@ pub struct IngestStats {
 
 #[derive(Debug, Default)]
 struct Counters {
-    counted: AtomicU64,
-    duplicate: AtomicU64,
+    published: AtomicU64,
     ignored: AtomicU64,
     dead_lettered: AtomicU64,
-    events_new: AtomicU64,
-    events_duplicate: AtomicU64,
+    events: AtomicU64,
+    batches: AtomicU64,
     retried: AtomicU64,
 }
 
-/// A copy of the counters at one instant.
+/// A copy of the counters at one instant. A gateway batch counts once per
+/// item: these count vendor messages, not NATS messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
-    /// Raw messages that produced at least one new event.
-    pub counted: u64,
-    /// Raw messages whose events were all duplicates.
-    pub duplicate: u64,
-    /// Valid raw messages that are not offences.
+    /// Vendor messages whose offences were published (one or more events;
+    /// whether each is new is decided by the aggregator).
+    pub published: u64,
+    /// Valid vendor messages that are not offences.
     pub ignored: u64,
-    /// Raw messages sent to the dead-letter stream.
+    /// Vendor messages sent to the dead-letter stream.
     pub dead_lettered: u64,
-    /// Events the events stream stored as new.
-    pub events_new: u64,
-    /// Events the events stream dropped as duplicates.
-    pub events_duplicate: u64,
+    /// Events published (repeats included).
+    pub events: u64,
+    /// Event batch messages published.
+    pub batches: u64,
     /// Raw deliveries left unacked after a failed publish (redelivered later).
     pub retried: u64,
 }
 
 impl StatsSnapshot {
-    /// Raw messages handled to a final outcome.
+    /// Vendor messages handled to a final outcome.
     pub fn handled(&self) -> u64 {
-        self.counted + self.duplicate + self.ignored + self.dead_lettered
+        self.published + self.ignored + self.dead_lettered
     }
 }
 
 impl IngestStats {
-    pub(crate) fn add_counted(&self) {
-        self.inner.counted.fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn add_duplicate(&self) {
-        self.inner.duplicate.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn add_published(&self, events: u64) {
+        self.inner.published.fetch_add(1, Ordering::Relaxed);
+        self.inner.events.fetch_add(events, Ordering::Relaxed);
     }
     pub(crate) fn add_ignored(&self) {
         self.inner.ignored.fetch_add(1, Ordering::Relaxed);
@@ -61,11 +58,8 @@ impl IngestStats {
     pub(crate) fn add_dead_lettered(&self) {
         self.inner.dead_lettered.fetch_add(1, Ordering::Relaxed);
     }
-    pub(crate) fn add_events(&self, new: u64, duplicate: u64) {
-        self.inner.events_new.fetch_add(new, Ordering::Relaxed);
-        self.inner
-            .events_duplicate
-            .fetch_add(duplicate, Ordering::Relaxed);
+    pub(crate) fn add_batches(&self, batches: u64) {
+        self.inner.batches.fetch_add(batches, Ordering::Relaxed);
     }
     pub(crate) fn add_retried(&self) {
         self.inner.retried.fetch_add(1, Ordering::Relaxed);
@@ -75,12 +69,11 @@ impl IngestStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         StatsSnapshot {
-            counted: read(&self.inner.counted),
-            duplicate: read(&self.inner.duplicate),
+            published: read(&self.inner.published),
             ignored: read(&self.inner.ignored),
             dead_lettered: read(&self.inner.dead_lettered),
-            events_new: read(&self.inner.events_new),
-            events_duplicate: read(&self.inner.events_duplicate),
+            events: read(&self.inner.events),
+            batches: read(&self.inner.batches),
             retried: read(&self.inner.retried),
         }
     }
