@@ -177,14 +177,16 @@ pub fn parse_batch(payload: &[u8], gateway_id: &str) -> Result<Vec<BatchEntry>, 
     Ok(items
         .into_iter()
         .enumerate()
-        .map(|(index, item)| match parse_item(index, item.get(), &source) {
-            Ok(item) => BatchEntry::Item(item),
-            Err(rejection) => BatchEntry::Broken {
-                index,
-                rejection,
-                body: item.get().as_bytes().to_vec(),
+        .map(
+            |(index, item)| match parse_item(index, item.get(), &source) {
+                Ok(item) => BatchEntry::Item(item),
+                Err(rejection) => BatchEntry::Broken {
+                    index,
+                    rejection,
+                    body: item.get().as_bytes().to_vec(),
+                },
             },
-        })
+        )
         .collect())
 }
 
@@ -207,7 +209,9 @@ fn parse_item(index: usize, text: &str, source: &str) -> Result<BatchItem, Rejec
         )));
     }
     let Some(id) = wire.id.filter(|id| !id.is_empty()) else {
-        return Err(invalid_item(format!("item {index}: id is missing or empty")));
+        return Err(invalid_item(format!(
+            "item {index}: id is missing or empty"
+        )));
     };
     let Some(format) = wire
         .event_type
@@ -453,4 +457,408 @@ fn write_json_string(out: &mut String, text: &str) {
         }
     }
     out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use cctv_event::{CameraRegistry, Regions, Taxonomy};
+
+    use super::*;
+    use crate::{parse_rfc3339, Normalizer, Outcome};
+
+    const GATEWAY: &str = "gw-7";
+    const CANONICAL: &[u8] = include_bytes!("../fixtures/canonical/speeding.json");
+    const HIKVISION_XML: &[u8] = include_bytes!("../fixtures/hikvision/anpr_seatbelt.xml");
+    const HIKVISION_JSON: &[u8] = include_bytes!("../fixtures/hikvision/tfs_illegal_parking.json");
+
+    fn item(entry: &BatchEntry) -> &BatchItem {
+        match entry {
+            BatchEntry::Item(item) => item,
+            BatchEntry::Broken { rejection, .. } => panic!("expected an item, got {rejection}"),
+        }
+    }
+
+    fn broken(entry: &BatchEntry) -> RejectReason {
+        match entry {
+            BatchEntry::Broken { rejection, .. } => {
+                assert!(!rejection.detail.is_empty());
+                rejection.reason
+            }
+            BatchEntry::Item(item) => panic!("expected a broken entry, got {item:?}"),
+        }
+    }
+
+    /// A batch of one hand-written item of gateway `GATEWAY`.
+    fn one(item_json: &str) -> BatchEntry {
+        let entries = parse_batch(format!("[{item_json}]").as_bytes(), GATEWAY).unwrap();
+        assert_eq!(entries.len(), 1);
+        entries.into_iter().next().unwrap()
+    }
+
+    fn whole_batch_reason(payload: &[u8]) -> RejectReason {
+        let rejection = parse_batch(payload, GATEWAY).unwrap_err();
+        assert!(!rejection.detail.is_empty());
+        rejection.reason
+    }
+
+    #[test]
+    fn the_builder_round_trips_every_kind_of_body_byte_for_byte() {
+        let trimmed_json = std::str::from_utf8(HIKVISION_JSON).unwrap().trim();
+        let bodies: Vec<(&[u8], Option<&str>, bool)> = vec![
+            // (body, content type written, embedded as a JSON value)
+            (trimmed_json.as_bytes(), Some("application/json"), true),
+            (
+                br#"[{"a":1.50e3,"b":"\u00e9\n"}]"#,
+                Some("application/json"),
+                true,
+            ),
+            // A JSON file with its trailing newline stays exact as a string.
+            (HIKVISION_JSON, Some("text/plain"), false),
+            (HIKVISION_XML, Some("application/xml"), false),
+            (b"\"just a JSON string\"", Some("text/plain"), false),
+            (b"null", Some("text/plain"), false),
+            (
+                b"Event=Start;Code=\"x\"\\\t\x01 caf\xc3\xa9",
+                Some("text/plain"),
+                false,
+            ),
+            (b"", Some("text/plain"), false),
+            (b"\xff\xfe\x00binary<", None, false),
+        ];
+        let mut builder = BatchBuilder::new(GATEWAY);
+        assert!(builder.is_empty());
+        for (index, (body, _, _)) in bodies.iter().enumerate() {
+            builder.push(
+                "hikvision",
+                &format!("msg-{index}"),
+                Some("2026-11-27T04:14:06Z"),
+                Some("CAM \"1\""),
+                body,
+            );
+        }
+        assert_eq!(builder.len(), bodies.len());
+        let bytes_len = builder.bytes_len();
+        let batch = builder.finish();
+        assert_eq!(batch.len(), bytes_len);
+        let entries = parse_batch(&batch, GATEWAY).unwrap();
+        assert_eq!(entries.len(), bodies.len());
+        for (index, (entry, (body, content_type, as_value))) in
+            entries.iter().zip(&bodies).enumerate()
+        {
+            let item = item(entry);
+            assert_eq!(item.index, index);
+            assert_eq!(item.body, *body, "body {index}");
+            assert_eq!(item.format, "hikvision");
+            assert_eq!(item.id, format!("msg-{index}"));
+            assert_eq!(item.time.as_deref(), Some("2026-11-27T04:14:06Z"));
+            assert_eq!(item.subject.as_deref(), Some("CAM \"1\""));
+            assert_eq!(item.content_type.as_deref(), *content_type, "body {index}");
+            let value: serde_json::Value = serde_json::from_slice(&batch).unwrap();
+            assert_eq!(
+                value[index].get("data").is_some_and(|d| !d.is_string()),
+                *as_value
+            );
+        }
+    }
+
+    #[test]
+    fn item_order_and_index_are_kept_and_optional_attributes_stay_absent() {
+        let mut builder = BatchBuilder::new(GATEWAY);
+        for n in 0..50 {
+            builder.push("canonical", &format!("id-{n}"), None, None, CANONICAL);
+        }
+        let entries = parse_batch(&builder.finish(), GATEWAY).unwrap();
+        for (n, entry) in entries.iter().enumerate() {
+            let item = item(entry);
+            assert_eq!((entry.index(), item.index), (n, n));
+            assert_eq!(item.id, format!("id-{n}"));
+            assert_eq!(
+                (item.time.as_deref(), item.subject.as_deref()),
+                (None, None)
+            );
+        }
+        let empty = BatchBuilder::new(GATEWAY).finish();
+        assert_eq!(empty, b"[]");
+        assert!(parse_batch(&empty, GATEWAY).unwrap().is_empty());
+    }
+
+    #[test]
+    fn try_push_keeps_the_batch_within_its_limits_and_clear_empties_it() {
+        let mut builder = BatchBuilder::new(GATEWAY);
+        let limit = 4096;
+        let mut pushed = 0;
+        while builder.try_push(
+            limit,
+            "canonical",
+            &format!("id-{pushed}"),
+            None,
+            None,
+            CANONICAL,
+        ) {
+            pushed += 1;
+        }
+        assert!(pushed > 1);
+        assert_eq!(builder.len(), pushed);
+        assert!(builder.bytes_len() <= limit);
+        // The refused item left no trace: the batch still parses whole.
+        let batch = builder.clone().finish();
+        assert!(batch.len() <= limit);
+        assert_eq!(parse_batch(&batch, GATEWAY).unwrap().len(), pushed);
+        builder.clear();
+        assert!(builder.is_empty());
+        assert_eq!(builder.bytes_len(), 2);
+        assert!(!builder.try_push(10, "canonical", "id", None, None, CANONICAL));
+        assert!(builder.is_empty());
+
+        let mut full = BatchBuilder::new(GATEWAY);
+        for n in 0..MAX_BATCH_ITEMS {
+            assert!(full.try_push(usize::MAX, "canonical", &n.to_string(), None, None, b"1"));
+        }
+        assert!(!full.try_push(usize::MAX, "canonical", "one more", None, None, b"1"));
+        assert_eq!(full.len(), MAX_BATCH_ITEMS);
+    }
+
+    #[test]
+    fn unusable_items_are_broken_on_their_own() {
+        let good = r#"{"specversion":"1.0","type":"kz.cctv.raw.canonical","source":"/gateways/gw-7","id":"a","data":{}}"#;
+        let cases: Vec<(String, RejectReason)> = vec![
+            ("42".into(), RejectReason::InvalidBatchItem),
+            (
+                r#"["1.0","kz.cctv.raw.canonical","/gateways/gw-7","a"]"#.into(),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""specversion":"1.0","#, ""),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""1.0""#, r#""0.3""#),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""1.0""#, "1.0"),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#","id":"a""#, ""),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""id":"a""#, r#""id":"""#),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace("kz.cctv.raw.canonical", "com.example.raw.canonical"),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""type":"kz.cctv.raw.canonical","#, ""),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""source":"/gateways/gw-7","#, ""),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace("/gateways/gw-7", "/gateways/gw-8"),
+                RejectReason::ForeignSource,
+            ),
+            (
+                good.replace("/gateways/gw-7", "/gateways/gw-7/extra"),
+                RejectReason::ForeignSource,
+            ),
+            (
+                good.replace(r#""data":{}"#, r#""data":{},"data_base64":"e30=""#),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""data":{}"#, r#""data_base64":"not base64!""#),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""data":{}"#, r#""data_base64":42"#),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""id":"a""#, r#""id":"a","id":"b""#),
+                RejectReason::InvalidBatchItem,
+            ),
+        ];
+        for (item_json, reason) in cases {
+            // Between two good items, which stay good.
+            let batch = format!("[{good},{item_json},{good}]");
+            let entries = parse_batch(batch.as_bytes(), GATEWAY).unwrap();
+            assert_eq!(entries.len(), 3);
+            assert_eq!(item(&entries[0]).body, b"{}");
+            assert_eq!(broken(&entries[1]), reason, "{item_json}");
+            let BatchEntry::Broken { index, body, .. } = &entries[1] else {
+                unreachable!()
+            };
+            assert_eq!((*index, body.as_slice()), (1, item_json.as_bytes()));
+            assert_eq!(item(&entries[2]).index, 2);
+        }
+    }
+
+    #[test]
+    fn data_forms_give_their_body_and_no_data_an_empty_one() {
+        let head =
+            r#"{"specversion":"1.0","type":"kz.cctv.raw.dahua","source":"/gateways/gw-7","id":"a""#;
+        let body = |rest: &str| item(&one(&format!("{head}{rest}}}"))).body.clone();
+        assert_eq!(body(""), b"");
+        assert_eq!(body(r#","data":null"#), b"");
+        assert_eq!(body(r#","data":"Code=x\n""#), b"Code=x\n");
+        assert_eq!(
+            body(r#","data": { "a" : [1, 2.0] } "#),
+            br#"{ "a" : [1, 2.0] }"#
+        );
+        assert_eq!(body(r#","data_base64":"/w==""#), b"\xff");
+        // An attribute given twice makes the item unusable.
+        let twice = one(&format!(r#"{head},"type":"kz.cctv.raw.axis"}}"#));
+        assert_eq!(broken(&twice), RejectReason::InvalidBatchItem);
+        // Extensions and unknown formats pass: the normaliser judges the format.
+        let axis = head.replace("kz.cctv.raw.dahua", "kz.cctv.raw.axis");
+        assert_eq!(
+            item(&one(&format!(r#"{axis},"partitionkey":"k"}}"#))).format,
+            "axis"
+        );
+    }
+
+    #[test]
+    fn a_batch_unreadable_as_a_whole_is_rejected_whole() {
+        assert_eq!(
+            whole_batch_reason(b"[{\"id\":\"\xff\"}]"),
+            RejectReason::InvalidUtf8
+        );
+        assert_eq!(whole_batch_reason(b"not json"), RejectReason::Malformed);
+        assert_eq!(whole_batch_reason(b""), RejectReason::Malformed);
+        assert_eq!(whole_batch_reason(b"[{\"a\":1}"), RejectReason::Malformed);
+        assert_eq!(
+            whole_batch_reason(b"[{}] trailing"),
+            RejectReason::Malformed
+        );
+        assert_eq!(
+            whole_batch_reason(br#"{"specversion":"1.0"}"#),
+            RejectReason::Malformed
+        );
+        let deep = format!("[{}{}]", "[".repeat(40), "]".repeat(40));
+        assert_eq!(whole_batch_reason(deep.as_bytes()), RejectReason::TooDeep);
+        let oversized = format!("[\"{}\"]", "x".repeat(MAX_BATCH_BYTES));
+        assert_eq!(
+            whole_batch_reason(oversized.as_bytes()),
+            RejectReason::PayloadTooLarge
+        );
+
+        let items = |count: usize| format!("[{}]", vec!["{}"; count].join(","));
+        assert_eq!(
+            parse_batch(items(MAX_BATCH_ITEMS).as_bytes(), GATEWAY)
+                .unwrap()
+                .len(),
+            MAX_BATCH_ITEMS
+        );
+        assert_eq!(
+            whole_batch_reason(items(MAX_BATCH_ITEMS + 1).as_bytes()),
+            RejectReason::TooManyEvents
+        );
+    }
+
+    #[test]
+    fn a_body_as_deep_as_a_message_may_be_stays_readable_in_a_batch() {
+        let depth = Limits::default().max_json_depth;
+        let deepest = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let too_deep = format!("{}{}", "[".repeat(depth + 1), "]".repeat(depth + 1));
+        let mut builder = BatchBuilder::new(GATEWAY);
+        builder.push("canonical", "a", None, None, deepest.as_bytes());
+        builder.push("canonical", "b", None, None, too_deep.as_bytes());
+        let entries = parse_batch(&builder.finish(), GATEWAY).unwrap();
+        assert_eq!(item(&entries[0]).body, deepest.as_bytes());
+        assert_eq!(
+            item(&entries[0]).content_type.as_deref(),
+            Some("application/json")
+        );
+        // Too deep for a message: carried as a string for the normaliser to refuse.
+        assert_eq!(item(&entries[1]).body, too_deep.as_bytes());
+        assert_eq!(
+            item(&entries[1]).content_type.as_deref(),
+            Some("text/plain")
+        );
+    }
+
+    fn normalizer() -> Normalizer {
+        let regions = Regions::builtin().unwrap();
+        let registry =
+            CameraRegistry::from_csv(include_str!("../fixtures/hikvision/registry.csv"), &regions)
+                .unwrap();
+        Normalizer::new(
+            Arc::new(Taxonomy::builtin().unwrap()),
+            Arc::new(regions),
+            Arc::new(registry),
+            Limits::default(),
+        )
+    }
+
+    /// An item normalises to exactly what the same body with the same id and
+    /// headers gives when published alone.
+    #[test]
+    fn an_item_normalises_like_the_same_message_published_alone() {
+        let normalizer = normalizer();
+        let now = parse_rfc3339("2026-11-28T00:00:00Z").unwrap();
+        let stored_at = parse_rfc3339("2026-11-27T04:14:07Z");
+        let broken_xml = &HIKVISION_XML[..HIKVISION_XML.len() / 2];
+        // (format, body, `Cctv-Received-At`, `Cctv-Camera-Id`)
+        type Message<'a> = (&'a str, &'a [u8], Option<&'a str>, Option<&'a str>);
+        let messages: Vec<Message<'_>> = vec![
+            ("canonical", CANONICAL, None, None),
+            (
+                "canonical",
+                CANONICAL.trim_ascii(),
+                Some("2026-11-27T03:15:06Z"),
+                Some("AST-0412"),
+            ),
+            (
+                "hikvision",
+                HIKVISION_XML,
+                Some("2026-11-27T04:14:06Z"),
+                None,
+            ),
+            (
+                "hikvision",
+                HIKVISION_JSON,
+                None,
+                Some("ALA-ABAI-ROZYBAKIEV-3"),
+            ),
+            ("hikvision", HIKVISION_JSON.trim_ascii(), None, None),
+            ("hikvision", broken_xml, None, None),
+            ("hikvision", b"", None, None),
+            ("axis", CANONICAL, None, None),
+        ];
+        let mut builder = BatchBuilder::new(GATEWAY);
+        for (index, (format, body, time, subject)) in messages.iter().enumerate() {
+            builder.push(format, &format!("gw-7-{index}"), *time, *subject, body);
+        }
+        let entries = parse_batch(&builder.finish(), GATEWAY).unwrap();
+        let mut offences = 0;
+        for (index, (entry, (format, body, time, subject))) in
+            entries.iter().zip(&messages).enumerate()
+        {
+            let msg_id = format!("gw-7-{index}");
+            let alone = RawMessage {
+                format,
+                gateway_id: GATEWAY,
+                payload: body,
+                msg_id: Some(&msg_id),
+                camera_id: *subject,
+                received_at: *time,
+                stored_at,
+            };
+            let expected = normalizer.normalize(&alone, now);
+            if matches!(expected, Outcome::Offences(_)) {
+                offences += 1;
+            }
+            let batched = normalizer.normalize(&item(entry).raw(GATEWAY, stored_at), now);
+            assert_eq!(batched, expected, "message {index}");
+        }
+        assert_eq!(offences, 5);
+    }
 }
