@@ -1429,7 +1429,7 @@ mod tests {
             format: "hikvision",
             msg_id: format!("run-{n}"),
             received_at: format!("2026-11-27T04:14:{:02}.000Z", n % 60),
-            camera_id: (n % 2 == 0).then(|| format!("CAM-{n}")),
+            camera_id: n.is_multiple_of(2).then(|| format!("CAM-{n}")),
             payload: Bytes::from(payload.to_vec()),
         }
     }
