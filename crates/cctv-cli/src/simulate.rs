@@ -1543,6 +1543,71 @@ mod tests {
         assert_eq!(header(&again, "Nats-Msg-Id"), Some("batch:run-1:2:2"));
     }
 
+    /// Batched, every generated message normalises to what it gives alone
+    /// (same id, camera and receipt time), so `--batch` changes no expectation.
+    #[test]
+    fn batched_messages_normalise_like_the_same_messages_alone() {
+        use cctv_normalize::{parse_batch, BatchEntry, Limits, Normalizer, RawMessage};
+        use std::sync::Arc;
+
+        let regions = Regions::builtin().unwrap();
+        let taxonomy = Taxonomy::builtin().unwrap();
+        let registry_path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/cameras.csv");
+        let registry = CameraRegistry::load(&registry_path, &regions).unwrap();
+        let normalizer = Normalizer::new(
+            Arc::new(taxonomy.clone()),
+            Arc::new(regions.clone()),
+            Arc::new(registry.clone()),
+            Limits::default(),
+        );
+        let fleet = Fleet::new(Some(&registry), 0, &regions, 3, FormatChoice::Mixed).unwrap();
+        let mut generator = Generator::new(fleet, &taxonomy, 5, "b1", yesterday(), 0.05, 0.0)
+            .unwrap()
+            .with_extras(0.3, 0.05);
+        let mut packer = BatchPacker::new(7, SIMULATED_BATCH_MAX_BYTES);
+        let mut messages = HashMap::new();
+        let mut published = Vec::new();
+        for n in 1..=500 {
+            let step = generator.next_step(n).unwrap();
+            for message in &step.messages {
+                let queued = queued_message(&step.gateway_id, message);
+                published.extend(packer.push(&queued));
+                messages.insert(queued.msg_id.clone(), queued);
+            }
+        }
+        published.extend(packer.finish());
+        let now = Utc::now();
+        let mut items = 0;
+        for batch in &published {
+            let gateway_id = batch.subject.rsplit('.').next().unwrap();
+            for entry in parse_batch(&batch.payload, gateway_id).unwrap() {
+                let BatchEntry::Item(item) = entry else {
+                    panic!("broken item {entry:?}");
+                };
+                let message = &messages[&item.id];
+                let alone = RawMessage {
+                    format: message.format,
+                    gateway_id: &message.gateway_id,
+                    payload: &message.payload,
+                    msg_id: Some(&message.msg_id),
+                    camera_id: message.camera_id.as_deref(),
+                    received_at: Some(&message.received_at),
+                    stored_at: None,
+                };
+                assert_eq!(
+                    normalizer.normalize(&item.raw(gateway_id, None), now),
+                    normalizer.normalize(&alone, now),
+                    "{}",
+                    item.id
+                );
+                items += 1;
+            }
+        }
+        assert_eq!(items, messages.len());
+        assert!(published.len() < items / 5, "{} batches", published.len());
+    }
+
     #[test]
     fn without_batch_a_message_keeps_its_own_subject_and_headers() {
         let message = queued("gw-3", 4, b"{}");
