@@ -6,7 +6,8 @@
 //! - `setup` ([`run_setup`]): creates or verifies the JetStream streams and
 //!   applies the ClickHouse migrations;
 //! - `simulate` ([`run_simulate`]): publishes a camera fleet's canonical events
-//!   and writes the totals the pipeline must end up with ([`Expectation`]);
+//!   (alone, or packed into CloudEvents batches with `--batch N`) and writes
+//!   the totals the pipeline must end up with ([`Expectation`]);
 //! - `totals` ([`run_totals`]): prints region x offence totals from ClickHouse
 //!   and optionally waits until they match an expectation;
 //! - `dlq` ([`run_dlq`]): reads dead letters without consuming them;

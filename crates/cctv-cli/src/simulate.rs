@@ -9,8 +9,11 @@
 //! offence, time and payloads of every step and whether it is republished,
 //! so a run is reproducible with `--seed`. The publisher keeps many JetStream
 //! publishes in flight in batches, awaits their acks and retries failures.
+//! With `--batch N` the messages go out packed into CloudEvents batches of up
+//! to N items per gateway on `cctv.raw.batch.<gateway_id>` ([`BatchPacker`]);
+//! what the pipeline must make of them does not change.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -21,6 +24,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use cctv_bus::{headers, subjects, AckBatch, AckedPublisher, PublishOutcome};
 use cctv_event::{CameraRegistry, Regions, Taxonomy, UNKNOWN_REGION};
+use cctv_normalize::{BatchBuilder, BATCH_CONTENT_TYPE, MAX_BATCH_BYTES, MAX_BATCH_ITEMS};
 use chrono::{DateTime, NaiveDate, NaiveTime, SecondsFormat, TimeDelta, TimeZone as _, Utc};
 use chrono_tz::Tz;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -56,6 +60,14 @@ const UNREGISTERED_CAMERAS_PER_REGION: usize = 2;
 const REGIONLESS_CAMERAS: usize = 4;
 /// Pacing tick of `--rate`.
 const PACING_TICK: Duration = Duration::from_millis(10);
+/// Largest batch `--batch` writes: the contract's limit less room for the
+/// headers, which count against the server's `max_payload` (1 MiB by
+/// default) as well.
+const SIMULATED_BATCH_MAX_BYTES: usize = MAX_BATCH_BYTES - 4096;
+/// `<format>` token of the batch subject `cctv.raw.batch.<gateway_id>`.
+const BATCH_SUBJECT_TOKEN: &str = "batch";
+/// Header naming a batch's content type.
+const CONTENT_TYPE_HEADER: &str = "Content-Type";
 
 /// Flags of `cctvctl simulate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -112,6 +124,12 @@ pub struct SimulateArgs {
     /// Print only the summary lines, not the expected totals table.
     #[arg(long)]
     pub quiet: bool,
+    /// Pack the messages into CloudEvents batches of up to this many items
+    /// per gateway (and under 1 MiB), published to
+    /// `cctv.raw.batch.<gateway_id>`; 0 or 1 publishes each message alone.
+    /// The expected outcomes are the same either way.
+    #[arg(long, default_value_t = 0)]
+    pub batch: usize,
 }
 
 /// `--format`: one format for every camera, or each camera its own.
@@ -875,6 +893,9 @@ fn validate_args(args: &SimulateArgs, run_id: &str) -> anyhow::Result<()> {
     if args.gateways == 0 {
         bail!("--gateways must be at least 1");
     }
+    if args.batch > MAX_BATCH_ITEMS {
+        bail!("--batch must be at most {MAX_BATCH_ITEMS}");
+    }
     if !subjects::is_valid_gateway_id(&gateway_id(run_id, args.gateways)) {
         bail!("--run-id {run_id:?} must consist of letters, digits, '-' and '_'");
     }
@@ -939,7 +960,8 @@ pub async fn run_simulate(config: &CliConfig, args: &SimulateArgs) -> anyhow::Re
     );
     let mut pacer = Pacer::new(args.rate);
     let mut progress = Progress::new(args.count, "publishing");
-    let mut pending_duplicates: VecDeque<(u64, OutboundMessage)> = VecDeque::new();
+    let mut outbox = Outbox::new(args.batch);
+    let mut pending_duplicates: VecDeque<(u64, QueuedMessage)> = VecDeque::new();
     let mut cells: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut outcomes = RawOutcomes::default();
     let mut by_format: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -953,18 +975,18 @@ pub async fn run_simulate(config: &CliConfig, args: &SimulateArgs) -> anyhow::Re
         for message in &step.messages {
             outcomes.add(message.expected);
             *by_format.entry(message.format).or_insert(0) += 1;
-            let outbound = outbound_message(&step.gateway_id, message);
+            let queued = queued_message(&step.gateway_id, message);
             // The offence's counted message is the one republished.
             if step.republish && message.expected == Expected::Counted {
-                pending_duplicates.push_back((n + DUPLICATE_DELAY_MESSAGES, outbound.clone()));
+                pending_duplicates.push_back((n + DUPLICATE_DELAY_MESSAGES, queued.clone()));
             }
             pacer.wait().await;
-            publisher.send(outbound).await;
+            outbox.send(&mut publisher, &queued).await;
         }
         while pending_duplicates.front().is_some_and(|(due, _)| *due <= n) {
             if let Some((_, duplicate)) = pending_duplicates.pop_front() {
                 pacer.wait().await;
-                publisher.send(duplicate).await;
+                outbox.send(&mut publisher, &duplicate).await;
                 republished += 1;
             }
         }
@@ -972,9 +994,10 @@ pub async fn run_simulate(config: &CliConfig, args: &SimulateArgs) -> anyhow::Re
     }
     for (_, duplicate) in pending_duplicates {
         pacer.wait().await;
-        publisher.send(duplicate).await;
+        outbox.send(&mut publisher, &duplicate).await;
         republished += 1;
     }
+    outbox.flush(&mut publisher).await;
     publisher.finish().await?;
     client
         .flush()
@@ -1002,6 +1025,16 @@ pub async fn run_simulate(config: &CliConfig, args: &SimulateArgs) -> anyhow::Re
         elapsed.as_secs_f64(),
         messages as f64 / elapsed.as_secs_f64().max(1e-9),
     );
+    if let Outbox::Batched(packer) = &outbox {
+        println!(
+            "packed into {} CloudEvents batches of up to {} items to {}.{BATCH_SUBJECT_TOKEN}.{}{{1..{}}}",
+            packer.num_batches(),
+            args.batch,
+            subjects::RAW_PREFIX,
+            expectation.gateway_prefix,
+            args.gateways,
+        );
+    }
     println!(
         "expected raw outcomes: {} counted, {} duplicate, {} ignored, {} dead-lettered",
         outcomes.counted, outcomes.duplicate, outcomes.ignored, outcomes.dead_lettered
@@ -1026,23 +1059,206 @@ pub async fn run_simulate(config: &CliConfig, args: &SimulateArgs) -> anyhow::Re
     Ok(())
 }
 
-/// Subject, headers and body of one message.
-fn outbound_message(gateway_id: &str, message: &SimMessage) -> OutboundMessage {
+/// One message as a gateway sends it: its subject tokens, the metadata of
+/// its headers (or of its batch item) and its body. Kept for republishing.
+#[derive(Debug, Clone)]
+struct QueuedMessage {
+    /// `<gateway_id>` subject token (and batch item `source`).
+    gateway_id: String,
+    /// `<format>` subject token (and batch item `type`).
+    format: &'static str,
+    /// `Nats-Msg-Id` (and batch item `id`).
+    msg_id: String,
+    /// `Cctv-Received-At` (and batch item `time`).
+    received_at: String,
+    /// `Cctv-Camera-Id`, if any (and batch item `subject`).
+    camera_id: Option<String>,
+    /// Body.
+    payload: Bytes,
+}
+
+/// A message of `gateway_id`, received now.
+fn queued_message(gateway_id: &str, message: &SimMessage) -> QueuedMessage {
+    QueuedMessage {
+        gateway_id: gateway_id.to_string(),
+        format: message.format,
+        msg_id: message.msg_id.clone(),
+        received_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        camera_id: message.camera_header.clone(),
+        payload: Bytes::from(message.payload.clone()),
+    }
+}
+
+/// Subject, headers and body of one message published alone.
+fn outbound_message(message: &QueuedMessage) -> OutboundMessage {
     let mut message_headers = HeaderMap::new();
     message_headers.insert(headers::NATS_MSG_ID, message.msg_id.as_str());
-    message_headers.insert(
-        headers::RECEIVED_AT,
-        Utc::now()
-            .to_rfc3339_opts(SecondsFormat::Millis, true)
-            .as_str(),
-    );
-    if let Some(camera_id) = &message.camera_header {
+    message_headers.insert(headers::RECEIVED_AT, message.received_at.as_str());
+    if let Some(camera_id) = &message.camera_id {
         message_headers.insert(headers::CAMERA_ID, camera_id.as_str());
     }
     OutboundMessage {
-        subject: subjects::raw(message.format, gateway_id),
+        subject: subjects::raw(message.format, &message.gateway_id),
         headers: message_headers,
-        payload: Bytes::from(message.payload.clone()),
+        payload: message.payload.clone(),
+    }
+}
+
+/// Where the simulated messages go: each alone, or packed into batches.
+enum Outbox {
+    /// Every message is its own NATS message.
+    Single,
+    /// Messages are packed into CloudEvents batches (`--batch` > 1).
+    Batched(BatchPacker),
+}
+
+impl Outbox {
+    fn new(batch: usize) -> Self {
+        if batch <= 1 {
+            return Self::Single;
+        }
+        Self::Batched(BatchPacker::new(batch, SIMULATED_BATCH_MAX_BYTES))
+    }
+
+    /// Publishes `message`, or packs it and publishes the batches it filled.
+    async fn send(&mut self, publisher: &mut Publisher, message: &QueuedMessage) {
+        match self {
+            Outbox::Single => publisher.send(outbound_message(message)).await,
+            Outbox::Batched(packer) => {
+                for outbound in packer.push(message) {
+                    publisher.send(outbound).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes the batches still open.
+    async fn flush(&mut self, publisher: &mut Publisher) {
+        if let Outbox::Batched(packer) = self {
+            for outbound in packer.finish() {
+                publisher.send(outbound).await;
+            }
+        }
+    }
+}
+
+/// The batch a gateway is filling.
+struct OpenBatch {
+    builder: BatchBuilder,
+    /// Id of its first item.
+    first_id: String,
+}
+
+/// Packs messages into CloudEvents batches, one open batch per gateway, each
+/// sealed at `max_items` items or before it would exceed `max_bytes`. Pure:
+/// it turns messages into the NATS messages to publish, in order per
+/// gateway.
+struct BatchPacker {
+    max_items: usize,
+    max_bytes: usize,
+    open: BTreeMap<String, OpenBatch>,
+    /// `Nats-Msg-Id` of every batch sealed so far.
+    issued_ids: HashSet<String>,
+}
+
+impl BatchPacker {
+    fn new(max_items: usize, max_bytes: usize) -> Self {
+        Self {
+            max_items: max_items.clamp(1, MAX_BATCH_ITEMS),
+            max_bytes,
+            open: BTreeMap::new(),
+            issued_ids: HashSet::new(),
+        }
+    }
+
+    /// Batches sealed so far.
+    fn num_batches(&self) -> usize {
+        self.issued_ids.len()
+    }
+
+    /// Adds `message` to its gateway's batch; returns what is ready to
+    /// publish: the batch it did not fit in, the batch it filled, or the
+    /// message alone when it is too large for any batch.
+    fn push(&mut self, message: &QueuedMessage) -> Vec<OutboundMessage> {
+        let mut ready = Vec::new();
+        let gateway_id = message.gateway_id.as_str();
+        let open = self
+            .open
+            .entry(message.gateway_id.clone())
+            .or_insert_with(|| OpenBatch {
+                builder: BatchBuilder::new(gateway_id),
+                first_id: String::new(),
+            });
+        if !try_add(open, self.max_bytes, message) {
+            if !open.builder.is_empty() {
+                ready.push(seal(&mut self.issued_ids, gateway_id, open));
+            }
+            if !try_add(open, self.max_bytes, message) {
+                // Too large for any batch: alone, as without `--batch`.
+                ready.push(outbound_message(message));
+                return ready;
+            }
+        }
+        if open.builder.len() >= self.max_items {
+            ready.push(seal(&mut self.issued_ids, gateway_id, open));
+        }
+        ready
+    }
+
+    /// Seals every open batch.
+    fn finish(&mut self) -> Vec<OutboundMessage> {
+        let mut ready = Vec::new();
+        for (gateway_id, open) in &mut self.open {
+            if !open.builder.is_empty() {
+                ready.push(seal(&mut self.issued_ids, gateway_id, open));
+            }
+        }
+        ready
+    }
+}
+
+/// Adds `message` to `open` if the batch stays within `max_bytes`.
+fn try_add(open: &mut OpenBatch, max_bytes: usize, message: &QueuedMessage) -> bool {
+    let added = open.builder.try_push(
+        max_bytes,
+        message.format,
+        &message.msg_id,
+        Some(&message.received_at),
+        message.camera_id.as_deref(),
+        &message.payload,
+    );
+    if added && open.builder.len() == 1 {
+        open.first_id.clone_from(&message.msg_id);
+    }
+    added
+}
+
+/// Turns `open` into the NATS message of a batch and empties it. The
+/// `Nats-Msg-Id` is `batch:<first item id>:<item count>`, so a retried
+/// publish is recognised by the stream.
+fn seal(
+    issued_ids: &mut HashSet<String>,
+    gateway_id: &str,
+    open: &mut OpenBatch,
+) -> OutboundMessage {
+    let num_items = open.builder.len();
+    let builder = std::mem::replace(&mut open.builder, BatchBuilder::new(gateway_id));
+    let mut msg_id = format!("batch:{}:{num_items}", open.first_id);
+    // A batch opened by a republished copy can have the size of the batch its
+    // original opened: the same id would make the stream drop it, and every
+    // other item with it, as a duplicate. Such a batch gets a suffix.
+    let mut attempt = 1u32;
+    while !issued_ids.insert(msg_id.clone()) {
+        attempt += 1;
+        msg_id = format!("batch:{}:{num_items}:{attempt}", open.first_id);
+    }
+    let mut batch_headers = HeaderMap::new();
+    batch_headers.insert(headers::NATS_MSG_ID, msg_id.as_str());
+    batch_headers.insert(CONTENT_TYPE_HEADER, BATCH_CONTENT_TYPE);
+    OutboundMessage {
+        subject: subjects::raw(BATCH_SUBJECT_TOKEN, gateway_id),
+        headers: batch_headers,
+        payload: Bytes::from(builder.finish()),
     }
 }
 
@@ -1205,6 +1421,207 @@ mod tests {
             again.next_step(1).unwrap().messages[0].payload,
             first.next_step(1).unwrap().messages[0].payload
         );
+    }
+
+    fn queued(gateway_id: &str, n: usize, payload: &[u8]) -> QueuedMessage {
+        QueuedMessage {
+            gateway_id: gateway_id.to_string(),
+            format: "hikvision",
+            msg_id: format!("run-{n}"),
+            received_at: format!("2026-11-27T04:14:{:02}.000Z", n % 60),
+            camera_id: n.is_multiple_of(2).then(|| format!("CAM-{n}")),
+            payload: Bytes::from(payload.to_vec()),
+        }
+    }
+
+    fn header<'a>(message: &'a OutboundMessage, name: &str) -> Option<&'a str> {
+        message.headers.get(name).map(|value| value.as_str())
+    }
+
+    /// The items of a packed batch, checked against the messages they carry.
+    fn unpack(
+        batch: &OutboundMessage,
+        gateway_id: &str,
+        messages: &[QueuedMessage],
+    ) -> Vec<String> {
+        use cctv_normalize::{parse_batch, BatchEntry};
+        assert_eq!(batch.subject, format!("cctv.raw.batch.{gateway_id}"));
+        assert_eq!(header(batch, "Content-Type"), Some(BATCH_CONTENT_TYPE));
+        let entries = parse_batch(&batch.payload, gateway_id).unwrap();
+        let ids: Vec<String> = entries
+            .iter()
+            .map(|entry| {
+                let BatchEntry::Item(item) = entry else {
+                    panic!("broken item {entry:?}");
+                };
+                let message = messages.iter().find(|m| m.msg_id == item.id).unwrap();
+                assert_eq!(item.format, message.format);
+                assert_eq!(item.body, message.payload.as_ref());
+                assert_eq!(item.time.as_deref(), Some(message.received_at.as_str()));
+                assert_eq!(item.subject, message.camera_id);
+                item.id.clone()
+            })
+            .collect();
+        assert_eq!(
+            header(batch, "Nats-Msg-Id"),
+            Some(format!("batch:{}:{}", ids[0], ids.len()).as_str())
+        );
+        ids
+    }
+
+    #[test]
+    fn the_packer_fills_batches_of_n_items_per_gateway_in_order() {
+        let mut packer = BatchPacker::new(3, SIMULATED_BATCH_MAX_BYTES);
+        let messages: Vec<QueuedMessage> = (0..9)
+            .map(|n| queued(if n < 7 { "gw-1" } else { "gw-2" }, n, b"<xml/>"))
+            .collect();
+        let mut published: Vec<OutboundMessage> =
+            messages.iter().flat_map(|m| packer.push(m)).collect();
+        assert_eq!(published.len(), 2, "two full batches of gw-1");
+        published.extend(packer.finish());
+        assert!(packer.finish().is_empty());
+        assert_eq!(packer.num_batches(), 4);
+        let unpacked: Vec<(String, Vec<String>)> = published
+            .iter()
+            .map(|batch| {
+                let gateway_id = batch.subject.rsplit('.').next().unwrap().to_string();
+                let ids = unpack(batch, &gateway_id, &messages);
+                (gateway_id, ids)
+            })
+            .collect();
+        let ids = |range: std::ops::Range<usize>| -> Vec<String> {
+            range.map(|n| format!("run-{n}")).collect()
+        };
+        assert_eq!(
+            unpacked,
+            vec![
+                ("gw-1".to_string(), ids(0..3)),
+                ("gw-1".to_string(), ids(3..6)),
+                ("gw-1".to_string(), ids(6..7)),
+                ("gw-2".to_string(), ids(7..9)),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_packer_keeps_batches_under_the_byte_limit_and_ids_unique() {
+        let max_bytes = 2048;
+        let mut packer = BatchPacker::new(1000, max_bytes);
+        let body = vec![b'x'; 300];
+        let messages: Vec<QueuedMessage> = (0..40).map(|n| queued("gw-1", n, &body)).collect();
+        let mut published: Vec<OutboundMessage> =
+            messages.iter().flat_map(|m| packer.push(m)).collect();
+        published.extend(packer.finish());
+        assert!(published.len() > 5, "{}", published.len());
+        let mut all_ids = Vec::new();
+        for batch in &published {
+            assert!(batch.payload.len() <= max_bytes, "{}", batch.payload.len());
+            all_ids.extend(unpack(batch, "gw-1", &messages));
+        }
+        let expected: Vec<String> = messages.iter().map(|m| m.msg_id.clone()).collect();
+        assert_eq!(all_ids, expected);
+
+        // A message too large for any batch goes out alone, as without --batch.
+        let huge = queued("gw-1", 99, &vec![b'y'; max_bytes]);
+        let mut alone = packer.push(&queued("gw-1", 98, b"small"));
+        alone.extend(packer.push(&huge));
+        assert_eq!(alone.len(), 2);
+        unpack(&alone[0], "gw-1", &[queued("gw-1", 98, b"small")]);
+        assert_eq!(alone[1].subject, "cctv.raw.hikvision.gw-1");
+        assert_eq!(header(&alone[1], "Nats-Msg-Id"), Some("run-99"));
+        assert_eq!(alone[1].payload.len(), max_bytes);
+
+        // A republished copy opening a batch of its original's size gets an id
+        // of its own, so the stream cannot drop it as a repeat.
+        let mut packer = BatchPacker::new(2, SIMULATED_BATCH_MAX_BYTES);
+        let first = packer.push(&queued("gw-1", 1, b"a"));
+        assert!(first.is_empty());
+        let first = packer.push(&queued("gw-1", 2, b"b")).remove(0);
+        packer.push(&queued("gw-1", 1, b"a"));
+        let again = packer.push(&queued("gw-1", 3, b"c")).remove(0);
+        assert_eq!(header(&first, "Nats-Msg-Id"), Some("batch:run-1:2"));
+        assert_eq!(header(&again, "Nats-Msg-Id"), Some("batch:run-1:2:2"));
+    }
+
+    /// Batched, every generated message normalises to what it gives alone
+    /// (same id, camera and receipt time), so `--batch` changes no expectation.
+    #[test]
+    fn batched_messages_normalise_like_the_same_messages_alone() {
+        use cctv_normalize::{parse_batch, BatchEntry, Limits, Normalizer, RawMessage};
+        use std::sync::Arc;
+
+        let regions = Regions::builtin().unwrap();
+        let taxonomy = Taxonomy::builtin().unwrap();
+        let registry_path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/cameras.csv");
+        let registry = CameraRegistry::load(&registry_path, &regions).unwrap();
+        let normalizer = Normalizer::new(
+            Arc::new(taxonomy.clone()),
+            Arc::new(regions.clone()),
+            Arc::new(registry.clone()),
+            Limits::default(),
+        );
+        let fleet = Fleet::new(Some(&registry), 0, &regions, 3, FormatChoice::Mixed).unwrap();
+        let mut generator = Generator::new(fleet, &taxonomy, 5, "b1", yesterday(), 0.05, 0.0)
+            .unwrap()
+            .with_extras(0.3, 0.05);
+        let mut packer = BatchPacker::new(7, SIMULATED_BATCH_MAX_BYTES);
+        let mut messages = HashMap::new();
+        let mut published = Vec::new();
+        for n in 1..=500 {
+            let step = generator.next_step(n).unwrap();
+            for message in &step.messages {
+                let queued = queued_message(&step.gateway_id, message);
+                published.extend(packer.push(&queued));
+                messages.insert(queued.msg_id.clone(), queued);
+            }
+        }
+        published.extend(packer.finish());
+        let now = Utc::now();
+        let mut items = 0;
+        for batch in &published {
+            let gateway_id = batch.subject.rsplit('.').next().unwrap();
+            for entry in parse_batch(&batch.payload, gateway_id).unwrap() {
+                let BatchEntry::Item(item) = entry else {
+                    panic!("broken item {entry:?}");
+                };
+                let message = &messages[&item.id];
+                let alone = RawMessage {
+                    format: message.format,
+                    gateway_id: &message.gateway_id,
+                    payload: &message.payload,
+                    msg_id: Some(&message.msg_id),
+                    camera_id: message.camera_id.as_deref(),
+                    received_at: Some(&message.received_at),
+                    stored_at: None,
+                };
+                assert_eq!(
+                    normalizer.normalize(&item.raw(gateway_id, None), now),
+                    normalizer.normalize(&alone, now),
+                    "{}",
+                    item.id
+                );
+                items += 1;
+            }
+        }
+        assert_eq!(items, messages.len());
+        assert!(published.len() < items / 5, "{} batches", published.len());
+    }
+
+    #[test]
+    fn without_batch_a_message_keeps_its_own_subject_and_headers() {
+        let message = queued("gw-3", 4, b"{}");
+        let outbound = outbound_message(&message);
+        assert_eq!(outbound.subject, "cctv.raw.hikvision.gw-3");
+        assert_eq!(header(&outbound, "Nats-Msg-Id"), Some("run-4"));
+        assert_eq!(
+            header(&outbound, "Cctv-Received-At"),
+            Some("2026-11-27T04:14:04.000Z")
+        );
+        assert_eq!(header(&outbound, "Cctv-Camera-Id"), Some("CAM-4"));
+        assert!(matches!(Outbox::new(0), Outbox::Single));
+        assert!(matches!(Outbox::new(1), Outbox::Single));
+        assert!(matches!(Outbox::new(2), Outbox::Batched(_)));
     }
 
     #[test]

@@ -9,7 +9,12 @@
 //! [`cctv_event::OffenceEvent`]. With a [`PlateKey`]
 //! ([`Normalizer::with_plate_key`]) plates leave as a keyed hash, never in
 //! clear.
+//!
+//! A CloudEvents batch (many vendor messages in one NATS message) is split by
+//! [`parse_batch`] into [`BatchItem`]s, each normalised exactly like a single
+//! message through [`BatchItem::raw`]; [`BatchBuilder`] writes batches.
 
+mod batch;
 mod canonical;
 mod dahua;
 mod decode;
@@ -27,6 +32,10 @@ mod plate;
 mod time;
 mod xml;
 
+pub use batch::{
+    parse_batch, BatchBuilder, BatchEntry, BatchItem, BATCH_CONTENT_TYPE, MAX_BATCH_BYTES,
+    MAX_BATCH_ITEMS,
+};
 pub use detection::{Confidence, Detection};
 pub use format::Format;
 pub use limits::Limits;

@@ -74,8 +74,16 @@ pub enum RejectReason {
     TimeOutOfRange,
     /// The confidence is outside its scale.
     ConfidenceOutOfRange,
-    /// The message carries more offences than allowed.
+    /// The message carries more offences than allowed, or a batch more
+    /// items than allowed.
     TooManyEvents,
+    /// An item of a CloudEvents batch is not a usable CloudEvent: not an
+    /// object, wrong `specversion`, no `id`, a `type` outside
+    /// `kz.cctv.raw.<format>`, no `source`, or bad `data` / `data_base64`.
+    InvalidBatchItem,
+    /// An item of a batch names another gateway as its `source`: no gateway
+    /// speaks for another.
+    ForeignSource,
 }
 
 impl RejectReason {
@@ -96,6 +104,8 @@ impl RejectReason {
             RejectReason::TimeOutOfRange => "time_out_of_range",
             RejectReason::ConfidenceOutOfRange => "confidence_out_of_range",
             RejectReason::TooManyEvents => "too_many_events",
+            RejectReason::InvalidBatchItem => "invalid_batch_item",
+            RejectReason::ForeignSource => "foreign_source",
         }
     }
 }

@@ -1,0 +1,864 @@
+//! CloudEvents batches (contract section 2.1): many vendor messages in one
+//! NATS message on `cctv.raw.batch.<gateway_id>`, as a JSON array of
+//! CloudEvents 1.0 ("batched content mode", `application/cloudevents-batch+json`).
+//!
+//! [`parse_batch`] splits a batch into its items. A batch that cannot be read
+//! as a whole (too large, not UTF-8, nested too deep, not a JSON array, too
+//! many items) is one [`Rejection`]; otherwise every item becomes either a
+//! [`BatchItem`] (a vendor message with the metadata a single message carries
+//! in its headers, normalised through [`BatchItem::raw`] exactly as if it had
+//! been published alone) or a [`BatchEntry::Broken`] entry to dead-letter on
+//! its own. Item bodies come back as the exact bytes the device sent: a JSON
+//! `data` value is taken as its original text, never re-serialised.
+//!
+//! [`BatchBuilder`] writes batches for producers (the simulator, benches,
+//! tests) such that [`parse_batch`] gives every body back byte for byte.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::limits::{json_too_deep, Limits};
+use crate::normalizer::RawMessage;
+use crate::outcome::{clip, RejectReason, Rejection};
+
+/// Content type of a CloudEvents JSON batch.
+pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
+/// Largest batch accepted, in bytes (contract: at most 1 MiB).
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Most items one batch may carry (contract: at most 10,000).
+pub const MAX_BATCH_ITEMS: usize = 10_000;
+
+/// The CloudEvents version every item must name.
+const SPEC_VERSION: &str = "1.0";
+/// Every item's `type` is this prefix followed by the vendor format.
+const TYPE_PREFIX: &str = "kz.cctv.raw.";
+/// Every item's `source` is this prefix followed by the gateway id.
+const SOURCE_PREFIX: &str = "/gateways/";
+/// Nesting the batch itself adds above a body: the array and the item object.
+/// A body is allowed as deep inside a batch as it would be alone.
+const BATCH_NESTING: usize = 2;
+
+/// One vendor message of a batch, with the metadata a single message would
+/// carry in its subject and headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchItem {
+    /// Position in the batch, from 0.
+    pub index: usize,
+    /// `<format>` of the item's `type` `kz.cctv.raw.<format>`. Not checked
+    /// here: the normaliser rejects an unknown one as `unsupported_format`.
+    pub format: String,
+    /// CloudEvents `id`: the gateway's id for the message (its `Nats-Msg-Id`).
+    pub id: String,
+    /// CloudEvents `time`, as `Cctv-Received-At`.
+    pub time: Option<String>,
+    /// CloudEvents `subject`: the camera id, as `Cctv-Camera-Id`.
+    pub subject: Option<String>,
+    /// CloudEvents `datacontenttype`, as sent (not checked).
+    pub content_type: Option<String>,
+    /// The body exactly as the device sent it: the original text of a JSON
+    /// `data` value, the content of a `data` string, or the decoded
+    /// `data_base64`; empty when the item has neither.
+    pub body: Vec<u8>,
+}
+
+impl BatchItem {
+    /// The item as a raw message of gateway `gateway_id` (the batch
+    /// subject's token): `id` is the message id, `subject` the camera header,
+    /// `time` the receipt time; `stored_at` is the batch's stream time.
+    pub fn raw<'a>(
+        &'a self,
+        gateway_id: &'a str,
+        stored_at: Option<DateTime<Utc>>,
+    ) -> RawMessage<'a> {
+        RawMessage {
+            format: &self.format,
+            gateway_id,
+            payload: &self.body,
+            msg_id: Some(&self.id),
+            camera_id: self.subject.as_deref(),
+            received_at: self.time.as_deref(),
+            stored_at,
+        }
+    }
+}
+
+/// One entry of a parsed batch, in batch order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchEntry {
+    /// A usable item, to normalise like a single message.
+    Item(BatchItem),
+    /// An item that is not a usable CloudEvent, to dead-letter on its own.
+    Broken {
+        /// Position in the batch, from 0.
+        index: usize,
+        /// Why it cannot be used.
+        rejection: Rejection,
+        /// The item's JSON text as received.
+        body: Vec<u8>,
+    },
+}
+
+impl BatchEntry {
+    /// Position of the entry in the batch, from 0.
+    pub fn index(&self) -> usize {
+        match self {
+            BatchEntry::Item(item) => item.index,
+            BatchEntry::Broken { index, .. } => *index,
+        }
+    }
+}
+
+/// The attributes of an item the pipeline reads. Unknown attributes
+/// (CloudEvents extensions) are ignored.
+#[derive(Deserialize)]
+struct WireItem<'a> {
+    specversion: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    source: Option<String>,
+    id: Option<String>,
+    time: Option<String>,
+    subject: Option<String>,
+    datacontenttype: Option<String>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    data_base64: Option<String>,
+}
+
+/// Splits a batch published on `cctv.raw.batch.<gateway_id>` into its
+/// entries, in order. `Err` when the batch cannot be read as a whole (it is
+/// then dead-lettered whole); each unusable item is a
+/// [`BatchEntry::Broken`] entry instead, so one bad item costs no other.
+pub fn parse_batch(payload: &[u8], gateway_id: &str) -> Result<Vec<BatchEntry>, Rejection> {
+    if payload.len() > MAX_BATCH_BYTES {
+        return Err(Rejection::new(
+            RejectReason::PayloadTooLarge,
+            format!(
+                "batch of {} bytes exceeds the limit of {MAX_BATCH_BYTES} bytes",
+                payload.len()
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(payload).map_err(|error| {
+        Rejection::new(
+            RejectReason::InvalidUtf8,
+            format!("batch is not UTF-8: {error}"),
+        )
+    })?;
+    // Before any parser, so that a nesting bomb costs one linear pass.
+    let max_depth = Limits::default().max_json_depth + BATCH_NESTING;
+    if json_too_deep(payload, max_depth) {
+        return Err(Rejection::new(
+            RejectReason::TooDeep,
+            format!("batch JSON nests deeper than {max_depth} levels"),
+        ));
+    }
+    // The size limit bounds this vector (an item takes at least two bytes),
+    // so the item count is checked after parsing.
+    let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|error| {
+        Rejection::new(
+            RejectReason::Malformed,
+            format!("batch is not a JSON array: {error}"),
+        )
+    })?;
+    if items.len() > MAX_BATCH_ITEMS {
+        return Err(Rejection::new(
+            RejectReason::TooManyEvents,
+            format!(
+                "{} items in one batch exceed the limit of {MAX_BATCH_ITEMS}",
+                items.len()
+            ),
+        ));
+    }
+    let source = format!("{SOURCE_PREFIX}{gateway_id}");
+    Ok(items
+        .into_iter()
+        .enumerate()
+        .map(
+            |(index, item)| match parse_item(index, item.get(), &source) {
+                Ok(item) => BatchEntry::Item(item),
+                Err(rejection) => BatchEntry::Broken {
+                    index,
+                    rejection,
+                    body: item.get().as_bytes().to_vec(),
+                },
+            },
+        )
+        .collect())
+}
+
+fn invalid_item(detail: impl Into<String>) -> Rejection {
+    Rejection::new(RejectReason::InvalidBatchItem, detail)
+}
+
+/// Reads one item; `source` is the only `source` the batch's gateway may name.
+fn parse_item(index: usize, text: &str, source: &str) -> Result<BatchItem, Rejection> {
+    // Serde would also read a struct from an array of its fields.
+    if !text.trim_start().starts_with('{') {
+        return Err(invalid_item(format!("item {index} is not a JSON object")));
+    }
+    let wire: WireItem<'_> = serde_json::from_str(text)
+        .map_err(|error| invalid_item(format!("item {index} is not a CloudEvent: {error}")))?;
+    if wire.specversion.as_deref() != Some(SPEC_VERSION) {
+        return Err(invalid_item(format!(
+            "item {index}: specversion {:?} is not \"{SPEC_VERSION}\"",
+            wire.specversion.as_deref().map(clip)
+        )));
+    }
+    let Some(id) = wire.id.filter(|id| !id.is_empty()) else {
+        return Err(invalid_item(format!(
+            "item {index}: id is missing or empty"
+        )));
+    };
+    let Some(format) = wire
+        .event_type
+        .as_deref()
+        .and_then(|event_type| event_type.strip_prefix(TYPE_PREFIX))
+    else {
+        return Err(invalid_item(format!(
+            "item {index}: type {:?} is not {TYPE_PREFIX}<format>",
+            wire.event_type.as_deref().map(clip)
+        )));
+    };
+    match wire.source.as_deref() {
+        None => return Err(invalid_item(format!("item {index}: source is missing"))),
+        Some(named) if named != source => {
+            return Err(Rejection::new(
+                RejectReason::ForeignSource,
+                format!(
+                    "item {index}: source {:?} is not {source:?}, the batch's gateway",
+                    clip(named)
+                ),
+            ))
+        }
+        Some(_) => {}
+    }
+    let body = match (wire.data, wire.data_base64) {
+        (Some(_), Some(_)) => {
+            return Err(invalid_item(format!(
+                "item {index} has both data and data_base64"
+            )))
+        }
+        (Some(data), None) => data_body(index, data)?,
+        (None, Some(encoded)) => BASE64.decode(encoded.as_bytes()).map_err(|error| {
+            invalid_item(format!("item {index}: data_base64 is not base64: {error}"))
+        })?,
+        // The normaliser judges an empty body like an empty message.
+        (None, None) => Vec::new(),
+    };
+    Ok(BatchItem {
+        index,
+        format: format.to_string(),
+        id,
+        time: wire.time,
+        subject: wire.subject,
+        content_type: wire.datacontenttype,
+        body,
+    })
+}
+
+/// The body of a `data` attribute: a string's content, else the value's
+/// original text.
+fn data_body(index: usize, data: &RawValue) -> Result<Vec<u8>, Rejection> {
+    let text = data.get();
+    if !text.starts_with('"') {
+        return Ok(text.as_bytes().to_vec());
+    }
+    serde_json::from_str::<String>(text)
+        .map(String::into_bytes)
+        .map_err(|error| invalid_item(format!("item {index}: data string: {error}")))
+}
+
+/// Writes a CloudEvents batch for one gateway, item by item, such that
+/// [`parse_batch`] gives every body back byte for byte.
+///
+/// A body is embedded as a `data` JSON value (`application/json`) when it is
+/// a JSON object or array with no surrounding whitespace and within the
+/// normaliser's depth limit; else as a `data` string (`application/xml` when
+/// it starts with `<`, `text/plain` otherwise) when it is UTF-8; else as
+/// `data_base64`.
+#[derive(Debug, Clone)]
+pub struct BatchBuilder {
+    /// `source` of every item, as JSON string text.
+    source_json: String,
+    /// `[` followed by the items so far, comma separated.
+    buffer: Vec<u8>,
+    /// Items so far.
+    num_items: usize,
+}
+
+impl BatchBuilder {
+    /// An empty batch for gateway `gateway_id` (its items name
+    /// `/gateways/<gateway_id>` as their source).
+    pub fn new(gateway_id: &str) -> Self {
+        let mut source_json = String::new();
+        write_json_string(&mut source_json, &format!("{SOURCE_PREFIX}{gateway_id}"));
+        Self {
+            source_json,
+            buffer: vec![b'['],
+            num_items: 0,
+        }
+    }
+
+    /// Appends one vendor message: `format` is its `<format>`, `id` its
+    /// message id, `time` its receipt time and `subject` its camera id.
+    pub fn push(
+        &mut self,
+        format: &str,
+        id: &str,
+        time: Option<&str>,
+        subject: Option<&str>,
+        body: &[u8],
+    ) {
+        self.write_item(format, id, time, subject, body);
+        self.num_items += 1;
+    }
+
+    /// Appends one vendor message like [`BatchBuilder::push`] only if the
+    /// batch then stays within `max_bytes` (see [`BatchBuilder::bytes_len`])
+    /// and [`MAX_BATCH_ITEMS`]; returns whether it did. A full batch is left
+    /// as it was.
+    pub fn try_push(
+        &mut self,
+        max_bytes: usize,
+        format: &str,
+        id: &str,
+        time: Option<&str>,
+        subject: Option<&str>,
+        body: &[u8],
+    ) -> bool {
+        if self.num_items >= MAX_BATCH_ITEMS {
+            return false;
+        }
+        let mark = self.buffer.len();
+        self.write_item(format, id, time, subject, body);
+        if self.bytes_len() > max_bytes {
+            self.buffer.truncate(mark);
+            return false;
+        }
+        self.num_items += 1;
+        true
+    }
+
+    /// Items so far.
+    pub fn len(&self) -> usize {
+        self.num_items
+    }
+
+    /// Whether no item was pushed since creation or the last clear.
+    pub fn is_empty(&self) -> bool {
+        self.num_items == 0
+    }
+
+    /// Size in bytes the batch would have if finished now.
+    pub fn bytes_len(&self) -> usize {
+        // The closing bracket `finish` adds.
+        self.buffer.len() + 1
+    }
+
+    /// The batch: a JSON array of the items pushed.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.buffer.push(b']');
+        self.buffer
+    }
+
+    /// Drops every item, keeping the gateway and the allocation.
+    pub fn clear(&mut self) {
+        self.buffer.truncate(1);
+        self.num_items = 0;
+    }
+
+    fn write_item(
+        &mut self,
+        format: &str,
+        id: &str,
+        time: Option<&str>,
+        subject: Option<&str>,
+        body: &[u8],
+    ) {
+        let mut head = String::with_capacity(160 + id.len());
+        if self.num_items > 0 {
+            head.push(',');
+        }
+        head.push_str(r#"{"specversion":"1.0","type":"#);
+        write_json_string(&mut head, &format!("{TYPE_PREFIX}{format}"));
+        head.push_str(r#","source":"#);
+        head.push_str(&self.source_json);
+        head.push_str(r#","id":"#);
+        write_json_string(&mut head, id);
+        if let Some(time) = time {
+            head.push_str(r#","time":"#);
+            write_json_string(&mut head, time);
+        }
+        if let Some(subject) = subject {
+            head.push_str(r#","subject":"#);
+            write_json_string(&mut head, subject);
+        }
+        if is_embeddable_json(body) {
+            head.push_str(r#","datacontenttype":"application/json","data":"#);
+            self.buffer.extend_from_slice(head.as_bytes());
+            self.buffer.extend_from_slice(body);
+            self.buffer.push(b'}');
+            return;
+        }
+        match std::str::from_utf8(body) {
+            Ok(text) => {
+                let content_type = if text.starts_with('<') {
+                    "application/xml"
+                } else {
+                    "text/plain"
+                };
+                head.push_str(r#","datacontenttype":""#);
+                head.push_str(content_type);
+                head.push_str(r#"","data":"#);
+                write_json_string(&mut head, text);
+            }
+            Err(_) => {
+                head.push_str(r#","data_base64":""#);
+                BASE64.encode_string(body, &mut head);
+                head.push('"');
+            }
+        }
+        head.push('}');
+        self.buffer.extend_from_slice(head.as_bytes());
+    }
+}
+
+/// Whether `body` can be a `data` JSON value and come back as the same bytes:
+/// an object or array (a string or `null` would come back changed), with no
+/// whitespace around it (the parser keeps only the value's own text), that
+/// nests no deeper than a message alone may (so the batch stays readable).
+fn is_embeddable_json(body: &[u8]) -> bool {
+    let (Some(first), Some(last)) = (body.first(), body.last()) else {
+        return false;
+    };
+    matches!((first, last), (b'{', b'}') | (b'[', b']'))
+        && !json_too_deep(body, Limits::default().max_json_depth)
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+}
+
+/// Appends `text` as a JSON string literal.
+fn write_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for character in text.chars() {
+        match character {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            control if u32::from(control) < 0x20 => {
+                out.push_str(&format!("\\u{:04x}", u32::from(control)));
+            }
+            other => out.push(other),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use cctv_event::{CameraRegistry, Regions, Taxonomy};
+
+    use super::*;
+    use crate::{parse_rfc3339, Normalizer, Outcome};
+
+    const GATEWAY: &str = "gw-7";
+    const CANONICAL: &[u8] = include_bytes!("../fixtures/canonical/speeding.json");
+    const HIKVISION_XML: &[u8] = include_bytes!("../fixtures/hikvision/anpr_seatbelt.xml");
+    const HIKVISION_JSON: &[u8] = include_bytes!("../fixtures/hikvision/tfs_illegal_parking.json");
+
+    fn item(entry: &BatchEntry) -> &BatchItem {
+        match entry {
+            BatchEntry::Item(item) => item,
+            BatchEntry::Broken { rejection, .. } => panic!("expected an item, got {rejection}"),
+        }
+    }
+
+    fn broken(entry: &BatchEntry) -> RejectReason {
+        match entry {
+            BatchEntry::Broken { rejection, .. } => {
+                assert!(!rejection.detail.is_empty());
+                rejection.reason
+            }
+            BatchEntry::Item(item) => panic!("expected a broken entry, got {item:?}"),
+        }
+    }
+
+    /// A batch of one hand-written item of gateway `GATEWAY`.
+    fn one(item_json: &str) -> BatchEntry {
+        let entries = parse_batch(format!("[{item_json}]").as_bytes(), GATEWAY).unwrap();
+        assert_eq!(entries.len(), 1);
+        entries.into_iter().next().unwrap()
+    }
+
+    fn whole_batch_reason(payload: &[u8]) -> RejectReason {
+        let rejection = parse_batch(payload, GATEWAY).unwrap_err();
+        assert!(!rejection.detail.is_empty());
+        rejection.reason
+    }
+
+    #[test]
+    fn the_builder_round_trips_every_kind_of_body_byte_for_byte() {
+        let trimmed_json = std::str::from_utf8(HIKVISION_JSON).unwrap().trim();
+        let bodies: Vec<(&[u8], Option<&str>, bool)> = vec![
+            // (body, content type written, embedded as a JSON value)
+            (trimmed_json.as_bytes(), Some("application/json"), true),
+            (
+                br#"[{"a":1.50e3,"b":"\u00e9\n"}]"#,
+                Some("application/json"),
+                true,
+            ),
+            // A JSON file with its trailing newline stays exact as a string.
+            (HIKVISION_JSON, Some("text/plain"), false),
+            (HIKVISION_XML, Some("application/xml"), false),
+            (b"\"just a JSON string\"", Some("text/plain"), false),
+            (b"null", Some("text/plain"), false),
+            (
+                b"Event=Start;Code=\"x\"\\\t\x01 caf\xc3\xa9",
+                Some("text/plain"),
+                false,
+            ),
+            (b"", Some("text/plain"), false),
+            (b"\xff\xfe\x00binary<", None, false),
+        ];
+        let mut builder = BatchBuilder::new(GATEWAY);
+        assert!(builder.is_empty());
+        for (index, (body, _, _)) in bodies.iter().enumerate() {
+            builder.push(
+                "hikvision",
+                &format!("msg-{index}"),
+                Some("2026-11-27T04:14:06Z"),
+                Some("CAM \"1\""),
+                body,
+            );
+        }
+        assert_eq!(builder.len(), bodies.len());
+        let bytes_len = builder.bytes_len();
+        let batch = builder.finish();
+        assert_eq!(batch.len(), bytes_len);
+        let entries = parse_batch(&batch, GATEWAY).unwrap();
+        assert_eq!(entries.len(), bodies.len());
+        for (index, (entry, (body, content_type, as_value))) in
+            entries.iter().zip(&bodies).enumerate()
+        {
+            let item = item(entry);
+            assert_eq!(item.index, index);
+            assert_eq!(item.body, *body, "body {index}");
+            assert_eq!(item.format, "hikvision");
+            assert_eq!(item.id, format!("msg-{index}"));
+            assert_eq!(item.time.as_deref(), Some("2026-11-27T04:14:06Z"));
+            assert_eq!(item.subject.as_deref(), Some("CAM \"1\""));
+            assert_eq!(item.content_type.as_deref(), *content_type, "body {index}");
+            let value: serde_json::Value = serde_json::from_slice(&batch).unwrap();
+            assert_eq!(
+                value[index].get("data").is_some_and(|d| !d.is_string()),
+                *as_value
+            );
+        }
+    }
+
+    #[test]
+    fn item_order_and_index_are_kept_and_optional_attributes_stay_absent() {
+        let mut builder = BatchBuilder::new(GATEWAY);
+        for n in 0..50 {
+            builder.push("canonical", &format!("id-{n}"), None, None, CANONICAL);
+        }
+        let entries = parse_batch(&builder.finish(), GATEWAY).unwrap();
+        for (n, entry) in entries.iter().enumerate() {
+            let item = item(entry);
+            assert_eq!((entry.index(), item.index), (n, n));
+            assert_eq!(item.id, format!("id-{n}"));
+            assert_eq!(
+                (item.time.as_deref(), item.subject.as_deref()),
+                (None, None)
+            );
+        }
+        let empty = BatchBuilder::new(GATEWAY).finish();
+        assert_eq!(empty, b"[]");
+        assert!(parse_batch(&empty, GATEWAY).unwrap().is_empty());
+    }
+
+    #[test]
+    fn try_push_keeps_the_batch_within_its_limits_and_clear_empties_it() {
+        let mut builder = BatchBuilder::new(GATEWAY);
+        let limit = 4096;
+        let mut pushed = 0;
+        while builder.try_push(
+            limit,
+            "canonical",
+            &format!("id-{pushed}"),
+            None,
+            None,
+            CANONICAL,
+        ) {
+            pushed += 1;
+        }
+        assert!(pushed > 1);
+        assert_eq!(builder.len(), pushed);
+        assert!(builder.bytes_len() <= limit);
+        // The refused item left no trace: the batch still parses whole.
+        let batch = builder.clone().finish();
+        assert!(batch.len() <= limit);
+        assert_eq!(parse_batch(&batch, GATEWAY).unwrap().len(), pushed);
+        builder.clear();
+        assert!(builder.is_empty());
+        assert_eq!(builder.bytes_len(), 2);
+        assert!(!builder.try_push(10, "canonical", "id", None, None, CANONICAL));
+        assert!(builder.is_empty());
+
+        let mut full = BatchBuilder::new(GATEWAY);
+        for n in 0..MAX_BATCH_ITEMS {
+            assert!(full.try_push(usize::MAX, "canonical", &n.to_string(), None, None, b"1"));
+        }
+        assert!(!full.try_push(usize::MAX, "canonical", "one more", None, None, b"1"));
+        assert_eq!(full.len(), MAX_BATCH_ITEMS);
+    }
+
+    #[test]
+    fn unusable_items_are_broken_on_their_own() {
+        let good = r#"{"specversion":"1.0","type":"kz.cctv.raw.canonical","source":"/gateways/gw-7","id":"a","data":{}}"#;
+        let cases: Vec<(String, RejectReason)> = vec![
+            ("42".into(), RejectReason::InvalidBatchItem),
+            (
+                r#"["1.0","kz.cctv.raw.canonical","/gateways/gw-7","a"]"#.into(),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""specversion":"1.0","#, ""),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""1.0""#, r#""0.3""#),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""1.0""#, "1.0"),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#","id":"a""#, ""),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""id":"a""#, r#""id":"""#),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace("kz.cctv.raw.canonical", "com.example.raw.canonical"),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""type":"kz.cctv.raw.canonical","#, ""),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""source":"/gateways/gw-7","#, ""),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace("/gateways/gw-7", "/gateways/gw-8"),
+                RejectReason::ForeignSource,
+            ),
+            (
+                good.replace("/gateways/gw-7", "/gateways/gw-7/extra"),
+                RejectReason::ForeignSource,
+            ),
+            (
+                good.replace(r#""data":{}"#, r#""data":{},"data_base64":"e30=""#),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""data":{}"#, r#""data_base64":"not base64!""#),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""data":{}"#, r#""data_base64":42"#),
+                RejectReason::InvalidBatchItem,
+            ),
+            (
+                good.replace(r#""id":"a""#, r#""id":"a","id":"b""#),
+                RejectReason::InvalidBatchItem,
+            ),
+        ];
+        for (item_json, reason) in cases {
+            // Between two good items, which stay good.
+            let batch = format!("[{good},{item_json},{good}]");
+            let entries = parse_batch(batch.as_bytes(), GATEWAY).unwrap();
+            assert_eq!(entries.len(), 3);
+            assert_eq!(item(&entries[0]).body, b"{}");
+            assert_eq!(broken(&entries[1]), reason, "{item_json}");
+            let BatchEntry::Broken { index, body, .. } = &entries[1] else {
+                unreachable!()
+            };
+            assert_eq!((*index, body.as_slice()), (1, item_json.as_bytes()));
+            assert_eq!(item(&entries[2]).index, 2);
+        }
+    }
+
+    #[test]
+    fn data_forms_give_their_body_and_no_data_an_empty_one() {
+        let head =
+            r#"{"specversion":"1.0","type":"kz.cctv.raw.dahua","source":"/gateways/gw-7","id":"a""#;
+        let body = |rest: &str| item(&one(&format!("{head}{rest}}}"))).body.clone();
+        assert_eq!(body(""), b"");
+        assert_eq!(body(r#","data":null"#), b"");
+        assert_eq!(body(r#","data":"Code=x\n""#), b"Code=x\n");
+        assert_eq!(
+            body(r#","data": { "a" : [1, 2.0] } "#),
+            br#"{ "a" : [1, 2.0] }"#
+        );
+        assert_eq!(body(r#","data_base64":"/w==""#), b"\xff");
+        // An attribute given twice makes the item unusable.
+        let twice = one(&format!(r#"{head},"type":"kz.cctv.raw.axis"}}"#));
+        assert_eq!(broken(&twice), RejectReason::InvalidBatchItem);
+        // Extensions and unknown formats pass: the normaliser judges the format.
+        let axis = head.replace("kz.cctv.raw.dahua", "kz.cctv.raw.axis");
+        assert_eq!(
+            item(&one(&format!(r#"{axis},"partitionkey":"k"}}"#))).format,
+            "axis"
+        );
+    }
+
+    #[test]
+    fn a_batch_unreadable_as_a_whole_is_rejected_whole() {
+        assert_eq!(
+            whole_batch_reason(b"[{\"id\":\"\xff\"}]"),
+            RejectReason::InvalidUtf8
+        );
+        assert_eq!(whole_batch_reason(b"not json"), RejectReason::Malformed);
+        assert_eq!(whole_batch_reason(b""), RejectReason::Malformed);
+        assert_eq!(whole_batch_reason(b"[{\"a\":1}"), RejectReason::Malformed);
+        assert_eq!(
+            whole_batch_reason(b"[{}] trailing"),
+            RejectReason::Malformed
+        );
+        assert_eq!(
+            whole_batch_reason(br#"{"specversion":"1.0"}"#),
+            RejectReason::Malformed
+        );
+        let deep = format!("[{}{}]", "[".repeat(40), "]".repeat(40));
+        assert_eq!(whole_batch_reason(deep.as_bytes()), RejectReason::TooDeep);
+        let oversized = format!("[\"{}\"]", "x".repeat(MAX_BATCH_BYTES));
+        assert_eq!(
+            whole_batch_reason(oversized.as_bytes()),
+            RejectReason::PayloadTooLarge
+        );
+
+        let items = |count: usize| format!("[{}]", vec!["{}"; count].join(","));
+        assert_eq!(
+            parse_batch(items(MAX_BATCH_ITEMS).as_bytes(), GATEWAY)
+                .unwrap()
+                .len(),
+            MAX_BATCH_ITEMS
+        );
+        assert_eq!(
+            whole_batch_reason(items(MAX_BATCH_ITEMS + 1).as_bytes()),
+            RejectReason::TooManyEvents
+        );
+    }
+
+    #[test]
+    fn a_body_as_deep_as_a_message_may_be_stays_readable_in_a_batch() {
+        let depth = Limits::default().max_json_depth;
+        let deepest = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let too_deep = format!("{}{}", "[".repeat(depth + 1), "]".repeat(depth + 1));
+        let mut builder = BatchBuilder::new(GATEWAY);
+        builder.push("canonical", "a", None, None, deepest.as_bytes());
+        builder.push("canonical", "b", None, None, too_deep.as_bytes());
+        let entries = parse_batch(&builder.finish(), GATEWAY).unwrap();
+        assert_eq!(item(&entries[0]).body, deepest.as_bytes());
+        assert_eq!(
+            item(&entries[0]).content_type.as_deref(),
+            Some("application/json")
+        );
+        // Too deep for a message: carried as a string for the normaliser to refuse.
+        assert_eq!(item(&entries[1]).body, too_deep.as_bytes());
+        assert_eq!(
+            item(&entries[1]).content_type.as_deref(),
+            Some("text/plain")
+        );
+    }
+
+    fn normalizer() -> Normalizer {
+        let regions = Regions::builtin().unwrap();
+        let registry =
+            CameraRegistry::from_csv(include_str!("../fixtures/hikvision/registry.csv"), &regions)
+                .unwrap();
+        Normalizer::new(
+            Arc::new(Taxonomy::builtin().unwrap()),
+            Arc::new(regions),
+            Arc::new(registry),
+            Limits::default(),
+        )
+    }
+
+    /// An item normalises to exactly what the same body with the same id and
+    /// headers gives when published alone.
+    #[test]
+    fn an_item_normalises_like_the_same_message_published_alone() {
+        let normalizer = normalizer();
+        let now = parse_rfc3339("2026-11-28T00:00:00Z").unwrap();
+        let stored_at = parse_rfc3339("2026-11-27T04:14:07Z");
+        let broken_xml = &HIKVISION_XML[..HIKVISION_XML.len() / 2];
+        // (format, body, `Cctv-Received-At`, `Cctv-Camera-Id`)
+        type Message<'a> = (&'a str, &'a [u8], Option<&'a str>, Option<&'a str>);
+        let messages: Vec<Message<'_>> = vec![
+            ("canonical", CANONICAL, None, None),
+            (
+                "canonical",
+                CANONICAL.trim_ascii(),
+                Some("2026-11-27T03:15:06Z"),
+                Some("AST-0412"),
+            ),
+            (
+                "hikvision",
+                HIKVISION_XML,
+                Some("2026-11-27T04:14:06Z"),
+                None,
+            ),
+            (
+                "hikvision",
+                HIKVISION_JSON,
+                None,
+                Some("ALA-ABAI-ROZYBAKIEV-3"),
+            ),
+            ("hikvision", HIKVISION_JSON.trim_ascii(), None, None),
+            ("hikvision", broken_xml, None, None),
+            ("hikvision", b"", None, None),
+            ("axis", CANONICAL, None, None),
+        ];
+        let mut builder = BatchBuilder::new(GATEWAY);
+        for (index, (format, body, time, subject)) in messages.iter().enumerate() {
+            builder.push(format, &format!("gw-7-{index}"), *time, *subject, body);
+        }
+        let entries = parse_batch(&builder.finish(), GATEWAY).unwrap();
+        let mut offences = 0;
+        for (index, (entry, (format, body, time, subject))) in
+            entries.iter().zip(&messages).enumerate()
+        {
+            let msg_id = format!("gw-7-{index}");
+            let alone = RawMessage {
+                format,
+                gateway_id: GATEWAY,
+                payload: body,
+                msg_id: Some(&msg_id),
+                camera_id: *subject,
+                received_at: *time,
+                stored_at,
+            };
+            let expected = normalizer.normalize(&alone, now);
+            if matches!(expected, Outcome::Offences(_)) {
+                offences += 1;
+            }
+            let batched = normalizer.normalize(&item(entry).raw(GATEWAY, stored_at), now);
+            assert_eq!(batched, expected, "message {index}");
+        }
+        assert_eq!(offences, 5);
+    }
+}
