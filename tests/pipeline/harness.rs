@@ -248,6 +248,29 @@ impl Stack {
             .expect("totals")
     }
 
+    /// Waits until the aggregators have seen `expected` events in all
+    /// (written or dropped as repeats), e.g. every event the ingest published.
+    pub(crate) async fn wait_for_aggregated(&self, stats: &[&AggregatorStats], expected: u64) {
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        loop {
+            let seen: u64 = stats
+                .iter()
+                .map(|stats| {
+                    let snapshot = stats.snapshot();
+                    snapshot.rows_written + snapshot.duplicates
+                })
+                .sum();
+            if seen >= expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "aggregators saw only {seen} of {expected} events after {DRAIN_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until the ingest service has handled `expected` raw messages.
     pub(crate) async fn wait_for_ingest(&self, stats: &IngestStats, expected: u64) {
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;

@@ -288,6 +288,7 @@ async fn throughput(
         noise: 0.1,
         malformed: 0.005,
         quiet: true,
+        batch: 0,
     };
     let started = Instant::now();
     cctv_cli::run_simulate(&rig.cli_config(), &args).await?;

@@ -25,10 +25,7 @@ use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_nats::HeaderMap;
 use cctv_bus::{headers, subjects, PublishOutcome};
 use cctv_event::{CameraRegistry, Regions, Taxonomy};
-use std::fmt::Write as _;
-
 use cctv_normalize::{BatchEntry, Normalizer, Outcome, RawMessage};
-use sha2::{Digest, Sha256};
 use cctv_telemetry::Health;
 use futures::StreamExt;
 use tokio::task::JoinSet;
@@ -326,7 +323,6 @@ struct Pending {
 struct Sealed {
     partition: u16,
     payload: bytes::Bytes,
-    msg_id: String,
     /// Raw messages (indexes in the pull) with events in it.
     members: Vec<usize>,
 }
@@ -335,7 +331,6 @@ struct Sealed {
 struct Router {
     writers: Vec<cctv_bus::EventBatchWriter>,
     members: Vec<Vec<usize>>,
-    hashers: Vec<Sha256>,
     sealed: Vec<Sealed>,
     max_events: usize,
     max_bytes: usize,
@@ -349,7 +344,6 @@ impl Router {
                 .map(|_| cctv_bus::EventBatchWriter::new())
                 .collect(),
             members: vec![Vec::new(); count],
-            hashers: vec![Sha256::new(); count],
             sealed: Vec::new(),
             max_events,
             max_bytes,
@@ -357,7 +351,7 @@ impl Router {
     }
 
     /// Adds one event of raw message `member` to its partition's batch.
-    fn push(&mut self, partition: u16, event_id: &[u8; 16], json: &[u8], member: usize) {
+    fn push(&mut self, partition: u16, json: &[u8], member: usize) {
         let index = usize::from(partition);
         if !self.writers[index].is_empty()
             && self.writers[index].bytes_len() + json.len() + 4 > self.max_bytes
@@ -365,7 +359,6 @@ impl Router {
             self.seal(index);
         }
         self.writers[index].push(json);
-        self.hashers[index].update(event_id);
         if self.members[index].last() != Some(&member) {
             self.members[index].push(member);
         }
@@ -379,19 +372,12 @@ impl Router {
             return;
         }
         let payload = self.writers[index].finish();
-        let digest = std::mem::replace(&mut self.hashers[index], Sha256::new()).finalize();
-        let mut msg_id = String::with_capacity(40);
-        msg_id.push_str("ev:");
-        for byte in &digest[..16] {
-            let _ = write!(msg_id, "{byte:02x}");
-        }
         // The index is below the partition count, a u16.
         #[allow(clippy::cast_possible_truncation)]
         let partition = index as u16;
         self.sealed.push(Sealed {
             partition,
             payload,
-            msg_id,
             members: std::mem::take(&mut self.members[index]),
         });
     }
@@ -556,8 +542,10 @@ impl BatchContext {
             for member in &batch_out.members {
                 pending[*member].batches.push(sealed_index);
             }
+            // No `Nats-Msg-Id`: a batch's make-up depends on the pull it came
+            // from, so an id could drop a batch with other events in it. A
+            // republished event is dropped by its partition's owner instead.
             let mut event_headers = HeaderMap::new();
-            event_headers.insert(headers::NATS_MSG_ID, batch_out.msg_id.as_str());
             event_headers.insert(headers::CONTENT_TYPE, cctv_bus::EVENT_BATCH_CONTENT_TYPE);
             match publishes
                 .publish(
@@ -674,7 +662,7 @@ impl BatchContext {
                     let id = event.event_id.as_bytes();
                     json.clear();
                     event.write_json(json);
-                    router.push(subjects::partition_of(id, self.partitions), id, json, member);
+                    router.push(subjects::partition_of(id, self.partitions), json, member);
                 }
                 Some(Unit::Published(events.len() as u64))
             }

@@ -1,6 +1,8 @@
-//! In-process counters of what became of every raw message, for tests and
-//! for the shutdown summary. They add up: every handled raw delivery is
-//! exactly one of counted, duplicate, ignored or dead-lettered.
+//! In-process counters of what became of every vendor message, for tests and
+//! for the shutdown summary. They add up: every handled vendor message (a
+//! raw message, or one item of a gateway batch) is exactly one of published,
+//! ignored or dead-lettered. Whether a published event is new or a repeat is
+//! decided downstream, by the partition's owner in the aggregator.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
