@@ -436,7 +436,7 @@ async fn an_aggregator_restart_neither_loses_nor_doubles_rows() {
     let duplicates: u64 = stack
         .store()
         .client()
-        .query("SELECT count() - uniqExact(stream_seq) FROM offence_events")
+        .query("SELECT count() - uniqExact(event_id) FROM offence_events")
         .fetch_one()
         .await
         .unwrap();
