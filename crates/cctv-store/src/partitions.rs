@@ -106,22 +106,28 @@ impl Store {
         Ok(count)
     }
 
-    /// Every event id in `offence_events` with its copy count, streamed (for
-    /// the audit).
+    /// Every event id `source_stream` stored, with the lowest stream
+    /// sequence it was stored from and its copy count, streamed (for the audit).
     pub async fn for_each_stored_id(
         &self,
-        mut visit: impl FnMut([u8; 16], u64),
+        source_stream: &str,
+        mut visit: impl FnMut([u8; 16], u64, u64),
     ) -> Result<(), StoreError> {
         #[derive(Debug, clickhouse::Row, Deserialize)]
         struct Stored {
             #[serde(with = "clickhouse::serde::uuid")]
             event_id: uuid::Uuid,
+            stream_seq: u64,
             copies: u64,
         }
         let mut cursor = self
             .client()
-            .query("SELECT event_id, toUInt64(count()) AS copies FROM ?.offence_events GROUP BY event_id")
+            .query(
+                "SELECT event_id, min(stream_seq) AS stream_seq, toUInt64(count()) AS copies \
+                 FROM ?.offence_events WHERE source_stream = ? GROUP BY event_id",
+            )
             .bind(Identifier(&self.config().database))
+            .bind(source_stream)
             .fetch::<Stored>()
             .map_err(|e| StoreError::from_clickhouse("read stored ids", e))?;
         while let Some(row) = cursor
@@ -129,7 +135,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_clickhouse("read stored ids", e))?
         {
-            visit(*row.event_id.as_bytes(), row.copies);
+            visit(*row.event_id.as_bytes(), row.stream_seq, row.copies);
         }
         Ok(())
     }
