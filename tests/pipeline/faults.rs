@@ -1,5 +1,6 @@
-//! Exactly once under failure, with real processes: the `cctv-ingest` and
-//! `cctv-aggregator` binaries run against a test's own servers while tens of
+//! Exactly once under failure, with real processes: two `cctv-ingest` and two
+//! `cctv-aggregator` processes with identical configs (what an orchestrator
+//! with two replicas runs) work against a test's own servers while tens of
 //! thousands of events from a few hundred cameras are published, and a fault
 //! strikes mid-load: SIGKILL of either service (repeatedly), an abort between
 //! the write and the ack in both services, ClickHouse down for 30 s, a NATS
@@ -20,6 +21,7 @@ use cctv_bus::{NatsConfig, StreamsConfig};
 use cctv_cli::CliConfig;
 use cctv_store::{ClickHouseConfig, Store, TotalsFilter, TotalsRow};
 use cctv_testkit::{free_port, shared_clickhouse, unique_name, ClickHouseServer, NatsServer};
+use futures::TryStreamExt;
 
 use crate::harness::{canonical, recent_time, registry_csv};
 use crate::processes::{killed_by, scrape_metric, Kind, ServiceProcess, SIGABRT, SIGKILL};
@@ -34,27 +36,30 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(40);
 /// Rows per aggregator batch in these tests: small, so that there are many
 /// batches (many crash points) and the memory bound is tight.
 const BATCH_MAX_ROWS: usize = 1_000;
-/// Messages per pull of the aggregator in these tests.
-const FETCH_BATCH: usize = 500;
-/// Name of the aggregator's durable consumer (the default).
+/// Event batches per pull of the aggregator in these tests.
+const FETCH_BATCH: usize = 8;
+/// Unacknowledged event batches per partition consumer in these tests.
+const MAX_ACK_PENDING: usize = 16;
+/// Lease time to live in these tests: takeovers within seconds.
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(4);
+/// Prefix of the aggregators' partition consumers (the default).
 const AGGREGATOR_CONSUMER: &str = "cctv-aggregator";
 
 /// A test's servers: its own NATS, a database on the shared ClickHouse (or
 /// a private ClickHouse for the outage test), configs in a temp dir.
-struct FaultStack {
-    nats: NatsServer,
+pub(crate) struct FaultStack {
+    pub(crate) nats: NatsServer,
     /// Only for the test that stops ClickHouse (the shared one must stay up).
     private_clickhouse: Option<ClickHouseServer>,
     clickhouse_url: String,
     database: String,
     dir: tempfile::TempDir,
     registry_path: PathBuf,
-    js: jetstream::Context,
-    aggregator_metrics_port: u16,
+    pub(crate) js: jetstream::Context,
 }
 
 impl FaultStack {
-    async fn start(private_clickhouse: bool) -> FaultStack {
+    pub(crate) async fn start(private_clickhouse: bool) -> FaultStack {
         let nats = NatsServer::start().expect("nats-server must start");
         let (private_clickhouse, clickhouse_url) = if private_clickhouse {
             let server = ClickHouseServer::start().expect("clickhouse-server must start");
@@ -81,20 +86,21 @@ impl FaultStack {
             dir,
             registry_path,
             js,
-            aggregator_metrics_port: free_port().expect("free port"),
         }
     }
 
-    fn aggregator_toml(&self) -> String {
+    /// The one aggregator config every instance shares, but for its metrics port.
+    fn aggregator_toml(&self, metrics_port: u16) -> String {
         format!(
             "[nats]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n\n\
              [aggregator]\nbatch_max_rows = {BATCH_MAX_ROWS}\nbatch_max_age = \"200ms\"\n\
-             fetch_batch = {FETCH_BATCH}\nretry_max_backoff = \"1s\"\nshutdown_grace = \"20s\"\n\n\
-             [telemetry]\nlisten = \"127.0.0.1:{}\"\n",
+             fetch_batch = {FETCH_BATCH}\nmax_ack_pending = {MAX_ACK_PENDING}\n\
+             lease_ttl = \"{}s\"\nretry_max_backoff = \"1s\"\nshutdown_grace = \"20s\"\n\n\
+             [telemetry]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
             self.nats.url(),
             self.clickhouse_url,
             self.database,
-            self.aggregator_metrics_port
+            LEASE_TTL.as_secs(),
         )
     }
 
@@ -110,17 +116,48 @@ impl FaultStack {
         )
     }
 
-    fn start_aggregator(&self, env: &[(&str, &str)]) -> ServiceProcess {
-        ServiceProcess::start(
+    /// Starts aggregator `label` (its metrics on `metrics_port`).
+    pub(crate) fn start_aggregator(
+        &self,
+        label: &str,
+        metrics_port: u16,
+        env: &[(&str, &str)],
+    ) -> ServiceProcess {
+        ServiceProcess::start_instance(
             Kind::Aggregator,
+            label,
             self.dir.path(),
-            &self.aggregator_toml(),
+            &self.aggregator_toml(metrics_port),
             env,
         )
     }
 
-    fn start_ingest(&self, env: &[(&str, &str)]) -> ServiceProcess {
-        ServiceProcess::start(Kind::Ingest, self.dir.path(), &self.ingest_toml(), env)
+    /// Starts ingest `label`.
+    pub(crate) fn start_ingest(&self, label: &str, env: &[(&str, &str)]) -> ServiceProcess {
+        ServiceProcess::start_instance(
+            Kind::Ingest,
+            label,
+            self.dir.path(),
+            &self.ingest_toml(),
+            env,
+        )
+    }
+
+    /// Two ingests and two aggregators with identical configs.
+    pub(crate) fn start_fleet(&self, ingest_env: &[(&str, &str)], aggregator_env: &[(&str, &str)]) -> Fleet {
+        Fleet {
+            ingests: vec![
+                self.start_ingest("-a", ingest_env),
+                self.start_ingest("-b", ingest_env),
+            ],
+            aggregators: (0..2)
+                .map(|n| {
+                    let port = free_port().expect("free port");
+                    let label = if n == 0 { "-a" } else { "-b" };
+                    (self.start_aggregator(label, port, aggregator_env), port)
+                })
+                .collect(),
+        }
     }
 
     fn cli_config(&self) -> CliConfig {
@@ -143,35 +180,80 @@ impl FaultStack {
     }
 
     /// Rows in ClickHouse; 0 while the database or the server is not there.
-    async fn rows(&self) -> u64 {
+    pub(crate) async fn rows(&self) -> u64 {
         self.store().count_events().await.unwrap_or(0)
     }
 
-    /// Messages in `CCTV_EVENTS`; 0 while NATS does not answer.
-    async fn events_in_stream(&self) -> u64 {
-        match self.js.get_stream("CCTV_EVENTS").await {
-            Ok(mut stream) => stream.info().await.map_or(0, |info| info.state.messages),
-            Err(_) => 0,
-        }
+    /// The ingests' shared raw consumer, when NATS answers.
+    async fn raw_consumer(&self) -> Option<jetstream::consumer::Info> {
+        let stream = self.js.get_stream("CCTV_RAW").await.ok()?;
+        stream.consumer_info("cctv-ingest").await.ok()
     }
 
-    /// The aggregator consumer's state, when NATS answers.
-    async fn aggregator_consumer(&self) -> Option<jetstream::consumer::Info> {
-        let stream = self.js.get_stream("CCTV_EVENTS").await.ok()?;
-        stream.consumer_info(AGGREGATOR_CONSUMER).await.ok()
+    /// Raw messages the ingests have acknowledged (all up to the ack floor).
+    pub(crate) async fn raw_acked(&self) -> u64 {
+        self.raw_consumer()
+            .await
+            .map_or(0, |info| info.ack_floor.stream_sequence)
+    }
+
+    /// Whether every raw message of `count` was handled and acknowledged.
+    pub(crate) async fn raw_settled(&self, count: u64) -> bool {
+        self.raw_consumer().await.is_some_and(|info| {
+            info.ack_floor.stream_sequence >= count && info.num_ack_pending == 0
+        })
+    }
+
+    /// The aggregators' partition consumers, when NATS answers.
+    pub(crate) async fn aggregator_consumers(&self) -> Vec<jetstream::consumer::Info> {
+        let Ok(stream) = self.js.get_stream("CCTV_EVENTS").await else {
+            return Vec::new();
+        };
+        let Ok(consumers) = stream.consumers().try_collect::<Vec<_>>().await else {
+            return Vec::new();
+        };
+        consumers
+            .into_iter()
+            .filter(|info| info.name.starts_with(AGGREGATOR_CONSUMER))
+            .collect()
+    }
+}
+
+/// Two instances of each service, identical configs.
+pub(crate) struct Fleet {
+    pub(crate) ingests: Vec<ServiceProcess>,
+    /// With each one's metrics port.
+    pub(crate) aggregators: Vec<(ServiceProcess, u16)>,
+}
+
+impl Fleet {
+    fn all(&mut self) -> Vec<&mut ServiceProcess> {
+        self.ingests
+            .iter_mut()
+            .chain(self.aggregators.iter_mut().map(|(process, _)| process))
+            .collect()
+    }
+
+    fn logs(&self) -> String {
+        self.ingests
+            .iter()
+            .chain(self.aggregators.iter().map(|(process, _)| process))
+            .map(ServiceProcess::log_tail)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
 /// The events of one test and the totals they must produce.
-struct Load {
-    messages: Vec<(String, Vec<u8>)>,
+pub(crate) struct Load {
+    pub(crate) messages: Vec<(String, Vec<u8>)>,
     expected: BTreeMap<(String, String), u64>,
-    count: u64,
+    pub(crate) count: u64,
 }
 
 /// `count` canonical events over every region and offence type, from the
 /// registry's 40 cameras and 200 unregistered ones that name their region.
-fn load(count: usize) -> Load {
+pub(crate) fn load(count: usize) -> Load {
     let regions: Vec<String> = cctv_event::Regions::builtin()
         .expect("regions")
         .all()
@@ -218,7 +300,7 @@ fn load(count: usize) -> Load {
 
 /// Publishes `messages` through JetStream, retrying what fails (NATS down or
 /// restarting) with the same `Nats-Msg-Id`, so a retry is never a second event.
-async fn publish_all(js: jetstream::Context, messages: Vec<(String, Vec<u8>)>) {
+pub(crate) async fn publish_all(js: jetstream::Context, messages: Vec<(String, Vec<u8>)>) {
     let subject = cctv_bus::subjects::raw("canonical", "gw-faults");
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     for chunk in messages.chunks(500) {
@@ -258,7 +340,7 @@ async fn publish_all(js: jetstream::Context, messages: Vec<(String, Vec<u8>)>) {
 }
 
 /// Polls `condition` every 100 ms until it holds; fails after `timeout`.
-async fn poll_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+pub(crate) async fn poll_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -279,33 +361,30 @@ fn as_map(rows: &[TotalsRow]) -> BTreeMap<(String, String), u64> {
         .collect()
 }
 
-/// Waits until every event is in the stream and in ClickHouse, stops both
-/// services with SIGTERM (they must exit 0), then checks the exact totals
-/// and a clean audit.
-async fn drain_stop_and_check(
-    stack: &FaultStack,
-    load: &Load,
-    ingest: &mut ServiceProcess,
-    aggregator: &mut ServiceProcess,
-) {
+/// Waits until every raw message is handled and every event in ClickHouse,
+/// stops every service with SIGTERM (each must exit 0 and hand its leases
+/// back), then checks the exact totals and a clean audit.
+pub(crate) async fn drain_stop_and_check(stack: &FaultStack, load: &Load, fleet: &mut Fleet) {
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     loop {
-        let (events, rows) = (stack.events_in_stream().await, stack.rows().await);
-        if events >= load.count && rows >= load.count {
+        let (settled, rows) = (stack.raw_settled(load.count).await, stack.rows().await);
+        if settled && rows >= load.count {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "not drained after {DRAIN_TIMEOUT:?}: {events} events in the stream, {rows} rows \
-             of {}\n{}\n{}\n--- nats-server log ---\n{}",
+            "not drained after {DRAIN_TIMEOUT:?}: raw settled {settled}, {rows} rows \
+             of {}\n{}\n--- nats-server log ---\n{}",
             load.count,
-            ingest.log_tail(),
-            aggregator.log_tail(),
+            fleet.logs(),
             stack.nats.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for service in [ingest, aggregator] {
+    for service in fleet.all() {
+        if service.pid().is_none() {
+            continue;
+        }
         service.terminate();
         let status = service.wait_exit(EXIT_TIMEOUT).await;
         assert!(
@@ -314,7 +393,25 @@ async fn drain_stop_and_check(
             service.log_tail()
         );
     }
+    assert_eq!(
+        leases_held(stack).await,
+        0,
+        "a lease outlived a clean stop\n{}",
+        fleet.logs()
+    );
     check_exact(stack, load).await;
+}
+
+/// Partition leases in the lease bucket.
+pub(crate) async fn leases_held(stack: &FaultStack) -> usize {
+    let bucket = cctv_bus::LeaseBucket::open(&stack.js, &cctv_bus::LeaseBucketSettings::default())
+        .await
+        .expect("lease bucket");
+    bucket
+        .entries(cctv_bus::LEASE_PREFIX)
+        .await
+        .expect("lease entries")
+        .len()
 }
 
 /// A clean audit, then exact totals per region x type, the contract's query
@@ -340,7 +437,7 @@ async fn check_exact(stack: &FaultStack, load: &Load) {
         .await
         .unwrap();
     assert_eq!(as_map(&contract), load.expected);
-    assert_eq!(stack.events_in_stream().await, load.count);
+    assert!(report.streams[0].events_in_stream >= load.count);
 }
 
 /// Which service the SIGKILL test kills, and how its progress shows.
@@ -348,24 +445,23 @@ async fn check_exact(stack: &FaultStack, load: &Load) {
 enum Victim {
     /// Killed as ClickHouse rows grow.
     Aggregator,
-    /// Killed as events reach `CCTV_EVENTS`.
+    /// Killed as the ingests acknowledge raw messages.
     Ingest,
 }
 
-/// Runs the load with both services, kills `victim` with SIGKILL five times
-/// at 1/7 .. 5/7 of its progress, restarting it each time, then drains and
-/// checks exact totals.
+/// Runs the load with two instances of each service, kills the first
+/// instance of `victim` with SIGKILL five times at 1/7 .. 5/7 of its
+/// progress, restarting it each time, then drains and checks exact totals.
 async fn killed_with_sigkill_five_times(victim: Victim) {
     let stack = FaultStack::start(false).await;
     let load = load(LOAD_EVENTS);
-    let mut ingest = stack.start_ingest(&[]);
-    let mut aggregator = stack.start_aggregator(&[]);
+    let mut fleet = stack.start_fleet(&[], &[]);
     let publisher = tokio::spawn(publish_all(stack.js.clone(), load.messages.clone()));
     for kill in 1..=5u64 {
         let threshold = load.count * kill / 7;
-        let (what, process) = match victim {
-            Victim::Aggregator => ("rows", &mut aggregator),
-            Victim::Ingest => ("events", &mut ingest),
+        let what = match victim {
+            Victim::Aggregator => "rows",
+            Victim::Ingest => "raw messages acknowledged",
         };
         poll_until(
             &format!("{threshold} {what} before kill {kill}"),
@@ -373,23 +469,27 @@ async fn killed_with_sigkill_five_times(victim: Victim) {
             || async {
                 let progress = match victim {
                     Victim::Aggregator => stack.rows().await,
-                    Victim::Ingest => stack.events_in_stream().await,
+                    Victim::Ingest => stack.raw_acked().await,
                 };
                 progress >= threshold
             },
         )
         .await;
+        let process = match victim {
+            Victim::Aggregator => &mut fleet.aggregators[0].0,
+            Victim::Ingest => &mut fleet.ingests[0],
+        };
         let status = process.kill9();
         assert!(killed_by(status, SIGKILL), "{status:?}");
         process.restart();
     }
     publisher.await.expect("publisher");
     let starts = match victim {
-        Victim::Aggregator => aggregator.starts,
-        Victim::Ingest => ingest.starts,
+        Victim::Aggregator => fleet.aggregators[0].0.starts,
+        Victim::Ingest => fleet.ingests[0].starts,
     };
     assert_eq!(starts, 6);
-    drain_stop_and_check(&stack, &load, &mut ingest, &mut aggregator).await;
+    drain_stop_and_check(&stack, &load, &mut fleet).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,9 +506,10 @@ async fn ingest_killed_with_sigkill_five_times_during_load() {
 async fn crashes_between_write_and_ack_in_both_services_lose_and_double_nothing() {
     let stack = FaultStack::start(false).await;
     let load = load(LOAD_EVENTS);
-    // The aggregator aborts after its 3rd insert (rows in ClickHouse, no ack),
-    // the ingest after its 8th batch of publishes (events in JetStream, raw
-    // messages unacked); each is restarted, armed again, until the load is in.
+    // Each aggregator aborts after its 3rd insert (rows in ClickHouse, no
+    // ack), each ingest after its 8th batch of publishes (events in
+    // JetStream, raw messages unacked); each is restarted, armed again,
+    // until the load is in.
     let aggregator_fault = [
         ("CCTV_FAULT", "after_insert"),
         ("CCTV_FAULT_AFTER_BATCHES", "3"),
@@ -417,28 +518,28 @@ async fn crashes_between_write_and_ack_in_both_services_lose_and_double_nothing(
         ("CCTV_FAULT", "after_publish"),
         ("CCTV_FAULT_AFTER_BATCHES", "8"),
     ];
-    let mut ingest = stack.start_ingest(&ingest_fault);
-    let mut aggregator = stack.start_aggregator(&aggregator_fault);
+    let mut fleet = stack.start_fleet(&ingest_fault, &aggregator_fault);
     let publisher = tokio::spawn(publish_all(stack.js.clone(), load.messages.clone()));
     let (mut aggregator_aborts, mut ingest_aborts) = (0u32, 0u32);
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     loop {
-        for (service, aborts) in [
-            (&mut aggregator, &mut aggregator_aborts),
-            (&mut ingest, &mut ingest_aborts),
-        ] {
+        for (n, service) in fleet.all().into_iter().enumerate() {
             if let Some(status) = service.exited() {
                 assert!(
                     killed_by(status, SIGABRT),
                     "expected an abort at the fault point, got {status:?}\n{}",
                     service.log_tail()
                 );
-                *aborts += 1;
+                if n < 2 {
+                    ingest_aborts += 1;
+                } else {
+                    aggregator_aborts += 1;
+                }
                 service.restart();
             }
         }
         if publisher.is_finished()
-            && stack.events_in_stream().await >= load.count
+            && stack.raw_acked().await >= load.count
             && stack.rows().await >= load.count
         {
             break;
@@ -451,40 +552,43 @@ async fn crashes_between_write_and_ack_in_both_services_lose_and_double_nothing(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     publisher.await.expect("publisher");
-    assert!(aggregator.log_contains("fault injected at after_insert"));
-    assert!(ingest.log_contains("fault injected at after_publish"));
+    assert!(fleet
+        .aggregators
+        .iter()
+        .any(|(process, _)| process.log_contains("fault injected at after_insert")));
+    assert!(fleet
+        .ingests
+        .iter()
+        .any(|process| process.log_contains("fault injected at after_publish")));
     assert!(
         aggregator_aborts >= 2,
-        "aggregator aborted {aggregator_aborts} times"
+        "aggregators aborted {aggregator_aborts} times"
     );
-    assert!(ingest_aborts >= 2, "ingest aborted {ingest_aborts} times");
+    assert!(ingest_aborts >= 2, "ingests aborted {ingest_aborts} times");
     // Redeliveries may still be due; finish with the fault points disarmed so
     // the final SIGTERM meets running services.
-    for service in [&mut ingest, &mut aggregator] {
+    for service in fleet.all() {
         if service.pid().is_some() {
             service.kill9();
         }
         service.disarm();
         service.restart();
     }
-    drain_stop_and_check(&stack, &load, &mut ingest, &mut aggregator).await;
+    drain_stop_and_check(&stack, &load, &mut fleet).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_down_for_30_seconds_mid_load_holds_bounded_memory_and_catches_up() {
-    /// The aggregator's bound: at most 3 batches of `BATCH_MAX_ROWS` plus one
-    /// fetch are delivered and unacked (its consumer's `max_ack_pending`).
-    const MAX_ACK_PENDING: usize = 3 * BATCH_MAX_ROWS + FETCH_BATCH;
-    /// Resident memory allowed while ClickHouse is down: a debug build runs
-    /// in some 20 MiB, the 3,500 held events take a few MiB.
-    const RSS_BOUND_KIB: u64 = 64 * 1024;
+    /// Resident memory allowed per aggregator while ClickHouse is down: a
+    /// debug build runs in some 20 MiB; what it holds is bounded by
+    /// `MAX_ACK_PENDING` event batches per partition consumer.
+    const RSS_BOUND_KIB: u64 = 96 * 1024;
     const OUTAGE: Duration = Duration::from_secs(30);
 
     let mut stack = FaultStack::start(true).await;
     let load = load(LOAD_EVENTS);
     let (first_half, second_half) = load.messages.split_at(load.messages.len() / 2);
-    let mut ingest = stack.start_ingest(&[]);
-    let mut aggregator = stack.start_aggregator(&[]);
+    let mut fleet = stack.start_fleet(&[], &[]);
     publish_all(stack.js.clone(), first_half.to_vec()).await;
     let quarter = load.count / 4;
     poll_until("a quarter of the rows", DRAIN_TIMEOUT, || async {
@@ -504,19 +608,25 @@ async fn clickhouse_down_for_30_seconds_mid_load_holds_bounded_memory_and_catche
         (0u64, 0u64, 0usize, 0f64);
     let mut store_down_reported = false;
     while tokio::time::Instant::now() < outage_end {
-        max_rss = max_rss.max(aggregator.rss_kib().unwrap_or(0));
-        if let Some(info) = stack.aggregator_consumer().await {
-            max_pending = max_pending.max(info.num_pending);
+        for (process, port) in &fleet.aggregators {
+            max_rss = max_rss.max(process.rss_kib().unwrap_or(0));
+            if let Some(lag) = scrape_metric(*port, "cctv_aggregator_consumer_pending") {
+                max_lag_metric = max_lag_metric.max(lag);
+            }
+            store_down_reported |=
+                scrape_metric(*port, "cctv_aggregator_clickhouse_down") == Some(1.0);
+        }
+        let consumers = stack.aggregator_consumers().await;
+        let pending: u64 = consumers.iter().map(|info| info.num_pending).sum();
+        max_pending = max_pending.max(pending);
+        for info in &consumers {
             max_ack_pending = max_ack_pending.max(info.num_ack_pending);
         }
-        let port = stack.aggregator_metrics_port;
-        if let Some(lag) = scrape_metric(port, "cctv_aggregator_consumer_pending") {
-            max_lag_metric = max_lag_metric.max(lag);
-        }
-        store_down_reported |= scrape_metric(port, "cctv_aggregator_clickhouse_down") == Some(1.0);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(aggregator.exited().is_none(), "{}", aggregator.log_tail());
+    for (process, _) in &mut fleet.aggregators {
+        assert!(process.exited().is_none(), "{}", process.log_tail());
+    }
     let clickhouse = stack
         .private_clickhouse
         .as_mut()
@@ -525,7 +635,8 @@ async fn clickhouse_down_for_30_seconds_mid_load_holds_bounded_memory_and_catche
 
     println!(
         "ClickHouse outage: aggregator max RSS {max_rss} KiB, consumer pending up to \
-         {max_pending}, unacked deliveries up to {max_ack_pending}, lag metric up to {max_lag_metric}"
+         {max_pending}, unacked deliveries per consumer up to {max_ack_pending}, \
+         lag metric up to {max_lag_metric}"
     );
     assert!(
         max_rss < RSS_BOUND_KIB,
@@ -533,7 +644,7 @@ async fn clickhouse_down_for_30_seconds_mid_load_holds_bounded_memory_and_catche
     );
     assert!(
         max_ack_pending <= MAX_ACK_PENDING,
-        "{max_ack_pending} deliveries unacked (bound {MAX_ACK_PENDING}): the aggregator kept fetching"
+        "{max_ack_pending} deliveries unacked (bound {MAX_ACK_PENDING}): an aggregator kept fetching"
     );
     assert!(
         max_pending > 0 && max_lag_metric > 0.0,
@@ -544,7 +655,7 @@ async fn clickhouse_down_for_30_seconds_mid_load_holds_bounded_memory_and_catche
         "cctv_aggregator_clickhouse_down never was 1"
     );
     publisher.await.expect("publisher");
-    drain_stop_and_check(&stack, &load, &mut ingest, &mut aggregator).await;
+    drain_stop_and_check(&stack, &load, &mut fleet).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,8 +663,7 @@ async fn nats_server_restarted_mid_load_both_services_recover() {
     let mut stack = FaultStack::start(false).await;
     let load = load(LOAD_EVENTS);
     let (first_half, second_half) = load.messages.split_at(load.messages.len() / 2);
-    let mut ingest = stack.start_ingest(&[]);
-    let mut aggregator = stack.start_aggregator(&[]);
+    let mut fleet = stack.start_fleet(&[], &[]);
     publish_all(stack.js.clone(), first_half.to_vec()).await;
     let quarter = load.count / 4;
     poll_until("a quarter of the rows", DRAIN_TIMEOUT, || async {
@@ -563,52 +673,62 @@ async fn nats_server_restarted_mid_load_both_services_recover() {
     // Same port, same store directory: the file-backed streams survive.
     tokio::task::block_in_place(|| stack.nats.restart()).expect("nats-server restarts");
     publish_all(stack.js.clone(), second_half.to_vec()).await;
-    assert!(ingest.exited().is_none(), "{}", ingest.log_tail());
-    assert!(aggregator.exited().is_none(), "{}", aggregator.log_tail());
-    drain_stop_and_check(&stack, &load, &mut ingest, &mut aggregator).await;
+    for service in fleet.all() {
+        assert!(service.exited().is_none(), "{}", service.log_tail());
+    }
+    drain_stop_and_check(&stack, &load, &mut fleet).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_load_exits_cleanly_and_leaves_nothing_written_unacked() {
     let stack = FaultStack::start(false).await;
     let load = load(LOAD_EVENTS);
-    let mut ingest = stack.start_ingest(&[]);
-    let mut aggregator = stack.start_aggregator(&[]);
+    let mut fleet = stack.start_fleet(&[], &[]);
     let publisher = tokio::spawn(publish_all(stack.js.clone(), load.messages.clone()));
     let third = load.count / 3;
     poll_until("a third of the rows", DRAIN_TIMEOUT, || async {
         stack.rows().await >= third
     })
     .await;
-    ingest.terminate();
-    aggregator.terminate();
-    for service in [&mut ingest, &mut aggregator] {
+    for service in fleet.all() {
+        service.terminate();
+    }
+    for service in fleet.all() {
         let status = service.wait_exit(EXIT_TIMEOUT).await;
         assert!(status.success(), "exit {status:?}\n{}", service.log_tail());
     }
-    // Every row ClickHouse holds was acked: the ack floor reaches the highest
-    // stored sequence (AckPolicy::All), so nothing written is redelivered.
-    let max_written: u64 = stack
+    assert_eq!(leases_held(&stack).await, 0, "{}", fleet.logs());
+    // Every row ClickHouse holds was acked: per partition, some consumer's
+    // ack floor reaches the highest stored sequence (AckPolicy::All), so
+    // nothing written is redelivered.
+    let written: Vec<(String, u64)> = stack
         .store()
         .client()
-        .query("SELECT max(stream_seq) FROM offence_events")
-        .fetch_one()
+        .query("SELECT writer, max(stream_seq) FROM offence_events GROUP BY writer")
+        .fetch_all()
         .await
         .unwrap();
-    let consumer = stack
-        .aggregator_consumer()
-        .await
-        .expect("aggregator consumer");
-    assert!(max_written > 0);
-    assert!(
-        consumer.ack_floor.stream_sequence >= max_written,
-        "ack floor {} below the highest written sequence {max_written}\n{}",
-        consumer.ack_floor.stream_sequence,
-        aggregator.log_tail()
-    );
+    assert!(!written.is_empty());
+    let consumers = stack.aggregator_consumers().await;
+    for (writer, max_written) in &written {
+        let prefix = format!("{AGGREGATOR_CONSUMER}-{writer}-");
+        let floor = consumers
+            .iter()
+            .filter(|info| info.name.starts_with(&prefix))
+            .map(|info| info.ack_floor.stream_sequence)
+            .max()
+            .unwrap_or(0);
+        assert!(
+            floor >= *max_written,
+            "partition {writer}: ack floor {floor} below the highest written sequence \
+             {max_written}\n{}",
+            fleet.logs()
+        );
+    }
 
-    ingest.restart();
-    aggregator.restart();
+    for service in fleet.all() {
+        service.restart();
+    }
     publisher.await.expect("publisher");
-    drain_stop_and_check(&stack, &load, &mut ingest, &mut aggregator).await;
+    drain_stop_and_check(&stack, &load, &mut fleet).await;
 }

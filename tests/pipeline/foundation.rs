@@ -159,7 +159,11 @@ async fn the_same_event_published_twice_is_counted_once() {
     .collect();
     assert_eq!(as_map(&totals), expected);
     let snapshot = ingest.stats.snapshot();
-    assert_eq!((snapshot.published, snapshot.events), (5, 5), "{snapshot:?}");
+    assert_eq!(
+        (snapshot.published, snapshot.events),
+        (5, 5),
+        "{snapshot:?}"
+    );
     // The two repeats reach the partition owners and are dropped there.
     stack.wait_for_aggregated(&[&aggregator.stats], 5).await;
     let aggregated = aggregator.stats.snapshot();

@@ -14,4 +14,5 @@ mod layering;
 mod mixed;
 mod privacy;
 mod processes;
+mod scaling;
 mod security;

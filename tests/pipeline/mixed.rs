@@ -74,11 +74,7 @@ async fn a_mixed_vendor_fleet_is_counted_exactly_and_every_message_accounted_for
     let totals = stack.wait_for_rows(expectation.count).await;
     let snapshot = ingest.stats.snapshot();
     assert_eq!(
-        (
-            snapshot.published,
-            snapshot.ignored,
-            snapshot.dead_lettered
-        ),
+        (snapshot.published, snapshot.ignored, snapshot.dead_lettered),
         (raw.counted + raw.duplicate, raw.ignored, raw.dead_lettered),
         "ingest outcomes {snapshot:?} differ from the simulator's {raw:?}"
     );
@@ -241,5 +237,126 @@ async fn a_vendor_identity_counts_once_across_restarts_and_instances() {
     );
     second.stop().await;
     third.stop().await;
+    aggregator.stop().await;
+}
+
+/// Canonical body of test event `n` on a registered camera.
+fn batch_event(n: u32, time: &str) -> Vec<u8> {
+    crate::harness::canonical(
+        "CAM-75-1",
+        "traffic.speeding",
+        time,
+        &format!(r#","source_event_id":"batch-{n}""#),
+    )
+}
+
+/// A gateway batch mixing three offences, a repeat of one of them under
+/// another message id, a heartbeat and a broken item: each item has the
+/// outcome it would have alone (counted, duplicate, ignored, dead-lettered);
+/// a batch that is not a batch is dead-lettered whole; the same batch
+/// published again (another `Nats-Msg-Id`) counts nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_batch_gives_each_item_its_own_outcome_and_a_repeat_counts_nothing() {
+    use cctv_bus::headers;
+    use cctv_normalize::BatchBuilder;
+
+    let stack = Stack::start().await;
+    let ingest = stack.start_ingest();
+    let aggregator = stack.start_aggregator();
+    let time = crate::harness::recent_time(0);
+    let heartbeat = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../crates/cctv-normalize/fixtures/hikvision/heartbeat_videoloss.xml"),
+    )
+    .unwrap();
+
+    let mut builder = BatchBuilder::new("gw-mixed");
+    for n in 0..3 {
+        builder.push(
+            "canonical",
+            &format!("item-{n}"),
+            Some(&time),
+            None,
+            &batch_event(n, &time),
+        );
+    }
+    // The same offence as item 0, sent again by the gateway under a new id.
+    builder.push(
+        "canonical",
+        "item-3",
+        Some(&time),
+        None,
+        &batch_event(0, &time),
+    );
+    builder.push(
+        "hikvision",
+        "item-4",
+        Some(&time),
+        Some("CAM-75-1"),
+        &heartbeat,
+    );
+    let mut batch = builder.finish();
+    // A broken item: a CloudEvent without type, source or id.
+    batch.pop();
+    batch.extend_from_slice(br#",{"specversion":"1.0"}]"#);
+
+    let subject = cctv_bus::subjects::raw(cctv_bus::subjects::BATCH_FORMAT, "gw-mixed");
+    let publish = |msg_id: &'static str, payload: Vec<u8>| {
+        let (js, subject) = (stack.js.clone(), subject.clone());
+        async move {
+            let mut map = async_nats::HeaderMap::new();
+            map.insert(headers::NATS_MSG_ID, msg_id);
+            js.publish_with_headers(subject, map, payload.into())
+                .await
+                .expect("publish batch")
+                .await
+                .expect("batch acknowledged");
+        }
+    };
+    publish("batch-1", batch.clone()).await;
+    stack.wait_for_ingest(&ingest.stats, 6).await;
+    let totals = stack.wait_for_rows(3).await;
+    let snapshot = ingest.stats.snapshot();
+    assert_eq!(
+        (
+            snapshot.published,
+            snapshot.ignored,
+            snapshot.dead_lettered,
+            snapshot.events
+        ),
+        (4, 1, 1, 1),
+        "{snapshot:?}"
+    );
+    stack.wait_for_aggregated(&[&aggregator.stats], 4).await;
+    let aggregated = aggregator.stats.snapshot();
+    assert_eq!(
+        (aggregated.rows_written, aggregated.duplicates),
+        (3, 1),
+        "{aggregated:?}"
+    );
+    assert_eq!(totals.iter().map(|row| row.events).sum::<u64>(), 3);
+
+    // Not an array: the whole batch is one dead letter.
+    publish("batch-2", br#"{"specversion":"1.0"}"#.to_vec()).await;
+    // The first batch again under another message id.
+    publish("batch-3", batch).await;
+    stack.wait_for_ingest(&ingest.stats, 13).await;
+    let snapshot = ingest.stats.snapshot();
+    assert_eq!(
+        (snapshot.published, snapshot.ignored, snapshot.dead_lettered),
+        (8, 2, 3),
+        "{snapshot:?}"
+    );
+    stack.wait_for_aggregated(&[&aggregator.stats], 8).await;
+    let aggregated = aggregator.stats.snapshot();
+    assert_eq!(
+        (aggregated.rows_written, aggregated.duplicates),
+        (3, 5),
+        "the repeated batch counted again: {aggregated:?}"
+    );
+    assert_eq!(stack.store().count_events().await.unwrap(), 3);
+    assert_eq!(stack.stream_messages("CCTV_DLQ").await, 3);
+
+    ingest.stop().await;
     aggregator.stop().await;
 }

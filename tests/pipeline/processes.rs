@@ -92,7 +92,19 @@ impl ServiceProcess {
         config_toml: &str,
         env: &[(&str, &str)],
     ) -> ServiceProcess {
-        let name = kind.binary_name();
+        Self::start_instance(kind, "", dir, config_toml, env)
+    }
+
+    /// Like [`ServiceProcess::start`], for one of several instances of a
+    /// kind: `label` keeps their config and log files apart.
+    pub(crate) fn start_instance(
+        kind: Kind,
+        label: &str,
+        dir: &Path,
+        config_toml: &str,
+        env: &[(&str, &str)],
+    ) -> ServiceProcess {
+        let name = format!("{}{label}", kind.binary_name());
         let config_path = dir.join(format!("{name}.toml"));
         std::fs::write(&config_path, config_toml).expect("write service config");
         let mut process = ServiceProcess {
@@ -109,6 +121,24 @@ impl ServiceProcess {
         };
         process.restart();
         process
+    }
+
+    /// Stops the process with SIGSTOP (it keeps its state, runs nothing).
+    pub(crate) fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub(crate) fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
     }
 
     /// Starts the process again (it must have exited or been killed).

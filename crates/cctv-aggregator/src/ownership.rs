@@ -140,7 +140,8 @@ impl Ownership {
                 );
             }
         }
-        self.leases.retain(|partition, _| present.contains(partition));
+        self.leases
+            .retain(|partition, _| present.contains(partition));
         for partition in 0..self.partitions {
             if !present.contains(&partition) {
                 self.free_since.entry(partition).or_insert(now);
@@ -183,7 +184,8 @@ impl Ownership {
         if live.is_empty() {
             return None;
         }
-        live.get(usize::from(partition) % live.len()).map(String::as_str)
+        live.get(usize::from(partition) % live.len())
+            .map(String::as_str)
     }
 
     /// What to do at `now`.
@@ -306,7 +308,9 @@ mod tests {
     }
 
     fn members(list: &[(&str, u64)]) -> Vec<(String, u64)> {
-        list.iter().map(|(id, rev)| ((*id).to_string(), *rev)).collect()
+        list.iter()
+            .map(|(id, rev)| ((*id).to_string(), *rev))
+            .collect()
     }
 
     fn acquires(actions: &[Action]) -> Vec<u16> {

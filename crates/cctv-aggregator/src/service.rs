@@ -134,7 +134,13 @@ fn instance_id(config: &AggregatorConfig) -> String {
         .unwrap_or_else(|| "host".into())
         .trim()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(32)
         .collect();
     let random = uuid::Uuid::new_v4().simple().to_string();
@@ -440,10 +446,7 @@ impl LeaseLoop {
         };
         self.ownership
             .acquired(partition, new_revision, epoch, sent_at);
-        let valid_until = self
-            .ownership
-            .valid_until(partition)
-            .unwrap_or(sent_at);
+        let valid_until = self.ownership.valid_until(partition).unwrap_or(sent_at);
         let gate = Arc::new(LeaseGate::new(valid_until));
         let drain = CancellationToken::new();
         let handle = tokio::spawn(run_term(
@@ -488,7 +491,10 @@ impl LeaseLoop {
                 }
             }
             Err(LeaseWriteError::Conflict) => {
-                tracing::warn!(partition, "lost the lease: another instance took the partition over; stopped writing");
+                tracing::warn!(
+                    partition,
+                    "lost the lease: another instance took the partition over; stopped writing"
+                );
                 metrics::counter!(names::LEASES_LOST).increment(1);
                 self.stop_now(partition);
             }
@@ -591,7 +597,11 @@ async fn run_term(
             Ok(SessionEnd::Reset(reason)) => {
                 context.stats.add_reset();
                 metrics::counter!(names::RESETS).increment(1);
-                tracing::info!(partition, reason, "consumer reset; resuming from ClickHouse");
+                tracing::info!(
+                    partition,
+                    reason,
+                    "consumer reset; resuming from ClickHouse"
+                );
             }
             Err(error) if is_transient(&error) => {
                 context.health.set_problem("session failed; retrying");
@@ -623,9 +633,12 @@ async fn run_session(
     drain: &CancellationToken,
 ) -> Result<SessionEnd, AggregatorError> {
     let settings = &context.config.aggregator;
-    let info =
-        cctv_bus::ensure_stream(&context.js, StreamKind::Events, &context.config.streams.events)
-            .await?;
+    let info = cctv_bus::ensure_stream(
+        &context.js,
+        StreamKind::Events,
+        &context.config.streams.events,
+    )
+    .await?;
     let source_stream = cctv_bus::stream_identity(&info);
     // Inserts of an earlier owner (or of this one, given up after a timeout)
     // may still run in ClickHouse: their rows appear only when they end, so
@@ -636,7 +649,8 @@ async fn run_session(
         .resume_point(&source_stream, &writer.writer_name)
         .await?;
     let rebuild_started = Instant::now();
-    let mut seen = SeenSet::new(u32::try_from(settings.dedup_horizon.as_secs()).unwrap_or(u32::MAX));
+    let mut seen =
+        SeenSet::new(u32::try_from(settings.dedup_horizon.as_secs()).unwrap_or(u32::MAX));
     let cutoff = seen.cutoff(now_secs());
     writer
         .store

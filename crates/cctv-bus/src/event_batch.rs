@@ -150,7 +150,9 @@ impl<'a> Iterator for EventBatchReader<'a> {
                 return None;
             }
             self.rest = &[];
-            return Some(Err(EventBatchError::Malformed("bytes after the last event")));
+            return Some(Err(EventBatchError::Malformed(
+                "bytes after the last event",
+            )));
         }
         let Some((length, rest)) = self.rest.split_first_chunk::<4>() else {
             self.remaining = 0;
@@ -199,7 +201,9 @@ pub fn decode_event_batch(payload: &[u8]) -> Result<EventBatchReader<'_>, EventB
     }
     let count = u32::from_le_bytes([payload[8], payload[9], payload[10], payload[11]]);
     if count as usize > MAX_EVENTS_PER_BATCH {
-        return Err(EventBatchError::Malformed("more events than a batch may hold"));
+        return Err(EventBatchError::Malformed(
+            "more events than a batch may hold",
+        ));
     }
     Ok(EventBatchReader {
         rest: &payload[HEADER_LEN..],

@@ -21,7 +21,13 @@ pub mod subjects;
 pub use config::{NatsConfig, StreamSettings, StreamsConfig, DEFAULT_NATS_URL};
 pub use connect::{connect, connect_with_retry};
 pub use error::BusError;
-pub use event_batch::{decode_event_batch, encode_event_batch, EventBatchError, EventBatchReader, EventBatchWriter, EVENT_BATCH_CONTENT_TYPE};
-pub use leases::{lease_epoch, lease_key, member_key, parse_lease_key, LeaseBucket, LeaseBucketSettings, LeaseEntry, LeaseWriteError, LEASE_PREFIX, MEMBER_PREFIX, PARTITIONS_KEY};
+pub use event_batch::{
+    decode_event_batch, encode_event_batch, EventBatchError, EventBatchReader, EventBatchWriter,
+    EVENT_BATCH_CONTENT_TYPE,
+};
+pub use leases::{
+    lease_epoch, lease_key, member_key, parse_lease_key, LeaseBucket, LeaseBucketSettings,
+    LeaseEntry, LeaseWriteError, LEASE_PREFIX, MEMBER_PREFIX, PARTITIONS_KEY,
+};
 pub use publish::{AckBatch, AckedPublisher, PublishOutcome};
 pub use streams::{ensure_stream, ensure_streams, stream_identity, StreamKind};

@@ -713,8 +713,14 @@ mod tests {
             num_deleted: 0,
         };
         // Ids 1..=5 in the stream; id 2 carried by two messages (11 and 14).
-        let stream: HashMap<[u8; 16], u64> =
-            [(id(1), 10), (id(2), 11), (id(3), 12), (id(4), 15), (id(5), 15)].into();
+        let stream: HashMap<[u8; 16], u64> = [
+            (id(1), 10),
+            (id(2), 11),
+            (id(3), 12),
+            (id(4), 15),
+            (id(5), 15),
+        ]
+        .into();
         let mut fold = IdFold::new(Some((extent, stream)));
         fold.add(id(1), 10, 1);
         fold.add(id(2), 14, 2); // doubled
@@ -739,7 +745,8 @@ mod tests {
             messages: 2,
             num_deleted: 0,
         };
-        let stream: HashMap<[u8; 16], u64> = (0..100u8).map(|n| (id(n), 1 + u64::from(n % 2))).collect();
+        let stream: HashMap<[u8; 16], u64> =
+            (0..100u8).map(|n| (id(n), 1 + u64::from(n % 2))).collect();
         let mut fold = IdFold::new(Some((extent, stream)));
         for n in 0..100u8 {
             fold.add(id(n), 1 + u64::from(n % 2), 1);

@@ -81,7 +81,13 @@ pub async fn run(
 
     let mut in_flight = JoinSet::new();
     let publisher = cctv_bus::AckedPublisher::new(client.clone()).await?;
-    let mut context = Arc::new(BatchContext::new(publisher, &normalizer, &stats, &config, partitions));
+    let mut context = Arc::new(BatchContext::new(
+        publisher,
+        &normalizer,
+        &stats,
+        &config,
+        partitions,
+    ));
     'outer: while !shutdown.is_cancelled() {
         if context.failed_batches.load(Ordering::Relaxed) >= RECONNECT_AFTER_FAILED_BATCHES {
             tracing::warn!(
@@ -110,7 +116,13 @@ pub async fn run(
                     continue;
                 }
             };
-            context = Arc::new(BatchContext::new(publisher, &normalizer, &stats, &config, partitions));
+            context = Arc::new(BatchContext::new(
+                publisher,
+                &normalizer,
+                &stats,
+                &config,
+                partitions,
+            ));
             continue;
         }
         // A pull may not deliver a message larger than its byte limit, so the
@@ -569,7 +581,9 @@ impl BatchContext {
         let stored = |index: usize| {
             matches!(
                 acks.get(index),
-                Some(Some(PublishOutcome::Stored(_) | PublishOutcome::Duplicate(_)))
+                Some(Some(
+                    PublishOutcome::Stored(_) | PublishOutcome::Duplicate(_)
+                ))
             )
         };
         let batch_ok: Vec<bool> = batch_acks

@@ -180,7 +180,9 @@ impl Store {
         };
         let present = self
             .server_client
-            .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+            .query(
+                "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?",
+            )
             .bind(self.config.database.as_str())
             .bind(table)
             .bind(column)
