@@ -144,7 +144,11 @@ impl FaultStack {
     }
 
     /// Two ingests and two aggregators with identical configs.
-    pub(crate) fn start_fleet(&self, ingest_env: &[(&str, &str)], aggregator_env: &[(&str, &str)]) -> Fleet {
+    pub(crate) fn start_fleet(
+        &self,
+        ingest_env: &[(&str, &str)],
+        aggregator_env: &[(&str, &str)],
+    ) -> Fleet {
         Fleet {
             ingests: vec![
                 self.start_ingest("-a", ingest_env),
@@ -234,7 +238,7 @@ impl Fleet {
             .collect()
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.ingests
             .iter()
             .chain(self.aggregators.iter().map(|(process, _)| process))

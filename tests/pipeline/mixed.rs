@@ -324,7 +324,7 @@ async fn a_mixed_batch_gives_each_item_its_own_outcome_and_a_repeat_counts_nothi
             snapshot.dead_lettered,
             snapshot.events
         ),
-        (4, 1, 1, 1),
+        (4, 1, 1, 4),
         "{snapshot:?}"
     );
     stack.wait_for_aggregated(&[&aggregator.stats], 4).await;

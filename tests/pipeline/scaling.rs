@@ -59,30 +59,40 @@ fn owned(port: u16) -> usize {
     scrape_metric(port, "cctv_aggregator_partitions_owned").map_or(0, |value| value as usize)
 }
 
-/// Waits until the aggregators on `ports` own all partitions between them,
-/// spread evenly (no two differ by more than one), with one lease per
+/// Waits until the running aggregators of `fleet` own all partitions between
+/// them, spread evenly (no two differ by more than one), with one lease per
 /// partition in the bucket.
-async fn wait_for_even_spread(stack: &FaultStack, ports: &[u16], timeout: Duration) {
-    poll_until(
-        &format!(
-            "{PARTITIONS} partitions spread over {} aggregators",
-            ports.len()
-        ),
-        timeout,
-        || async {
-            let counts: Vec<usize> = ports.iter().map(|port| owned(*port)).collect();
-            let (least, most) = (
-                counts.iter().copied().min().unwrap_or(0),
-                counts.iter().copied().max().unwrap_or(0),
-            );
-            let owners = lease_owners(stack).await;
-            counts.iter().sum::<usize>() == PARTITIONS
-                && most - least <= 1
-                && owners.len() == ports.len()
-                && owners.values().sum::<usize>() == PARTITIONS
-        },
-    )
-    .await;
+async fn wait_for_even_spread(stack: &FaultStack, fleet: &Fleet, timeout: Duration) {
+    let ports: Vec<u16> = fleet
+        .aggregators
+        .iter()
+        .filter(|(process, _)| process.pid().is_some())
+        .map(|(_, port)| *port)
+        .collect();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let counts: Vec<usize> = ports.iter().map(|port| owned(*port)).collect();
+        let (least, most) = (
+            counts.iter().copied().min().unwrap_or(0),
+            counts.iter().copied().max().unwrap_or(0),
+        );
+        let owners = lease_owners(stack).await;
+        if counts.iter().sum::<usize>() == PARTITIONS
+            && most - least <= 1
+            && owners.len() == ports.len()
+            && owners.values().sum::<usize>() == PARTITIONS
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{PARTITIONS} partitions not spread over {} aggregators after {timeout:?}: \
+             they say they own {counts:?}, the bucket's leases are {owners:?}\n{}",
+            ports.len(),
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The operator's mistake of the issue: a second ingest and a second
@@ -94,8 +104,7 @@ async fn two_aggregators_and_two_ingests_with_identical_configs_count_exactly() 
     let load = load(LOAD_EVENTS);
     let mut fleet = stack.start_fleet(&[], &[]);
     let publisher = paced_publisher(&stack, &load);
-    let ports: Vec<u16> = fleet.aggregators.iter().map(|(_, port)| *port).collect();
-    wait_for_even_spread(&stack, &ports, SETTLE_TIMEOUT).await;
+    wait_for_even_spread(&stack, &fleet, SETTLE_TIMEOUT).await;
     publisher.await.expect("publisher");
     drain_stop_and_check(&stack, &load, &mut fleet).await;
 }
@@ -109,7 +118,7 @@ async fn one_of_two_aggregators_killed_the_survivor_takes_every_partition_over()
     let mut fleet = stack.start_fleet(&[], &[]);
     let publisher = paced_publisher(&stack, &load);
     let ports: Vec<u16> = fleet.aggregators.iter().map(|(_, port)| *port).collect();
-    wait_for_even_spread(&stack, &ports, SETTLE_TIMEOUT).await;
+    wait_for_even_spread(&stack, &fleet, SETTLE_TIMEOUT).await;
     let quarter = load.count / 4;
     poll_until("a quarter of the rows", SETTLE_TIMEOUT, || async {
         stack.rows().await >= quarter
@@ -146,7 +155,7 @@ async fn an_aggregator_paused_past_its_lease_loses_it_and_writes_nothing_stale()
     let mut fleet = stack.start_fleet(&[], &[]);
     let publisher = paced_publisher(&stack, &load);
     let ports: Vec<u16> = fleet.aggregators.iter().map(|(_, port)| *port).collect();
-    wait_for_even_spread(&stack, &ports, SETTLE_TIMEOUT).await;
+    wait_for_even_spread(&stack, &fleet, SETTLE_TIMEOUT).await;
     let quarter = load.count / 4;
     poll_until("a quarter of the rows", SETTLE_TIMEOUT, || async {
         stack.rows().await >= quarter
@@ -172,7 +181,7 @@ async fn an_aggregator_paused_past_its_lease_loses_it_and_writes_nothing_stale()
     )
     .await;
     // It rejoins: the partitions are spread over both again.
-    wait_for_even_spread(&stack, &ports, SETTLE_TIMEOUT).await;
+    wait_for_even_spread(&stack, &fleet, SETTLE_TIMEOUT).await;
 
     publisher.await.expect("publisher");
     drain_stop_and_check(&stack, &load, &mut fleet).await;
@@ -189,7 +198,7 @@ async fn scaling_from_one_aggregator_to_three_and_back_counts_exactly() {
         aggregators: vec![(stack.start_aggregator("-a", port, &[]), port)],
     };
     let publisher = paced_publisher(&stack, &load);
-    wait_for_even_spread(&stack, &[port], SETTLE_TIMEOUT).await;
+    wait_for_even_spread(&stack, &fleet, SETTLE_TIMEOUT).await;
     poll_until("a sixth of the rows", SETTLE_TIMEOUT, || async {
         stack.rows().await >= load.count / 6
     })
@@ -201,8 +210,7 @@ async fn scaling_from_one_aggregator_to_three_and_back_counts_exactly() {
             .aggregators
             .push((stack.start_aggregator(label, port, &[]), port));
     }
-    let ports: Vec<u16> = fleet.aggregators.iter().map(|(_, port)| *port).collect();
-    wait_for_even_spread(&stack, &ports, SETTLE_TIMEOUT).await;
+    wait_for_even_spread(&stack, &fleet, SETTLE_TIMEOUT).await;
     poll_until("half of the rows", SETTLE_TIMEOUT * 2, || async {
         stack.rows().await >= load.count / 2
     })
@@ -221,7 +229,7 @@ async fn scaling_from_one_aggregator_to_three_and_back_counts_exactly() {
             process.log_tail()
         );
     }
-    wait_for_even_spread(&stack, &[port], SETTLE_TIMEOUT).await;
+    wait_for_even_spread(&stack, &fleet, SETTLE_TIMEOUT).await;
 
     publisher.await.expect("publisher");
     drain_stop_and_check(&stack, &load, &mut fleet).await;

@@ -340,6 +340,7 @@ async fn the_pipeline_runs_end_to_end_with_least_privilege_users() {
         &cctv_cli::SetupArgs {
             skip_nats: false,
             skip_clickhouse: false,
+            partitions: Some(8),
         },
     )
     .await

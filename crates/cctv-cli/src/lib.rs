@@ -4,7 +4,10 @@
 //! an async `run_*` function that `main` calls:
 //!
 //! - `setup` ([`run_setup`]): creates or verifies the JetStream streams and
-//!   applies the ClickHouse migrations;
+//!   the lease bucket (the partition count, `--partitions N`), and applies
+//!   the ClickHouse migrations;
+//! - `status` ([`run_status`], [`pipeline_status`]): partitions, their
+//!   owners, lease and heartbeat ages, backlog per partition;
 //! - `simulate` ([`run_simulate`]): publishes a camera fleet's canonical events
 //!   (alone, or packed into CloudEvents batches with `--batch N`) and writes
 //!   the totals the pipeline must end up with ([`Expectation`]);
@@ -12,7 +15,7 @@
 //!   and optionally waits until they match an expectation;
 //! - `dlq` ([`run_dlq`]): reads dead letters without consuming them;
 //! - `audit` ([`run_audit`], [`audit_pipeline`]): compares the events stream
-//!   with ClickHouse by stream sequence; exit code 1 on any difference.
+//!   with ClickHouse by event id; exit code 1 on any difference.
 //!
 //! The pure parts (event generation, expected regions, table rendering, totals
 //! comparison, date parsing) take plain values and are unit-tested without
@@ -24,6 +27,7 @@ mod dlq;
 mod expectation;
 mod setup;
 mod simulate;
+mod status;
 mod table;
 mod totals;
 mod vendors;
@@ -37,5 +41,9 @@ pub use dlq::{run_dlq, DlqCommand, DlqListArgs, ListFormat};
 pub use expectation::{compare_totals, CellDiff, Expectation, RawOutcomes};
 pub use setup::{run_setup, SetupArgs};
 pub use simulate::{run_simulate, FormatChoice, SimulateArgs};
+pub use status::{
+    assemble_status, pipeline_status, render_status, run_status, ConsumerBacklog, MemberStatus,
+    PartitionStatus, StatusArgs, StatusFormat, StatusReport,
+};
 pub use table::{render_totals, OutputFormat};
 pub use totals::{parse_day, run_totals, TotalsArgs};

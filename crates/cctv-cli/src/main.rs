@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cctv_cli::{AuditArgs, CliConfig, DlqCommand, SetupArgs, SimulateArgs, TotalsArgs};
+use cctv_cli::{AuditArgs, CliConfig, DlqCommand, SetupArgs, SimulateArgs, StatusArgs, TotalsArgs};
 use clap::{Parser, Subcommand};
 
 /// Operator and analyst command line of the CCTV offence pipeline.
@@ -20,9 +20,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create or verify the NATS streams and migrate the ClickHouse schema.
+    /// Create or verify the NATS streams and lease bucket (partition count) and
+    /// migrate the ClickHouse schema.
     Setup(SetupArgs),
-    /// Publish simulated canonical events from a camera fleet.
+    /// Publish a simulated camera fleet's messages in any vendor format, alone
+    /// or in gateway batches.
     Simulate(SimulateArgs),
     /// Print totals by region and offence type, or check them against a simulation.
     Totals(TotalsArgs),
@@ -31,11 +33,16 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
-    /// Compare the events stream with ClickHouse, by stream sequence.
+    /// Show partitions, their owners, lease ages and backlog per partition.
     ///
-    /// Reports, per stream: sequences in the stream with no row in ClickHouse
-    /// (as ranges), sequences and event ids stored more than once, and rows
-    /// beyond the stream's last sequence. Exit code 0 when clean, 1 on any
+    /// Exit code 0 when every partition has an owner, 1 when some has none,
+    /// 2 on usage or connection errors.
+    Status(StatusArgs),
+    /// Compare the events stream with ClickHouse, by event id.
+    ///
+    /// Reports, per stream: events in the stream with no row in ClickHouse
+    /// (by stream sequence ranges), event ids stored more than once, and rows
+    /// of no event of the stream. Exit code 0 when clean, 1 on any
     /// difference, 2 on usage or connection errors. There is no `--repair`:
     /// the design has no rollup table to rebuild (`offence_totals` is a plain
     /// view over `offence_events`), so totals follow the rows by construction.
@@ -79,6 +86,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Simulate(args) => cctv_cli::run_simulate(&config, args).await?,
         Command::Totals(args) => return cctv_cli::run_totals(&config, args).await,
         Command::Dlq { command } => cctv_cli::run_dlq(&config, command).await?,
+        Command::Status(args) => return cctv_cli::run_status(&config, args).await,
         Command::Audit(args) => return cctv_cli::run_audit(&config, args).await,
     }
     Ok(ExitCode::SUCCESS)

@@ -1,5 +1,5 @@
-//! `cctvctl setup`: create or verify the JetStream streams and apply the
-//! ClickHouse migrations.
+//! `cctvctl setup`: create or verify the JetStream streams and the lease
+//! bucket (with the partition count), and apply the ClickHouse migrations.
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -17,6 +17,12 @@ pub struct SetupArgs {
     /// Leave the ClickHouse schema alone.
     #[arg(long)]
     pub skip_clickhouse: bool,
+    /// Partitions of the event stream (1..=1024), fixed for the deployment's
+    /// life: each is owned by one aggregator at a time, so it bounds how many
+    /// aggregators share the work. Default 16 when nobody chose one; a
+    /// different count than the one already set is refused.
+    #[arg(long, value_name = "N")]
+    pub partitions: Option<u16>,
 }
 
 /// Creates or verifies the three streams and migrates the ClickHouse schema,
@@ -45,6 +51,24 @@ pub async fn run_setup(config: &CliConfig, args: &SetupArgs) -> anyhow::Result<(
                 humantime::format_duration(info.config.duplicate_window),
             );
         }
+        let bucket = cctv_bus::LeaseBucket::open(&js, &config.streams.leases)
+            .await
+            .with_context(|| {
+                format!(
+                    "failed to open the lease bucket {}",
+                    config.streams.leases.name
+                )
+            })?;
+        let partitions = match args.partitions {
+            Some(count) => bucket.set_partitions(count).await,
+            None => bucket.partitions_or_init().await,
+        }
+        .context("failed to set the partition count")?;
+        println!(
+            "nats: lease bucket {} ready, {partitions} partitions (cctv.events.p0 .. p{})",
+            config.streams.leases.name,
+            partitions - 1
+        );
     }
     if !args.skip_clickhouse {
         let store =

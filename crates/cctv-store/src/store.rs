@@ -178,6 +178,28 @@ impl Store {
         else {
             return Err(StoreError::Settings(format!("bad migration step {spec:?}")));
         };
+        if self.has_column(table, column).await? {
+            return Ok(());
+        }
+        let sql = format!("ALTER TABLE ?.? ADD COLUMN ? {column_type}");
+        let added = self
+            .client
+            .query(&sql)
+            .bind(Identifier(&self.config.database))
+            .bind(Identifier(table))
+            .bind(Identifier(column))
+            .execute()
+            .await;
+        match added {
+            Ok(()) => Ok(()),
+            // Another instance migrating at the same time added it first
+            // (18.16 has no `ADD COLUMN IF NOT EXISTS`).
+            Err(_) if self.has_column(table, column).await? => Ok(()),
+            Err(error) => Err(StoreError::from_clickhouse("migration: add column", error)),
+        }
+    }
+
+    async fn has_column(&self, table: &str, column: &str) -> Result<bool, StoreError> {
         let present = self
             .server_client
             .query(
@@ -189,18 +211,7 @@ impl Store {
             .fetch_one::<u64>()
             .await
             .map_err(|e| StoreError::from_clickhouse("migration: look up column", e))?;
-        if present > 0 {
-            return Ok(());
-        }
-        let sql = format!("ALTER TABLE ?.? ADD COLUMN ? {column_type}");
-        self.client
-            .query(&sql)
-            .bind(Identifier(&self.config.database))
-            .bind(Identifier(table))
-            .bind(Identifier(column))
-            .execute()
-            .await
-            .map_err(|e| StoreError::from_clickhouse("migration: add column", e))
+        Ok(present > 0)
     }
 
     /// Runs a migration statement, binding `{db}` and `{tz}` in order.
