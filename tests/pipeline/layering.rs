@@ -71,3 +71,24 @@ fn dependency_directions_hold() {
     );
     assert_none("cctv-aggregator", &["cctv-ingest", "cctv-normalize"]);
 }
+
+/// No crate of `crates/` depends on the test kit or the command line at run
+/// time (`[dev-dependencies]` may name the test kit).
+#[test]
+fn no_crate_depends_on_the_testkit_or_the_cli() {
+    let dir = format!("{}/../crates", env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name == "cctv-testkit" {
+            continue;
+        }
+        let found = dependencies(&name);
+        assert!(!found.contains("cctv-testkit"), "{name} must not depend on cctv-testkit");
+        if name != "cctv-cli" {
+            assert!(!found.contains("cctv-cli"), "{name} must not depend on cctv-cli");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} crates found in {dir}");
+}
