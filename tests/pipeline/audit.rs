@@ -53,7 +53,9 @@ async fn audit_is_clean_after_a_run_and_names_doubled_and_missing_ranges() {
         let client = client.clone();
         async move {
             let mut sequences: Vec<u64> = client
-                .query("SELECT DISTINCT stream_seq FROM offence_events WHERE has(?, source_event_id)")
+                .query(
+                    "SELECT DISTINCT stream_seq FROM offence_events WHERE has(?, source_event_id)",
+                )
                 .bind(ids)
                 .fetch_all()
                 .await
@@ -74,7 +76,9 @@ async fn audit_is_clean_after_a_run_and_names_doubled_and_missing_ranges() {
     let doubled = names(100..=104);
     let doubled_sequences = sequences_of(doubled.clone()).await;
     client
-        .query("INSERT INTO offence_events SELECT * FROM offence_events WHERE has(?, source_event_id)")
+        .query(
+            "INSERT INTO offence_events SELECT * FROM offence_events WHERE has(?, source_event_id)",
+        )
         .bind(doubled)
         .execute()
         .await
@@ -82,7 +86,12 @@ async fn audit_is_clean_after_a_run_and_names_doubled_and_missing_ranges() {
     let report = audit_pipeline(&config).await.unwrap();
     let audit = &report.streams[0];
     assert!(!report.is_clean());
-    assert_eq!(audit.doubled, doubled_sequences, "{}", render_audit(&report));
+    assert_eq!(
+        audit.doubled,
+        doubled_sequences,
+        "{}",
+        render_audit(&report)
+    );
     assert_eq!(audit.extra_rows, 5);
     assert_eq!(audit.doubled_event_ids, 5);
     assert!(audit.missing.is_empty(), "{}", render_audit(&report));

@@ -84,9 +84,15 @@ fn no_crate_depends_on_the_testkit_or_the_cli() {
             continue;
         }
         let found = dependencies(&name);
-        assert!(!found.contains("cctv-testkit"), "{name} must not depend on cctv-testkit");
+        assert!(
+            !found.contains("cctv-testkit"),
+            "{name} must not depend on cctv-testkit"
+        );
         if name != "cctv-cli" {
-            assert!(!found.contains("cctv-cli"), "{name} must not depend on cctv-cli");
+            assert!(
+                !found.contains("cctv-cli"),
+                "{name} must not depend on cctv-cli"
+            );
         }
         checked += 1;
     }

@@ -317,12 +317,34 @@ impl LeaseLoop {
             #[allow(clippy::cast_precision_loss)]
             metrics::gauge!(names::PARTITIONS_OWNED).set(self.terms.len() as f64);
         }
+        self.release_orphans().await;
         if let Some(revision) = self.member_revision {
             let key = cctv_bus::member_key(&self.context.instance);
             let _ = self.bucket.delete(&key, revision).await;
         }
         metrics::gauge!(names::PARTITIONS_OWNED).set(0.0);
         Ok(())
+    }
+
+    /// Deletes leases in this instance's name that it does not hold: a
+    /// create whose answer was lost (a NATS restart) leaves one behind. Nobody
+    /// else writes this name, and the next owner fences before it reads, so
+    /// handing them over at once is safe; left alone they would wait out the
+    /// lease time.
+    async fn release_orphans(&self) {
+        let Ok(entries) = self.bucket.entries(cctv_bus::LEASE_PREFIX).await else {
+            return;
+        };
+        for entry in entries {
+            if entry.value.as_ref() != self.context.instance.as_bytes() {
+                continue;
+            }
+            if let Some(partition) = cctv_bus::parse_lease_key(&entry.key) {
+                if self.bucket.delete(&entry.key, entry.revision).await.is_ok() {
+                    tracing::info!(partition, "lease released (held without knowing it)");
+                }
+            }
+        }
     }
 
     /// Rewrites this member's key every TTL/3.

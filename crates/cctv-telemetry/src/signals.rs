@@ -3,19 +3,22 @@
 use tokio_util::sync::CancellationToken;
 
 /// Returns a token cancelled at the first SIGTERM or SIGINT. A second signal
-/// exits the process at once with status 130.
+/// exits the process at once with status 130. The handlers are installed
+/// before this returns (not in the task that waits for them), so a signal
+/// that arrives at any later moment is a graceful shutdown, never the
+/// default disposition.
 pub fn shutdown_on_signals() -> CancellationToken {
+    use tokio::signal::unix::{signal, SignalKind};
     let token = CancellationToken::new();
     let trigger = token.clone();
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return token;
+    };
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut terminate), Ok(mut interrupt)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
         tokio::select! {
             _ = terminate.recv() => {},
             _ = interrupt.recv() => {},
