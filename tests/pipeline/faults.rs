@@ -385,6 +385,28 @@ pub(crate) async fn drain_stop_and_check(stack: &FaultStack, load: &Load, fleet:
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Leases of instances killed shortly before may still wait out their
+    // time to live: let the running ones take every partition over, so that
+    // each lease is one a clean stop must hand back.
+    let ports: Vec<u16> = fleet
+        .aggregators
+        .iter()
+        .filter(|(process, _)| process.pid().is_some())
+        .map(|(_, port)| *port)
+        .collect();
+    let partitions = f64::from(cctv_bus::subjects::DEFAULT_PARTITIONS);
+    poll_until(
+        "every partition owned by a running aggregator",
+        DRAIN_TIMEOUT,
+        || async {
+            let owned: f64 = ports
+                .iter()
+                .filter_map(|port| scrape_metric(*port, "cctv_aggregator_partitions_owned"))
+                .sum();
+            owned >= partitions
+        },
+    )
+    .await;
     for service in fleet.all() {
         if service.pid().is_none() {
             continue;

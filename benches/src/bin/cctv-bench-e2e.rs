@@ -33,11 +33,23 @@ use cctv_testkit::{ClickHouseServer, NatsServer};
 
 /// How often ClickHouse is asked for progress.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Every scenario `--scenarios` takes.
+const SCENARIOS: [&str; 6] = [
+    "floor",
+    "canonical",
+    "mixed",
+    "canonical-batch",
+    "mixed-batch",
+    "latency",
+];
+/// The throughput scenarios: one vendor message per NATS message, or
+/// (`-batch`) gateway batches of 100.
+const THROUGHPUT_SCENARIOS: [&str; 4] = ["canonical", "mixed", "canonical-batch", "mixed-batch"];
 /// Longest a scenario may take to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
 
 const USAGE: &str = "usage: cctv-bench-e2e [--events N] [--latency-rate N] [--latency-seconds N] \
-[--scenarios floor,canonical,mixed,latency] [--output FILE | --no-output] \
+[--scenarios floor,canonical,mixed,canonical-batch,mixed-batch,latency] [--output FILE | --no-output] \
 [--events-duplicate-window DURATION]";
 
 struct Options {
@@ -60,6 +72,8 @@ fn parse_options() -> anyhow::Result<Options> {
             "floor".into(),
             "canonical".into(),
             "mixed".into(),
+            "canonical-batch".into(),
+            "mixed-batch".into(),
             "latency".into(),
         ],
         output: Some(PathBuf::from("BENCHMARKS.md")),
@@ -267,7 +281,7 @@ async fn throughput(
     let rig = Rig::start(registry, events_window).await?;
     let before = rig.usages();
     let expect_file = rig.dir.path().join("expected.json");
-    let format = if scenario == "mixed" {
+    let format = if scenario.starts_with("mixed") {
         FormatChoice::Mixed
     } else {
         FormatChoice::One("canonical")
@@ -288,7 +302,8 @@ async fn throughput(
         noise: 0.1,
         malformed: 0.005,
         quiet: true,
-        batch: 0,
+        // `-batch` scenarios: gateway batches of 100 (`cctv.raw.batch.<gw>`).
+        batch: if scenario.ends_with("-batch") { 100 } else { 0 },
     };
     let started = Instant::now();
     cctv_cli::run_simulate(&rig.cli_config(), &args).await?;
@@ -657,9 +672,12 @@ async fn main() -> anyhow::Result<()> {
     if let Some(unknown) = options
         .scenarios
         .iter()
-        .find(|s| !["floor", "canonical", "mixed", "latency"].contains(&s.as_str()))
+        .find(|s| !SCENARIOS.contains(&s.as_str()))
     {
-        bail!("unknown scenario {unknown}; scenarios: floor, canonical, mixed, latency");
+        bail!(
+            "unknown scenario {unknown}; scenarios: {}",
+            SCENARIOS.join(", ")
+        );
     }
     if options.scenarios.iter().any(|s| s == "floor") {
         println!("scenario floor: {} messages per operation", options.events);
@@ -669,7 +687,7 @@ async fn main() -> anyhow::Result<()> {
     for scenario in options
         .scenarios
         .iter()
-        .filter(|s| *s == "canonical" || *s == "mixed")
+        .filter(|s| THROUGHPUT_SCENARIOS.contains(&s.as_str()))
     {
         println!("scenario {scenario}: {} offences", options.events);
         let result = throughput(

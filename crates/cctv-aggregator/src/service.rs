@@ -34,6 +34,11 @@ const WRITE_QUEUE: usize = 1;
 const SESSION_RETRY: Duration = Duration::from_millis(500);
 /// How often a partition's lag gauge is refreshed from its consumer.
 const LAG_REFRESH: Duration = Duration::from_secs(2);
+/// How often a session checks that its pull stream still delivers.
+const STALL_CHECK: Duration = Duration::from_secs(5);
+/// A session whose consumer has undelivered messages and nothing in flight,
+/// with no delivery for this long, pulls anew.
+const STALL_AFTER: Duration = Duration::from_secs(15);
 /// Pause between looks at the inserts still running in ClickHouse.
 const SETTLE_POLL: Duration = Duration::from_millis(100);
 /// How long an idle consumer of a dead term survives on the server.
@@ -738,7 +743,16 @@ async fn run_session(
     );
     let label = partition.to_string();
     let lag = metrics::gauge!(names::LAG, "partition" => label.clone());
-    let lag_refresh = tokio::spawn(refresh_lag(stream.clone(), consumer_name, lag.clone()));
+    let consumer_state = Arc::new(ConsumerState::default());
+    let lag_refresh = tokio::spawn(refresh_lag(
+        stream.clone(),
+        consumer_name,
+        lag.clone(),
+        consumer_state.clone(),
+    ));
+    let mut last_delivery = Instant::now();
+    let mut watchdog = tokio::time::interval(STALL_CHECK);
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let (batch_sender, batch_receiver) = mpsc::channel::<Batch>(WRITE_QUEUE);
     let writer_task = {
@@ -774,8 +788,18 @@ async fn run_session(
             biased;
             () = drain.cancelled() => break SessionEnd::Shutdown,
             () = sleep_until_or_forever(deadline) => None,
+            _ = watchdog.tick() => {
+                if last_delivery.elapsed() >= STALL_AFTER && consumer_state.starved() {
+                    tracing::warn!(partition, "no deliveries although the consumer has pending messages; pulling anew");
+                    break SessionEnd::Reset("pull stream stalled");
+                }
+                None
+            }
             chunk = chunks.next() => match chunk {
-                Some(chunk) => Some(chunk),
+                Some(chunk) => {
+                    last_delivery = Instant::now();
+                    Some(chunk)
+                }
                 None => break SessionEnd::Reset("message stream ended"),
             },
         };
@@ -838,13 +862,40 @@ fn now_secs() -> u32 {
 }
 
 /// Sets a partition's lag gauge from its consumer's undelivered count.
-async fn refresh_lag(stream: jetstream::stream::Stream, consumer: String, lag: metrics::Gauge) {
+/// What the server last said about a session's consumer.
+#[derive(Debug, Default)]
+struct ConsumerState {
+    /// Messages not yet delivered.
+    pending: AtomicU64,
+    /// Messages delivered and not acknowledged.
+    ack_pending: AtomicU64,
+}
+
+impl ConsumerState {
+    /// Whether the server holds undelivered messages while nothing is in
+    /// flight: the session's pull requests are gone (lost with a connection
+    /// to a restarted server), since a live pull would be served.
+    fn starved(&self) -> bool {
+        self.pending.load(Ordering::Relaxed) > 0 && self.ack_pending.load(Ordering::Relaxed) == 0
+    }
+}
+
+async fn refresh_lag(
+    stream: jetstream::stream::Stream,
+    consumer: String,
+    lag: metrics::Gauge,
+    state: Arc<ConsumerState>,
+) {
     let mut ticks = tokio::time::interval(LAG_REFRESH);
     loop {
         ticks.tick().await;
         if let Ok(info) = stream.consumer_info(&consumer).await {
             #[allow(clippy::cast_precision_loss)]
             lag.set(info.num_pending as f64);
+            state.pending.store(info.num_pending, Ordering::Relaxed);
+            state
+                .ack_pending
+                .store(info.num_ack_pending as u64, Ordering::Relaxed);
         }
     }
 }

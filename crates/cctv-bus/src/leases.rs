@@ -93,6 +93,9 @@ pub enum LeaseWriteError {
     Failed(String),
 }
 
+/// Longest a read of the whole bucket may take.
+pub(crate) const BUCKET_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The lease bucket of one deployment.
 #[derive(Debug, Clone)]
 pub struct LeaseBucket {
@@ -184,7 +187,21 @@ impl LeaseBucket {
     }
 
     /// Every live key with `prefix`, with revision and value.
+    ///
+    /// Bounded by 5 s: listing keys runs an ordered
+    /// consumer, which can stall when the connection is lost midway (a
+    /// server restart); the caller then simply reads again.
     pub async fn entries(&self, prefix: &str) -> Result<Vec<LeaseEntry>, BusError> {
+        tokio::time::timeout(BUCKET_READ_TIMEOUT, self.entries_unbounded(prefix))
+            .await
+            .map_err(|_| {
+                BusError::Invalid(format!(
+                    "reading the lease bucket took longer than {BUCKET_READ_TIMEOUT:?}"
+                ))
+            })?
+    }
+
+    async fn entries_unbounded(&self, prefix: &str) -> Result<Vec<LeaseEntry>, BusError> {
         let keys: Vec<String> = self
             .kv
             .keys()

@@ -291,11 +291,13 @@ pub(crate) struct IdFold {
     pending: HashMap<[u8; 16], u64>,
     extent: Option<StreamExtent>,
     rows: u64,
-    doubled: SequenceRanges,
+    /// Sequences of doubled ids, in the order met (sorted at the end).
+    doubled: Vec<u64>,
     extra_rows: u64,
     doubled_ids: u64,
     doubled_examples: Vec<DoubledEventId>,
-    beyond_last: SequenceRanges,
+    /// Sequences beyond the stream's last, in the order met.
+    beyond_last: Vec<u64>,
     expired: u64,
     foreign: u64,
 }
@@ -346,22 +348,25 @@ impl IdFold {
 
     /// The audit: what is still pending is missing.
     pub(crate) fn finish(self, source_stream: &str) -> StreamAudit {
-        let mut missing = Vec::from_iter(self.pending.into_values());
-        missing.sort_unstable();
-        let mut ranges = SequenceRanges::new();
-        for sequence in missing {
-            ranges.push(sequence);
+        // Ids come in no particular order; ranges need ascending input.
+        fn ranges_of(mut sequences: Vec<u64>) -> SequenceRanges {
+            sequences.sort_unstable();
+            let mut ranges = SequenceRanges::new();
+            for sequence in sequences {
+                ranges.push(sequence);
+            }
+            ranges
         }
         StreamAudit {
             source_stream: source_stream.to_string(),
             stream: self.extent,
             rows: self.rows,
-            missing: ranges,
-            doubled: self.doubled,
+            missing: ranges_of(Vec::from_iter(self.pending.into_values())),
+            doubled: ranges_of(self.doubled),
             extra_rows: self.extra_rows,
             doubled_event_ids: self.doubled_ids,
             doubled_event_id_examples: self.doubled_examples,
-            beyond_last: self.beyond_last,
+            beyond_last: ranges_of(self.beyond_last),
             expired: self.expired,
             foreign: self.foreign,
             ..StreamAudit::default()
@@ -735,6 +740,28 @@ mod tests {
         assert_eq!(audit.beyond_last, ranges(&[(25, 25)]));
         assert_eq!((audit.expired, audit.foreign, audit.rows), (1, 1, 7));
         assert!(!audit.is_clean());
+    }
+
+    #[test]
+    fn ids_met_in_any_order_give_every_range() {
+        let extent = StreamExtent {
+            first_seq: 1,
+            last_seq: 20,
+            messages: 20,
+            num_deleted: 0,
+        };
+        let stream: HashMap<[u8; 16], u64> =
+            [(id(1), 14), (id(2), 7), (id(3), 1), (id(4), 10)].into();
+        let mut fold = IdFold::new(Some((extent, stream)));
+        // ClickHouse returns ids in hash order, not by sequence.
+        for (n, seq) in [(1, 14), (2, 7), (3, 1), (4, 10)] {
+            fold.add(id(n), seq, 2);
+        }
+        fold.add(id(9), 30, 1);
+        fold.add(id(8), 25, 1);
+        let audit = fold.finish("S@1");
+        assert_eq!(audit.doubled, ranges(&[(1, 1), (7, 7), (10, 10), (14, 14)]));
+        assert_eq!(audit.beyond_last, ranges(&[(25, 25), (30, 30)]));
     }
 
     #[test]
