@@ -6,6 +6,7 @@
 #   DEMO_EVENTS=60000   offences to simulate
 #   DEMO_FORMAT=mixed   payload format: mixed (every vendor), canonical or one vendor
 #   DEMO_RATE=20000     publish rate, messages per second
+#   DEMO_BATCH=0        items per gateway batch (cctv.raw.batch.<gw>); 0 publishes each alone
 #   KEEP=1              leave the stack running afterwards (stop it with `make down`)
 #
 # Exits with the status of `cctvctl totals`: 0 only when the totals match.
@@ -43,10 +44,13 @@ say "simulate: ${DEMO_EVENTS:-60000} offences (${DEMO_FORMAT:-mixed} formats) at
     --count "${DEMO_EVENTS:-60000}" \
     --format "${DEMO_FORMAT:-mixed}" \
     --rate "${DEMO_RATE:-20000}" \
+    --batch "${DEMO_BATCH:-0}" \
     --registry deploy/cameras.csv \
     --expect-out "$EXPECTED"
 
 say "totals: waiting until ClickHouse counts every event"
 totals_status=0
 "$STACK" ctl totals --expect "$EXPECTED" --wait 300s || totals_status=$?
+say "status: partitions and their owners"
+"$STACK" ctl status || true
 exit "$totals_status"

@@ -164,7 +164,7 @@ impl FaultStack {
         }
     }
 
-    fn cli_config(&self) -> CliConfig {
+    pub(crate) fn cli_config(&self) -> CliConfig {
         CliConfig {
             nats: NatsConfig {
                 url: self.nats.url(),

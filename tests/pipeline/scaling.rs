@@ -105,6 +105,25 @@ async fn two_aggregators_and_two_ingests_with_identical_configs_count_exactly() 
     let mut fleet = stack.start_fleet(&[], &[]);
     let publisher = paced_publisher(&stack, &load);
     wait_for_even_spread(&stack, &fleet, SETTLE_TIMEOUT).await;
+
+    // `cctvctl status` shows the same: 16 partitions, two instances with 8
+    // each, a consumer per partition.
+    let status = cctv_cli::pipeline_status(&stack.cli_config(), "cctv-aggregator")
+        .await
+        .expect("status");
+    let text = cctv_cli::render_status(&status);
+    assert_eq!(status.partitions, Some(PARTITIONS as u16), "{text}");
+    assert_eq!(status.unowned(), 0, "{text}");
+    let owned: Vec<usize> = status.members.iter().map(|m| m.partitions_owned).collect();
+    assert_eq!(owned, [PARTITIONS / 2, PARTITIONS / 2], "{text}");
+    assert!(
+        status.rows.iter().all(|row| row.consumer.is_some()
+            && row
+                .lease_age_seconds
+                .is_some_and(|age| age < LEASE_TTL.as_secs_f64() * 2.0)),
+        "{text}"
+    );
+
     publisher.await.expect("publisher");
     drain_stop_and_check(&stack, &load, &mut fleet).await;
 }
