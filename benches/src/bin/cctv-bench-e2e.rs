@@ -34,8 +34,9 @@ use cctv_testkit::{ClickHouseServer, NatsServer};
 /// How often ClickHouse is asked for progress.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Every scenario `--scenarios` takes.
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "floor",
+    "seen",
     "canonical",
     "mixed",
     "canonical-batch",
@@ -50,7 +51,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
 
 const USAGE: &str = "usage: cctv-bench-e2e [--events N] [--latency-rate N] [--latency-seconds N] \
 [--scenarios floor,canonical,mixed,canonical-batch,mixed-batch,latency] [--output FILE | --no-output] \
-[--events-duplicate-window DURATION]";
+[--events-duplicate-window DURATION] [--seen-ids N]";
 
 struct Options {
     events: u64,
@@ -61,6 +62,8 @@ struct Options {
     /// Duplicate window of CCTV_EVENTS (the dedup horizon) instead of 24 h,
     /// to measure what the window costs the server.
     events_duplicate_window: Option<String>,
+    /// Ids in the horizon for the `seen` scenario.
+    seen_ids: u64,
 }
 
 fn parse_options() -> anyhow::Result<Options> {
@@ -78,12 +81,14 @@ fn parse_options() -> anyhow::Result<Options> {
         ],
         output: Some(PathBuf::from("BENCHMARKS.md")),
         events_duplicate_window: None,
+        seen_ids: 10_000_000,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--events" => options.events = value()?.parse()?,
+            "--seen-ids" => options.seen_ids = value()?.parse()?,
             "--latency-rate" => options.latency_rate = value()?.parse()?,
             "--latency-seconds" => options.latency_seconds = value()?.parse()?,
             "--scenarios" => {
@@ -352,6 +357,100 @@ async fn throughput(
             - i64::try_from(counted).unwrap_or(i64::MAX),
         usage,
     })
+}
+
+/// What the `seen` scenario measured for one layout of the ids.
+struct SeenRebuild {
+    layout: &'static str,
+    ids: u64,
+    partitions: u32,
+    seconds: f64,
+    heap_bytes: usize,
+}
+
+/// Generates `ids` rows in ClickHouse itself (INSERT ... SELECT from
+/// `numbers`) in database `database`, written by `writers` partitions.
+async fn generate_written_ids(
+    clickhouse: &ClickHouseServer,
+    database: &str,
+    ids: u64,
+    writers: u32,
+) -> anyhow::Result<Store> {
+    let store = Store::new(&ClickHouseConfig {
+        url: clickhouse.http_url(),
+        database: database.to_string(),
+        ..ClickHouseConfig::default()
+    })?;
+    store.migrate().await?;
+    // Distinct UUIDs from the row number: its hex in the last 12 digits.
+    store
+        .client()
+        .query(
+            "INSERT INTO offence_events (event_id, detected_at, received_at, ingested_at, \
+             inserted_at, region, offence_type, source_stream, writer, stream_seq) \
+             SELECT toUUID(concat('00000000-0000-4000-8000-', \
+                    substring(hex(toUInt64(number) + 0x100000000000), 1, 12))), \
+                    now(), now(), now(), now(), 'KZ-75', 'traffic.speeding', 'CCTV_EVENTS@1', \
+                    concat('p', toString(number % ?)), number \
+             FROM system.numbers LIMIT ?",
+        )
+        .bind(writers)
+        .bind(ids)
+        .execute()
+        .await
+        .context("generate rows")?;
+    Ok(store)
+}
+
+/// The `seen` scenario: the seen-set's bytes per id and the time to rebuild
+/// it from ClickHouse (what every session start and takeover does), for
+/// `ids` ids written within the horizon: all in one partition (one owner
+/// rebuilding everything), and spread over 16 partitions (one instance
+/// taking all 16 over, one partition after another).
+async fn seen(ids: u64) -> anyhow::Result<Vec<SeenRebuild>> {
+    let clickhouse = ClickHouseServer::start().context("failed to start clickhouse-server")?;
+    let mut results = Vec::new();
+    for (layout, database, writers) in [
+        ("one partition", "seen_one", 1u32),
+        ("16 partitions", "seen_sixteen", 16u32),
+    ] {
+        let started = Instant::now();
+        let store = generate_written_ids(&clickhouse, database, ids, writers).await?;
+        println!(
+            "  {layout}: {ids} rows generated in ClickHouse in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let started = Instant::now();
+        let mut heap_bytes = 0;
+        let mut held = 0u64;
+        for partition in 0..writers {
+            let mut seen = cctv_aggregator::SeenSet::new(24 * 3600);
+            let cutoff = seen.cutoff(u32::try_from(chrono::Utc::now().timestamp())?);
+            store
+                .for_each_written_id(&format!("p{partition}"), cutoff, |id, at| {
+                    seen.insert(id, at);
+                })
+                .await?;
+            heap_bytes += seen.heap_bytes();
+            held += seen.len() as u64;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        if held != ids {
+            bail!("{layout}: rebuilt {held} ids of {ids}");
+        }
+        println!(
+            "  {layout}: rebuilt {held} ids in {seconds:.1} s, {:.1} bytes per id",
+            heap_bytes as f64 / held as f64
+        );
+        results.push(SeenRebuild {
+            layout,
+            ids,
+            partitions: writers,
+            seconds,
+            heap_bytes,
+        });
+    }
+    Ok(results)
 }
 
 /// Publish -> queryable latencies in milliseconds, sorted.
@@ -750,6 +849,33 @@ async fn main() -> anyhow::Result<()> {
                 per_million(&result.usage[3]),
                 result.usage[3].peak_rss_mib,
                 ours / servers
+            )?;
+        }
+        writeln!(report)?;
+    }
+    if options.scenarios.iter().any(|s| s == "seen") {
+        println!("scenario seen: {} ids in the horizon", options.seen_ids);
+        let rebuilds = seen(options.seen_ids).await?;
+        writeln!(
+            report,
+            "## Seen-set (dedup horizon held by the partition owners)\n\n\
+             Ids generated in ClickHouse (18.16, fresh server), then read back the way a \
+             session start or takeover rebuilds its seen-set (`for_each_written_id` into \
+             `cctv_aggregator::SeenSet`):\n\n\
+             | ids in the horizon | layout | rebuild seconds | ids/s | heap bytes | bytes per id |\n\
+             | ---: | --- | ---: | ---: | ---: | ---: |"
+        )?;
+        for rebuild in &rebuilds {
+            writeln!(
+                report,
+                "| {} | {} ({} rebuilt one after another) | {:.1} | {:.0} | {} | {:.1} |",
+                rebuild.ids,
+                rebuild.layout,
+                rebuild.partitions,
+                rebuild.seconds,
+                rebuild.ids as f64 / rebuild.seconds,
+                rebuild.heap_bytes,
+                rebuild.heap_bytes as f64 / rebuild.ids as f64
             )?;
         }
         writeln!(report)?;

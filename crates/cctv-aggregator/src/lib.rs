@@ -28,5 +28,6 @@ mod stats;
 pub use batch::{BatchDecision, Batcher};
 pub use config::{AggregatorConfig, AggregatorSettings};
 pub use error::AggregatorError;
+pub use seen::SeenSet;
 pub use service::run;
 pub use stats::{AggregatorSnapshot, AggregatorStats};

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 /// Ids written within the horizon.
 #[derive(Debug, Default)]
-pub(crate) struct SeenSet {
+pub struct SeenSet {
     ids: HashMap<[u8; 16], u32>,
     horizon_secs: u32,
     /// Insert time of the oldest id possibly still held.
@@ -17,7 +17,7 @@ pub(crate) struct SeenSet {
 
 impl SeenSet {
     /// An empty set keeping ids for `horizon_secs`.
-    pub(crate) fn new(horizon_secs: u32) -> Self {
+    pub fn new(horizon_secs: u32) -> Self {
         Self {
             ids: HashMap::new(),
             horizon_secs,
@@ -26,7 +26,7 @@ impl SeenSet {
     }
 
     /// Records an id written at `at` (UTC seconds); false when it was known.
-    pub(crate) fn insert(&mut self, id: [u8; 16], at: u32) -> bool {
+    pub fn insert(&mut self, id: [u8; 16], at: u32) -> bool {
         self.oldest = self.oldest.min(at);
         self.ids.insert(id, at).is_none()
     }
@@ -44,7 +44,7 @@ impl SeenSet {
     }
 
     /// Drops ids written before `now - horizon`. Cheap when nothing expired.
-    pub(crate) fn prune(&mut self, now: u32) {
+    pub fn prune(&mut self, now: u32) {
         let cutoff = now.saturating_sub(self.horizon_secs);
         if self.oldest >= cutoff {
             return;
@@ -57,23 +57,22 @@ impl SeenSet {
     }
 
     /// The first second still inside the horizon at `now`.
-    pub(crate) fn cutoff(&self, now: u32) -> u32 {
+    pub fn cutoff(&self, now: u32) -> u32 {
         now.saturating_sub(self.horizon_secs)
     }
 
     /// Ids held.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.ids.len()
     }
 
     /// Whether no id is held.
-    #[cfg(test)]
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
 
     /// Heap bytes held: the table's buckets (key, value, one control byte).
-    pub(crate) fn heap_bytes(&self) -> usize {
+    pub fn heap_bytes(&self) -> usize {
         self.ids.capacity() * (16 + 4 + 1)
     }
 }
