@@ -34,8 +34,9 @@ use cctv_testkit::{ClickHouseServer, NatsServer};
 /// How often ClickHouse is asked for progress.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Every scenario `--scenarios` takes.
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "floor",
+    "store-floor",
     "seen",
     "canonical",
     "mixed",
@@ -357,6 +358,126 @@ async fn throughput(
             - i64::try_from(counted).unwrap_or(i64::MAX),
         usage,
     })
+}
+
+/// What the `store-floor` scenario measured for one way of inserting.
+struct StoreFloor {
+    how: String,
+    rows: u64,
+    seconds: f64,
+    cpu_seconds: f64,
+}
+
+/// The `store-floor` scenario: what clickhouse-server alone spends per
+/// million rows of `offence_events`, inserted by the store's own RowBinary
+/// inserts from one client: straight into the table in batches of 100,000,
+/// through the fence (the `Null` table and its materialized view) in batches
+/// of 100,000, and through the fence in batches of 4,000 (what one partition
+/// owner writes per insert at ~64,000 offences/s over 16 partitions).
+async fn store_floor(rows: u64) -> anyhow::Result<Vec<StoreFloor>> {
+    let clickhouse = ClickHouseServer::start().context("failed to start clickhouse-server")?;
+    let pid = clickhouse.pid().context("clickhouse-server has no pid")?;
+    let normalizer = cctv_normalize::Normalizer::new(
+        std::sync::Arc::new(cctv_event::Taxonomy::builtin()?),
+        std::sync::Arc::new(cctv_event::Regions::builtin()?),
+        std::sync::Arc::new(cctv_event::CameraRegistry::default()),
+        cctv_normalize::Limits::default(),
+    );
+    let raw = cctv_normalize::RawMessage {
+        format: "canonical",
+        gateway_id: "gw7",
+        payload: RAW_SAMPLE.as_bytes(),
+        msg_id: Some("gw7-000184223"),
+        camera_id: None,
+        received_at: None,
+        stored_at: None,
+    };
+    let cctv_normalize::Outcome::Offences(events) = normalizer.normalize(&raw, chrono::Utc::now())
+    else {
+        bail!("the raw sample does not normalise to an offence");
+    };
+    let event = events.first().context("no event")?.clone();
+    let now = u32::try_from(chrono::Utc::now().timestamp())?;
+    let mut results = Vec::new();
+    for (how, database, batch, fenced) in [
+        (
+            "direct, batches of 100,000",
+            "floor_direct",
+            100_000usize,
+            false,
+        ),
+        (
+            "through the fence, batches of 100,000",
+            "floor_fenced",
+            100_000,
+            true,
+        ),
+        (
+            "through the fence, batches of 4,000",
+            "floor_small",
+            4_000,
+            true,
+        ),
+    ] {
+        let store = Store::new(&ClickHouseConfig {
+            url: clickhouse.http_url(),
+            database: database.to_string(),
+            ..ClickHouseConfig::default()
+        })?;
+        store.migrate().await?;
+        store.fence("p0", 1, "bench").await?;
+        let mut rows_batch = Vec::with_capacity(batch);
+        let started = Instant::now();
+        let cpu_before = cctv_benches::hops::cpu_seconds(pid);
+        let mut written = 0u64;
+        let mut sequence = 0u64;
+        while written < rows {
+            rows_batch.clear();
+            let take = batch.min(usize::try_from(rows - written)?);
+            for _ in 0..take {
+                sequence += 1;
+                let mut row = cctv_store::EventRow::from_event(
+                    event.clone(),
+                    "CCTV_EVENTS@1",
+                    "p0",
+                    cctv_store::StreamPosition {
+                        stream_seq: sequence,
+                        batch_first_seq: sequence,
+                        batch_rows: 1,
+                    },
+                    now,
+                );
+                row.event_id = uuid::Uuid::from_u128(u128::from(sequence));
+                row.lease_epoch = 1;
+                rows_batch.push(row);
+            }
+            if fenced {
+                store.insert_fenced(&[("p0", &rows_batch)]).await?;
+            } else {
+                store.insert_batch(&rows_batch).await?;
+            }
+            written += take as u64;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        // Merges run after the inserts: count what the server spends on them too.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let cpu_seconds = cctv_benches::hops::cpu_seconds(pid) - cpu_before;
+        let stored = store.count_events().await?;
+        if stored != rows {
+            bail!("{how}: {stored} rows stored of {rows}");
+        }
+        println!(
+            "  {how}: {rows} rows in {seconds:.1} s, clickhouse-server {:.1} CPU-s per million",
+            cpu_seconds * 1e6 / rows as f64
+        );
+        results.push(StoreFloor {
+            how: how.to_string(),
+            rows,
+            seconds,
+            cpu_seconds,
+        });
+    }
+    Ok(results)
 }
 
 /// What the `seen` scenario measured for one layout of the ids.
@@ -849,6 +970,31 @@ async fn main() -> anyhow::Result<()> {
                 per_million(&result.usage[3]),
                 result.usage[3].peak_rss_mib,
                 ours / servers
+            )?;
+        }
+        writeln!(report)?;
+    }
+    if options.scenarios.iter().any(|s| s == "store-floor") {
+        println!("scenario store-floor: {} rows per way", options.events);
+        let floors = store_floor(options.events).await?;
+        writeln!(
+            report,
+            "## ClickHouse floor (clickhouse-server alone, no NATS, no services)\n\n\
+             Rows of `offence_events` built from one canonical event, inserted with the \
+             store's RowBinary inserts from one client on a fresh server; CPU of \
+             clickhouse-server including 3 s of merges after the last insert:\n\n\
+             | inserted | rows | seconds | clickhouse-server CPU-s per million rows | rows/s if it had both cores |\n\
+             | --- | ---: | ---: | ---: | ---: |"
+        )?;
+        for floor in &floors {
+            let per_million = floor.cpu_seconds * 1e6 / floor.rows as f64;
+            writeln!(
+                report,
+                "| {} | {} | {:.1} | {per_million:.1} | {:.0} |",
+                floor.how,
+                floor.rows,
+                floor.seconds,
+                2e6 / per_million
             )?;
         }
         writeln!(report)?;

@@ -19,6 +19,7 @@
 mod batch;
 mod config;
 mod error;
+mod inserter;
 mod metrics;
 mod ownership;
 mod seen;

@@ -34,3 +34,7 @@ pub(crate) const SEEN_IDS: &str = "cctv_aggregator_seen_ids";
 pub(crate) const SEEN_BYTES: &str = "cctv_aggregator_seen_bytes";
 /// 1 while ClickHouse refuses or cannot be reached, else 0.
 pub(crate) const STORE_DOWN: &str = "cctv_aggregator_clickhouse_down";
+/// ClickHouse inserts, each carrying the batches of one or more partitions.
+pub(crate) const INSERTS: &str = "cctv_aggregator_inserts_total";
+/// Partition batches per ClickHouse insert (group commit).
+pub(crate) const INSERT_GROUP: &str = "cctv_aggregator_insert_group_batches";

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::inserter::Inserter;
 use crate::metrics as names;
 use crate::ownership::{Action, Ownership};
 use crate::seen::SeenSet;
@@ -34,8 +35,11 @@ const WRITE_QUEUE: usize = 1;
 const SESSION_RETRY: Duration = Duration::from_millis(500);
 /// How often a partition's lag gauge is refreshed from its consumer.
 const LAG_REFRESH: Duration = Duration::from_secs(2);
+/// Rows one group-commit insert carries at most (one part; the batches of
+/// many partitions).
+const INSERT_GROUP_MAX_ROWS: usize = 200_000;
 /// How often a session checks that its pull stream still delivers.
-const STALL_CHECK: Duration = Duration::from_secs(5);
+const STALL_CHECK: Duration = Duration::from_secs(2);
 /// A session whose consumer has undelivered messages and nothing in flight,
 /// with no delivery for this long, pulls anew.
 const STALL_AFTER: Duration = Duration::from_secs(15);
@@ -96,9 +100,11 @@ pub async fn run(
     let instance = instance_id(&config);
     tracing::info!(%instance, partitions, "aggregator started");
     health.set_ok();
+    let inserter = Inserter::start(store.clone(), INSERT_GROUP_MAX_ROWS);
     let context = Arc::new(Context {
         js,
         store,
+        inserter,
         config: config.clone(),
         stats: stats.clone(),
         health,
@@ -196,6 +202,8 @@ async fn prepare_store(
 struct Context {
     js: jetstream::Context,
     store: Store,
+    /// The instance's group-commit insert task.
+    inserter: Inserter,
     config: AggregatorConfig,
     stats: AggregatorStats,
     health: Health,
@@ -614,7 +622,7 @@ async fn run_term(
         health: context.health.clone(),
         retry_max_backoff: context.config.aggregator.retry_max_backoff,
         writer_name: writer_name.clone(),
-        insert_tag: context.store.insert_tag(&writer_name),
+        inserter: context.inserter.clone(),
         epoch,
         gate,
     };
@@ -751,6 +759,7 @@ async fn run_session(
         consumer_state.clone(),
     ));
     let mut last_delivery = Instant::now();
+    let generation = cctv_bus::connection_generation();
     let mut watchdog = tokio::time::interval(STALL_CHECK);
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -789,6 +798,9 @@ async fn run_session(
             () = drain.cancelled() => break SessionEnd::Shutdown,
             () = sleep_until_or_forever(deadline) => None,
             _ = watchdog.tick() => {
+                if cctv_bus::connection_generation() != generation {
+                    break SessionEnd::Reset("NATS reconnected");
+                }
                 if last_delivery.elapsed() >= STALL_AFTER && consumer_state.starved() {
                     tracing::warn!(partition, "no deliveries although the consumer has pending messages; pulling anew");
                     break SessionEnd::Reset("pull stream stalled");
@@ -1046,8 +1058,8 @@ struct Writer {
     health: Health,
     retry_max_backoff: Duration,
     writer_name: String,
-    /// `query_id` prefix of this partition's inserts (any owner's).
-    insert_tag: String,
+    /// The instance's group-commit insert task.
+    inserter: Inserter,
     epoch: u64,
     gate: Arc<LeaseGate>,
 }
@@ -1059,7 +1071,7 @@ impl Writer {
     async fn settle(&self) -> Result<(), StoreError> {
         let mut logged = false;
         loop {
-            match self.store.inserts_in_flight(&self.insert_tag).await {
+            match self.store.fenced_inserts_in_flight(&self.writer_name).await {
                 Ok(0) => return Ok(()),
                 Ok(running) => {
                     if !logged {
@@ -1098,7 +1110,13 @@ impl Writer {
         while !rows.is_empty() {
             // Never send an insert on a lease not known to be valid; if it is
             // lost, the lease loop aborts this task.
+            let waiting = Instant::now();
+            let mut told = false;
             while !self.gate.is_valid(Instant::now()) {
+                if !told && waiting.elapsed() >= Duration::from_secs(5) {
+                    tracing::warn!(writer = %self.writer_name, "waiting for the lease to be renewed before writing");
+                    told = true;
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             attempt += 1;
@@ -1148,7 +1166,13 @@ impl Writer {
                 row.lease_epoch = self.epoch;
             }
             let started = Instant::now();
-            match self.store.insert_fenced(&rows, &self.insert_tag).await {
+            let shared = Arc::new(std::mem::take(&mut rows));
+            let inserted = self
+                .inserter
+                .insert(&self.writer_name, shared.clone())
+                .await;
+            rows = Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone());
+            match inserted {
                 Ok(()) => {
                     // Crash tests: the rows are in ClickHouse, the ack is not sent.
                     cctv_telemetry::fault_point("after_insert");

@@ -5,7 +5,20 @@
 //! consumer) are logged: a refused publish is otherwise silent, and a refused
 //! JetStream API request only shows as a timeout.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::{BusError, NatsConfig};
+
+/// Connections (first and every reconnect) of this process's clients.
+static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times this process's clients connected, the first time and every
+/// reconnect. A pull consumer's stream can stay silent after a reconnect (its
+/// pull requests went with the old connection): a reader that sees this
+/// number change starts a new one.
+pub fn connection_generation() -> u64 {
+    CONNECTIONS.load(Ordering::Relaxed)
+}
 
 /// Connects once, with the configured auth, TLS and timeouts. The returned
 /// client reconnects by itself after a lost connection.
@@ -81,7 +94,10 @@ fn log_event(event: &async_nats::Event) {
             tracing::warn!(%error, "NATS client error");
         }
         async_nats::Event::Disconnected => tracing::warn!("NATS connection lost"),
-        async_nats::Event::Connected => tracing::info!("NATS connected"),
+        async_nats::Event::Connected => {
+            CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("NATS connected");
+        }
         other => tracing::debug!(event = %other, "NATS connection event"),
     }
 }

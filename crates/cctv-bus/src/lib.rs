@@ -19,7 +19,7 @@ mod streams;
 pub mod subjects;
 
 pub use config::{NatsConfig, StreamSettings, StreamsConfig, DEFAULT_NATS_URL};
-pub use connect::{connect, connect_with_retry};
+pub use connect::{connect, connect_with_retry, connection_generation};
 pub use error::BusError;
 pub use event_batch::{
     decode_event_batch, encode_event_batch, EventBatchError, EventBatchReader, EventBatchWriter,

@@ -1,5 +1,5 @@
 //! `cctvctl dlq`: read dead letters from `CCTV_DLQ` without consuming them,
-//! through the stream's message-get API (works on nats-server 2.9).
+//! through the stream's message-get API (no direct get needed).
 
 use std::collections::BTreeMap;
 

@@ -1656,7 +1656,7 @@ mod tests {
 
     /// Every message the mixed simulation generates gets exactly the outcome
     /// it claims when run through the real normaliser (with an event-id set
-    /// standing in for the events stream's duplicate window), and the
+    /// standing in for the partition owners' seen-sets), and the
     /// counted offences land in the expected region and type.
     #[test]
     fn vendor_messages_normalise_to_their_expected_outcomes() {

@@ -57,9 +57,6 @@ pub struct IngestSettings {
     pub ack_wait: Duration,
     /// Most raw messages delivered but not yet acked.
     pub max_ack_pending: i64,
-    /// Number of event shards (`cctv.events.s<N>.>`). Fixed for the life of
-    /// the events stream: changing it moves events between aggregators.
-
     /// Most events in one event batch message on `CCTV_EVENTS`.
     pub event_batch_max_events: usize,
     /// Most bytes of event JSON in one event batch message.

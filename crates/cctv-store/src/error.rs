@@ -1,7 +1,7 @@
 //! Errors of the store crate, classed as transient or not.
 
 /// A ClickHouse operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The settings are unusable.
     #[error("invalid clickhouse settings: {0}")]

@@ -5,7 +5,7 @@
 //! moves each inserted block into `offence_events` only if its rows carry
 //! the newest `lease_epoch` fenced for their writer (partition). A new owner
 //! first writes its epoch to `partition_fences`, then waits until no insert
-//! of that writer is still running ([`Store::inserts_in_flight`]); from then
+//! of that writer is still running ([`Store::fenced_inserts_in_flight`]); from then
 //! on a stale owner's insert writes nothing, and everything it wrote before
 //! is visible to the new owner's rebuild.
 
@@ -61,12 +61,40 @@ impl Store {
             .map_err(|e| StoreError::from_clickhouse("read fence", e))
     }
 
-    /// Inserts one batch through the fence, as one INSERT with a `query_id`
-    /// of `tag` plus a random suffix (see [`Store::inserts_in_flight`]).
+    /// Inserts the batches of one or more writers (partitions) through the
+    /// fence as one INSERT (one part, all or nothing), its `query_id` naming
+    /// every writer it carries (see [`Store::fenced_inserts_in_flight`]).
     /// Rows whose `lease_epoch` is not their writer's newest are dropped by
     /// the server: success does not mean the rows were written.
-    pub async fn insert_fenced(&self, rows: &[EventRow], tag: &str) -> Result<(), StoreError> {
-        self.insert_into(INCOMING, rows, tag).await
+    pub async fn insert_fenced(&self, batches: &[(&str, &[EventRow])]) -> Result<(), StoreError> {
+        let mut query_id = format!("{}{}:.", self.fenced_insert_prefix(), uuid::Uuid::new_v4());
+        for (writer, _) in batches {
+            query_id.push_str(writer);
+            query_id.push('.');
+        }
+        let chunks: Vec<&[EventRow]> = batches.iter().map(|(_, rows)| *rows).collect();
+        self.insert_rows(INCOMING, &chunks, query_id).await
+    }
+
+    /// `query_id` prefix of every fenced insert into this database: followed
+    /// by a random id and `:.<writer>.<writer>.`.
+    pub fn fenced_insert_prefix(&self) -> String {
+        format!("cctv-fenced:{}:", self.config().database)
+    }
+
+    /// Fenced inserts the server is still running that carry rows of
+    /// `writer` (whoever sent them, even a client that gave up or died).
+    pub async fn fenced_inserts_in_flight(&self, writer: &str) -> Result<u64, StoreError> {
+        self.client()
+            .query(
+                "SELECT count() FROM system.processes \
+                 WHERE startsWith(query_id, ?) AND position(query_id, ?) > 0",
+            )
+            .bind(self.fenced_insert_prefix())
+            .bind(format!(".{writer}."))
+            .fetch_one::<u64>()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("list inserts in flight", e))
     }
 
     /// Event ids `writer` wrote with an insert time at or after `since`

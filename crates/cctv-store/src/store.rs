@@ -284,10 +284,20 @@ impl Store {
         rows: &[EventRow],
         tag: &str,
     ) -> Result<(), StoreError> {
-        if rows.is_empty() {
+        let query_id = format!("{tag}{}", uuid::Uuid::new_v4());
+        self.insert_rows(table, &[rows], query_id).await
+    }
+
+    /// One INSERT of every row of `chunks` into `table` under `query_id`.
+    pub(crate) async fn insert_rows(
+        &self,
+        table: &str,
+        chunks: &[&[EventRow]],
+        query_id: String,
+    ) -> Result<(), StoreError> {
+        if chunks.iter().all(|chunk| chunk.is_empty()) {
             return Ok(());
         }
-        let query_id = format!("{tag}{}", uuid::Uuid::new_v4());
         let mut insert = self
             .client
             .insert::<EventRow>(table)
@@ -298,7 +308,7 @@ impl Store {
                 Some(self.config.insert_timeout),
                 Some(self.config.insert_timeout),
             );
-        for row in rows {
+        for row in chunks.iter().flat_map(|chunk| chunk.iter()) {
             insert
                 .write(row)
                 .await
