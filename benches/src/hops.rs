@@ -152,7 +152,7 @@ pub async fn measure(
     let meter = timed("JetStream publish to CCTV_EVENTS, acked, 24 h dedup (`AckedPublisher`)");
     publish_batched(
         &client,
-        "cctv.events.s0.KZ-75.traffic.speeding",
+        &cctv_bus::subjects::event_partition(0),
         messages,
         &event_payload,
     )
@@ -262,7 +262,7 @@ async fn publish_acked(
 /// as the ingest does, with up to four batches' acks outstanding.
 async fn publish_batched(
     client: &async_nats::Client,
-    subject: &'static str,
+    subject: &str,
     messages: u64,
     payload: &Bytes,
 ) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@
 //!   the ClickHouse migrations;
 //! - `status` ([`run_status`], [`pipeline_status`]): partitions, their
 //!   owners, lease and heartbeat ages, backlog per partition;
-//! - `simulate` ([`run_simulate`]): publishes a camera fleet's canonical events
+//! - `simulate` ([`run_simulate`]): publishes a camera fleet's messages in any vendor format
 //!   (alone, or packed into CloudEvents batches with `--batch N`) and writes
 //!   the totals the pipeline must end up with ([`Expectation`]);
 //! - `totals` ([`run_totals`]): prints region x offence totals from ClickHouse
