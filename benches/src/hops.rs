@@ -102,7 +102,10 @@ pub async fn measure(
     let me = std::process::id();
     let mut hops = Vec::new();
 
-    let timed = |operation: &'static str| Meter::start(operation, server_pid, me);
+    let timed = |operation: &'static str| {
+        eprintln!("  floor: {operation} ...");
+        Meter::start(operation, server_pid, me)
+    };
 
     let meter = timed("JetStream publish to CCTV_RAW, acked (`cctv_bus::AckedPublisher`)");
     publish_batched(
@@ -149,7 +152,7 @@ pub async fn measure(
     wait_for_count(&js, &streams.raw.name, messages * 2).await?;
     hops.push(meter.stop(messages));
 
-    let meter = timed("JetStream publish to CCTV_EVENTS, acked, 24 h dedup (`AckedPublisher`)");
+    let meter = timed("JetStream publish to CCTV_EVENTS, acked (`AckedPublisher`)");
     publish_batched(
         &client,
         &cctv_bus::subjects::event_partition(0),
@@ -217,13 +220,19 @@ impl Meter {
     }
 
     fn stop(self, messages: u64) -> Hop {
-        Hop {
+        let hop = Hop {
             operation: self.operation,
             messages,
             seconds: self.started.elapsed().as_secs_f64(),
             server_cpu: cpu_seconds(self.server_pid) - self.server_cpu,
             client_cpu: cpu_seconds(self.client_pid) - self.client_cpu,
-        }
+        };
+        eprintln!(
+            "  floor: done in {:.1} s, {:.0} msg/s",
+            hop.seconds,
+            hop.rate()
+        );
+        hop
     }
 }
 
