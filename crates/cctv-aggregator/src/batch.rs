@@ -11,35 +11,54 @@ pub enum BatchDecision {
     FlushFull,
     /// Flush now: the oldest row is old enough.
     FlushAge,
+    /// Flush now: the buffer holds as many unacked messages as it may (the
+    /// consumer delivers at most `max_ack_pending`; a buffer waiting for
+    /// rows that cannot come would only wait for its age).
+    FlushMessages,
 }
 
-/// Decides when a buffer is flushed: at `max_rows` rows, or when its first
-/// row has waited `max_age`. Time is passed in, so tests need no clock.
+/// Decides when a buffer is flushed: at `max_rows` rows, at `max_messages`
+/// messages, or when its first row has waited `max_age`. Time is passed in,
+/// so tests need no clock.
 #[derive(Debug, Clone)]
 pub struct Batcher {
     max_rows: usize,
+    max_messages: usize,
     max_age: Duration,
     opened_at: Option<Instant>,
     rows: usize,
+    messages: usize,
 }
 
 impl Batcher {
-    /// A batcher with the given limits (`max_rows` at least 1).
-    pub fn new(max_rows: usize, max_age: Duration) -> Self {
+    /// A batcher with the given limits (`max_rows` and `max_messages` at
+    /// least 1).
+    pub fn new(max_rows: usize, max_messages: usize, max_age: Duration) -> Self {
         Self {
             max_rows: max_rows.max(1),
+            max_messages: max_messages.max(1),
             max_age,
             opened_at: None,
             rows: 0,
+            messages: 0,
         }
     }
 
-    /// Records `rows` more rows (or skipped messages waiting for an ack) at `now`.
+    /// The message limit for a consumer allowed `max_ack_pending` unacked
+    /// deliveries: a quarter of it, so that while up to two batches are
+    /// queued or being written (all unacked) the consumer still delivers the
+    /// next one.
+    pub fn messages_for(max_ack_pending: usize) -> usize {
+        (max_ack_pending / 4).max(1)
+    }
+
+    /// Records one message with `rows` rows (0: skipped, waiting for an ack) at `now`.
     pub fn add(&mut self, rows: usize, now: Instant) {
         if self.opened_at.is_none() {
             self.opened_at = Some(now);
         }
         self.rows += rows;
+        self.messages += 1;
     }
 
     /// Whether to flush at `now`.
@@ -49,6 +68,9 @@ impl Batcher {
         };
         if self.rows >= self.max_rows {
             return BatchDecision::FlushFull;
+        }
+        if self.messages >= self.max_messages {
+            return BatchDecision::FlushMessages;
         }
         if now.duration_since(opened_at) >= self.max_age {
             return BatchDecision::FlushAge;
@@ -70,6 +92,7 @@ impl Batcher {
     pub fn reset(&mut self) {
         self.opened_at = None;
         self.rows = 0;
+        self.messages = 0;
     }
 }
 
@@ -79,7 +102,7 @@ mod tests {
 
     #[test]
     fn empty_buffers_never_flush() {
-        let batcher = Batcher::new(10, Duration::from_secs(1));
+        let batcher = Batcher::new(10, 100, Duration::from_secs(1));
         let later = Instant::now() + Duration::from_secs(100);
         assert_eq!(batcher.decide(later), BatchDecision::Wait);
         assert_eq!(batcher.deadline(), None);
@@ -88,7 +111,7 @@ mod tests {
     #[test]
     fn flushes_at_the_row_limit() {
         let start = Instant::now();
-        let mut batcher = Batcher::new(10, Duration::from_secs(1));
+        let mut batcher = Batcher::new(10, 100, Duration::from_secs(1));
         batcher.add(9, start);
         assert_eq!(batcher.decide(start), BatchDecision::Wait);
         assert_eq!(batcher.room(), 1);
@@ -99,7 +122,7 @@ mod tests {
     #[test]
     fn flushes_when_the_first_row_is_old_enough() {
         let start = Instant::now();
-        let mut batcher = Batcher::new(10, Duration::from_millis(500));
+        let mut batcher = Batcher::new(10, 100, Duration::from_millis(500));
         batcher.add(1, start);
         batcher.add(1, start + Duration::from_millis(400));
         assert_eq!(
@@ -116,5 +139,21 @@ mod tests {
             batcher.decide(start + Duration::from_secs(5)),
             BatchDecision::Wait
         );
+    }
+
+    #[test]
+    fn flushes_when_it_holds_all_the_messages_it_may() {
+        let start = Instant::now();
+        let mut batcher = Batcher::new(1_000, Batcher::messages_for(64), Duration::from_secs(1));
+        for _ in 0..15 {
+            batcher.add(3, start);
+        }
+        assert_eq!(batcher.decide(start), BatchDecision::Wait);
+        batcher.add(0, start);
+        assert_eq!(batcher.decide(start), BatchDecision::FlushMessages);
+        batcher.reset();
+        batcher.add(3, start);
+        assert_eq!(batcher.decide(start), BatchDecision::Wait);
+        assert_eq!(Batcher::messages_for(1), 1);
     }
 }

@@ -777,7 +777,11 @@ async fn run_session(
         highest_seen: resume.written_through,
         rows: Vec::with_capacity(settings.batch_max_rows.min(100_000)),
         last_message: None,
-        batcher: Batcher::new(settings.batch_max_rows, settings.batch_max_age),
+        batcher: Batcher::new(
+            settings.batch_max_rows,
+            Batcher::messages_for(settings.max_ack_pending),
+            settings.batch_max_age,
+        ),
         stats: &context.stats,
         lag,
         seen,

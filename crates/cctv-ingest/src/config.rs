@@ -45,6 +45,12 @@ pub struct IngestSettings {
     pub consumer: String,
     /// Most raw messages handled as one batch (their publishes are pipelined).
     pub batch_size: usize,
+    /// How long a batch that is not full yet waits for more messages: raw
+    /// messages from single-message gateways trickle in, and a batch of a
+    /// few makes event batches of one or two events per partition, each a
+    /// NATS message the aggregator holds unacked. 0 takes what is ready.
+    #[serde(with = "humantime_serde")]
+    pub batch_linger: Duration,
     /// Most batches whose publishes are in flight at once.
     pub max_in_flight_batches: usize,
     /// Most bytes of raw payloads one pull delivers (hence one batch holds).
@@ -71,6 +77,7 @@ impl Default for IngestSettings {
         Self {
             consumer: "cctv-ingest".into(),
             batch_size: 1000,
+            batch_linger: Duration::from_millis(20),
             max_in_flight_batches: 4,
             max_batch_bytes: 16 * 1024 * 1024,
             ack_wait: Duration::from_secs(30),

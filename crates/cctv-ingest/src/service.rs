@@ -158,39 +158,52 @@ pub async fn run(
                 continue;
             }
         };
-        let mut chunks = messages.ready_chunks(config.ingest.batch_size);
+        let mut messages = messages;
         loop {
             // Bound the batches in flight before taking more messages.
             while in_flight.len() >= config.ingest.max_in_flight_batches {
                 let _ = in_flight.join_next().await;
             }
-            let chunk = tokio::select! {
+            let first = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break 'outer,
-                chunk = chunks.next() => chunk,
+                first = messages.next() => first,
             };
-            let Some(chunk) = chunk else { break };
-            let mut batch = Vec::with_capacity(chunk.len());
-            let mut stream_failed = false;
-            for item in chunk {
-                match item {
-                    Ok(message) => batch.push(message),
-                    Err(error) => {
-                        tracing::warn!(%error, "consumer stream error; pulling anew");
-                        health.set_problem("consumer stream error");
-                        stream_failed = true;
-                    }
+            let Some(first) = first else { break };
+            let mut batch = Vec::with_capacity(config.ingest.batch_size);
+            let mut stream_failed = take_message(first, &mut batch);
+            let mut stream_ended = false;
+            // Linger: fill the batch up to its size for a short while (what
+            // the pull has already delivered is taken without waiting).
+            let linger = tokio::time::sleep(config.ingest.batch_linger);
+            tokio::pin!(linger);
+            while !stream_failed && batch.len() < config.ingest.batch_size {
+                tokio::select! {
+                    biased;
+                    more = messages.next() => match more {
+                        Some(more) => stream_failed = take_message(more, &mut batch),
+                        None => {
+                            stream_ended = true;
+                            break;
+                        }
+                    },
+                    () = &mut linger => break,
+                    () = shutdown.cancelled() => break,
                 }
             }
-            if !batch.is_empty() {
+            if stream_failed {
+                health.set_problem("consumer stream error");
+            } else {
                 health.set_ok();
+            }
+            if !batch.is_empty() {
                 let context = context.clone();
                 in_flight.spawn(async move { context.process(batch).await });
             }
             if context.failed_batches.load(Ordering::Relaxed) >= RECONNECT_AFTER_FAILED_BATCHES {
                 break;
             }
-            if stream_failed {
+            if stream_failed || stream_ended {
                 // A pull stream can stall after a reconnect (missed heartbeats,
                 // pull requests lost with the old connection): start a new one.
                 // Deliveries of the old one are acked by their batches or
@@ -228,6 +241,24 @@ pub async fn run(
         "ingest stopped"
     );
     Ok(())
+}
+
+/// Moves one delivery into `batch`; true when the consumer stream reported
+/// an error (the stream is then pulled anew).
+fn take_message(
+    item: Result<jetstream::Message, jetstream::consumer::pull::MessagesError>,
+    batch: &mut Vec<jetstream::Message>,
+) -> bool {
+    match item {
+        Ok(message) => {
+            batch.push(message);
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%error, "consumer stream error; pulling anew");
+            true
+        }
+    }
 }
 
 fn load_normalizer(config: &IngestConfig) -> Result<Normalizer, IngestError> {
