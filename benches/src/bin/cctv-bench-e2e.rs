@@ -60,7 +60,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
 
 const USAGE: &str = "usage: cctv-bench-e2e [--events N] [--latency-rate N] [--latency-seconds N] \
 [--scenarios floor,store-floor,canonical,mixed,canonical-batch,mixed-batch,canonical-batch-x2,seen,latency] [--output FILE | --no-output] \
-[--events-duplicate-window DURATION] [--seen-ids N]";
+[--events-duplicate-window DURATION] [--seen-ids N] [--ingest-settings TOML] [--aggregator-settings TOML]
+
+--ingest-settings and --aggregator-settings add lines to the services' [ingest] and
+[aggregator] tables, e.g. --ingest-settings 'batch_linger = \"0ms\"' (A/B runs of a setting).";
+
+/// Extra lines of the services' `[ingest]` and `[aggregator]` tables.
+static SERVICE_SETTINGS: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
 
 struct Options {
     events: u64,
@@ -73,6 +79,10 @@ struct Options {
     events_duplicate_window: Option<String>,
     /// Ids in the horizon for the `seen` scenario.
     seen_ids: u64,
+    /// Extra `[ingest]` lines.
+    ingest_settings: String,
+    /// Extra `[aggregator]` lines.
+    aggregator_settings: String,
 }
 
 fn parse_options() -> anyhow::Result<Options> {
@@ -94,6 +104,8 @@ fn parse_options() -> anyhow::Result<Options> {
         output: Some(PathBuf::from("BENCHMARKS.md")),
         events_duplicate_window: None,
         seen_ids: 10_000_000,
+        ingest_settings: String::new(),
+        aggregator_settings: String::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -109,6 +121,8 @@ fn parse_options() -> anyhow::Result<Options> {
             "--output" => options.output = Some(PathBuf::from(value()?)),
             "--no-output" => options.output = None,
             "--events-duplicate-window" => options.events_duplicate_window = Some(value()?),
+            "--ingest-settings" => options.ingest_settings = value()?,
+            "--aggregator-settings" => options.aggregator_settings = value()?,
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -185,13 +199,15 @@ impl Rig {
             ..ClickHouseConfig::default()
         })?;
         store.migrate().await?;
+        let (ingest_settings, aggregator_settings) =
+            SERVICE_SETTINGS.get().cloned().unwrap_or_default();
         let ingest_toml = format!(
-            "[nats]\nurl = \"{}\"\n\n[data]\nregistry_path = \"{}\"\n\n[telemetry]\nlisten = \"127.0.0.1:0\"\n{streams_toml}",
+            "[nats]\nurl = \"{}\"\n\n[data]\nregistry_path = \"{}\"\n\n[telemetry]\nlisten = \"127.0.0.1:0\"\n\n[ingest]\n{ingest_settings}\n{streams_toml}",
             nats.url(),
             registry.display()
         );
         let aggregator_toml = format!(
-            "[nats]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\n\n[telemetry]\nlisten = \"127.0.0.1:0\"\n{streams_toml}",
+            "[nats]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\n\n[telemetry]\nlisten = \"127.0.0.1:0\"\n\n[aggregator]\n{aggregator_settings}\n{streams_toml}",
             nats.url(),
             clickhouse.http_url()
         );
@@ -947,6 +963,10 @@ fn criterion_results(target: &Path) -> Vec<(String, f64, f64)> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let options = parse_options()?;
+    let _ = SERVICE_SETTINGS.set((
+        options.ingest_settings.clone(),
+        options.aggregator_settings.clone(),
+    ));
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let registry = repo.join("deploy/cameras.csv").canonicalize()?;
     let mut report = String::new();

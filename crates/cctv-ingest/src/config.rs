@@ -53,10 +53,12 @@ pub struct IngestSettings {
     pub batch_linger: Duration,
     /// Most batches whose publishes are in flight at once.
     pub max_in_flight_batches: usize,
-    /// Most bytes of raw payloads one pull delivers (hence one batch holds).
-    /// With `max_in_flight_batches` it bounds the raw bytes in memory by bytes,
-    /// not only by count, whatever size the messages are. Raised at start to
-    /// twice the server's `max_payload`, so that every message can be delivered.
+    /// Most bytes of raw payloads one batch holds (a larger message makes a
+    /// batch of its own). With `max_in_flight_batches` it bounds the raw
+    /// bytes, and what they turn into, in memory by bytes, not only by count:
+    /// a gateway batch of 100 items counts as one message. A pull delivers
+    /// at most this many bytes too, raised at start to twice the server's
+    /// `max_payload` so that every message can be delivered.
     pub max_batch_bytes: usize,
     /// Time JetStream waits for an ack before redelivering a raw message.
     #[serde(with = "humantime_serde")]
@@ -79,7 +81,7 @@ impl Default for IngestSettings {
             batch_size: 1000,
             batch_linger: Duration::from_millis(20),
             max_in_flight_batches: 4,
-            max_batch_bytes: 16 * 1024 * 1024,
+            max_batch_bytes: 2 * 1024 * 1024,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 20_000,
             event_batch_max_events: 2_000,

@@ -171,17 +171,21 @@ pub async fn run(
             };
             let Some(first) = first else { break };
             let mut batch = Vec::with_capacity(config.ingest.batch_size);
-            let mut stream_failed = take_message(first, &mut batch);
+            let mut bytes = 0;
+            let mut stream_failed = take_message(first, &mut batch, &mut bytes);
             let mut stream_ended = false;
             // Linger: fill the batch up to its size for a short while (what
             // the pull has already delivered is taken without waiting).
             let linger = tokio::time::sleep(config.ingest.batch_linger);
             tokio::pin!(linger);
-            while !stream_failed && batch.len() < config.ingest.batch_size {
+            while !stream_failed
+                && batch.len() < config.ingest.batch_size
+                && bytes < config.ingest.max_batch_bytes
+            {
                 tokio::select! {
                     biased;
                     more = messages.next() => match more {
-                        Some(more) => stream_failed = take_message(more, &mut batch),
+                        Some(more) => stream_failed = take_message(more, &mut batch, &mut bytes),
                         None => {
                             stream_ended = true;
                             break;
@@ -243,14 +247,17 @@ pub async fn run(
     Ok(())
 }
 
-/// Moves one delivery into `batch`; true when the consumer stream reported
-/// an error (the stream is then pulled anew).
+/// Moves one delivery into `batch`, adding its payload's size to `bytes`;
+/// true when the consumer stream reported an error (the stream is then
+/// pulled anew).
 fn take_message(
     item: Result<jetstream::Message, jetstream::consumer::pull::MessagesError>,
     batch: &mut Vec<jetstream::Message>,
+    bytes: &mut usize,
 ) -> bool {
     match item {
         Ok(message) => {
+            *bytes += message.payload.len();
             batch.push(message);
             false
         }
