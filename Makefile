@@ -1,4 +1,4 @@
-# Entry points of the project (spec/contract.md section 1). `make` alone lists them.
+# Entry points of the project (docs/contract.md, section 1). `make` alone lists them.
 #
 # The stack commands live in scripts/stack.sh; data, logs and pid files go to .local/.
 

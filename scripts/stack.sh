@@ -13,7 +13,7 @@
 # Every command is idempotent: `up` leaves running parts alone, `down` on a stopped
 # stack does nothing.
 #
-# Ports (spec/contract.md): NATS 14222 (monitoring 18222), ClickHouse HTTP 18123 and
+# Ports (docs/contract.md, section 1): NATS 14222 (monitoring 18222), ClickHouse HTTP 18123 and
 # native 19000, health endpoints 9101 (ingest) and 9102 (aggregator). The machine's
 # own servers (NATS on 4222, ...) are never touched.
 #

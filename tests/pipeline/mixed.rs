@@ -49,6 +49,7 @@ async fn a_mixed_vendor_fleet_is_counted_exactly_and_every_message_accounted_for
         malformed: 0.01,
         quiet: true,
         batch: 0,
+        pregenerate: false,
     };
     cctv_cli::run_simulate(&cli_config, &args).await.unwrap();
     let expectation = Expectation::load(expect_file.path()).unwrap();

@@ -40,7 +40,7 @@ pub use config::CliConfig;
 pub use dlq::{run_dlq, DlqCommand, DlqListArgs, ListFormat};
 pub use expectation::{compare_totals, CellDiff, Expectation, RawOutcomes};
 pub use setup::{run_setup, SetupArgs};
-pub use simulate::{run_simulate, FormatChoice, SimulateArgs};
+pub use simulate::{run_simulate, FormatChoice, SimulateArgs, SimulateRun};
 pub use status::{
     assemble_status, pipeline_status, render_status, run_status, ConsumerBacklog, MemberStatus,
     PartitionStatus, StatusArgs, StatusFormat, StatusReport,

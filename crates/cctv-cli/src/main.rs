@@ -83,7 +83,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = CliConfig::load(cli.config.as_deref(), |name| std::env::var(name).ok())?;
     match &cli.command {
         Command::Setup(args) => cctv_cli::run_setup(&config, args).await?,
-        Command::Simulate(args) => cctv_cli::run_simulate(&config, args).await?,
+        Command::Simulate(args) => {
+            cctv_cli::run_simulate(&config, args).await?;
+        }
         Command::Totals(args) => return cctv_cli::run_totals(&config, args).await,
         Command::Dlq { command } => cctv_cli::run_dlq(&config, command).await?,
         Command::Status(args) => return cctv_cli::run_status(&config, args).await,

@@ -5,8 +5,9 @@
 //! and broken messages. Each message carries the outcome the pipeline must
 //! give it, so a run can state exactly what the ingest metrics must show.
 //!
-//! The shapes follow spec/domain.md and the samples in spec/samples; names
-//! are the vendors' own vocabulary, resolved by the taxonomy's aliases.
+//! The shapes follow docs/formats.md and the fixtures in
+//! crates/cctv-normalize/fixtures/; names are the vendors' own vocabulary,
+//! resolved by the taxonomy's aliases.
 
 use chrono::{DateTime, FixedOffset, Offset as _, SecondsFormat, Utc};
 use rand::rngs::StdRng;

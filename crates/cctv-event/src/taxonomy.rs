@@ -245,7 +245,7 @@ impl Taxonomy {
 mod tests {
     use super::*;
 
-    /// The codes of spec/domain.md section 2; the builtin file must hold each.
+    /// The codes of docs/counting.md, "Offences"; the builtin file must hold each.
     const DOMAIN_CODES: [&str; 20] = [
         "traffic.speeding",
         "traffic.red_light",

@@ -1,4 +1,4 @@
-//! Decoder for the `dahua` format (spec/domain.md section 1): event-stream
+//! Decoder for the `dahua` format (docs/formats.md, "dahua"): event-stream
 //! text parts and RPC JSON notifications.
 //!
 //! Two shapes share one per-event core ([`decode_event`]):

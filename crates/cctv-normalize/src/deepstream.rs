@@ -1,4 +1,4 @@
-//! Decoder for NVIDIA DeepStream `nvmsgconv` full-schema messages (spec/domain.md,
+//! Decoder for NVIDIA DeepStream `nvmsgconv` full-schema messages (docs/formats.md,
 //! "deepstream").
 //!
 //! One message describes one object seen in one frame: `sensor`, `object`,

@@ -1,4 +1,4 @@
-//! Decoder for Frigate MQTT `frigate/events` messages (spec/domain.md,
+//! Decoder for Frigate MQTT `frigate/events` messages (docs/formats.md,
 //! "frigate").
 //!
 //! A message is `{"type": "new"|"update"|"end", "before": {..}, "after": {..}}`

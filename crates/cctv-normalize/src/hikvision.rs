@@ -2,7 +2,7 @@
 //! (either namespace, any prefix) or as JSON with the same field names, bare
 //! or wrapped as `{"EventNotificationAlert": {...}}`.
 //!
-//! Counting rules (spec/domain.md, section 1):
+//! Counting rules (docs/formats.md, "hikvision"):
 //! - heartbeats (`heartBeat`, or `videoloss` + `inactive`) are ignored;
 //! - `inactive` ends an alarm that was counted when it became active;
 //! - a `UUID` names the event, so every post of it yields the same identity;

@@ -1,5 +1,5 @@
 //! Decoder for the `onvif` format: WS-Notification XML or onvif-ej JSON
-//! (spec/domain.md, "onvif").
+//! (docs/formats.md, "onvif").
 //!
 //! The first non-whitespace byte tells the two shapes apart. XML (`<`) may be
 //! a bare `NotificationMessage`, a `Notify` or `PullMessagesResponse` holding
