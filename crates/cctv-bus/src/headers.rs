@@ -22,5 +22,5 @@ pub const REJECTED_AT: &str = "Cctv-Rejected-At";
 pub const BATCH_ITEM: &str = "Cctv-Batch-Item";
 /// Dead letter: the format of the rejected message (for a batch item, its own).
 pub const SOURCE_FORMAT: &str = "Cctv-Source-Format";
-/// Content type of a message (`application/vnd.cctv.event-batch` on events).
+/// Content type of a message (`application/vnd.cctv.event-batch.v1` on event batches).
 pub const CONTENT_TYPE: &str = "Content-Type";

@@ -1,4 +1,4 @@
-//! The canonical offence event: one message on `CCTV_EVENTS` per distinct offence.
+//! The canonical offence event: one per distinct offence, carried in event batches on `CCTV_EVENTS`.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -44,7 +44,7 @@ pub struct OffenceEvent {
     /// Wire schema version ([`EVENT_SCHEMA_VERSION`]).
     #[serde(rename = "v")]
     pub schema_version: u16,
-    /// Deterministic id of the real-world offence (the `Nats-Msg-Id`).
+    /// Deterministic id of the real-world offence (the dedup key of its partition owner).
     pub event_id: Uuid,
     /// Canonical offence code, e.g. `traffic.speeding`.
     pub offence_type: String,
