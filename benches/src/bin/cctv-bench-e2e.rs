@@ -700,7 +700,7 @@ async fn poll_latencies(
     let mut seen = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     let mut met = vec![false; usize::try_from(total)?];
     let mut newest: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-    let writers = usize::try_from(cctv_bus::subjects::DEFAULT_PARTITIONS)?;
+    let writers = usize::from(cctv_bus::subjects::DEFAULT_PARTITIONS);
     while (seen.len() as u64) < total {
         if started.elapsed() > DRAIN_TIMEOUT {
             bail!("latency: only {} of {total} rows seen", seen.len());
@@ -827,7 +827,10 @@ async fn floor(messages: u64) -> anyhow::Result<String> {
             hop.messages,
             hop.dropped
         )?;
-        println!("  {}: {} of {} dropped by nats-server", hop.operation, hop.dropped, hop.messages);
+        println!(
+            "  {}: {} of {} dropped by nats-server",
+            hop.operation, hop.dropped, hop.messages
+        );
     }
     // A single-message gateway's offence crosses the raw hop alone: acked
     // publish in (row 1), pull with an explicit ack out (row 5). Events

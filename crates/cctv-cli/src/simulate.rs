@@ -983,7 +983,11 @@ pub async fn run_simulate(config: &CliConfig, args: &SimulateArgs) -> anyhow::Re
     let mut pacer = Pacer::new(args.rate);
     let mut progress = Progress::new(
         args.count,
-        if args.pregenerate { "generating" } else { "publishing" },
+        if args.pregenerate {
+            "generating"
+        } else {
+            "publishing"
+        },
     );
     let mut outbox = Outbox::new(args.batch);
     // With --pregenerate: every message, in publishing order.
