@@ -1,7 +1,8 @@
 //! The dependency directions written in ARCHITECTURE.md, checked from the
 //! crates' manifests: the pure crates know no IO, the bus knows no
 //! ClickHouse, the store knows no NATS, the services never depend on each
-//! other.
+//! other, the telemetry crate knows no domain crate, nothing depends on the
+//! test kit or the command line.
 
 use std::collections::BTreeSet;
 
@@ -44,12 +45,59 @@ mod toml_like {
     }
 }
 
+/// The names of `forbidden` that `found` holds.
+fn violations(found: &BTreeSet<String>, forbidden: &[&str]) -> Vec<String> {
+    forbidden
+        .iter()
+        .filter(|name| found.contains(**name))
+        .map(|name| (*name).to_string())
+        .collect()
+}
+
 fn assert_none(krate: &str, forbidden: &[&str]) {
     let found = dependencies(krate);
     assert!(!found.is_empty(), "{krate} manifest read no dependencies");
-    for name in forbidden {
-        assert!(!found.contains(*name), "{krate} must not depend on {name}");
-    }
+    let broken = violations(&found, forbidden);
+    assert!(broken.is_empty(), "{krate} must not depend on {broken:?}");
+}
+
+/// The checker itself: a manifest that breaks a rule is caught, in any of
+/// the forms a dependency is written in.
+#[test]
+fn a_broken_rule_is_caught() {
+    let manifest = toml_like::parse(
+        "[package]\nname = \"x\"\n\n[dependencies]\nserde.workspace = true\n\
+         cctv-store = { path = \"../cctv-store\" }\ntokio = \"1\"\n\n\
+         [dev-dependencies]\ncctv-testkit.workspace = true\n",
+    );
+    assert_eq!(
+        violations(
+            &manifest.dependencies,
+            &["cctv-store", "tokio", "clickhouse"]
+        ),
+        ["cctv-store", "tokio"]
+    );
+    // A dev-dependency is not a run-time dependency.
+    assert!(violations(&manifest.dependencies, &["cctv-testkit"]).is_empty());
+}
+
+/// `cctv-telemetry` (metrics, health, logs, signals, fault points) is used by
+/// every service and knows none of them, nor the domain.
+#[test]
+fn telemetry_knows_no_domain_crate() {
+    let found = dependencies("cctv-telemetry");
+    assert!(
+        !found.is_empty(),
+        "cctv-telemetry manifest read no dependencies"
+    );
+    let domain: Vec<&String> = found
+        .iter()
+        .filter(|name| name.starts_with("cctv-"))
+        .collect();
+    assert!(
+        domain.is_empty(),
+        "cctv-telemetry must not depend on {domain:?}"
+    );
 }
 
 #[test]
