@@ -146,3 +146,35 @@ fn no_crate_depends_on_the_testkit_or_the_cli() {
     }
     assert!(checked >= 8, "only {checked} crates found in {dir}");
 }
+
+/// Inside `cctv-normalize` the files import downwards only: the normaliser
+/// imports the decoders, so no decoder (outside its tests) imports the
+/// normaliser.
+#[test]
+fn normaliser_files_import_downwards_only() {
+    let dir = format!(
+        "{}/../crates/cctv-normalize/src",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "normalizer.rs" || name == "lib.rs" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for line in code
+            .lines()
+            .filter(|line| line.trim_start().starts_with("use "))
+        {
+            assert!(
+                !line.contains("normalizer") && !line.contains("Normalizer"),
+                "{name} imports the normaliser: {line}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} files found in {dir}");
+}

@@ -21,8 +21,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::limits::{json_too_deep, Limits};
-use crate::normalizer::RawMessage;
 use crate::outcome::{clip, RejectReason, Rejection};
+use crate::raw::RawMessage;
 
 /// Content type of a CloudEvents JSON batch.
 pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";

@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 use crate::detection::{Confidence, Detection};
 use crate::json::json_rejection;
-use crate::normalizer::RawMessage;
 use crate::outcome::{clip, missing_field, RejectReason, Rejection};
+use crate::raw::RawMessage;
 use crate::time::{epoch_to_utc, parse_rfc3339};
 
 /// The canonical payload as sent by gateways. Unknown fields are ignored, as

@@ -809,7 +809,7 @@ mod tests {
     use super::*;
     use crate::format::Format;
     use crate::limits::Limits;
-    use crate::normalizer::RawMessage;
+    use crate::raw::RawMessage;
     use cctv_event::Taxonomy;
 
     const OVERSPEED: &str = r#"Code=TrafficOverSpeed;action=Pulse;index=0;data={

@@ -12,8 +12,8 @@ use cctv_event::{NameMatch, Taxonomy};
 use crate::detection::Detection;
 use crate::format::Format;
 use crate::limits::Limits;
-use crate::normalizer::RawMessage;
 use crate::outcome::IgnoreReason;
+use crate::raw::RawMessage;
 
 /// Everything a decoder may look at.
 pub(crate) struct DecodeContext<'a> {

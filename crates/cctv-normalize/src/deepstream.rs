@@ -167,7 +167,7 @@ mod tests {
     use super::*;
     use crate::format::Format;
     use crate::limits::Limits;
-    use crate::normalizer::RawMessage;
+    use crate::raw::RawMessage;
 
     const TRACKED: &str = r#"{"messageid":"m-1","@timestamp":"2026-11-27T03:21:09.118Z",
         "sensor":{"id":"ALA-AF-0007","location":{"lat":43.2181,"lon":76.9273}},

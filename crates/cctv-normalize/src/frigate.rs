@@ -197,7 +197,7 @@ mod tests {
     use super::*;
     use crate::format::Format;
     use crate::limits::Limits;
-    use crate::normalizer::RawMessage;
+    use crate::raw::RawMessage;
 
     const TRACK: &str = r#"{"type":"update","before":null,"after":{"id":"1795772100.412345-k2x9qa",
         "camera":"yard_east","label":"person","sub_label":null,"score":0.8,"top_score":0.83,

@@ -422,7 +422,7 @@ mod tests {
     use super::*;
     use crate::format::Format;
     use crate::limits::Limits;
-    use crate::normalizer::RawMessage;
+    use crate::raw::RawMessage;
     use cctv_event::Taxonomy;
 
     const SEATBELT: &str = r#"<?xml version="1.0" encoding="UTF-8"?>

@@ -29,6 +29,7 @@ mod normalizer;
 mod onvif;
 mod outcome;
 mod plate;
+mod raw;
 mod time;
 mod xml;
 
@@ -39,7 +40,8 @@ pub use batch::{
 pub use detection::{Confidence, Detection};
 pub use format::Format;
 pub use limits::Limits;
-pub use normalizer::{Normalizer, RawMessage};
+pub use normalizer::Normalizer;
 pub use outcome::{IgnoreReason, Outcome, RejectReason, Rejection};
 pub use plate::{normalise_plate, PlateKey, PLATE_HASH_PREFIX};
+pub use raw::RawMessage;
 pub use time::{epoch_to_utc, parse_rfc3339};

@@ -15,28 +15,9 @@ use crate::format::Format;
 use crate::limits::{json_too_deep, Limits};
 use crate::outcome::{clip, Outcome, RejectReason, Rejection};
 use crate::plate::PlateKey;
+use crate::raw::RawMessage;
 use crate::time::parse_rfc3339;
 use crate::{canonical, dahua, deepstream, frigate, hikvision, onvif, IgnoreReason};
-
-/// A raw message as it arrived on `cctv.raw.<format>.<gateway_id>`.
-#[derive(Debug, Clone, Copy)]
-pub struct RawMessage<'a> {
-    /// The `<format>` subject token.
-    pub format: &'a str,
-    /// The `<gateway_id>` subject token.
-    pub gateway_id: &'a str,
-    /// The payload exactly as published.
-    pub payload: &'a [u8],
-    /// `Nats-Msg-Id` header, if any.
-    pub msg_id: Option<&'a str>,
-    /// `Cctv-Camera-Id` header, if any: wins over the payload's camera.
-    pub camera_id: Option<&'a str>,
-    /// `Cctv-Received-At` header, if any (RFC 3339).
-    pub received_at: Option<&'a str>,
-    /// When the raw stream stored the message: the receipt time used when the
-    /// gateway sent no `Cctv-Received-At`.
-    pub stored_at: Option<DateTime<Utc>>,
-}
 
 /// Turns raw messages into outcomes. Cheap to share: the reference data is
 /// behind `Arc`s and nothing is mutated.

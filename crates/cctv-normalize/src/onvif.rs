@@ -515,7 +515,7 @@ mod tests {
     use super::*;
     use crate::format::Format;
     use crate::limits::Limits;
-    use crate::normalizer::RawMessage;
+    use crate::raw::RawMessage;
 
     fn run(payload: &str, camera_id: Option<&str>) -> Result<Decoded, Rejection> {
         let taxonomy = Taxonomy::builtin().unwrap();
