@@ -36,7 +36,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use crate::expectation::RawOutcomes;
-use crate::vendors::{self, Device, Expected, OffenceSpec, Vendor, VendorMessage};
+use crate::vendors::{self, vocabulary, Device, Expected, Format, OffenceSpec, VendorMessage};
 use crate::{render_totals, CliConfig, Expectation, OutputFormat};
 
 /// The time zone whose calendar day the detections are spread over.
@@ -150,7 +150,7 @@ fn parse_format(text: &str) -> Result<FormatChoice, String> {
     if text == "mixed" {
         return Ok(FormatChoice::Mixed);
     }
-    Vendor::parse(text)
+    Format::parse(text)
         .map(|vendor| FormatChoice::One(vendor.as_str()))
         .ok_or_else(|| {
             format!("unknown format {text:?}: canonical, hikvision, dahua, onvif, deepstream, frigate or mixed")
@@ -199,8 +199,8 @@ struct SimCamera {
     expected_region: String,
     /// Index of the camera's gateway, from 1.
     gateway: usize,
-    /// Vendor format the camera speaks and how it names itself.
-    vendor: Vendor,
+    /// Format format the camera speaks and how it names itself.
+    vendor: Format,
     /// Device fields of its payloads (vendor formats).
     device: Option<Device>,
     /// Whether its messages carry `Cctv-Camera-Id` (its device identity is
@@ -240,7 +240,7 @@ impl Fleet {
                 camera_id,
                 payload_region,
                 gateway: index % gateways + 1,
-                vendor: Vendor::Canonical,
+                vendor: Format::Canonical,
                 device: None,
                 camera_header: false,
             };
@@ -267,7 +267,7 @@ impl Fleet {
                 .iter()
                 .enumerate()
                 .map(|(index, camera)| {
-                    let identities: Vec<(Vendor, Device)> = camera
+                    let identities: Vec<(Format, Device)> = camera
                         .identities
                         .iter()
                         .filter_map(|identity| Device::from_identity(identity))
@@ -293,8 +293,8 @@ impl Fleet {
                     // theirs are named by the camera header, region unknown
                     // to the pipeline unless canonical carries it.
                     if let FormatChoice::One(token) = format {
-                        let vendor = Vendor::parse(token).unwrap_or(Vendor::Canonical);
-                        if vendor != Vendor::Canonical {
+                        let vendor = Format::parse(token).unwrap_or(Format::Canonical);
+                        if vendor != Format::Canonical {
                             camera.vendor = vendor;
                             camera.device =
                                 Some(Device::synthetic(vendor, &camera.camera_id, index));
@@ -330,17 +330,17 @@ impl Fleet {
 /// The vendor, device and header choice of a registered camera.
 fn camera_device(
     format: FormatChoice,
-    identities: &[(Vendor, Device)],
+    identities: &[(Format, Device)],
     camera_id: &str,
     index: usize,
-) -> (Vendor, Option<Device>, bool) {
+) -> (Format, Option<Device>, bool) {
     let vendor = match format {
-        FormatChoice::One(token) => Vendor::parse(token).unwrap_or(Vendor::Canonical),
+        FormatChoice::One(token) => Format::parse(token).unwrap_or(Format::Canonical),
         FormatChoice::Mixed => identities
             .first()
-            .map_or(Vendor::Canonical, |(vendor, _)| *vendor),
+            .map_or(Format::Canonical, |(vendor, _)| *vendor),
     };
-    if vendor == Vendor::Canonical {
+    if vendor == Format::Canonical {
         return (vendor, None, false);
     }
     match identities.iter().find(|(known, _)| *known == vendor) {
@@ -349,7 +349,7 @@ fn camera_device(
         Some((_, device)) => (
             vendor,
             Some(device.clone()),
-            matches!(vendor, Vendor::Onvif | Vendor::Frigate),
+            matches!(vendor, Format::Onvif | Format::Frigate),
         ),
         None => (
             vendor,
@@ -462,8 +462,8 @@ impl Generator {
     }
 
     /// Draws an offence code the camera's vendor reports.
-    fn pick_offence(&mut self, vendor: Vendor) -> anyhow::Result<String> {
-        let Some(vocabulary) = vendor.vocabulary() else {
+    fn pick_offence(&mut self, vendor: Format) -> anyhow::Result<String> {
+        let Some(vocabulary) = vocabulary(vendor) else {
             return self
                 .offence_codes
                 .get(self.offence_index.sample(&mut self.rng))
@@ -511,7 +511,7 @@ impl Generator {
         let plate = random_plate(&mut self.rng);
         let camera_header = camera.camera_header.then(|| camera.camera_id.clone());
         let vendor_messages: Vec<VendorMessage> = match (&camera.device, camera.vendor) {
-            (Some(device), vendor) if vendor != Vendor::Canonical => {
+            (Some(device), vendor) if vendor != Format::Canonical => {
                 let offence = OffenceSpec {
                     code: &offence_type,
                     detected,
@@ -545,7 +545,7 @@ impl Generator {
             bail!("{} cannot report {offence_type}", camera.vendor.as_str());
         }
         let mut extras = Vec::new();
-        if camera.vendor != Vendor::Canonical && self.rng.random_bool(self.noise.clamp(0.0, 1.0)) {
+        if camera.vendor != Format::Canonical && self.rng.random_bool(self.noise.clamp(0.0, 1.0)) {
             if let Some(device) = &camera.device {
                 let other_time = self.day_start
                     + TimeDelta::milliseconds(self.rng.random_range(0..self.day_millis));

@@ -1,4 +1,4 @@
-//! Vendor payloads for `cctvctl simulate --format`: what Hikvision, Dahua,
+//! Format payloads for `cctvctl simulate --format`: what Hikvision, Dahua,
 //! ONVIF, DeepStream and Frigate devices send for one offence (with the
 //! lifecycle repeats each vendor is known for), for things that are not
 //! offences (heartbeats, plain plate reads, unmapped rules, false positives),
@@ -14,58 +14,18 @@ use rand::rngs::StdRng;
 use rand::Rng as _;
 use serde_json::json;
 
-/// A vendor payload format (the `<format>` subject token).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Vendor {
-    Canonical,
-    Hikvision,
-    Dahua,
-    Onvif,
-    Deepstream,
-    Frigate,
-}
+pub(crate) use cctv_normalize::Format;
 
-impl Vendor {
-    /// Every format, in contract order.
-    pub(crate) const ALL: [Vendor; 6] = [
-        Vendor::Canonical,
-        Vendor::Hikvision,
-        Vendor::Dahua,
-        Vendor::Onvif,
-        Vendor::Deepstream,
-        Vendor::Frigate,
-    ];
-
-    /// The subject token.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Vendor::Canonical => "canonical",
-            Vendor::Hikvision => "hikvision",
-            Vendor::Dahua => "dahua",
-            Vendor::Onvif => "onvif",
-            Vendor::Deepstream => "deepstream",
-            Vendor::Frigate => "frigate",
-        }
-    }
-
-    /// Parses the subject token.
-    pub(crate) fn parse(token: &str) -> Option<Vendor> {
-        Vendor::ALL
-            .into_iter()
-            .find(|vendor| vendor.as_str() == token)
-    }
-
-    /// The offence codes this vendor's devices report, with the name each
-    /// device uses. Canonical and DeepStream report every code (`None`: the
-    /// caller uses the code or its short name).
-    pub(crate) fn vocabulary(self) -> Option<&'static [(&'static str, &'static str)]> {
-        match self {
-            Vendor::Canonical | Vendor::Deepstream => None,
-            Vendor::Hikvision => Some(HIKVISION_NAMES),
-            Vendor::Dahua => Some(DAHUA_CODES),
-            Vendor::Onvif => Some(ONVIF_RULES),
-            Vendor::Frigate => Some(FRIGATE_ZONES),
-        }
+/// The offence codes this vendor's devices report, with the name each
+/// device uses. Canonical and DeepStream report every code (`None`: the
+/// caller uses the code or its short name).
+pub(crate) fn vocabulary(vendor: Format) -> Option<&'static [(&'static str, &'static str)]> {
+    match vendor {
+        Format::Canonical | Format::Deepstream => None,
+        Format::Hikvision => Some(HIKVISION_NAMES),
+        Format::Dahua => Some(DAHUA_CODES),
+        Format::Onvif => Some(ONVIF_RULES),
+        Format::Frigate => Some(FRIGATE_ZONES),
     }
 }
 
@@ -163,19 +123,19 @@ impl Device {
     /// Reads a registry identity (`<vendor>:<device>[/<channel>]`); the
     /// gateway part of ONVIF and Frigate identities is dropped (those
     /// cameras are named by the `Cctv-Camera-Id` header in a simulation).
-    pub(crate) fn from_identity(identity: &str) -> Option<(Vendor, Device)> {
+    pub(crate) fn from_identity(identity: &str) -> Option<(Format, Device)> {
         let (vendor, rest) = identity.split_once(':')?;
-        let vendor = Vendor::parse(vendor)?;
+        let vendor = Format::parse(vendor)?;
         let (device, channel) = match rest.rsplit_once('/') {
             Some((device, channel)) => (device, channel),
             None => (rest, ""),
         };
         let name = match vendor {
-            Vendor::Onvif | Vendor::Frigate => channel.to_string(),
+            Format::Onvif | Format::Frigate => channel.to_string(),
             _ => device.to_string(),
         };
         let channel = match vendor {
-            Vendor::Onvif | Vendor::Frigate => String::new(),
+            Format::Onvif | Format::Frigate => String::new(),
             _ => channel.to_string(),
         };
         Some((vendor, Device { name, channel }))
@@ -183,20 +143,20 @@ impl Device {
 
     /// A device for a camera with no identity of `vendor` (it is then named
     /// by the `Cctv-Camera-Id` header).
-    pub(crate) fn synthetic(vendor: Vendor, camera_id: &str, index: usize) -> Device {
+    pub(crate) fn synthetic(vendor: Format, camera_id: &str, index: usize) -> Device {
         let name = match vendor {
-            Vendor::Hikvision => format!(
+            Format::Hikvision => format!(
                 "02:5a:{:02x}:{:02x}:{:02x}:01",
                 (index >> 16) & 0xff,
                 (index >> 8) & 0xff,
                 index & 0xff
             ),
-            Vendor::Dahua => format!("DH-SIM-{index:05}"),
-            Vendor::Onvif => format!("VideoSource_{index}"),
+            Format::Dahua => format!("DH-SIM-{index:05}"),
+            Format::Onvif => format!("VideoSource_{index}"),
             _ => camera_id.to_string(),
         };
         let channel = match vendor {
-            Vendor::Dahua => "0".to_string(),
+            Format::Dahua => "0".to_string(),
             _ => "1".to_string(),
         };
         Device { name, channel }
@@ -223,9 +183,8 @@ fn local_offset() -> FixedOffset {
     FixedOffset::east_opt(5 * 3600).unwrap_or(Utc.fix())
 }
 
-fn name_of(vendor: Vendor, code: &str) -> Option<&'static str> {
-    vendor
-        .vocabulary()?
+fn name_of(vendor: Format, code: &str) -> Option<&'static str> {
+    vocabulary(vendor)?
         .iter()
         .find(|(known, _)| *known == code)
         .map(|(_, name)| *name)
@@ -234,32 +193,32 @@ fn name_of(vendor: Vendor, code: &str) -> Option<&'static str> {
 /// The messages a device of `vendor` sends for one offence: the first is
 /// counted, the rest are its lifecycle repeats.
 pub(crate) fn offence_messages(
-    vendor: Vendor,
+    vendor: Format,
     device: &Device,
     offence: &OffenceSpec<'_>,
     rng: &mut StdRng,
 ) -> Vec<VendorMessage> {
     match vendor {
-        Vendor::Canonical => Vec::new(),
-        Vendor::Hikvision => hikvision_offence(device, offence, rng),
-        Vendor::Dahua => dahua_offence(device, offence, rng),
-        Vendor::Onvif => onvif_offence(device, offence, rng),
-        Vendor::Deepstream => deepstream_offence(device, offence, rng),
-        Vendor::Frigate => frigate_offence(device, offence, rng),
+        Format::Canonical => Vec::new(),
+        Format::Hikvision => hikvision_offence(device, offence, rng),
+        Format::Dahua => dahua_offence(device, offence, rng),
+        Format::Onvif => onvif_offence(device, offence, rng),
+        Format::Deepstream => deepstream_offence(device, offence, rng),
+        Format::Frigate => frigate_offence(device, offence, rng),
     }
 }
 
 /// One valid message that is not an offence.
 pub(crate) fn noise_message(
-    vendor: Vendor,
+    vendor: Format,
     device: &Device,
     detected: DateTime<Utc>,
     plate: &str,
     rng: &mut StdRng,
 ) -> Option<VendorMessage> {
     let payload = match vendor {
-        Vendor::Canonical => return None,
-        Vendor::Hikvision => {
+        Format::Canonical => return None,
+        Format::Hikvision => {
             if rng.random_bool(0.5) {
                 hikvision_xml(
                     device,
@@ -274,7 +233,7 @@ pub(crate) fn noise_message(
                 hikvision_xml(device, detected, "videoloss", "inactive", 0, "", "")
             }
         }
-        Vendor::Dahua => {
+        Format::Dahua => {
             if rng.random_bool(0.5) {
                 b"Heartbeat".to_vec()
             } else {
@@ -292,7 +251,7 @@ pub(crate) fn noise_message(
                 dahua_text("TrafficJunction", "Pulse", &device.channel, &data)
             }
         }
-        Vendor::Onvif => onvif_xml(
+        Format::Onvif => onvif_xml(
             device,
             detected,
             "MotionZone1",
@@ -301,7 +260,7 @@ pub(crate) fn noise_message(
             true,
             rng.random_range(1..100_000),
         ),
-        Vendor::Deepstream => deepstream_json(
+        Format::Deepstream => deepstream_json(
             device,
             detected,
             "moving",
@@ -311,7 +270,7 @@ pub(crate) fn noise_message(
             0.8,
             rng,
         ),
-        Vendor::Frigate => {
+        Format::Frigate => {
             let id = frigate_id(detected, rng);
             if rng.random_bool(0.5) {
                 frigate_json("new", &id, device, "car", "no_parking", detected, true, 0.6)
@@ -539,7 +498,7 @@ fn dahua_offence(
     offence: &OffenceSpec<'_>,
     rng: &mut StdRng,
 ) -> Vec<VendorMessage> {
-    let Some(name) = name_of(Vendor::Dahua, offence.code) else {
+    let Some(name) = name_of(Format::Dahua, offence.code) else {
         return Vec::new();
     };
     let (code, violation) = match name.split_once(':') {
@@ -631,7 +590,7 @@ fn onvif_offence(
     offence: &OffenceSpec<'_>,
     rng: &mut StdRng,
 ) -> Vec<VendorMessage> {
-    let Some(rule) = name_of(Vendor::Onvif, offence.code) else {
+    let Some(rule) = name_of(Format::Onvif, offence.code) else {
         return Vec::new();
     };
     let object_id = rng.random_range(1..1_000_000u32);
@@ -796,7 +755,7 @@ fn frigate_offence(
     offence: &OffenceSpec<'_>,
     rng: &mut StdRng,
 ) -> Vec<VendorMessage> {
-    let Some(zone) = name_of(Vendor::Frigate, offence.code) else {
+    let Some(zone) = name_of(Format::Frigate, offence.code) else {
         return Vec::new();
     };
     let label = if offence.code == "traffic.illegal_parking" {
@@ -835,17 +794,17 @@ mod tests {
         let (vendor, device) = Device::from_identity("hikvision:44:19:b6:10:02:01/1").unwrap();
         assert_eq!(
             (vendor, device.name.as_str(), device.channel.as_str()),
-            (Vendor::Hikvision, "44:19:b6:10:02:01", "1")
+            (Format::Hikvision, "44:19:b6:10:02:01", "1")
         );
         let (vendor, device) = Device::from_identity("onvif:gw-onvif-10/VideoSource_4").unwrap();
         assert_eq!(
             (vendor, device.name.as_str()),
-            (Vendor::Onvif, "VideoSource_4")
+            (Format::Onvif, "VideoSource_4")
         );
         let (vendor, device) = Device::from_identity("deepstream:KZ10-DS-0005").unwrap();
         assert_eq!(
             (vendor, device.name.as_str()),
-            (Vendor::Deepstream, "KZ10-DS-0005")
+            (Format::Deepstream, "KZ10-DS-0005")
         );
         assert!(Device::from_identity("axis:x/1").is_none());
     }
@@ -856,9 +815,9 @@ mod tests {
         let detected = DateTime::parse_from_rfc3339("2026-11-27T08:15:05.250+05:00")
             .unwrap()
             .with_timezone(&Utc);
-        for vendor in Vendor::ALL.into_iter().skip(1) {
+        for vendor in Format::ALL.into_iter().skip(1) {
             let device = Device::synthetic(vendor, "KZ75-0001", 7);
-            let codes: Vec<&str> = match vendor.vocabulary() {
+            let codes: Vec<&str> = match vocabulary(vendor) {
                 Some(names) => names.iter().map(|(code, _)| *code).collect(),
                 None => vec!["traffic.speeding", "public_order.graffiti"],
             };
