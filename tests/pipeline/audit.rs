@@ -108,22 +108,27 @@ async fn audit_is_clean_after_a_run_and_names_doubled_and_missing_ranges() {
         .execute()
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let report = audit_pipeline(&config).await.unwrap();
-        if report.streams[0].missing == expected {
-            assert_eq!(report.streams[0].doubled, doubled_sequences);
-            assert_eq!(report.streams[0].rows, EVENTS as u64 + 5 - 11);
-            let text = render_audit(&report);
-            assert!(text.contains("missing in ClickHouse: "), "{text}");
-            assert!(text.ends_with("audit: differences found\n"), "{text}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the audit never reported the deleted rows (expected {expected:?}):\n{}",
-            render_audit(&report)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (config_ref, expected_ref) = (&config, &expected);
+    let report = cctv_testkit::poll(
+        "the audit to report the deleted rows",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async move {
+            let report = audit_pipeline(config_ref).await.unwrap();
+            if report.streams[0].missing == *expected_ref {
+                Ok(report)
+            } else {
+                Err(format!(
+                    "expected {expected_ref:?}:\n{}",
+                    render_audit(&report)
+                ))
+            }
+        },
+    )
+    .await;
+    assert_eq!(report.streams[0].doubled, doubled_sequences);
+    assert_eq!(report.streams[0].rows, EVENTS as u64 + 5 - 11);
+    let text = render_audit(&report);
+    assert!(text.contains("missing in ClickHouse: "), "{text}");
+    assert!(text.ends_with("audit: differences found\n"), "{text}");
 }

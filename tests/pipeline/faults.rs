@@ -11,7 +11,6 @@
 //! the rows), never a sleep; every wait polls with a deadline.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -343,21 +342,7 @@ pub(crate) async fn publish_all(js: jetstream::Context, messages: Vec<(String, V
     }
 }
 
-/// Polls `condition` every 100 ms until it holds; fails after `timeout`.
-pub(crate) async fn poll_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+pub(crate) use cctv_testkit::poll_until;
 
 fn as_map(rows: &[TotalsRow]) -> BTreeMap<(String, String), u64> {
     rows.iter()
@@ -411,6 +396,12 @@ pub(crate) async fn drain_stop_and_check(stack: &FaultStack, load: &Load, fleet:
         if service.pid().is_none() {
             continue;
         }
+        // A service restarted a moment ago may not handle signals yet.
+        let starting = &*service;
+        poll_until("the service to start", EXIT_TIMEOUT, || async move {
+            starting.started()
+        })
+        .await;
         service.terminate();
         let status = service.wait_exit(EXIT_TIMEOUT).await;
         assert!(

@@ -12,7 +12,7 @@ use cctv_bus::{NatsConfig, StreamsConfig};
 use cctv_event::Regions;
 use cctv_ingest::{IngestConfig, IngestStats};
 use cctv_store::{ClickHouseConfig, Store, TotalsFilter};
-use cctv_testkit::{shared_clickhouse, unique_name, NatsServer};
+use cctv_testkit::{poll, shared_clickhouse, unique_name, NatsServer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -230,18 +230,7 @@ impl Stack {
     /// holds no more than that, then returns the totals.
     pub(crate) async fn wait_for_rows(&self, expected: u64) -> Vec<cctv_store::TotalsRow> {
         let store = self.store();
-        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-        loop {
-            let rows = store.count_events().await.unwrap_or(0);
-            if rows >= expected {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {rows} of {expected} rows in ClickHouse after {DRAIN_TIMEOUT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_for_store_rows(&store, expected, String::new).await;
         store
             .totals(&TotalsFilter::default())
             .await
@@ -251,40 +240,44 @@ impl Stack {
     /// Waits until the aggregators have seen `expected` events in all
     /// (written or dropped as repeats), e.g. every event the ingest published.
     pub(crate) async fn wait_for_aggregated(&self, stats: &[&AggregatorStats], expected: u64) {
-        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-        loop {
-            let seen: u64 = stats
-                .iter()
-                .map(|stats| {
-                    let snapshot = stats.snapshot();
-                    snapshot.rows_written + snapshot.duplicates
-                })
-                .sum();
-            if seen >= expected {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "aggregators saw only {seen} of {expected} events after {DRAIN_TIMEOUT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        poll(
+            "events seen by the aggregators",
+            DRAIN_TIMEOUT,
+            Duration::from_millis(100),
+            || async move {
+                let seen: u64 = stats
+                    .iter()
+                    .map(|stats| {
+                        let snapshot = stats.snapshot();
+                        snapshot.rows_written + snapshot.duplicates
+                    })
+                    .sum();
+                if seen >= expected {
+                    Ok(())
+                } else {
+                    Err(format!("{seen} of {expected}"))
+                }
+            },
+        )
+        .await;
     }
 
     /// Waits until the ingest service has handled `expected` raw messages.
     pub(crate) async fn wait_for_ingest(&self, stats: &IngestStats, expected: u64) {
-        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-        loop {
-            let snapshot = stats.snapshot();
-            if snapshot.handled() >= expected {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "ingest handled only {snapshot:?} of {expected} after {DRAIN_TIMEOUT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        poll(
+            "raw messages handled by the ingest",
+            DRAIN_TIMEOUT,
+            Duration::from_millis(100),
+            || async move {
+                let snapshot = stats.snapshot();
+                if snapshot.handled() >= expected {
+                    Ok(())
+                } else {
+                    Err(format!("{snapshot:?} of {expected}"))
+                }
+            },
+        )
+        .await;
     }
 }
 
@@ -323,4 +316,28 @@ pub(crate) fn canonical(
 pub(crate) fn recent_time(offset_seconds: i64) -> String {
     (chrono::Utc::now() - chrono::TimeDelta::hours(1) + chrono::TimeDelta::seconds(offset_seconds))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Polls until `store` holds at least `expected` rows; a failure shows the
+/// count and what `context` says (a log tail, service stats).
+pub(crate) async fn wait_for_store_rows(
+    store: &Store,
+    expected: u64,
+    context: impl Fn() -> String,
+) {
+    let context = &context;
+    poll(
+        "rows in ClickHouse",
+        DRAIN_TIMEOUT,
+        Duration::from_millis(200),
+        || async move {
+            let rows = store.count_events().await.unwrap_or(0);
+            if rows >= expected {
+                Ok(())
+            } else {
+                Err(format!("{rows} of {expected}\n{}", context()))
+            }
+        },
+    )
+    .await;
 }

@@ -747,20 +747,24 @@ async fn hostile_input_ends_in_the_dlq_with_its_reason_and_valid_traffic_is_coun
 
     // Every raw message was handled and acked, none is waiting.
     let raw_stream = stack.js.get_stream("CCTV_RAW").await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let info = raw_stream.consumer_info("cctv-ingest").await.unwrap();
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "raw consumer still has {} pending, {} unacked",
-            info.num_pending,
-            info.num_ack_pending
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let raw_stream = &raw_stream;
+    cctv_testkit::poll(
+        "the raw consumer to settle",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async move {
+            let info = raw_stream.consumer_info("cctv-ingest").await.unwrap();
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} pending, {} unacked",
+                    info.num_pending, info.num_ack_pending
+                ))
+            }
+        },
+    )
+    .await;
     max_rss_kib = max_rss_kib.max(ingest.rss_kib().unwrap_or(0));
     assert_eq!(stack.stream_messages("CCTV_RAW").await, raw_count);
 

@@ -199,18 +199,22 @@ async fn a_vendor_identity_counts_once_across_restarts_and_instances() {
         )
         .await;
     stack.wait_for_rows(2).await;
-    let deadline = tokio::time::Instant::now() + crate::harness::DRAIN_TIMEOUT;
-    loop {
-        let handled = second.stats.snapshot().handled() + third.stats.snapshot().handled();
-        if handled >= 3 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ingest handled {handled} of 3"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let (second_ref, third_ref) = (&second, &third);
+    cctv_testkit::poll(
+        "raw messages handled by the ingests",
+        crate::harness::DRAIN_TIMEOUT,
+        std::time::Duration::from_millis(100),
+        || async move {
+            let handled =
+                second_ref.stats.snapshot().handled() + third_ref.stats.snapshot().handled();
+            if handled >= 3 {
+                Ok(())
+            } else {
+                Err(format!("{handled} of 3"))
+            }
+        },
+    )
+    .await;
     let (second_stats, third_stats) = (second.stats.snapshot(), third.stats.snapshot());
     assert_eq!(
         second_stats.published + third_stats.published,

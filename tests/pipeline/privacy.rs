@@ -26,8 +26,6 @@ const OFFENDERS: [(&str, usize); 4] = [
     ("123KZT01", 1),
     ("555BBB75", 2),
 ];
-/// Longest wait for the pipeline to drain.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn ingest_toml(stack: &Stack, plates: &str) -> String {
     format!(
@@ -112,15 +110,7 @@ async fn keyed_hash_keeps_clear_plates_out_of_the_events_and_clickhouse_yet_coun
     }
     let expected_rows = n as u64;
     let store = stack.store();
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    while store.count_events().await.unwrap_or(0) < expected_rows {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not drained\n{}",
-            ingest.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::harness::wait_for_store_rows(&store, expected_rows, || ingest.log_tail()).await;
 
     // Repeat offenders per hashed plate, as an analyst would query them.
     let key = PlateKey::new(KEY).unwrap();

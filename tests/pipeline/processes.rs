@@ -82,6 +82,8 @@ pub(crate) struct ServiceProcess {
     child: Option<Child>,
     /// How many times the process was started.
     pub(crate) starts: u32,
+    /// Length of the log when the current run was started.
+    log_offset: usize,
 }
 
 impl ServiceProcess {
@@ -118,6 +120,7 @@ impl ServiceProcess {
                 .collect(),
             child: None,
             starts: 0,
+            log_offset: 0,
         };
         process.restart();
         process
@@ -167,8 +170,29 @@ impl ServiceProcess {
         for (key, value) in &self.env {
             command.env(key, value);
         }
+        self.log_offset = std::fs::metadata(&self.log_path)
+            .ok()
+            .and_then(|meta| usize::try_from(meta.len()).ok())
+            .unwrap_or(0);
         self.child = Some(command.spawn().expect("spawn service binary"));
         self.starts += 1;
+    }
+
+    /// Whether the current run has logged that it started: from then on its
+    /// signal handlers are installed, so a SIGTERM is a clean stop (before,
+    /// it kills the process like any program's first milliseconds).
+    pub(crate) fn started(&self) -> bool {
+        let marker = match self.kind {
+            Kind::Ingest => "\"ingest started\"",
+            Kind::Aggregator => "\"aggregator started\"",
+        };
+        std::fs::read(&self.log_path)
+            .ok()
+            .and_then(|log| {
+                let run = log.get(self.log_offset..)?;
+                Some(String::from_utf8_lossy(run).contains(marker))
+            })
+            .unwrap_or(false)
     }
 
     /// Drops the extra environment (e.g. an armed fault point) for the next start.

@@ -69,30 +69,35 @@ async fn wait_for_even_spread(stack: &FaultStack, fleet: &Fleet, timeout: Durati
         .filter(|(process, _)| process.pid().is_some())
         .map(|(_, port)| *port)
         .collect();
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let counts: Vec<usize> = ports.iter().map(|port| owned(*port)).collect();
-        let (least, most) = (
-            counts.iter().copied().min().unwrap_or(0),
-            counts.iter().copied().max().unwrap_or(0),
-        );
-        let owners = lease_owners(stack).await;
-        if counts.iter().sum::<usize>() == PARTITIONS
-            && most - least <= 1
-            && owners.len() == ports.len()
-            && owners.values().sum::<usize>() == PARTITIONS
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{PARTITIONS} partitions not spread over {} aggregators after {timeout:?}: \
-             they say they own {counts:?}, the bucket's leases are {owners:?}\n{}",
-            ports.len(),
-            fleet.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ports = &ports;
+    cctv_testkit::poll(
+        "an even spread of the partitions",
+        timeout,
+        Duration::from_millis(100),
+        || async move {
+            let counts: Vec<usize> = ports.iter().map(|port| owned(*port)).collect();
+            let (least, most) = (
+                counts.iter().copied().min().unwrap_or(0),
+                counts.iter().copied().max().unwrap_or(0),
+            );
+            let owners = lease_owners(stack).await;
+            if counts.iter().sum::<usize>() == PARTITIONS
+                && most - least <= 1
+                && owners.len() == ports.len()
+                && owners.values().sum::<usize>() == PARTITIONS
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{PARTITIONS} partitions over {} aggregators: they say they own \
+                     {counts:?}, the bucket's leases are {owners:?}\n{}",
+                    ports.len(),
+                    fleet.logs()
+                ))
+            }
+        },
+    )
+    .await;
 }
 
 /// The operator's mistake of the issue: a second ingest and a second

@@ -430,24 +430,21 @@ async fn the_pipeline_runs_end_to_end_with_least_privilege_users() {
 
     // An analyst sees every offence counted once in ClickHouse.
     let analyst = Store::new(&clickhouse_as("cctv_analyst")).expect("analyst store");
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    while analyst.count_events().await.unwrap_or(0) < OFFENCES {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ClickHouse did not reach {OFFENCES} rows; ingest {:?}\n{}",
+    crate::harness::wait_for_store_rows(&analyst, OFFENCES, || {
+        format!(
+            "ingest {:?}\n{}",
             ingest.stats.snapshot(),
             nats.server.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    while ingest.stats.snapshot().handled() < OFFENCES + 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ingest did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        )
+    })
+    .await;
+    let ingest_ref = &ingest;
+    cctv_testkit::poll_until(
+        "the ingest to handle every message",
+        DRAIN_TIMEOUT,
+        || async move { ingest_ref.stats.snapshot().handled() >= OFFENCES + 2 },
+    )
+    .await;
     let totals = analyst
         .totals(&TotalsFilter::default())
         .await

@@ -498,7 +498,7 @@ impl BatchContext {
                                             &mut publishes,
                                             DeadLetterSource {
                                                 message,
-                                                payload: bytes::Bytes::from(item.body.clone()),
+                                                payload: DeadLetterBody::Borrowed(&item.body),
                                                 format: &item.format,
                                                 item: Some(item.index),
                                                 item_id: Some(&item.id),
@@ -521,7 +521,9 @@ impl BatchContext {
                                             &rejection,
                                             DeadLetterSource {
                                                 message,
-                                                payload: bytes::Bytes::from(body),
+                                                payload: DeadLetterBody::Owned(bytes::Bytes::from(
+                                                    body,
+                                                )),
                                                 format: subjects::BATCH_FORMAT,
                                                 item: Some(item),
                                                 item_id: None,
@@ -543,7 +545,7 @@ impl BatchContext {
                                 &rejection,
                                 DeadLetterSource {
                                     message,
-                                    payload: message.payload.clone(),
+                                    payload: DeadLetterBody::Owned(message.payload.clone()),
                                     format: subjects::BATCH_FORMAT,
                                     item: None,
                                     item_id: None,
@@ -570,7 +572,7 @@ impl BatchContext {
                         &mut publishes,
                         DeadLetterSource {
                             message,
-                            payload: message.payload.clone(),
+                            payload: DeadLetterBody::Owned(message.payload.clone()),
                             format: format.as_str(),
                             item: None,
                             item_id: None,
@@ -809,7 +811,7 @@ impl BatchContext {
         }
         let subject = subjects::dlq(source.format, rejection.reason.as_str());
         match publishes
-            .publish(subject, dlq_headers, source.payload)
+            .publish(subject, dlq_headers, source.payload.into_bytes())
             .await
         {
             Ok(index) => Some(Unit::DeadLetter(index, rejection.reason.as_str())),
@@ -822,10 +824,26 @@ impl BatchContext {
 }
 
 /// Where a dead letter comes from.
+/// The body of a dead letter: copied only when a dead letter is published
+/// (most batch items never are).
+enum DeadLetterBody<'a> {
+    Owned(bytes::Bytes),
+    Borrowed(&'a [u8]),
+}
+
+impl DeadLetterBody<'_> {
+    fn into_bytes(self) -> bytes::Bytes {
+        match self {
+            DeadLetterBody::Owned(bytes) => bytes,
+            DeadLetterBody::Borrowed(slice) => bytes::Bytes::copy_from_slice(slice),
+        }
+    }
+}
+
 struct DeadLetterSource<'a> {
     message: &'a jetstream::Message,
     /// The rejected vendor message (a batch item's own body).
-    payload: bytes::Bytes,
+    payload: DeadLetterBody<'a>,
     format: &'a str,
     /// Position in the gateway batch, for an item.
     item: Option<usize>,

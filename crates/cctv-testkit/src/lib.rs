@@ -43,5 +43,5 @@ pub use crate::{
     nats::NatsServer,
     nats_binary::{nats_server_binary, nats_server_version, pinned_nats_version},
     ports::free_port,
-    wait::wait_until,
+    wait::{poll, poll_until, wait_until},
 };
