@@ -807,10 +807,33 @@ fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::testing;
     use crate::format::Format;
     use crate::limits::Limits;
-    use crate::raw::RawMessage;
-    use cctv_event::Taxonomy;
+
+    fn decode_with(payload: &str, limits: &Limits) -> Result<Decoded, Rejection> {
+        testing::decode_with(decode, Format::Dahua, payload, None, limits)
+    }
+
+    fn decode_text(payload: &str) -> Result<Decoded, Rejection> {
+        decode_with(payload, &Limits::default())
+    }
+
+    fn detections(payload: &str) -> Vec<Detection> {
+        testing::detections(decode_text(payload))
+    }
+
+    fn one_detection(payload: &str) -> Detection {
+        testing::one_detection(decode_text(payload))
+    }
+
+    fn ignored(payload: &str) -> IgnoreReason {
+        testing::ignored(decode_text(payload))
+    }
+
+    fn rejected(payload: &str) -> RejectReason {
+        testing::rejected(decode_text(payload))
+    }
 
     const OVERSPEED: &str = r#"Code=TrafficOverSpeed;action=Pulse;index=0;data={
    "EventID" : 1, "GroupID" : 40211, "CountInGroup" : 2, "IndexInGroup" : 1,
@@ -820,58 +843,6 @@ mod tests {
       "Speed" : 97, "UpperSpeedLimit" : 70 },
    "Object" : { "ObjectType" : "Plate", "Text" : "404ZXC16", "Confidence" : 201 }
 }"#;
-
-    fn decode_with(payload: &str, limits: &Limits) -> Result<Decoded, Rejection> {
-        let taxonomy = Taxonomy::builtin().unwrap();
-        let raw = RawMessage {
-            format: "dahua",
-            gateway_id: "gw-unit",
-            payload: payload.as_bytes(),
-            msg_id: None,
-            camera_id: None,
-            received_at: None,
-            stored_at: None,
-        };
-        let context = DecodeContext {
-            raw: &raw,
-            text: payload,
-            format: Format::Dahua,
-            taxonomy: &taxonomy,
-            limits,
-        };
-        decode(&context)
-    }
-
-    fn decode_text(payload: &str) -> Result<Decoded, Rejection> {
-        decode_with(payload, &Limits::default())
-    }
-
-    fn detections(payload: &str) -> Vec<Detection> {
-        match decode_text(payload) {
-            Ok(Decoded::Detections(found)) => found,
-            other => panic!("expected detections, got {other:?}"),
-        }
-    }
-
-    fn one_detection(payload: &str) -> Detection {
-        let mut found = detections(payload);
-        assert_eq!(found.len(), 1, "{found:?}");
-        found.remove(0)
-    }
-
-    fn ignored(payload: &str) -> IgnoreReason {
-        match decode_text(payload) {
-            Ok(Decoded::Ignored(reason)) => reason,
-            other => panic!("expected an ignore, got {other:?}"),
-        }
-    }
-
-    fn rejected(payload: &str) -> RejectReason {
-        match decode_text(payload) {
-            Err(rejection) => rejection.reason,
-            other => panic!("expected a rejection, got {other:?}"),
-        }
-    }
 
     fn rpc(events: &str) -> String {
         format!(r#"{{"method":"client.notifyEventStream","params":{{"eventList":[{events}]}}}}"#)

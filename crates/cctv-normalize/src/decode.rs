@@ -72,3 +72,84 @@ impl Decoded {
         Decoded::Detections(detections)
     }
 }
+
+/// The decoders' unit-test harness: one raw message around a text, the
+/// builtin taxonomy, and the outcome checks every decoder's tests use.
+#[cfg(test)]
+pub(crate) mod testing {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use cctv_event::Taxonomy;
+
+    use super::{DecodeContext, Decoded};
+    use crate::detection::Detection;
+    use crate::format::Format;
+    use crate::limits::Limits;
+    use crate::outcome::{IgnoreReason, RejectReason, Rejection};
+    use crate::raw::RawMessage;
+
+    /// A format's decoder.
+    pub(crate) type Decoder = fn(&DecodeContext<'_>) -> Result<Decoded, Rejection>;
+
+    /// Decodes `text` as a message of `format` from gateway `gw-unit`, with
+    /// `camera_id` as its `Cctv-Camera-Id` header, under `limits`.
+    pub(crate) fn decode_with(
+        decoder: Decoder,
+        format: Format,
+        text: &str,
+        camera_id: Option<&str>,
+        limits: &Limits,
+    ) -> Result<Decoded, Rejection> {
+        let taxonomy = Taxonomy::builtin().unwrap();
+        let raw = RawMessage {
+            format: format.as_str(),
+            gateway_id: "gw-unit",
+            payload: text.as_bytes(),
+            msg_id: None,
+            camera_id,
+            received_at: None,
+            stored_at: None,
+        };
+        decoder(&DecodeContext {
+            raw: &raw,
+            text,
+            format,
+            taxonomy: &taxonomy,
+            limits,
+        })
+    }
+
+    /// The detections of an outcome that must have some.
+    pub(crate) fn detections(decoded: Result<Decoded, Rejection>) -> Vec<Detection> {
+        match decoded {
+            Ok(Decoded::Detections(found)) => found,
+            other => panic!("expected detections, got {other:?}"),
+        }
+    }
+
+    /// The one detection of an outcome that must have exactly one.
+    pub(crate) fn one_detection(decoded: Result<Decoded, Rejection>) -> Detection {
+        let mut found = detections(decoded);
+        assert_eq!(found.len(), 1, "expected one detection, got {found:?}");
+        found.remove(0)
+    }
+
+    /// The reason of an outcome that must be an ignore.
+    pub(crate) fn ignored(decoded: Result<Decoded, Rejection>) -> IgnoreReason {
+        match decoded {
+            Ok(Decoded::Ignored(reason)) => reason,
+            other => panic!("expected an ignore, got {other:?}"),
+        }
+    }
+
+    /// The reason of an outcome that must be a rejection with a detail.
+    pub(crate) fn rejected(decoded: Result<Decoded, Rejection>) -> RejectReason {
+        match decoded {
+            Err(rejection) => {
+                assert!(!rejection.detail.is_empty(), "{rejection:?} has no detail");
+                rejection.reason
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+}

@@ -162,55 +162,27 @@ fn location(value: Option<&Value>, field: &str) -> Result<Option<(f64, f64)>, Re
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use cctv_event::Taxonomy;
-
     use super::*;
+    use crate::decode::testing;
     use crate::format::Format;
     use crate::limits::Limits;
-    use crate::raw::RawMessage;
+
+    fn decode_text(text: &str) -> Result<Decoded, Rejection> {
+        testing::decode_with(decode, Format::Deepstream, text, None, &Limits::default())
+    }
+
+    fn one_detection(text: &str) -> Detection {
+        testing::one_detection(decode_text(text))
+    }
+
+    fn reason(text: &str) -> RejectReason {
+        testing::rejected(decode_text(text))
+    }
 
     const TRACKED: &str = r#"{"messageid":"m-1","@timestamp":"2026-11-27T03:21:09.118Z",
         "sensor":{"id":"ALA-AF-0007","location":{"lat":43.2181,"lon":76.9273}},
         "object":{"id":"1042","speed":97.5,"vehicle":{"license":"901AAA02","confidence":0.88}},
         "event":{"id":"e-1","type":"speeding"}}"#;
-
-    fn decode_text(text: &str) -> Result<Decoded, Rejection> {
-        let taxonomy = Taxonomy::builtin().unwrap();
-        let limits = Limits::default();
-        let raw = RawMessage {
-            format: "deepstream",
-            gateway_id: "gw-test",
-            payload: text.as_bytes(),
-            msg_id: None,
-            camera_id: None,
-            received_at: None,
-            stored_at: None,
-        };
-        let context = DecodeContext {
-            raw: &raw,
-            text,
-            format: Format::Deepstream,
-            taxonomy: &taxonomy,
-            limits: &limits,
-        };
-        decode(&context)
-    }
-
-    fn one_detection(text: &str) -> Detection {
-        match decode_text(text) {
-            Ok(Decoded::Detections(mut detections)) if detections.len() == 1 => {
-                detections.remove(0)
-            }
-            other => panic!("expected one detection, got {other:?}"),
-        }
-    }
-
-    fn reason(text: &str) -> RejectReason {
-        match decode_text(text) {
-            Err(rejection) => rejection.reason,
-            other => panic!("expected a rejection, got {other:?}"),
-        }
-    }
 
     #[test]
     fn every_frame_of_a_tracked_object_has_one_identity() {

@@ -192,55 +192,27 @@ fn plate(value: Option<&Value>) -> Result<Option<Cow<'_, str>>, Rejection> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use cctv_event::Taxonomy;
-
     use super::*;
+    use crate::decode::testing;
     use crate::format::Format;
     use crate::limits::Limits;
-    use crate::raw::RawMessage;
+
+    fn decode_text(text: &str) -> Result<Decoded, Rejection> {
+        testing::decode_with(decode, Format::Frigate, text, None, &Limits::default())
+    }
+
+    fn one_detection(text: &str) -> Detection {
+        testing::one_detection(decode_text(text))
+    }
+
+    fn reason(text: &str) -> RejectReason {
+        testing::rejected(decode_text(text))
+    }
 
     const TRACK: &str = r#"{"type":"update","before":null,"after":{"id":"1795772100.412345-k2x9qa",
         "camera":"yard_east","label":"person","sub_label":null,"score":0.8,"top_score":0.83,
         "false_positive":false,"start_time":1795772100.412345,"end_time":null,
         "current_zones":["dumping_site"],"entered_zones":["dumping_site"]}}"#;
-
-    fn decode_text(text: &str) -> Result<Decoded, Rejection> {
-        let taxonomy = Taxonomy::builtin().unwrap();
-        let limits = Limits::default();
-        let raw = RawMessage {
-            format: "frigate",
-            gateway_id: "gw-test",
-            payload: text.as_bytes(),
-            msg_id: None,
-            camera_id: None,
-            received_at: None,
-            stored_at: None,
-        };
-        let context = DecodeContext {
-            raw: &raw,
-            text,
-            format: Format::Frigate,
-            taxonomy: &taxonomy,
-            limits: &limits,
-        };
-        decode(&context)
-    }
-
-    fn one_detection(text: &str) -> Detection {
-        match decode_text(text) {
-            Ok(Decoded::Detections(mut detections)) if detections.len() == 1 => {
-                detections.remove(0)
-            }
-            other => panic!("expected one detection, got {other:?}"),
-        }
-    }
-
-    fn reason(text: &str) -> RejectReason {
-        match decode_text(text) {
-            Err(rejection) => rejection.reason,
-            other => panic!("expected a rejection, got {other:?}"),
-        }
-    }
 
     #[test]
     fn every_message_of_a_track_names_the_same_offence_at_the_same_time() {
@@ -262,12 +234,12 @@ mod tests {
         }
         assert_eq!(
             update.identity_key,
-            "frigate|gw-test|yard_east|1795772100.412345-k2x9qa"
+            "frigate|gw-unit|yard_east|1795772100.412345-k2x9qa"
         );
         assert_eq!(update.offence_name, "dumping_site");
         assert_eq!(
             update.device_identity.as_deref(),
-            Some("frigate:gw-test/yard_east")
+            Some("frigate:gw-unit/yard_east")
         );
         assert_eq!(
             update.source_event_id.as_deref(),

@@ -420,10 +420,25 @@ fn percent(raw: Option<f64>) -> Option<Confidence> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::testing;
     use crate::format::Format;
     use crate::limits::Limits;
-    use crate::raw::RawMessage;
-    use cctv_event::Taxonomy;
+
+    fn decode_text(text: &str) -> Result<Decoded, Rejection> {
+        testing::decode_with(decode, Format::Hikvision, text, None, &Limits::default())
+    }
+
+    fn detections(text: &str) -> Vec<Detection> {
+        testing::detections(decode_text(text))
+    }
+
+    fn ignored(text: &str) -> IgnoreReason {
+        testing::ignored(decode_text(text))
+    }
+
+    fn rejected(text: &str) -> RejectReason {
+        testing::rejected(decode_text(text))
+    }
 
     const SEATBELT: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <EventNotificationAlert version="2.0" xmlns="http://www.isapi.org/ver20/XMLSchema">
@@ -443,52 +458,6 @@ mod tests {
 <vehicleInfo><speed>48</speed></vehicleInfo>
 </ANPR>
 </EventNotificationAlert>"#;
-
-    fn decode_text(text: &str) -> Result<Decoded, Rejection> {
-        let taxonomy = Taxonomy::builtin().unwrap();
-        let limits = Limits::default();
-        let raw = RawMessage {
-            format: "hikvision",
-            gateway_id: "gw-unit",
-            payload: text.as_bytes(),
-            msg_id: None,
-            camera_id: None,
-            received_at: None,
-            stored_at: None,
-        };
-        let context = DecodeContext {
-            raw: &raw,
-            text,
-            format: Format::Hikvision,
-            taxonomy: &taxonomy,
-            limits: &limits,
-        };
-        decode(&context)
-    }
-
-    fn detections(text: &str) -> Vec<Detection> {
-        match decode_text(text) {
-            Ok(Decoded::Detections(found)) => found,
-            other => panic!("expected detections, got {other:?}"),
-        }
-    }
-
-    fn ignored(text: &str) -> IgnoreReason {
-        match decode_text(text) {
-            Ok(Decoded::Ignored(reason)) => reason,
-            other => panic!("expected an ignore, got {other:?}"),
-        }
-    }
-
-    fn rejected(text: &str) -> RejectReason {
-        match decode_text(text) {
-            Err(rejection) => {
-                assert!(!rejection.detail.is_empty());
-                rejection.reason
-            }
-            other => panic!("expected a rejection, got {other:?}"),
-        }
-    }
 
     #[test]
     fn an_anpr_violation_becomes_one_detection_with_its_measurements() {

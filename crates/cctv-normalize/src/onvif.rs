@@ -510,53 +510,33 @@ fn likelihood(value: ItemValue<'_>, position: usize) -> Result<Confidence, Rejec
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use cctv_event::Taxonomy;
-
     use super::*;
+    use crate::decode::testing;
     use crate::format::Format;
     use crate::limits::Limits;
-    use crate::raw::RawMessage;
 
     fn run(payload: &str, camera_id: Option<&str>) -> Result<Decoded, Rejection> {
-        let taxonomy = Taxonomy::builtin().unwrap();
-        let limits = Limits::default();
-        let raw = RawMessage {
-            format: "onvif",
-            gateway_id: "gw-1",
-            payload: payload.as_bytes(),
-            msg_id: None,
+        testing::decode_with(
+            decode,
+            Format::Onvif,
+            payload,
             camera_id,
-            received_at: None,
-            stored_at: None,
-        };
-        let context = DecodeContext {
-            raw: &raw,
-            text: payload,
-            format: Format::Onvif,
-            taxonomy: &taxonomy,
-            limits: &limits,
-        };
-        decode(&context)
+            &Limits::default(),
+        )
+    }
+
+    fn detections(decoded: Result<Decoded, Rejection>) -> Vec<Detection> {
+        testing::detections(decoded)
+    }
+
+    fn ignored(decoded: Result<Decoded, Rejection>) -> IgnoreReason {
+        testing::ignored(decoded)
     }
 
     fn xml_message(operation: &str, time: &str, rule: &str, state: &str) -> String {
         format!(
             r#"<n:NotificationMessage xmlns:n="urn:n"><n:Topic>tns1:RuleEngine/FieldDetector/ObjectsInside</n:Topic><n:Message><tt:Message xmlns:tt="urn:tt" UtcTime="{time}" {operation}><tt:Source><tt:SimpleItem Name="VideoSourceConfigurationToken" Value="VS_1"/><tt:SimpleItem Name="Rule" Value="{rule}"/></tt:Source><tt:Data><tt:SimpleItem Name="ObjectId" Value="9"/>{state}</tt:Data></tt:Message></n:Message></n:NotificationMessage>"#
         )
-    }
-
-    fn detections(decoded: Result<Decoded, Rejection>) -> Vec<Detection> {
-        match decoded.unwrap() {
-            Decoded::Detections(found) => found,
-            other => panic!("expected detections, got {other:?}"),
-        }
-    }
-
-    fn ignored(decoded: Result<Decoded, Rejection>) -> IgnoreReason {
-        match decoded.unwrap() {
-            Decoded::Ignored(reason) => reason,
-            other => panic!("expected an ignore, got {other:?}"),
-        }
     }
 
     const INSIDE: &str = r#"<tt:SimpleItem Name="IsInside" Value="true"/>"#;
@@ -578,11 +558,11 @@ mod tests {
         assert_eq!(detection.offence_name, "NoParking");
         assert_eq!(
             detection.identity_key,
-            "onvif|onvif:gw-1/VS_1|NoParking|9|1795761612300"
+            "onvif|onvif:gw-unit/VS_1|NoParking|9|1795761612300"
         );
         assert_eq!(
             detection.device_identity.as_deref(),
-            Some("onvif:gw-1/VS_1")
+            Some("onvif:gw-unit/VS_1")
         );
         assert_eq!(detection.source_event_id.as_deref(), Some("9"));
         assert_eq!(
@@ -609,7 +589,7 @@ mod tests {
             found[0].identity_key,
             "onvif|KZ19-0001|NoParking|9|1795761612300"
         );
-        assert_eq!(found[0].device_identity.as_deref(), Some("onvif:gw-1/VS_1"));
+        assert_eq!(found[0].device_identity.as_deref(), Some("onvif:gw-unit/VS_1"));
     }
 
     #[test]
@@ -646,17 +626,17 @@ mod tests {
     fn crossings_and_pulses_count_without_a_state() {
         let crossed = r#"{"Topic":"tns1:RuleEngine/LineDetector/Crossed","UtcTime":"2026-11-27T06:40:12Z","Source":{"VideoSource":1,"Rule":"Littering"},"Data":{"ObjectId":5,"State":false}}"#;
         let found = detections(run(crossed, None));
-        assert_eq!(found[0].device_identity.as_deref(), Some("onvif:gw-1/1"));
+        assert_eq!(found[0].device_identity.as_deref(), Some("onvif:gw-unit/1"));
         assert_eq!(
             found[0].identity_key,
-            "onvif|onvif:gw-1/1|Littering|5|1795761612000"
+            "onvif|onvif:gw-unit/1|Littering|5|1795761612000"
         );
         let pulse = r#"{"UtcTime":"2026-11-27T06:40:12Z","Source":{"Rule":"Dumping"}}"#;
         let found = detections(run(pulse, None));
-        assert_eq!(found[0].device_identity.as_deref(), Some("onvif:gw-1"));
+        assert_eq!(found[0].device_identity.as_deref(), Some("onvif:gw-unit"));
         assert_eq!(
             found[0].identity_key,
-            "onvif|onvif:gw-1|Dumping||1795761612000"
+            "onvif|onvif:gw-unit|Dumping||1795761612000"
         );
     }
 
