@@ -1027,7 +1027,10 @@ async fn main() -> anyhow::Result<()> {
     if !throughputs.is_empty() {
         writeln!(
             report,
-            "## Throughput (burst, published as fast as possible)\n"
+            "## Throughput (burst, published as fast as possible)\n\n\
+             Every message is generated in memory first (`cctvctl simulate --pregenerate`), \
+             so the generator's work is not counted; the clock runs from the first publish \
+             to the last row in ClickHouse, the publisher sharing the cores with the pipeline.\n"
         )?;
         writeln!(
             report,
