@@ -589,7 +589,10 @@ mod tests {
             found[0].identity_key,
             "onvif|KZ19-0001|NoParking|9|1795761612300"
         );
-        assert_eq!(found[0].device_identity.as_deref(), Some("onvif:gw-unit/VS_1"));
+        assert_eq!(
+            found[0].device_identity.as_deref(),
+            Some("onvif:gw-unit/VS_1")
+        );
     }
 
     #[test]
