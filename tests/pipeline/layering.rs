@@ -1,16 +1,18 @@
 //! The dependency directions written in ARCHITECTURE.md, checked from the
 //! crates' manifests: the pure crates know no IO, the bus knows no
 //! ClickHouse, the store knows no NATS, the services never depend on each
-//! other, the telemetry crate knows no domain crate, nothing depends on the
-//! test kit or the command line.
+//! other, the runtime crate knows no domain crate, the simulator knows no
+//! service, nothing depends on the test kit or the command line.
 
 use std::collections::BTreeSet;
 
 fn dependencies(krate: &str) -> BTreeSet<String> {
-    let path = format!(
-        "{}/../crates/{krate}/Cargo.toml",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    manifest_dependencies(&format!("crates/{krate}"))
+}
+
+/// The `[dependencies]` of the manifest in `dir` (relative to the workspace).
+fn manifest_dependencies(dir: &str) -> BTreeSet<String> {
+    let path = format!("{}/../{dir}/Cargo.toml", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let manifest: toml_like::Manifest = toml_like::parse(&text);
     manifest.dependencies
@@ -81,14 +83,14 @@ fn a_broken_rule_is_caught() {
     assert!(violations(&manifest.dependencies, &["cctv-testkit"]).is_empty());
 }
 
-/// `cctv-telemetry` (metrics, health, logs, signals, fault points) is used by
+/// `cctv-runtime` (metrics, health, logs, signals, fault points) is used by
 /// every service and knows none of them, nor the domain.
 #[test]
-fn telemetry_knows_no_domain_crate() {
-    let found = dependencies("cctv-telemetry");
+fn runtime_knows_no_domain_crate() {
+    let found = dependencies("cctv-runtime");
     assert!(
         !found.is_empty(),
-        "cctv-telemetry manifest read no dependencies"
+        "cctv-runtime manifest read no dependencies"
     );
     let domain: Vec<&String> = found
         .iter()
@@ -96,7 +98,7 @@ fn telemetry_knows_no_domain_crate() {
         .collect();
     assert!(
         domain.is_empty(),
-        "cctv-telemetry must not depend on {domain:?}"
+        "cctv-runtime must not depend on {domain:?}"
     );
 }
 
@@ -118,12 +120,24 @@ fn dependency_directions_hold() {
         &["cctv-aggregator", "clickhouse", "cctv-store"],
     );
     assert_none("cctv-aggregator", &["cctv-ingest", "cctv-normalize"]);
+    assert_none(
+        "cctv-simulate",
+        &["cctv-ingest", "cctv-aggregator", "cctv-runtime"],
+    );
 }
 
 /// No crate of `crates/` depends on the test kit or the command line at run
-/// time (`[dev-dependencies]` may name the test kit).
+/// time (`[dev-dependencies]` may name the test kit), and the benchmarks do
+/// not depend on the command line (they run the simulator of `cctv-simulate`
+/// and the test kit's servers).
 #[test]
 fn no_crate_depends_on_the_testkit_or_the_cli() {
+    let benches = manifest_dependencies("benches");
+    assert!(!benches.is_empty(), "benches manifest read no dependencies");
+    assert!(
+        !benches.contains("cctv-cli"),
+        "benches must not depend on cctv-cli"
+    );
     let dir = format!("{}/../crates", env!("CARGO_MANIFEST_DIR"));
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use cctv_cli::{CliConfig, Expectation, FormatChoice, SimulateArgs};
+use cctv_cli::CliConfig;
+use cctv_simulate::{Expectation, FormatChoice, SimulateArgs};
 use cctv_store::TotalsFilter;
 
 use crate::harness::Stack;

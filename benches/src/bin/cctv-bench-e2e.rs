@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use cctv_bus::{NatsConfig, StreamsConfig};
-use cctv_cli::{compare_totals, CliConfig, Expectation, FormatChoice, SimulateArgs};
+use cctv_simulate::{compare_totals, FormatChoice, SimulateArgs};
 use cctv_store::{ClickHouseConfig, Store, TotalsFilter};
 use cctv_testkit::{ClickHouseServer, NatsServer};
 
@@ -159,7 +159,8 @@ fn usage(pid: u32) -> Usage {
 struct Rig {
     nats: NatsServer,
     clickhouse: ClickHouseServer,
-    dir: tempfile::TempDir,
+    /// The services' configs and logs, removed with the rig.
+    _dir: tempfile::TempDir,
     /// Instances of `cctv-ingest`, all with one config.
     ingests: Vec<Child>,
     /// Instances of `cctv-aggregator`, all with one config.
@@ -230,7 +231,7 @@ impl Rig {
         Ok(Rig {
             nats,
             clickhouse,
-            dir,
+            _dir: dir,
             ingests,
             aggregators,
             database,
@@ -245,18 +246,10 @@ impl Rig {
         })?)
     }
 
-    fn cli_config(&self) -> CliConfig {
-        CliConfig {
-            nats: NatsConfig {
-                url: self.nats.url(),
-                ..NatsConfig::default()
-            },
-            clickhouse: ClickHouseConfig {
-                url: self.clickhouse.http_url(),
-                database: self.database.clone(),
-                ..ClickHouseConfig::default()
-            },
-            ..CliConfig::default()
+    fn nats_config(&self) -> NatsConfig {
+        NatsConfig {
+            url: self.nats.url(),
+            ..NatsConfig::default()
         }
     }
 
@@ -345,7 +338,6 @@ async fn throughput(
     let instances = if scenario.ends_with("-x2") { 2 } else { 1 };
     let rig = Rig::start(registry, events_window, instances).await?;
     let before = rig.usages();
-    let expect_file = rig.dir.path().join("expected.json");
     let format = if scenario.starts_with("mixed") {
         FormatChoice::Mixed
     } else {
@@ -361,7 +353,7 @@ async fn throughput(
         run_id: Some(format!("bench-{scenario}")),
         day: None,
         seed: Some(7),
-        expect_out: Some(expect_file.clone()),
+        expect_out: None,
         duplicates: 0.0,
         format,
         noise: 0.1,
@@ -373,10 +365,11 @@ async fn throughput(
         // pipeline: generated first, it does not slow the measured run.
         pregenerate: true,
     };
-    let run = cctv_cli::run_simulate(&rig.cli_config(), &args).await?;
+    let raw_stream = StreamsConfig::default().raw.name;
+    let run = cctv_simulate::run_simulate(&rig.nats_config(), &raw_stream, &args).await?;
     let started = run.publish_started;
     let publish_seconds = run.publish_seconds;
-    let expectation = Expectation::load(&expect_file)?;
+    let expectation = run.expectation;
     let store = rig.store()?;
     loop {
         let counted = store.count_events().await.unwrap_or(0);

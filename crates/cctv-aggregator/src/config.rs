@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use cctv_bus::{NatsConfig, StreamsConfig};
+use cctv_runtime::TelemetryConfig;
 use cctv_store::ClickHouseConfig;
-use cctv_telemetry::TelemetryConfig;
 use serde::Deserialize;
 
 use crate::AggregatorError;

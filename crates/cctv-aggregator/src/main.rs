@@ -19,8 +19,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = cctv_aggregator::AggregatorConfig::load(args.config.as_deref())
         .context("failed to load configuration")?;
-    cctv_telemetry::init_tracing(config.telemetry.log_format);
-    let shutdown = cctv_telemetry::shutdown_on_signals();
+    cctv_runtime::init_tracing(config.telemetry.log_format);
+    let shutdown = cctv_runtime::shutdown_on_signals();
     cctv_aggregator::run(
         config,
         shutdown,

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
 use cctv_bus::{subjects, LeaseBucket, LeaseWriteError, StreamKind};
 use cctv_event::OffenceEvent;
+use cctv_runtime::Health;
 use cctv_store::{EventRow, Store, StoreError, StreamPosition};
-use cctv_telemetry::Health;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -56,15 +56,15 @@ pub async fn run(
     stats: AggregatorStats,
 ) -> Result<(), AggregatorError> {
     config.validate()?;
-    cctv_telemetry::fault_point("on_start");
+    cctv_runtime::fault_point("on_start");
     let health = Health::starting();
     if let Some(listen) = config.telemetry.listen {
-        let address = cctv_telemetry::serve(listen, health.clone(), shutdown.clone())
+        let address = cctv_runtime::serve(listen, health.clone(), shutdown.clone())
             .await
             .map_err(|e| AggregatorError::Config(format!("cannot listen on {listen}: {e}")))?;
         tracing::info!(%address, "metrics and health endpoint listening");
     } else {
-        cctv_telemetry::install_metrics();
+        cctv_runtime::install_metrics();
     }
     let store = Store::new(&config.clickhouse)?;
     if !prepare_store(&store, &config, &shutdown, &health).await? {
@@ -1179,7 +1179,7 @@ impl Writer {
             match inserted {
                 Ok(()) => {
                     // Crash tests: the rows are in ClickHouse, the ack is not sent.
-                    cctv_telemetry::fault_point("after_insert");
+                    cctv_runtime::fault_point("after_insert");
                     metrics::histogram!(names::INSERT_SECONDS)
                         .record(started.elapsed().as_secs_f64());
                     #[allow(clippy::cast_precision_loss)]

@@ -13,12 +13,12 @@ fn the_binary_runs_and_aborts_at_an_armed_fault_point_when_compiled_in() {
     let binary = env!("CARGO_BIN_EXE_cctv-aggregator");
     let help = Command::new(binary).arg("--help").output().unwrap();
     assert!(help.status.success(), "{help:?}");
-    if !cctv_telemetry::FAULT_INJECTION_COMPILED {
+    if !cctv_runtime::FAULT_INJECTION_COMPILED {
         return;
     }
     // Aborts before reading any configuration or touching the network.
     let aborted = Command::new(binary)
-        .env(cctv_telemetry::FAULT_ENV, "on_start")
+        .env(cctv_runtime::FAULT_ENV, "on_start")
         .env("CCTV_NATS_URL", "nats://127.0.0.1:1")
         .output()
         .unwrap();

@@ -8,29 +8,27 @@
 //!   the ClickHouse migrations;
 //! - `status` ([`run_status`], [`pipeline_status`]): partitions, their
 //!   owners, lease and heartbeat ages, backlog per partition;
-//! - `simulate` ([`run_simulate`]): publishes a camera fleet's messages in any vendor format
-//!   (alone, or packed into CloudEvents batches with `--batch N`) and writes
-//!   the totals the pipeline must end up with ([`Expectation`]);
+//! - `simulate` ([`run_simulate`]): runs the simulator of `cctv-simulate`,
+//!   which publishes a camera fleet's messages in any vendor format (alone,
+//!   or packed into CloudEvents batches with `--batch N`), and prints the
+//!   totals the pipeline must end up with;
 //! - `totals` ([`run_totals`]): prints region x offence totals from ClickHouse
 //!   and optionally waits until they match an expectation;
 //! - `dlq` ([`run_dlq`]): reads dead letters without consuming them;
 //! - `audit` ([`run_audit`], [`audit_pipeline`]): compares the events stream
 //!   with ClickHouse by event id; exit code 1 on any difference.
 //!
-//! The pure parts (event generation, expected regions, table rendering, totals
-//! comparison, date parsing) take plain values and are unit-tested without
-//! servers; NATS and ClickHouse are touched only in the `run_*` functions.
+//! The pure parts (table rendering, status and audit assembly) take plain
+//! values and are unit-tested without servers; NATS and ClickHouse are touched only in the `run_*` functions.
 
 mod audit;
 mod config;
 mod dlq;
-mod expectation;
 mod setup;
 mod simulate;
 mod status;
 mod table;
 mod totals;
-mod vendors;
 
 pub use audit::{
     audit_pipeline, render_audit, run_audit, AuditArgs, AuditFormat, AuditReport, SequenceRange,
@@ -38,12 +36,11 @@ pub use audit::{
 };
 pub use config::CliConfig;
 pub use dlq::{run_dlq, DlqCommand, DlqListArgs, ListFormat};
-pub use expectation::{compare_totals, CellDiff, Expectation, RawOutcomes};
 pub use setup::{run_setup, SetupArgs};
-pub use simulate::{run_simulate, FormatChoice, SimulateArgs, SimulateRun};
+pub use simulate::run_simulate;
 pub use status::{
     assemble_status, pipeline_status, render_status, run_status, ConsumerBacklog, MemberStatus,
     PartitionStatus, StatusArgs, StatusFormat, StatusReport,
 };
 pub use table::{render_totals, OutputFormat};
-pub use totals::{parse_day, run_totals, TotalsArgs};
+pub use totals::{run_totals, TotalsArgs};

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cctv_cli::{AuditArgs, CliConfig, DlqCommand, SetupArgs, SimulateArgs, StatusArgs, TotalsArgs};
+use cctv_cli::{AuditArgs, CliConfig, DlqCommand, SetupArgs, StatusArgs, TotalsArgs};
+use cctv_simulate::SimulateArgs;
 use clap::{Parser, Subcommand};
 
 /// Operator and analyst command line of the CCTV offence pipeline.
@@ -59,7 +60,7 @@ fn main() -> ExitCode {
         // Still single-threaded here: the runtime is built below.
         std::env::set_var("CCTV_LOG", DEFAULT_LOG_FILTER);
     }
-    cctv_telemetry::init_tracing(cctv_telemetry::LogFormat::Text);
+    cctv_runtime::init_tracing(cctv_runtime::LogFormat::Text);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -10,13 +10,13 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use cctv_event::{Regions, Taxonomy, UNKNOWN_REGION};
 use cctv_store::{Store, TotalsFilter, TotalsRow};
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::{compare_totals, render_totals, CellDiff, CliConfig, Expectation, OutputFormat};
+use cctv_simulate::{compare_totals, parse_day, CellDiff, Expectation};
 
-/// Time zone of `today` and `yesterday` in date flags.
-const DATE_TIMEZONE: chrono_tz::Tz = chrono_tz::Asia::Almaty;
+use crate::{render_totals, CliConfig, OutputFormat};
+
 /// Pause between polls of `--wait`.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Without a terminal, `--wait` prints its progress every this many polls.
@@ -50,20 +50,6 @@ pub struct TotalsArgs {
     /// With `--expect`: poll until the totals match or this time is up (`300s`, `5m`).
     #[arg(long, value_parser = humantime::parse_duration, requires = "expect")]
     pub wait: Option<Duration>,
-}
-
-/// Parses a date flag: `YYYY-MM-DD`, `today` or `yesterday` (Asia/Almaty).
-pub fn parse_day(text: &str) -> Result<NaiveDate, String> {
-    let today = || Utc::now().with_timezone(&DATE_TIMEZONE).date_naive();
-    match text.trim() {
-        "today" => Ok(today()),
-        "yesterday" => today()
-            .pred_opt()
-            .ok_or_else(|| "date out of range".to_string()),
-        other => NaiveDate::parse_from_str(other, "%Y-%m-%d").map_err(|error| {
-            format!("expected YYYY-MM-DD, today or yesterday, got {other:?}: {error}")
-        }),
-    }
 }
 
 /// Normalises region flags to stored codes (`KZ-ALA` -> `KZ-75`).
@@ -237,18 +223,6 @@ async fn wait_for_expectation(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_parse_from_iso_and_relative_words() {
-        assert_eq!(
-            parse_day("2025-03-14"),
-            Ok(NaiveDate::from_ymd_opt(2025, 3, 14).unwrap())
-        );
-        assert!(parse_day("14.03.2025").is_err());
-        assert!(parse_day("2025-02-30").is_err());
-        let today = parse_day("today").unwrap();
-        assert_eq!(parse_day("yesterday").unwrap().succ_opt(), Some(today));
-    }
 
     #[test]
     fn region_and_type_flags_are_normalised() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cctv_bus::{NatsConfig, StreamsConfig};
 use cctv_normalize::PlateKey;
-use cctv_telemetry::TelemetryConfig;
+use cctv_runtime::TelemetryConfig;
 use serde::Deserialize;
 
 use crate::IngestError;

@@ -26,7 +26,7 @@ use async_nats::HeaderMap;
 use cctv_bus::{headers, subjects, PublishOutcome};
 use cctv_event::{CameraRegistry, Regions, Taxonomy};
 use cctv_normalize::{BatchEntry, Normalizer, Outcome, RawMessage};
-use cctv_telemetry::Health;
+use cctv_runtime::Health;
 use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -53,15 +53,15 @@ pub async fn run(
     stats: IngestStats,
 ) -> Result<(), IngestError> {
     config.validate()?;
-    cctv_telemetry::fault_point("on_start");
+    cctv_runtime::fault_point("on_start");
     let health = Health::starting();
     if let Some(listen) = config.telemetry.listen {
-        let address = cctv_telemetry::serve(listen, health.clone(), shutdown.clone())
+        let address = cctv_runtime::serve(listen, health.clone(), shutdown.clone())
             .await
             .map_err(|e| IngestError::Config(format!("cannot listen on {listen}: {e}")))?;
         tracing::info!(%address, "metrics and health endpoint listening");
     } else {
-        cctv_telemetry::install_metrics();
+        cctv_runtime::install_metrics();
     }
     let normalizer = Arc::new(load_normalizer(&config)?);
 
@@ -633,7 +633,7 @@ impl BatchContext {
         let (mut settled_any, mut failed_any) = (false, false);
         let published_batches = batch_ok.iter().filter(|ok| **ok).count() as u64;
         // Crash tests: the events are in JetStream, the raw messages unacked.
-        cctv_telemetry::fault_point("after_publish");
+        cctv_runtime::fault_point("after_publish");
         for (message, entry) in batch.iter().zip(pending) {
             let ok = !entry.failed
                 && entry.batches.iter().all(|index| batch_ok[*index])

@@ -168,12 +168,12 @@ mod tests {
         )
         .await
         .unwrap();
-        metrics::counter!("cctv_telemetry_test_total").increment(3);
+        metrics::counter!("cctv_runtime_test_total").increment(3);
         assert!(get(address, "/healthz").await.starts_with("HTTP/1.1 503"));
         health.set_ok();
         assert!(get(address, "/healthz").await.starts_with("HTTP/1.1 200"));
         let metrics = get(address, "/metrics").await;
-        assert!(metrics.contains("cctv_telemetry_test_total 3"), "{metrics}");
+        assert!(metrics.contains("cctv_runtime_test_total 3"), "{metrics}");
         assert!(get(address, "/nope").await.starts_with("HTTP/1.1 404"));
         shutdown.cancel();
     }
