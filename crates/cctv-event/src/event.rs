@@ -56,14 +56,20 @@ pub struct OffenceEvent {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub article: String,
     /// When the offence happened (UTC, millisecond precision).
+    #[serde(serialize_with = "crate::wire_time::serialize")]
     pub detected_at: DateTime<Utc>,
     /// The device's own time text, kept as received.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_time: Option<String>,
     /// When the gateway received the message, if it said so.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::wire_time::serialize_option"
+    )]
     pub received_at: Option<DateTime<Utc>>,
     /// When the ingest service normalised the message.
+    #[serde(serialize_with = "crate::wire_time::serialize")]
     pub ingested_at: DateTime<Utc>,
     /// The device clock differs from receipt time by more than the allowed skew.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -12,6 +12,7 @@ mod identity;
 mod regions;
 mod registry;
 mod taxonomy;
+mod wire_time;
 
 pub use error::DataError;
 pub use event::{OffenceEvent, RegionSource, EVENT_SCHEMA_VERSION};

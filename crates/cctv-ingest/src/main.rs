@@ -5,6 +5,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: the hot path allocates and frees many
+/// small buffers per message, and glibc consolidates its fast bins on every
+/// free of a large (>= 64 KiB) buffer such as a gateway batch (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Reads raw camera messages from NATS and publishes canonical offence events.
 #[derive(Debug, Parser)]
 #[command(version, about)]

@@ -521,9 +521,7 @@ impl BatchContext {
                                             &rejection,
                                             DeadLetterSource {
                                                 message,
-                                                payload: DeadLetterBody::Owned(bytes::Bytes::from(
-                                                    body,
-                                                )),
+                                                payload: DeadLetterBody::Borrowed(&body),
                                                 format: subjects::BATCH_FORMAT,
                                                 item: Some(item),
                                                 item_id: None,

@@ -14,6 +14,8 @@
 //! [`BatchBuilder`] writes batches for producers (the simulator, benches,
 //! tests) such that [`parse_batch`] gives every body back byte for byte.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
@@ -43,36 +45,53 @@ const BATCH_NESTING: usize = 2;
 
 /// One vendor message of a batch, with the metadata a single message would
 /// carry in its subject and headers.
+///
+/// Its texts and body borrow from the batch where the batch holds them
+/// verbatim (no JSON escapes): the common case costs no copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchItem {
+pub struct BatchItem<'a> {
     /// Position in the batch, from 0.
     pub index: usize,
     /// `<format>` of the item's `type` `kz.cctv.raw.<format>`. Not checked
     /// here: the normaliser rejects an unknown one as `unsupported_format`.
-    pub format: String,
+    pub format: Cow<'a, str>,
     /// CloudEvents `id`: the gateway's id for the message (its `Nats-Msg-Id`).
-    pub id: String,
+    pub id: Cow<'a, str>,
     /// CloudEvents `time`, as `Cctv-Received-At`.
-    pub time: Option<String>,
+    pub time: Option<Cow<'a, str>>,
     /// CloudEvents `subject`: the camera id, as `Cctv-Camera-Id`.
-    pub subject: Option<String>,
+    pub subject: Option<Cow<'a, str>>,
     /// CloudEvents `datacontenttype`, as sent (not checked).
-    pub content_type: Option<String>,
+    pub content_type: Option<Cow<'a, str>>,
     /// The body exactly as the device sent it: the original text of a JSON
     /// `data` value, the content of a `data` string, or the decoded
     /// `data_base64`; empty when the item has neither.
-    pub body: Vec<u8>,
+    pub body: Cow<'a, [u8]>,
 }
 
-impl BatchItem {
+impl BatchItem<'_> {
+    /// The item with everything it borrows from the batch copied.
+    pub fn into_owned(self) -> BatchItem<'static> {
+        let owned = |text: Cow<'_, str>| Cow::Owned(text.into_owned());
+        BatchItem {
+            index: self.index,
+            format: owned(self.format),
+            id: owned(self.id),
+            time: self.time.map(owned),
+            subject: self.subject.map(owned),
+            content_type: self.content_type.map(owned),
+            body: Cow::Owned(self.body.into_owned()),
+        }
+    }
+
     /// The item as a raw message of gateway `gateway_id` (the batch
     /// subject's token): `id` is the message id, `subject` the camera header,
     /// `time` the receipt time; `stored_at` is the batch's stream time.
-    pub fn raw<'a>(
-        &'a self,
-        gateway_id: &'a str,
+    pub fn raw<'r>(
+        &'r self,
+        gateway_id: &'r str,
         stored_at: Option<DateTime<Utc>>,
-    ) -> RawMessage<'a> {
+    ) -> RawMessage<'r> {
         RawMessage {
             format: &self.format,
             gateway_id,
@@ -87,9 +106,9 @@ impl BatchItem {
 
 /// One entry of a parsed batch, in batch order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BatchEntry {
+pub enum BatchEntry<'a> {
     /// A usable item, to normalise like a single message.
-    Item(BatchItem),
+    Item(BatchItem<'a>),
     /// An item that is not a usable CloudEvent, to dead-letter on its own.
     Broken {
         /// Position in the batch, from 0.
@@ -97,16 +116,32 @@ pub enum BatchEntry {
         /// Why it cannot be used.
         rejection: Rejection,
         /// The item's JSON text as received.
-        body: Vec<u8>,
+        body: Cow<'a, [u8]>,
     },
 }
 
-impl BatchEntry {
+impl BatchEntry<'_> {
     /// Position of the entry in the batch, from 0.
     pub fn index(&self) -> usize {
         match self {
             BatchEntry::Item(item) => item.index,
             BatchEntry::Broken { index, .. } => *index,
+        }
+    }
+
+    /// The entry with everything it borrows from the batch copied.
+    pub fn into_owned(self) -> BatchEntry<'static> {
+        match self {
+            BatchEntry::Item(item) => BatchEntry::Item(item.into_owned()),
+            BatchEntry::Broken {
+                index,
+                rejection,
+                body,
+            } => BatchEntry::Broken {
+                index,
+                rejection,
+                body: Cow::Owned(body.into_owned()),
+            },
         }
     }
 }
@@ -115,24 +150,47 @@ impl BatchEntry {
 /// (CloudEvents extensions) are ignored.
 #[derive(Deserialize)]
 struct WireItem<'a> {
-    specversion: Option<String>,
-    #[serde(rename = "type")]
-    event_type: Option<String>,
-    source: Option<String>,
-    id: Option<String>,
-    time: Option<String>,
-    subject: Option<String>,
-    datacontenttype: Option<String>,
+    #[serde(borrow)]
+    specversion: Option<Text<'a>>,
+    #[serde(borrow, rename = "type")]
+    event_type: Option<Text<'a>>,
+    #[serde(borrow)]
+    source: Option<Text<'a>>,
+    #[serde(borrow)]
+    id: Option<Text<'a>>,
+    #[serde(borrow)]
+    time: Option<Text<'a>>,
+    #[serde(borrow)]
+    subject: Option<Text<'a>>,
+    #[serde(borrow)]
+    datacontenttype: Option<Text<'a>>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
-    data_base64: Option<String>,
+    #[serde(borrow)]
+    data_base64: Option<Text<'a>>,
+}
+
+/// A JSON string borrowed from the batch unless it holds escapes (serde
+/// borrows a `Cow` only as a field of its own, not inside an `Option`).
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Splits a batch published on `cctv.raw.batch.<gateway_id>` into its
 /// entries, in order. `Err` when the batch cannot be read as a whole (it is
 /// then dead-lettered whole); each unusable item is a
 /// [`BatchEntry::Broken`] entry instead, so one bad item costs no other.
-pub fn parse_batch(payload: &[u8], gateway_id: &str) -> Result<Vec<BatchEntry>, Rejection> {
+pub fn parse_batch<'a>(
+    payload: &'a [u8],
+    gateway_id: &str,
+) -> Result<Vec<BatchEntry<'a>>, Rejection> {
     if payload.len() > MAX_BATCH_BYTES {
         return Err(Rejection::new(
             RejectReason::PayloadTooLarge,
@@ -183,7 +241,7 @@ pub fn parse_batch(payload: &[u8], gateway_id: &str) -> Result<Vec<BatchEntry>, 
                 Err(rejection) => BatchEntry::Broken {
                     index,
                     rejection,
-                    body: item.get().as_bytes().to_vec(),
+                    body: Cow::Borrowed(item.get().as_bytes()),
                 },
             },
         )
@@ -195,7 +253,7 @@ fn invalid_item(detail: impl Into<String>) -> Rejection {
 }
 
 /// Reads one item; `source` is the only `source` the batch's gateway may name.
-fn parse_item(index: usize, text: &str, source: &str) -> Result<BatchItem, Rejection> {
+fn parse_item<'a>(index: usize, text: &'a str, source: &str) -> Result<BatchItem<'a>, Rejection> {
     // Serde would also read a struct from an array of its fields.
     if !text.trim_start().starts_with('{') {
         return Err(invalid_item(format!("item {index} is not a JSON object")));
@@ -208,16 +266,19 @@ fn parse_item(index: usize, text: &str, source: &str) -> Result<BatchItem, Rejec
             wire.specversion.as_deref().map(clip)
         )));
     }
-    let Some(id) = wire.id.filter(|id| !id.is_empty()) else {
+    let Some(id) = wire.id.filter(|id| !id.is_empty()).map(|id| id.0) else {
         return Err(invalid_item(format!(
             "item {index}: id is missing or empty"
         )));
     };
-    let Some(format) = wire
-        .event_type
-        .as_deref()
-        .and_then(|event_type| event_type.strip_prefix(TYPE_PREFIX))
-    else {
+    let format = match &wire.event_type {
+        Some(Text(Cow::Borrowed(text))) => text.strip_prefix(TYPE_PREFIX).map(Cow::Borrowed),
+        Some(Text(Cow::Owned(text))) => text
+            .strip_prefix(TYPE_PREFIX)
+            .map(|format| Cow::Owned(format.to_string())),
+        None => None,
+    };
+    let Some(format) = format else {
         return Err(invalid_item(format!(
             "item {index}: type {:?} is not {TYPE_PREFIX}<format>",
             wire.event_type.as_deref().map(clip)
@@ -243,33 +304,37 @@ fn parse_item(index: usize, text: &str, source: &str) -> Result<BatchItem, Rejec
             )))
         }
         (Some(data), None) => data_body(index, data)?,
-        (None, Some(encoded)) => BASE64.decode(encoded.as_bytes()).map_err(|error| {
-            invalid_item(format!("item {index}: data_base64 is not base64: {error}"))
-        })?,
+        (None, Some(encoded)) => {
+            Cow::Owned(BASE64.decode(encoded.as_bytes()).map_err(|error| {
+                invalid_item(format!("item {index}: data_base64 is not base64: {error}"))
+            })?)
+        }
         // The normaliser judges an empty body like an empty message.
-        (None, None) => Vec::new(),
+        (None, None) => Cow::Borrowed(&[][..]),
     };
     Ok(BatchItem {
         index,
-        format: format.to_string(),
+        format,
         id,
-        time: wire.time,
-        subject: wire.subject,
-        content_type: wire.datacontenttype,
+        time: wire.time.map(|text| text.0),
+        subject: wire.subject.map(|text| text.0),
+        content_type: wire.datacontenttype.map(|text| text.0),
         body,
     })
 }
 
 /// The body of a `data` attribute: a string's content, else the value's
 /// original text.
-fn data_body(index: usize, data: &RawValue) -> Result<Vec<u8>, Rejection> {
+fn data_body<'a>(index: usize, data: &'a RawValue) -> Result<Cow<'a, [u8]>, Rejection> {
     let text = data.get();
     if !text.starts_with('"') {
-        return Ok(text.as_bytes().to_vec());
+        return Ok(Cow::Borrowed(text.as_bytes()));
     }
-    serde_json::from_str::<String>(text)
-        .map(String::into_bytes)
-        .map_err(|error| invalid_item(format!("item {index}: data string: {error}")))
+    match serde_json::from_str::<Text<'a>>(text) {
+        Ok(Text(Cow::Borrowed(content))) => Ok(Cow::Borrowed(content.as_bytes())),
+        Ok(Text(Cow::Owned(content))) => Ok(Cow::Owned(content.into_bytes())),
+        Err(error) => Err(invalid_item(format!("item {index}: data string: {error}"))),
+    }
 }
 
 /// Writes a CloudEvents batch for one gateway, item by item, such that
@@ -473,7 +538,7 @@ mod tests {
     const HIKVISION_XML: &[u8] = include_bytes!("../fixtures/hikvision/anpr_seatbelt.xml");
     const HIKVISION_JSON: &[u8] = include_bytes!("../fixtures/hikvision/tfs_illegal_parking.json");
 
-    fn item(entry: &BatchEntry) -> &BatchItem {
+    fn item<'e>(entry: &'e BatchEntry<'_>) -> &'e BatchItem<'e> {
         match entry {
             BatchEntry::Item(item) => item,
             BatchEntry::Broken { rejection, .. } => panic!("expected an item, got {rejection}"),
@@ -491,10 +556,11 @@ mod tests {
     }
 
     /// A batch of one hand-written item of gateway `GATEWAY`.
-    fn one(item_json: &str) -> BatchEntry {
-        let entries = parse_batch(format!("[{item_json}]").as_bytes(), GATEWAY).unwrap();
+    fn one(item_json: &str) -> BatchEntry<'static> {
+        let batch = format!("[{item_json}]");
+        let entries = parse_batch(batch.as_bytes(), GATEWAY).unwrap();
         assert_eq!(entries.len(), 1);
-        entries.into_iter().next().unwrap()
+        entries.into_iter().next().unwrap().into_owned()
     }
 
     fn whole_batch_reason(payload: &[u8]) -> RejectReason {
@@ -569,7 +635,8 @@ mod tests {
         for n in 0..50 {
             builder.push("canonical", &format!("id-{n}"), None, None, CANONICAL);
         }
-        let entries = parse_batch(&builder.finish(), GATEWAY).unwrap();
+        let batch = builder.finish();
+        let entries = parse_batch(&batch, GATEWAY).unwrap();
         for (n, entry) in entries.iter().enumerate() {
             let item = item(entry);
             assert_eq!((entry.index(), item.index), (n, n));
@@ -691,21 +758,37 @@ mod tests {
             let batch = format!("[{good},{item_json},{good}]");
             let entries = parse_batch(batch.as_bytes(), GATEWAY).unwrap();
             assert_eq!(entries.len(), 3);
-            assert_eq!(item(&entries[0]).body, b"{}");
+            assert_eq!(item(&entries[0]).body.as_ref(), b"{}");
             assert_eq!(broken(&entries[1]), reason, "{item_json}");
             let BatchEntry::Broken { index, body, .. } = &entries[1] else {
                 unreachable!()
             };
-            assert_eq!((*index, body.as_slice()), (1, item_json.as_bytes()));
+            assert_eq!((*index, body.as_ref()), (1, item_json.as_bytes()));
             assert_eq!(item(&entries[2]).index, 2);
         }
+    }
+
+    #[test]
+    fn verbatim_texts_and_bodies_are_borrowed_from_the_batch() {
+        let batch = br#"[{"specversion":"1.0","type":"kz.cctv.raw.dahua","source":"/gateways/gw-7","id":"a","subject":"CAM-1","data":{"k":1}},{"specversion":"1.0","type":"kz.cctv.raw.dahua","source":"/gateways/gw-7","id":"b\u0031","data":"Code=\"x\""}]"#;
+        let entries = parse_batch(batch, GATEWAY).unwrap();
+        let (plain, escaped) = (item(&entries[0]), item(&entries[1]));
+        assert!(matches!(plain.body, Cow::Borrowed(b"{\"k\":1}")));
+        assert!(matches!(plain.id, Cow::Borrowed("a")));
+        assert!(matches!(plain.format, Cow::Borrowed("dahua")));
+        assert!(matches!(plain.subject, Some(Cow::Borrowed("CAM-1"))));
+        // Escapes are decoded into owned copies.
+        assert_eq!(escaped.id, "b1");
+        assert!(matches!(escaped.id, Cow::Owned(_)));
+        assert_eq!(escaped.body.as_ref(), b"Code=\"x\"");
+        assert!(matches!(escaped.body, Cow::Owned(_)));
     }
 
     #[test]
     fn data_forms_give_their_body_and_no_data_an_empty_one() {
         let head =
             r#"{"specversion":"1.0","type":"kz.cctv.raw.dahua","source":"/gateways/gw-7","id":"a""#;
-        let body = |rest: &str| item(&one(&format!("{head}{rest}}}"))).body.clone();
+        let body = |rest: &str| item(&one(&format!("{head}{rest}}}"))).body.to_vec();
         assert_eq!(body(""), b"");
         assert_eq!(body(r#","data":null"#), b"");
         assert_eq!(body(r#","data":"Code=x\n""#), b"Code=x\n");
@@ -771,8 +854,9 @@ mod tests {
         let mut builder = BatchBuilder::new(GATEWAY);
         builder.push("canonical", "a", None, None, deepest.as_bytes());
         builder.push("canonical", "b", None, None, too_deep.as_bytes());
-        let entries = parse_batch(&builder.finish(), GATEWAY).unwrap();
-        assert_eq!(item(&entries[0]).body, deepest.as_bytes());
+        let batch = builder.finish();
+        let entries = parse_batch(&batch, GATEWAY).unwrap();
+        assert_eq!(item(&entries[0]).body.as_ref(), deepest.as_bytes());
         assert_eq!(
             item(&entries[0]).content_type.as_deref(),
             Some("application/json")
@@ -837,7 +921,8 @@ mod tests {
         for (index, (format, body, time, subject)) in messages.iter().enumerate() {
             builder.push(format, &format!("gw-7-{index}"), *time, *subject, body);
         }
-        let entries = parse_batch(&builder.finish(), GATEWAY).unwrap();
+        let batch = builder.finish();
+        let entries = parse_batch(&batch, GATEWAY).unwrap();
         let mut offences = 0;
         for (index, (entry, (format, body, time, subject))) in
             entries.iter().zip(&messages).enumerate()

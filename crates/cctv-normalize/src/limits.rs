@@ -39,25 +39,34 @@ impl Default for Limits {
 }
 
 /// Whether JSON text nests objects and arrays deeper than `limit`. A linear
-/// scan that skips string contents; it runs before any parser so that a
-/// nesting bomb costs one pass and no recursion.
+/// scan that skips string contents (with `memchr`, since strings are most of
+/// a payload's bytes); it runs before any parser so that a nesting bomb costs
+/// one pass and no recursion. An unterminated string ends the scan: the
+/// parser rejects it.
 pub(crate) fn json_too_deep(bytes: &[u8], limit: usize) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut at = 0usize;
+    while let Some(&byte) = bytes.get(at) {
         match byte {
-            b'"' => in_string = true,
+            b'"' => {
+                // Past the closing quote, or the end: an escape skips the
+                // byte after the backslash.
+                at += 1;
+                loop {
+                    let Some(found) = bytes
+                        .get(at..)
+                        .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+                    else {
+                        return false;
+                    };
+                    if bytes[at + found] == b'"' {
+                        at += found + 1;
+                        break;
+                    }
+                    at += found + 2;
+                }
+                continue;
+            }
             b'{' | b'[' => {
                 depth += 1;
                 if depth > limit {
@@ -67,6 +76,7 @@ pub(crate) fn json_too_deep(bytes: &[u8], limit: usize) -> bool {
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        at += 1;
     }
     false
 }
@@ -81,5 +91,72 @@ mod tests {
         assert!(json_too_deep(br#"{"a":[{"b":[1]}]}"#, 3));
         assert!(!json_too_deep(br#"{"a":"[[[[[[[[\"[[["}"#, 2));
         assert!(json_too_deep(&[b'['; 100], 32));
+        // Escaped quotes and backslashes stay inside the string.
+        assert!(!json_too_deep(br#"{"a":"\\\"[[[[\\","b":[1]}"#, 2));
+        assert!(json_too_deep(br#"{"a":"\\","b":[[1]]}"#, 2));
+        // An unterminated string or a trailing backslash ends the scan.
+        assert!(!json_too_deep(br#"{"a":"[[[["#, 1));
+        assert!(!json_too_deep(b"[\"\\", 1));
+    }
+
+    /// The byte-by-byte scan the memchr one replaced, as the reference.
+    fn reference(bytes: &[u8], limit: usize) -> bool {
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        for &byte in bytes {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if byte == b'\\' {
+                    escaped = true;
+                } else if byte == b'"' {
+                    in_string = false;
+                }
+                continue;
+            }
+            match byte {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > limit {
+                        return true;
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn the_scan_agrees_with_the_byte_by_byte_reference() {
+        // Random texts over the bytes that matter, from a fixed LCG.
+        const ALPHABET: &[u8] = b"[]{}\"\\a:,";
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut checked = 0;
+        for _ in 0..20_000 {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            let len = (state >> 58) as usize;
+            let text: Vec<u8> = (0..len)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1);
+                    ALPHABET[(state >> 33) as usize % ALPHABET.len()]
+                })
+                .collect();
+            for limit in [0, 1, 3] {
+                assert_eq!(
+                    json_too_deep(&text, limit),
+                    reference(&text, limit),
+                    "{:?} at limit {limit}",
+                    String::from_utf8_lossy(&text)
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 60_000);
     }
 }

@@ -1504,8 +1504,8 @@ mod tests {
                 assert_eq!(item.format, message.format);
                 assert_eq!(item.body, message.payload.as_ref());
                 assert_eq!(item.time.as_deref(), Some(message.received_at.as_str()));
-                assert_eq!(item.subject, message.camera_id);
-                item.id.clone()
+                assert_eq!(item.subject.as_deref(), message.camera_id.as_deref());
+                item.id.to_string()
             })
             .collect();
         assert_eq!(
@@ -1645,7 +1645,7 @@ mod tests {
                 let BatchEntry::Item(item) = entry else {
                     panic!("broken item {entry:?}");
                 };
-                let message = &messages[&item.id];
+                let message = &messages[item.id.as_ref()];
                 let alone = RawMessage {
                     format: message.format,
                     gateway_id: &message.gateway_id,
