@@ -35,6 +35,9 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(40);
 /// Rows per aggregator batch in these tests: small, so that there are many
 /// batches (many crash points) and the memory bound is tight.
 const BATCH_MAX_ROWS: usize = 1_000;
+/// Rows an aggregator may hold in these tests: two batches, so the budget
+/// binds (readers wait for written rows) in every test of the suite.
+const MAX_ROWS_IN_MEMORY: usize = 2 * BATCH_MAX_ROWS;
 /// Event batches per pull of the aggregator in these tests.
 const FETCH_BATCH: usize = 8;
 /// Unacknowledged event batches per partition consumer in these tests.
@@ -94,6 +97,7 @@ impl FaultStack {
             "[nats]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n\n\
              [aggregator]\nbatch_max_rows = {BATCH_MAX_ROWS}\nbatch_max_age = \"200ms\"\n\
              fetch_batch = {FETCH_BATCH}\nmax_ack_pending = {MAX_ACK_PENDING}\n\
+             max_rows_in_memory = {MAX_ROWS_IN_MEMORY}\n\
              lease_ttl = \"{}s\"\nretry_max_backoff = \"1s\"\nshutdown_grace = \"20s\"\n\n\
              [telemetry]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
             self.nats.url(),
@@ -623,10 +627,12 @@ async fn clickhouse_down_for_30_seconds_mid_load_holds_bounded_memory_and_catche
     let outage_end = tokio::time::Instant::now() + OUTAGE;
     let (mut max_rss, mut max_pending, mut max_ack_pending, mut max_lag_metric) =
         (0u64, 0u64, 0usize, 0f64);
-    let mut store_down_reported = false;
+    let (mut store_down_reported, mut budget_waits) = (false, 0f64);
     while tokio::time::Instant::now() < outage_end {
         for (process, port) in &fleet.aggregators {
             max_rss = max_rss.max(process.rss_kib().unwrap_or(0));
+            budget_waits +=
+                scrape_metric(*port, "cctv_aggregator_budget_waits_total").unwrap_or(0.0);
             if let Some(lag) = scrape_metric(*port, "cctv_aggregator_consumer_pending") {
                 max_lag_metric = max_lag_metric.max(lag);
             }
@@ -670,6 +676,12 @@ async fn clickhouse_down_for_30_seconds_mid_load_holds_bounded_memory_and_catche
     assert!(
         store_down_reported,
         "cctv_aggregator_clickhouse_down never was 1"
+    );
+    // The backlog outgrew the row budget: readers stopped on it, not only
+    // on their partitions' write queues.
+    assert!(
+        budget_waits > 0.0,
+        "no reader ever waited on max_rows_in_memory ({MAX_ROWS_IN_MEMORY} rows)"
     );
     publisher.await.expect("publisher");
     drain_stop_and_check(&stack, &load, &mut fleet).await;

@@ -61,6 +61,12 @@ pub struct AggregatorSettings {
     pub batch_max_age: Duration,
     /// Messages (event batches) requested per pull.
     pub fetch_batch: usize,
+    /// Rows decoded and not yet written that one instance holds, over all
+    /// its partitions; above it the readers hand their open batches to the
+    /// writers and read nothing more until written rows free the room (a
+    /// row takes about half a KiB). May be exceeded by one message per
+    /// partition.
+    pub max_rows_in_memory: usize,
     /// Redelivery timeout of the consumer. Correctness does not depend on it.
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
@@ -86,6 +92,7 @@ impl Default for AggregatorSettings {
             batch_max_rows: 2_000,
             batch_max_age: Duration::from_millis(500),
             fetch_batch: 8,
+            max_rows_in_memory: 200_000,
             ack_wait: Duration::from_secs(300),
             migrate_on_start: true,
             retry_max_backoff: Duration::from_secs(5),
@@ -148,6 +155,11 @@ impl AggregatorConfig {
         if settings.fetch_batch == 0 {
             return Err(AggregatorError::Config(
                 "aggregator.fetch_batch must be at least 1".into(),
+            ));
+        }
+        if settings.max_rows_in_memory < settings.batch_max_rows {
+            return Err(AggregatorError::Config(
+                "aggregator.max_rows_in_memory must be at least aggregator.batch_max_rows".into(),
             ));
         }
         if settings.lease_ttl < Duration::from_secs(1) {

@@ -17,6 +17,7 @@
 //! arrives. ClickHouse, not consumer state, is the source of truth.
 
 mod batch;
+mod budget;
 mod config;
 mod error;
 mod inserter;

@@ -36,5 +36,11 @@ pub(crate) const SEEN_BYTES: &str = "cctv_aggregator_seen_bytes";
 pub(crate) const STORE_DOWN: &str = "cctv_aggregator_clickhouse_down";
 /// ClickHouse inserts, each carrying the batches of one or more partitions.
 pub(crate) const INSERTS: &str = "cctv_aggregator_inserts_total";
+/// Rows decoded and not yet written, over every owned partition (bounded by
+/// `aggregator.max_rows_in_memory`).
+pub(crate) const ROWS_IN_MEMORY: &str = "cctv_aggregator_rows_in_memory";
+/// Times a partition's reader stopped reading because the instance held
+/// more than `aggregator.max_rows_in_memory` rows.
+pub(crate) const BUDGET_WAITS: &str = "cctv_aggregator_budget_waits_total";
 /// Partition batches per ClickHouse insert (group commit).
 pub(crate) const INSERT_GROUP: &str = "cctv_aggregator_insert_group_batches";

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::{RowBudget, RowsHeld};
 use crate::inserter::Inserter;
 use crate::metrics as names;
 use crate::ownership::{Action, Ownership};
@@ -105,6 +106,7 @@ pub async fn run(
         js,
         store,
         inserter,
+        budget: RowBudget::new(config.aggregator.max_rows_in_memory),
         config: config.clone(),
         stats: stats.clone(),
         health,
@@ -204,6 +206,8 @@ struct Context {
     store: Store,
     /// The instance's group-commit insert task.
     inserter: Inserter,
+    /// Rows decoded and not yet written, over all partitions.
+    budget: RowBudget,
     config: AggregatorConfig,
     stats: AggregatorStats,
     health: Health,
@@ -777,6 +781,7 @@ async fn run_session(
         highest_seen: resume.written_through,
         rows: Vec::with_capacity(settings.batch_max_rows.min(100_000)),
         last_message: None,
+        held: context.budget.guard(),
         batcher: Batcher::new(
             settings.batch_max_rows,
             Batcher::messages_for(settings.max_ack_pending),
@@ -840,7 +845,12 @@ async fn run_session(
                 break SessionEnd::Reset(reason);
             }
         }
-        if reader.batcher.decide(Instant::now()) != BatchDecision::Wait {
+        // Over the instance's row budget: hand the open batch over (its
+        // writer frees rows), then read nothing more until there is room.
+        let over_budget = context.budget.over();
+        if reader.batcher.decide(Instant::now()) != BatchDecision::Wait
+            || (over_budget && reader.batcher.deadline().is_some())
+        {
             // Waiting for room in the queue is the backpressure: while the
             // writer retries (ClickHouse down) nothing more is read.
             let permit = tokio::select! {
@@ -853,6 +863,16 @@ async fn run_session(
             };
             permit.send(reader.take_batch());
             reader.maybe_prune();
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!(names::ROWS_IN_MEMORY).set(context.budget.held() as f64);
+        }
+        if over_budget {
+            metrics::counter!(names::BUDGET_WAITS).increment(1);
+            tokio::select! {
+                biased;
+                () = drain.cancelled() => break SessionEnd::Shutdown,
+                () = context.budget.wait_within() => {}
+            }
         }
     };
     // Everything accepted so far was delivered in order without gaps: flush
@@ -929,6 +949,8 @@ struct Batch {
     rows: Vec<EventRow>,
     /// The last message received for this batch (acked with `AckPolicy::All`).
     last_message: Option<jetstream::Message>,
+    /// The rows' share of the instance's budget, given back when written.
+    held: RowsHeld,
 }
 
 /// The reading half of a session: checks delivery order, drops repeats of
@@ -944,6 +966,8 @@ struct Reader<'a> {
     highest_seen: u64,
     rows: Vec<EventRow>,
     last_message: Option<jetstream::Message>,
+    /// The open batch's share of the instance's budget.
+    held: RowsHeld,
     batcher: Batcher,
     stats: &'a AggregatorStats,
     lag: metrics::Gauge,
@@ -1016,6 +1040,7 @@ impl Reader<'_> {
             Err(error) => self.undecodable(stream_sequence, &error.to_string()),
         }
         self.batcher.add(added, now);
+        self.held.add(added);
         self.last_message = Some(message);
         Ok(())
     }
@@ -1031,6 +1056,7 @@ impl Reader<'_> {
         Batch {
             rows: std::mem::take(&mut self.rows),
             last_message: self.last_message.take(),
+            held: self.held.take(),
         }
     }
 
@@ -1105,9 +1131,11 @@ impl Writer {
     }
 
     async fn write_one(&self, batch: Batch) -> Result<(), StoreError> {
+        // `_held` lives until the rows are written (or given up on).
         let Batch {
             mut rows,
             last_message,
+            held: _held,
         } = batch;
         let mut pause = Duration::from_millis(100);
         let mut attempt = 0u32;

@@ -1,6 +1,7 @@
 //! The row type of `offence_events` and its mapping from a canonical event.
 
 use cctv_event::OffenceEvent;
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -17,7 +18,9 @@ pub struct StreamPosition {
 
 /// One row of `offence_events`, in the table's RowBinary layout. Field order
 /// and types must match migration 1 exactly (RowBinary carries no names); the
-/// integration tests insert and read back every column.
+/// integration tests insert and read back every column. Texts are
+/// `CompactString`s: up to 24 bytes (codes, ids, names) they live in the row
+/// itself, which halves what the aggregator holds per row in flight.
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
 pub struct EventRow {
     /// Event id.
@@ -28,33 +31,33 @@ pub struct EventRow {
     /// Millisecond part of the detection time.
     pub detected_ms: u16,
     /// Canonical offence code.
-    pub offence_type: String,
+    pub offence_type: CompactString,
     /// Offence family.
-    pub offence_family: String,
+    pub offence_family: CompactString,
     /// Legal category.
-    pub legal_category: String,
+    pub legal_category: CompactString,
     /// Article.
-    pub article: String,
+    pub article: CompactString,
     /// Region code or `unknown`.
-    pub region: String,
+    pub region: CompactString,
     /// `registry`, `payload` or `unknown`.
-    pub region_source: String,
+    pub region_source: CompactString,
     /// District.
-    pub district: String,
+    pub district: CompactString,
     /// Camera id.
-    pub camera_id: String,
+    pub camera_id: CompactString,
     /// Payload format.
-    pub source_format: String,
+    pub source_format: CompactString,
     /// Gateway.
-    pub gateway_id: String,
+    pub gateway_id: CompactString,
     /// Source's own event id, empty when none.
-    pub source_event_id: String,
+    pub source_event_id: CompactString,
     /// Confidence 0..1; -1 when the source reported none.
     pub confidence: f32,
     /// Confidence on the source's scale; -1 when none.
     pub confidence_raw: f64,
     /// Plate, empty when none.
-    pub plate: String,
+    pub plate: CompactString,
     /// Speed km/h.
     pub speed_kmh: Option<f32>,
     /// Speed limit km/h.
@@ -64,7 +67,7 @@ pub struct EventRow {
     /// Longitude.
     pub lon: Option<f64>,
     /// Evidence link, empty when none.
-    pub evidence_url: String,
+    pub evidence_url: CompactString,
     /// 1 when the device clock was ahead of receipt.
     pub clock_skew: u8,
     /// Gateway receipt time, UTC seconds; 0 when unknown.
@@ -75,9 +78,9 @@ pub struct EventRow {
     /// falls in one partition and is written as one part.
     pub inserted_at: u32,
     /// Identity of the events stream (`name@created`).
-    pub source_stream: String,
+    pub source_stream: CompactString,
     /// Writer (consumer) that inserted the row.
-    pub writer: String,
+    pub writer: CompactString,
     /// Stream sequence of the event's message.
     pub stream_seq: u64,
     /// First stream sequence of the batch.
@@ -109,31 +112,37 @@ impl EventRow {
             event_id: event.event_id,
             detected_at: seconds(event.detected_at),
             detected_ms: u16::try_from(millis).unwrap_or(0),
-            offence_type: event.offence_type,
-            offence_family: event.offence_family,
-            legal_category: event.legal_category,
-            article: event.article,
-            region: event.region,
-            region_source: event.region_source.as_str().to_string(),
-            district: event.district,
-            camera_id: event.camera_id,
-            source_format: event.source_format,
-            gateway_id: event.gateway_id,
-            source_event_id: event.source_event_id.unwrap_or_default(),
+            offence_type: event.offence_type.into(),
+            offence_family: event.offence_family.into(),
+            legal_category: event.legal_category.into(),
+            article: event.article.into(),
+            region: event.region.into(),
+            region_source: CompactString::const_new(event.region_source.as_str()),
+            district: event.district.into(),
+            camera_id: event.camera_id.into(),
+            source_format: event.source_format.into(),
+            gateway_id: event.gateway_id.into(),
+            source_event_id: event
+                .source_event_id
+                .map(CompactString::from)
+                .unwrap_or_default(),
             confidence: event.confidence.unwrap_or(-1.0),
             confidence_raw: event.confidence_raw.unwrap_or(-1.0),
-            plate: event.plate.unwrap_or_default(),
+            plate: event.plate.map(CompactString::from).unwrap_or_default(),
             speed_kmh: event.speed_kmh,
             speed_limit_kmh: event.speed_limit_kmh,
             lat: event.lat,
             lon: event.lon,
-            evidence_url: event.evidence_url.unwrap_or_default(),
+            evidence_url: event
+                .evidence_url
+                .map(CompactString::from)
+                .unwrap_or_default(),
             clock_skew: u8::from(event.clock_skew),
             received_at: event.received_at.map_or(0, seconds),
             ingested_at: seconds(event.ingested_at),
             inserted_at,
-            source_stream: source_stream.to_string(),
-            writer: writer.to_string(),
+            source_stream: source_stream.into(),
+            writer: writer.into(),
             stream_seq: position.stream_seq,
             batch_first_seq: position.batch_first_seq,
             batch_rows: position.batch_rows,
