@@ -768,9 +768,14 @@ async fn run_session(
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let (batch_sender, batch_receiver) = mpsc::channel::<Batch>(WRITE_QUEUE);
+    // Aborted with the session: a term stopped at once (lease lost) must not
+    // leave a writer behind that waits for its gate for ever, holding its
+    // batches and their share of the row budget.
     let writer_task = {
         let writer = writer.clone();
-        tokio::spawn(async move { writer.write_all(batch_receiver).await })
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            writer.write_all(batch_receiver).await
+        }))
     };
 
     let mut reader = Reader {
