@@ -756,12 +756,13 @@ async fn run_session(
     let label = partition.to_string();
     let lag = metrics::gauge!(names::LAG, "partition" => label.clone());
     let consumer_state = Arc::new(ConsumerState::default());
-    let lag_refresh = tokio::spawn(refresh_lag(
+    // Ends with the session, also when its term is aborted.
+    let lag_refresh = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(refresh_lag(
         stream.clone(),
         consumer_name,
         lag.clone(),
         consumer_state.clone(),
-    ));
+    )));
     let mut last_delivery = Instant::now();
     let generation = cctv_bus::connection_generation();
     let mut watchdog = tokio::time::interval(STALL_CHECK);
