@@ -61,6 +61,10 @@ pub struct AggregatorSettings {
     pub batch_max_age: Duration,
     /// Messages (event batches) requested per pull.
     pub fetch_batch: usize,
+    /// How long the instance's insert waits after the first partition batch
+    /// for others to join it (group commit); 0 sends what is queued at once.
+    #[serde(with = "humantime_serde")]
+    pub insert_linger: Duration,
     /// Rows decoded and not yet written that one instance holds, over all
     /// its partitions; above it the readers hand their open batches to the
     /// writers and read nothing more until written rows free the room (a
@@ -92,6 +96,7 @@ impl Default for AggregatorSettings {
             batch_max_rows: 2_000,
             batch_max_age: Duration::from_millis(500),
             fetch_batch: 8,
+            insert_linger: Duration::from_millis(100),
             max_rows_in_memory: 200_000,
             ack_wait: Duration::from_secs(300),
             migrate_on_start: true,

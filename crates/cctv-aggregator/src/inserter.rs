@@ -3,8 +3,9 @@
 //! one fenced INSERT (one part, all or nothing; its `query_id` names every
 //! partition it carries). ClickHouse spends most of a small insert's cost
 //! per insert, not per row (`cctv-bench-e2e --scenarios store-floor`), so
-//! under load fewer, larger inserts cost it several times less; under light
-//! load each batch goes alone at once, and nothing waits for company.
+//! under load fewer, larger inserts cost it several times less. An insert
+//! waits at most `aggregator.insert_linger` (100 ms) after its first batch
+//! for others to join; under light load a batch goes alone after that.
 //!
 //! Each partition's writer keeps its own retry logic: a failed group fails
 //! every batch in it, and each writer then asks ClickHouse what of its own
@@ -13,8 +14,10 @@
 //! sent: the fence drops it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cctv_store::{EventRow, Store, StoreError};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics as names;
@@ -37,10 +40,11 @@ pub(crate) struct Inserter {
 
 impl Inserter {
     /// Starts the task; a group holds at most `max_rows` rows (a single
-    /// batch larger than that goes alone).
-    pub(crate) fn start(store: Store, max_rows: usize) -> Self {
+    /// batch larger than that goes alone) and waits at most `linger` after
+    /// its first batch for others to join.
+    pub(crate) fn start(store: Store, max_rows: usize, linger: Duration) -> Self {
         let (requests, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(run(store, receiver, max_rows));
+        tokio::spawn(run(store, receiver, max_rows, linger));
         Self { requests }
     }
 
@@ -68,24 +72,35 @@ impl Inserter {
     }
 }
 
-async fn run(store: Store, mut requests: mpsc::Receiver<Request>, max_rows: usize) {
+async fn run(
+    store: Store,
+    mut requests: mpsc::Receiver<Request>,
+    max_rows: usize,
+    linger: Duration,
+) {
     while let Some(first) = requests.recv().await {
+        let deadline = tokio::time::Instant::now() + linger;
         let mut rows = first.rows.len();
         let mut group = vec![first];
         while rows < max_rows {
-            match requests.try_recv() {
-                Ok(request) if rows + request.rows.len() <= max_rows => {
-                    rows += request.rows.len();
-                    group.push(request);
-                }
-                Ok(request) => {
-                    // Too large to join: it opens the next group.
-                    let result = insert_group(&store, &group).await;
-                    answer(group, &result);
-                    rows = request.rows.len();
-                    group = vec![request];
-                }
-                Err(_) => break,
+            let next = match requests.try_recv() {
+                Ok(request) => Some(request),
+                Err(TryRecvError::Empty) => tokio::time::timeout_at(deadline, requests.recv())
+                    .await
+                    .ok()
+                    .flatten(),
+                Err(TryRecvError::Disconnected) => None,
+            };
+            let Some(request) = next else { break };
+            if rows + request.rows.len() <= max_rows {
+                rows += request.rows.len();
+                group.push(request);
+            } else {
+                // Too large to join: it opens the next group.
+                let result = insert_group(&store, &group).await;
+                answer(group, &result);
+                rows = request.rows.len();
+                group = vec![request];
             }
         }
         let result = insert_group(&store, &group).await;

@@ -101,7 +101,11 @@ pub async fn run(
     let instance = instance_id(&config);
     tracing::info!(%instance, partitions, "aggregator started");
     health.set_ok();
-    let inserter = Inserter::start(store.clone(), INSERT_GROUP_MAX_ROWS);
+    let inserter = Inserter::start(
+        store.clone(),
+        INSERT_GROUP_MAX_ROWS,
+        config.aggregator.insert_linger,
+    );
     let context = Arc::new(Context {
         js,
         store,
