@@ -1,14 +1,14 @@
 //! Criterion micro-benchmarks of the hot paths: canonical JSON normalisation,
-//! event encoding, the aggregator's event-to-row step, and every vendor decoder on
+//! event encoding (JSON and binary), the aggregator's event-to-row step, and every vendor decoder on
 //! its fixture files (`crates/cctv-normalize/fixtures/<format>/`, the same
 //! files the snapshot tests check; throughput is fixtures per second, each
 //! normalised with that format's fixture registry).
 
 use std::sync::Arc;
 
-use cctv_event::{CameraRegistry, OffenceEvent, Regions, Taxonomy};
+use cctv_event::{CameraRegistry, EventView, OffenceEvent, Regions, Taxonomy};
 use cctv_normalize::{Limits, Normalizer, Outcome, RawMessage};
-use cctv_store::{EventRow, StreamPosition};
+use cctv_store::{EncodedRows, EventRow, StreamPosition};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const SAMPLE: &str = r#"{"camera_id":"AST-0412","offence_type":"traffic.speeding","detected_at":"2026-11-27T08:15:05.250+05:00","confidence":0.97,"plate":"404ZXC16","speed_kmh":97,"speed_limit_kmh":70,"source_event_id":"gw7-000184223"}"#;
@@ -41,13 +41,35 @@ fn canonical(c: &mut Criterion) {
         panic!("sample must normalise to an offence");
     };
     group.bench_function("encode_event_json", |b| b.iter(|| events[0].to_json()));
+    let mut encoded = Vec::with_capacity(512);
+    group.bench_function("encode_event_binary", |b| {
+        b.iter(|| {
+            encoded.clear();
+            events[0].write_binary(&mut encoded);
+            encoded.len()
+        });
+    });
     group.finish();
 
-    // The aggregator's own work per delivery before the ClickHouse client
-    // writes the row as RowBinary: decode the event, build the row.
+    // The aggregator's own work per event before the insert: decode the
+    // event and encode its row. Binary events (event batch version 2) into
+    // RowBinary bytes, as the aggregator does; and, for comparison, JSON
+    // events (version 1) into `EventRow` structs, as it did before.
     let json = events[0].to_json();
+    let mut binary = Vec::new();
+    events[0].write_binary(&mut binary);
     let mut group = c.benchmark_group("aggregator");
     group.throughput(Throughput::Elements(1));
+    let mut rows = EncodedRows::with_capacity(1024);
+    group.bench_function("event_binary_to_encoded_row", |b| {
+        b.iter(|| {
+            if rows.len() >= 1024 {
+                rows = EncodedRows::with_capacity(1024);
+            }
+            let view = EventView::decode(&binary).unwrap_or_else(|e| panic!("{e}"));
+            rows.push(&view, "CCTV_EVENTS", "bench", 1);
+        });
+    });
     group.bench_function("event_json_to_row", |b| {
         b.iter(|| {
             let event = OffenceEvent::from_json(&json).unwrap_or_else(|e| panic!("{e}"));

@@ -16,3 +16,4 @@ mod privacy;
 mod processes;
 mod scaling;
 mod security;
+mod store;

@@ -160,9 +160,12 @@ async fn keyed_hash_keeps_clear_plates_out_of_the_events_and_clickhouse_yet_coun
             .expect("an event")
             .expect("stream open")
             .expect("a message");
-        read += cctv_bus::decode_event_batch(&message.payload)
-            .expect("an event batch")
-            .count() as u64;
+        for item in cctv_bus::decode_event_batch(&message.payload).expect("an event batch") {
+            let event = item.expect("framed").to_event().expect("an event");
+            let plate = event.plate.expect("a plate");
+            assert!(plate.starts_with("hmac:"), "{plate}");
+            read += 1;
+        }
         let text = String::from_utf8_lossy(&message.payload).to_uppercase();
         for (plate, _) in OFFENDERS {
             for n in 0..3 {
@@ -170,7 +173,6 @@ async fn keyed_hash_keeps_clear_plates_out_of_the_events_and_clickhouse_yet_coun
                 assert!(!text.contains(&spelled), "clear plate in an event: {text}");
             }
         }
-        assert!(text.contains("\"PLATE\":\"HMAC:"), "{text}");
     }
 
     ingest.terminate();

@@ -467,11 +467,18 @@ async fn store_floor(rows: u64) -> anyhow::Result<Vec<StoreFloor>> {
         let cpu_before = cctv_benches::hops::cpu_seconds(pid);
         let mut written = 0u64;
         let mut sequence = 0u64;
+        let mut event = event.clone();
         while written < rows {
             rows_batch.clear();
+            let mut encoded = cctv_store::EncodedRows::with_capacity(batch);
             let take = batch.min(usize::try_from(rows - written)?);
             for _ in 0..take {
                 sequence += 1;
+                event.event_id = uuid::Uuid::from_u128(u128::from(sequence));
+                if fenced {
+                    encoded.push(&event.view(), "CCTV_EVENTS@1", "p0", sequence);
+                    continue;
+                }
                 let mut row = cctv_store::EventRow::from_event(
                     event.clone(),
                     "CCTV_EVENTS@1",
@@ -483,12 +490,12 @@ async fn store_floor(rows: u64) -> anyhow::Result<Vec<StoreFloor>> {
                     },
                     now,
                 );
-                row.event_id = uuid::Uuid::from_u128(u128::from(sequence));
                 row.lease_epoch = 1;
                 rows_batch.push(row);
             }
             if fenced {
-                store.insert_fenced(&[("p0", &rows_batch)]).await?;
+                encoded.seal(now, 1);
+                store.insert_fenced(&[("p0", &encoded)]).await?;
             } else {
                 store.insert_batch(&rows_batch).await?;
             }
@@ -767,7 +774,8 @@ fn sample_event() -> anyhow::Result<cctv_event::OffenceEvent> {
 async fn floor(messages: u64) -> anyhow::Result<String> {
     let nats = NatsServer::start().context("failed to start nats-server")?;
     let pid = nats.pid().context("nats-server has no pid")?;
-    let event = sample_event()?.to_json();
+    let mut event = Vec::new();
+    sample_event()?.write_binary(&mut event);
     let hops = cctv_benches::hops::measure(
         &nats.url(),
         pid,

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cctv_store::{EventRow, Store, StoreError};
+use cctv_store::{EncodedRows, Store, StoreError};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,7 +28,7 @@ const QUEUE: usize = 1024;
 /// One partition's batch waiting to be inserted.
 struct Request {
     writer: String,
-    rows: Arc<Vec<EventRow>>,
+    rows: Arc<EncodedRows>,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -53,7 +53,7 @@ impl Inserter {
     pub(crate) async fn insert(
         &self,
         writer: &str,
-        rows: Arc<Vec<EventRow>>,
+        rows: Arc<EncodedRows>,
     ) -> Result<(), StoreError> {
         let stopped = || StoreError::Unavailable {
             operation: "insert",
@@ -109,9 +109,9 @@ async fn run(
 }
 
 async fn insert_group(store: &Store, group: &[Request]) -> Result<(), StoreError> {
-    let batches: Vec<(&str, &[EventRow])> = group
+    let batches: Vec<(&str, &EncodedRows)> = group
         .iter()
-        .map(|request| (request.writer.as_str(), request.rows.as_slice()))
+        .map(|request| (request.writer.as_str(), request.rows.as_ref()))
         .collect();
     let result = store.insert_fenced(&batches).await;
     metrics::counter!(names::INSERTS).increment(1);

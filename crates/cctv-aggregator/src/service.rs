@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
 use cctv_bus::{subjects, LeaseBucket, LeaseWriteError, StreamKind};
-use cctv_event::OffenceEvent;
 use cctv_runtime::Health;
-use cctv_store::{EventRow, Store, StoreError, StreamPosition};
+use cctv_store::{EncodedRows, Store, StoreError};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -789,7 +788,7 @@ async fn run_session(
         already_written: resume.already_written,
         next_consumer_sequence: 1,
         highest_seen: resume.written_through,
-        rows: Vec::with_capacity(settings.batch_max_rows.min(100_000)),
+        rows: EncodedRows::with_capacity(settings.batch_max_rows.min(100_000)),
         last_message: None,
         held: context.budget.guard(),
         batcher: Batcher::new(
@@ -956,7 +955,9 @@ async fn sleep_until_or_forever(deadline: Option<tokio::time::Instant>) {
 /// One batch handed from the reader to the writer.
 struct Batch {
     /// Rows to insert, in stream order; their batch fields are set at insert.
-    rows: Vec<EventRow>,
+    rows: EncodedRows,
+    /// Identity of the events stream they were read from.
+    source_stream: String,
     /// The last message received for this batch (acked with `AckPolicy::All`).
     last_message: Option<jetstream::Message>,
     /// The rows' share of the instance's budget, given back when written.
@@ -974,7 +975,7 @@ struct Reader<'a> {
     next_consumer_sequence: u64,
     /// Highest stream sequence accepted or written.
     highest_seen: u64,
-    rows: Vec<EventRow>,
+    rows: EncodedRows,
     last_message: Option<jetstream::Message>,
     /// The open batch's share of the instance's budget.
     held: RowsHeld,
@@ -1019,29 +1020,27 @@ impl Reader<'_> {
             Ok(events) => {
                 let written_at = now_secs();
                 for item in events {
-                    let decoded = item
-                        .map_err(|e| e.to_string())
-                        .and_then(|json| OffenceEvent::from_json(json).map_err(|e| e.to_string()));
+                    let decoded = item.map_err(|e| e.to_string()).and_then(|event| {
+                        event
+                            .with_view(|view| {
+                                if !self.seen.insert(*view.event_id.as_bytes(), written_at) {
+                                    return false;
+                                }
+                                self.rows.push(
+                                    view,
+                                    self.source_stream,
+                                    self.writer_name,
+                                    stream_sequence,
+                                );
+                                true
+                            })
+                            .map_err(|e| e.to_string())
+                    });
                     match decoded {
-                        Ok(event) => {
-                            if !self.seen.insert(*event.event_id.as_bytes(), written_at) {
-                                self.stats.add_duplicate();
-                                self.duplicates.increment(1);
-                                continue;
-                            }
-                            let position = StreamPosition {
-                                stream_seq: stream_sequence,
-                                batch_first_seq: 0,
-                                batch_rows: 0,
-                            };
-                            self.rows.push(EventRow::from_event(
-                                event,
-                                self.source_stream,
-                                self.writer_name,
-                                position,
-                                0,
-                            ));
-                            added += 1;
+                        Ok(true) => added += 1,
+                        Ok(false) => {
+                            self.stats.add_duplicate();
+                            self.duplicates.increment(1);
                         }
                         Err(error) => self.undecodable(stream_sequence, &error),
                     }
@@ -1063,8 +1062,10 @@ impl Reader<'_> {
 
     fn take_batch(&mut self) -> Batch {
         self.batcher.reset();
+        let capacity = self.rows.len();
         Batch {
-            rows: std::mem::take(&mut self.rows),
+            rows: std::mem::replace(&mut self.rows, EncodedRows::with_capacity(capacity)),
+            source_stream: self.source_stream.to_string(),
             last_message: self.last_message.take(),
             held: self.held.take(),
         }
@@ -1144,6 +1145,7 @@ impl Writer {
         // `_held` lives until the rows are written (or given up on).
         let Batch {
             mut rows,
+            source_stream,
             last_message,
             held: _held,
         } = batch;
@@ -1170,7 +1172,6 @@ impl Writer {
                     self.pause_after(error, &mut pause).await?;
                     continue;
                 }
-                let source_stream = rows[0].source_stream.clone();
                 match self
                     .store
                     .resume_point(&source_stream, &self.writer_name)
@@ -1178,9 +1179,9 @@ impl Writer {
                 {
                     Ok(resume) => {
                         let before = rows.len();
-                        rows.retain(|row| {
-                            row.stream_seq > resume.written_through
-                                && !resume.already_written.contains(&row.stream_seq)
+                        rows.retain(|sequence| {
+                            sequence > resume.written_through
+                                && !resume.already_written.contains(&sequence)
                         });
                         if rows.len() < before {
                             tracing::info!(
@@ -1198,15 +1199,7 @@ impl Writer {
                     }
                 }
             }
-            let first_seq = rows.first().map_or(0, |row| row.stream_seq);
-            let count = u32::try_from(rows.len()).unwrap_or(u32::MAX);
-            let inserted_at = now_secs();
-            for row in &mut rows {
-                row.batch_first_seq = first_seq;
-                row.batch_rows = count;
-                row.inserted_at = inserted_at;
-                row.lease_epoch = self.epoch;
-            }
+            rows.seal(now_secs(), self.epoch);
             let started = Instant::now();
             let shared = Arc::new(std::mem::take(&mut rows));
             let inserted = self

@@ -22,8 +22,8 @@ pub use config::{NatsConfig, StreamSettings, StreamsConfig, DEFAULT_NATS_URL};
 pub use connect::{connect, connect_with_retry, connection_generation};
 pub use error::BusError;
 pub use event_batch::{
-    decode_event_batch, encode_event_batch, EventBatchError, EventBatchReader, EventBatchWriter,
-    EVENT_BATCH_CONTENT_TYPE,
+    decode_event_batch, encode_event_batch, EncodedEvent, EventBatchError, EventBatchReader,
+    EventBatchWriter, EventEncoding, EventError, EVENT_BATCH_CONTENT_TYPE,
 };
 pub use leases::{
     lease_epoch, lease_key, member_key, parse_lease_key, LeaseBucket, LeaseBucketSettings,

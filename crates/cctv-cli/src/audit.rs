@@ -495,8 +495,7 @@ async fn stream_event_ids(
                 for item in items {
                     let id = item
                         .ok()
-                        .and_then(|json| cctv_event::OffenceEvent::from_json(json).ok())
-                        .map(|event| *event.event_id.as_bytes());
+                        .and_then(|event| event.with_view(|view| *view.event_id.as_bytes()).ok());
                     match id {
                         Some(id) => {
                             listed.events += 1;

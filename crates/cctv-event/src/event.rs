@@ -131,6 +131,40 @@ impl OffenceEvent {
         let _ = serde_json::to_writer(&mut *json, self);
     }
 
+    /// An example event with every field set, for documentation, tests and
+    /// benchmarks.
+    pub fn example() -> Self {
+        let time = |millis| DateTime::from_timestamp_millis(millis).unwrap_or_default();
+        OffenceEvent {
+            schema_version: EVENT_SCHEMA_VERSION,
+            event_id: Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef),
+            offence_type: "traffic.speeding".into(),
+            offence_family: "traffic".into(),
+            legal_category: "administrative".into(),
+            article: "CoAO 592".into(),
+            detected_at: time(1_795_749_305_250),
+            device_time: Some("2026-11-27 13:15:05".into()),
+            received_at: Some(time(1_795_749_306_000)),
+            ingested_at: time(1_795_749_306_123),
+            clock_skew: true,
+            camera_id: "AST-0412".into(),
+            region: "KZ-71".into(),
+            region_source: RegionSource::Payload,
+            district: "Есиль".into(),
+            source_format: "hikvision".into(),
+            gateway_id: "gw7".into(),
+            source_event_id: Some("gw7-1".into()),
+            confidence: Some(0.97),
+            confidence_raw: Some(97.0),
+            plate: Some("404ZXC16".into()),
+            speed_kmh: Some(97.0),
+            speed_limit_kmh: Some(70.0),
+            lat: Some(51.128_207),
+            lon: Some(71.430_411),
+            evidence_url: Some("https://evidence.example/a.jpg".into()),
+        }
+    }
+
     /// Parses an event from its wire JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
@@ -143,32 +177,17 @@ mod tests {
 
     fn sample() -> OffenceEvent {
         OffenceEvent {
-            schema_version: EVENT_SCHEMA_VERSION,
-            event_id: Uuid::nil(),
-            offence_type: "traffic.speeding".into(),
-            offence_family: "traffic".into(),
-            legal_category: "administrative".into(),
-            article: "CoAO 592".into(),
-            detected_at: DateTime::from_timestamp_millis(1_795_749_305_250).unwrap_or_default(),
             device_time: None,
             received_at: None,
-            ingested_at: DateTime::from_timestamp_millis(1_795_749_306_000).unwrap_or_default(),
             clock_skew: false,
-            camera_id: "AST-0412".into(),
-            region: "KZ-71".into(),
             region_source: RegionSource::Registry,
             district: String::new(),
             source_format: "canonical".into(),
-            gateway_id: "gw7".into(),
-            source_event_id: Some("gw7-1".into()),
-            confidence: Some(0.97),
             confidence_raw: Some(0.97),
-            plate: Some("404ZXC16".into()),
-            speed_kmh: Some(97.0),
-            speed_limit_kmh: Some(70.0),
             lat: None,
             lon: None,
             evidence_url: None,
+            ..OffenceEvent::example()
         }
     }
 

@@ -6,6 +6,7 @@
 //! reference data ships in `data/` and is compiled in as the default; each can
 //! be replaced by a file at start without a rebuild.
 
+mod binary;
 mod error;
 mod event;
 mod identity;
@@ -14,6 +15,7 @@ mod registry;
 mod taxonomy;
 mod wire_time;
 
+pub use binary::{field as binary_field, put_varint, EventDecodeError, EventView};
 pub use error::DataError;
 pub use event::{OffenceEvent, RegionSource, EVENT_SCHEMA_VERSION};
 pub use identity::{event_id, EVENT_ID_NAMESPACE};

@@ -401,14 +401,14 @@ impl Router {
     }
 
     /// Adds one event of raw message `member` to its partition's batch.
-    fn push(&mut self, partition: u16, json: &[u8], member: usize) {
+    fn push(&mut self, partition: u16, encoded: &[u8], member: usize) {
         let index = usize::from(partition);
         if !self.writers[index].is_empty()
-            && self.writers[index].bytes_len() + json.len() + 4 > self.max_bytes
+            && self.writers[index].bytes_len() + encoded.len() + 4 > self.max_bytes
         {
             self.seal(index);
         }
-        self.writers[index].push(json);
+        self.writers[index].push_encoded(encoded);
         if self.members[index].last() != Some(&member) {
             self.members[index].push(member);
         }
@@ -469,7 +469,7 @@ impl BatchContext {
         let mut publishes = self.publisher.batch();
         let mut router = Router::new(self.partitions, self.max_events, self.max_bytes);
         // One buffer for every event's JSON, reused.
-        let mut json = Vec::new();
+        let mut encoded = Vec::new();
         let mut pending = Vec::with_capacity(batch.len());
         for (index, message) in batch.iter().enumerate() {
             let parsed = subjects::parse_raw(&message.subject);
@@ -493,7 +493,7 @@ impl BatchContext {
                                         .settle_outcome(
                                             outcome,
                                             &mut router,
-                                            &mut json,
+                                            &mut encoded,
                                             index,
                                             &mut publishes,
                                             DeadLetterSource {
@@ -565,7 +565,7 @@ impl BatchContext {
                     .settle_outcome(
                         outcome,
                         &mut router,
-                        &mut json,
+                        &mut encoded,
                         index,
                         &mut publishes,
                         DeadLetterSource {
@@ -703,7 +703,7 @@ impl BatchContext {
         &self,
         outcome: Outcome,
         router: &mut Router,
-        json: &mut Vec<u8>,
+        encoded: &mut Vec<u8>,
         member: usize,
         publishes: &mut cctv_bus::AckBatch,
         source: DeadLetterSource<'_>,
@@ -712,9 +712,9 @@ impl BatchContext {
             Outcome::Offences(events) => {
                 for event in &events {
                     let id = event.event_id.as_bytes();
-                    json.clear();
-                    event.write_json(json);
-                    router.push(subjects::partition_of(id, self.partitions), json, member);
+                    encoded.clear();
+                    event.write_binary(encoded);
+                    router.push(subjects::partition_of(id, self.partitions), encoded, member);
                 }
                 Some(Unit::Published(events.len() as u64))
             }

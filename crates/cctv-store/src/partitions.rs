@@ -12,7 +12,8 @@
 use clickhouse::sql::Identifier;
 use serde::{Deserialize, Serialize};
 
-use crate::{EventRow, Store, StoreError};
+use crate::encoded::ENCODED_COLUMNS;
+use crate::{EncodedRows, Store, StoreError};
 
 /// The table the fenced inserts go to.
 const INCOMING: &str = "offence_events_incoming";
@@ -64,16 +65,43 @@ impl Store {
     /// Inserts the batches of one or more writers (partitions) through the
     /// fence as one INSERT (one part, all or nothing), its `query_id` naming
     /// every writer it carries (see [`Store::fenced_inserts_in_flight`]).
-    /// Rows whose `lease_epoch` is not their writer's newest are dropped by
-    /// the server: success does not mean the rows were written.
-    pub async fn insert_fenced(&self, batches: &[(&str, &[EventRow])]) -> Result<(), StoreError> {
+    /// Each batch must be sealed ([`EncodedRows::seal`]). Rows whose
+    /// `lease_epoch` is not their writer's newest are dropped by the server:
+    /// success does not mean the rows were written.
+    pub async fn insert_fenced(&self, batches: &[(&str, &EncodedRows)]) -> Result<(), StoreError> {
+        if batches.iter().all(|(_, rows)| rows.is_empty()) {
+            return Ok(());
+        }
         let mut query_id = format!("{}{}:.", self.fenced_insert_prefix(), uuid::Uuid::new_v4());
         for (writer, _) in batches {
             query_id.push_str(writer);
             query_id.push('.');
         }
-        let chunks: Vec<&[EventRow]> = batches.iter().map(|(_, rows)| *rows).collect();
-        self.insert_rows(INCOMING, &chunks, query_id).await
+        // The database name is a validated identifier (`ClickHouseConfig::validate`);
+        // no data is spliced into the statement.
+        let sql = format!(
+            "INSERT INTO `{}`.{INCOMING} ({ENCODED_COLUMNS}) FORMAT RowBinary",
+            self.config().database
+        );
+        let timeout = Some(self.config().insert_timeout);
+        let mut insert = self
+            .client()
+            .insert_formatted_with(sql)
+            .with_setting("query_id", query_id)
+            .with_timeouts(timeout, timeout);
+        for (_, rows) in batches {
+            if rows.is_empty() {
+                continue;
+            }
+            insert
+                .send(bytes::Bytes::copy_from_slice(rows.as_bytes()))
+                .await
+                .map_err(|e| StoreError::from_clickhouse("insert", e))?;
+        }
+        insert
+            .end()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("insert", e))
     }
 
     /// `query_id` prefix of every fenced insert into this database: followed
