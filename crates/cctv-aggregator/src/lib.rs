@@ -23,6 +23,7 @@ mod error;
 mod inserter;
 mod metrics;
 mod ownership;
+mod pool;
 mod seen;
 mod service;
 mod stats;

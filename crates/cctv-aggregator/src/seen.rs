@@ -71,9 +71,14 @@ impl SeenSet {
         self.ids.is_empty()
     }
 
-    /// Heap bytes held: the table's buckets (key, value, one control byte).
+    /// Heap bytes held: the table's buckets (key, value, one control byte
+    /// each). The table holds up to 7/8 of its buckets, a power of two.
     pub fn heap_bytes(&self) -> usize {
-        self.ids.capacity() * (16 + 4 + 1)
+        let capacity = self.ids.capacity();
+        if capacity == 0 {
+            return 0;
+        }
+        (capacity * 8).div_ceil(7).next_power_of_two() * (16 + 4 + 1)
     }
 }
 

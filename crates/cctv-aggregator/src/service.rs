@@ -26,6 +26,7 @@ use crate::budget::{RowBudget, RowsHeld};
 use crate::inserter::Inserter;
 use crate::metrics as names;
 use crate::ownership::{Action, Ownership};
+use crate::pool::RowBuffers;
 use crate::seen::SeenSet;
 use crate::{AggregatorConfig, AggregatorError, AggregatorStats, BatchDecision, Batcher};
 
@@ -45,6 +46,8 @@ const STALL_CHECK: Duration = Duration::from_secs(2);
 const STALL_AFTER: Duration = Duration::from_secs(15);
 /// Pause between looks at the inserts still running in ClickHouse.
 const SETTLE_POLL: Duration = Duration::from_millis(100);
+/// Written batches' row buffers an instance keeps for reuse (`pool.rs`).
+const FREE_ROW_BUFFERS: usize = 16;
 /// How long an idle consumer of a dead term survives on the server.
 const CONSUMER_INACTIVE: Duration = Duration::from_secs(120);
 
@@ -110,6 +113,7 @@ pub async fn run(
         store,
         inserter,
         budget: RowBudget::new(config.aggregator.max_rows_in_memory),
+        buffers: Arc::new(RowBuffers::new(FREE_ROW_BUFFERS)),
         config: config.clone(),
         stats: stats.clone(),
         health,
@@ -211,6 +215,8 @@ struct Context {
     inserter: Inserter,
     /// Rows decoded and not yet written, over all partitions.
     budget: RowBudget,
+    /// Row buffers of written batches, for the readers' next batches.
+    buffers: Arc<RowBuffers>,
     config: AggregatorConfig,
     stats: AggregatorStats,
     health: Health,
@@ -630,6 +636,7 @@ async fn run_term(
         retry_max_backoff: context.config.aggregator.retry_max_backoff,
         writer_name: writer_name.clone(),
         inserter: context.inserter.clone(),
+        buffers: context.buffers.clone(),
         epoch,
         gate,
     };
@@ -791,6 +798,7 @@ async fn run_session(
         rows: EncodedRows::with_capacity(settings.batch_max_rows.min(100_000)),
         last_message: None,
         held: context.budget.guard(),
+        buffers: &context.buffers,
         batcher: Batcher::new(
             settings.batch_max_rows,
             Batcher::messages_for(settings.max_ack_pending),
@@ -979,6 +987,8 @@ struct Reader<'a> {
     last_message: Option<jetstream::Message>,
     /// The open batch's share of the instance's budget.
     held: RowsHeld,
+    /// Where the next batch's buffer comes from.
+    buffers: &'a RowBuffers,
     batcher: Batcher,
     stats: &'a AggregatorStats,
     lag: metrics::Gauge,
@@ -1062,9 +1072,9 @@ impl Reader<'_> {
 
     fn take_batch(&mut self) -> Batch {
         self.batcher.reset();
-        let capacity = self.rows.len();
+        let next = self.buffers.take(&self.rows);
         Batch {
-            rows: std::mem::replace(&mut self.rows, EncodedRows::with_capacity(capacity)),
+            rows: std::mem::replace(&mut self.rows, next),
             source_stream: self.source_stream.to_string(),
             last_message: self.last_message.take(),
             held: self.held.take(),
@@ -1101,6 +1111,8 @@ struct Writer {
     writer_name: String,
     /// The instance's group-commit insert task.
     inserter: Inserter,
+    /// Where written batches' buffers go.
+    buffers: Arc<RowBuffers>,
     epoch: u64,
     gate: Arc<LeaseGate>,
 }
@@ -1227,6 +1239,7 @@ impl Writer {
                 Err(error) => self.pause_after(error, &mut pause).await?,
             }
         }
+        self.buffers.give_back(rows);
         if let Some(message) = last_message {
             // `AckPolicy::All`: this acks every earlier delivery too. A lost
             // ack only causes a redelivery that the resume point skips.

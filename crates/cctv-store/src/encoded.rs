@@ -99,6 +99,23 @@ impl EncodedRows {
         }
     }
 
+    /// An empty batch with room for as many rows, of the same sizes, as
+    /// `previous` holds: the next batch of a partition is usually like the
+    /// last, and a buffer that fits from the start is never copied to grow.
+    pub fn with_capacity_like(previous: &EncodedRows) -> Self {
+        let bytes = previous.bytes.len();
+        Self {
+            bytes: Vec::with_capacity(bytes + bytes / 16),
+            rows: Vec::with_capacity(previous.rows.len() + previous.rows.len() / 16),
+        }
+    }
+
+    /// Removes every row, keeping the room.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.rows.clear();
+    }
+
     /// Rows held.
     pub fn len(&self) -> usize {
         self.rows.len()

@@ -9,7 +9,9 @@
 //! on a stale owner's insert writes nothing, and everything it wrote before
 //! is visible to the new owner's rebuild.
 
+use clickhouse::insert_formatted::CompressedData;
 use clickhouse::sql::Identifier;
+use clickhouse::Compression;
 use serde::{Deserialize, Serialize};
 
 use crate::encoded::ENCODED_COLUMNS;
@@ -93,10 +95,18 @@ impl Store {
             if rows.is_empty() {
                 continue;
             }
-            insert
-                .send(bytes::Bytes::copy_from_slice(rows.as_bytes()))
-                .await
-                .map_err(|e| StoreError::from_clickhouse("insert", e))?;
+            // Compressed straight from the rows (no copy of them first).
+            let sent = if self.config().compression {
+                match CompressedData::new(rows.as_bytes(), Compression::Lz4) {
+                    Ok(compressed) => insert.send_compressed(compressed).await,
+                    Err(error) => Err(error),
+                }
+            } else {
+                insert
+                    .send(bytes::Bytes::copy_from_slice(rows.as_bytes()))
+                    .await
+            };
+            sent.map_err(|e| StoreError::from_clickhouse("insert", e))?;
         }
         insert
             .end()
