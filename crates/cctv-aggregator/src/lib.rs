@@ -19,6 +19,7 @@
 mod batch;
 mod budget;
 mod config;
+mod delivery;
 mod error;
 mod inserter;
 mod metrics;

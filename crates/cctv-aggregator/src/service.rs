@@ -8,13 +8,13 @@
 //! when the lease is handed over or lost; a lost lease stops it at once, and
 //! whatever it still sends is dropped by the fence.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
-use cctv_bus::{subjects, LeaseBucket, LeaseWriteError, StreamKind};
+use async_nats::jetstream;
+use cctv_bus::{LeaseBucket, LeaseWriteError, StreamKind};
 use cctv_runtime::Health;
 use cctv_store::{EncodedRows, Store, StoreError};
 use futures::StreamExt;
@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::{RowBudget, RowsHeld};
+use crate::delivery::{Delivery, DeliveryOrder};
 use crate::inserter::Inserter;
 use crate::metrics as names;
 use crate::ownership::{Action, Ownership};
@@ -109,6 +110,7 @@ pub async fn run(
         config.aggregator.insert_linger,
     );
     let context = Arc::new(Context {
+        max_payload: client.server_info().max_payload,
         js,
         store,
         inserter,
@@ -210,6 +212,8 @@ async fn prepare_store(
 /// What every partition term shares.
 struct Context {
     js: jetstream::Context,
+    /// The server's largest message, in bytes.
+    max_payload: usize,
     store: Store,
     /// The instance's group-commit insert task.
     inserter: Inserter,
@@ -723,37 +727,23 @@ async fn run_session(
         .get_stream(&context.config.streams.events.name)
         .await
         .map_err(|e| cctv_bus::BusError::jetstream("get events stream", e))?;
-    // A fresh consumer per session: where to read from is decided by
-    // ClickHouse, never by leftover consumer state. Its name carries the
-    // epoch, so terms of two owners never share one.
-    let consumer_name = format!("{}-p{partition}-{epoch:x}", settings.consumer);
-    let _ = stream.delete_consumer(&consumer_name).await;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(consumer_name.clone()),
-            description: Some(format!(
-                "cctv-aggregator {}: partition {partition} into ClickHouse",
-                context.instance
-            )),
-            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence },
-            ack_policy: AckPolicy::All,
-            ack_wait: settings.ack_wait,
-            max_deliver: -1,
-            max_ack_pending: i64::try_from(settings.max_ack_pending).unwrap_or(i64::MAX),
-            filter_subject: subjects::event_partition(partition),
-            inactive_threshold: CONSUMER_INACTIVE,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| cctv_bus::BusError::jetstream("create events consumer", e))?;
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(settings.fetch_batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| cctv_bus::BusError::jetstream("pull events", e))?;
+    // A fresh consumer per session, starting where ClickHouse says.
+    let consumer_settings = cctv_bus::PartitionConsumerSettings {
+        prefix: settings.consumer.clone(),
+        partition,
+        epoch,
+        owner: context.instance.clone(),
+        start_sequence,
+        ack_wait: settings.ack_wait,
+        max_ack_pending: i64::try_from(settings.max_ack_pending).unwrap_or(i64::MAX),
+        inactive_threshold: CONSUMER_INACTIVE,
+    };
+    let consumer_name = consumer_settings.name();
+    let consumer = cctv_bus::partition_consumer(&stream, &consumer_settings).await?;
+    // At most twice the largest message per pull: bounds what the client
+    // buffers per partition, and never less than one message.
+    let max_pull_bytes = context.max_payload.saturating_mul(2);
+    let messages = cctv_bus::pull_events(&consumer, settings.fetch_batch, max_pull_bytes).await?;
     context.health.set_ok();
     tracing::info!(
         partition,
@@ -792,9 +782,7 @@ async fn run_session(
     let mut reader = Reader {
         source_stream: &source_stream,
         writer_name: &writer.writer_name,
-        already_written: resume.already_written,
-        next_consumer_sequence: 1,
-        highest_seen: resume.written_through,
+        order: DeliveryOrder::after(resume),
         rows: EncodedRows::with_capacity(settings.batch_max_rows.min(100_000)),
         last_message: None,
         held: context.budget.guard(),
@@ -977,12 +965,8 @@ struct Batch {
 struct Reader<'a> {
     source_stream: &'a str,
     writer_name: &'a str,
-    /// Sequences above the resume point already in ClickHouse (cut-short batch).
-    already_written: HashSet<u64>,
-    /// Consumer sequence the next delivery must have (fresh consumer: 1).
-    next_consumer_sequence: u64,
-    /// Highest stream sequence accepted or written.
-    highest_seen: u64,
+    /// Which deliveries are new, redelivered, or a gap.
+    order: DeliveryOrder,
     rows: EncodedRows,
     last_message: Option<jetstream::Message>,
     /// The open batch's share of the instance's budget.
@@ -1006,25 +990,23 @@ impl Reader<'_> {
             Ok(info) => (info.stream_sequence, info.consumer_sequence, info.pending),
             Err(_) => return Err("message without JetStream metadata"),
         };
-        if consumer_sequence != self.next_consumer_sequence {
+        let now = Instant::now();
+        let delivery = self.order.judge(stream_sequence, consumer_sequence);
+        if delivery == Delivery::Gap {
             // A delivery went missing (lost in a reconnect): nothing after it
             // may be written before it, so start over from ClickHouse.
             return Err("gap in consumer sequence");
         }
-        self.next_consumer_sequence += 1;
         #[allow(clippy::cast_precision_loss)]
         self.lag.set(pending as f64);
-        let now = Instant::now();
-        if stream_sequence <= self.highest_seen || self.already_written.contains(&stream_sequence) {
+        if delivery == Delivery::AlreadyHandled {
             // A redelivery of something held or written: only its ack matters.
             self.stats.add_skipped(1);
             metrics::counter!(names::SKIPPED).increment(1);
-            self.highest_seen = self.highest_seen.max(stream_sequence);
             self.last_message = Some(message);
             self.batcher.add(0, now);
             return Ok(());
         }
-        self.highest_seen = stream_sequence;
         let mut added = 0;
         match cctv_bus::decode_event_batch(&message.payload) {
             Ok(events) => {

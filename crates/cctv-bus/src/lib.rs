@@ -2,7 +2,8 @@
 //!
 //! Connection settings with secrets from the environment ([`NatsConfig`]), the
 //! three streams of the contract ([`StreamsConfig`], [`ensure_streams`]),
-//! subject builders and header names ([`subjects`], [`headers`]), and batched
+//! subject builders and header names ([`subjects`], [`headers`]), the
+//! services' consumers and pull settings ([`consumers`]), and batched
 //! acknowledged publishes for the hot paths ([`AckedPublisher`]), the event
 //! batch encoding of `CCTV_EVENTS` ([`event_batch`]) and the partition lease
 //! bucket ([`LeaseBucket`]). This crate
@@ -10,6 +11,7 @@
 
 mod config;
 mod connect;
+pub mod consumers;
 mod error;
 pub mod event_batch;
 pub mod headers;
@@ -20,6 +22,10 @@ pub mod subjects;
 
 pub use config::{NatsConfig, StreamSettings, StreamsConfig, DEFAULT_NATS_URL};
 pub use connect::{connect, connect_with_retry, connection_generation};
+pub use consumers::{
+    partition_consumer, pull_events, pull_raw, raw_consumer, PartitionConsumerSettings,
+    RawConsumerSettings,
+};
 pub use error::BusError;
 pub use event_batch::{
     decode_event_batch, encode_event_batch, EncodedEvent, EventBatchError, EventBatchReader,

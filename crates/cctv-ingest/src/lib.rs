@@ -10,7 +10,9 @@
 mod config;
 mod error;
 mod metrics;
+mod router;
 mod service;
+mod settle;
 mod stats;
 
 pub use config::{

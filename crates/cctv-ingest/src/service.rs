@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull, AckKind};
+use async_nats::jetstream::{self, AckKind};
 use async_nats::HeaderMap;
 use cctv_bus::{headers, subjects, PublishOutcome};
 use cctv_event::{CameraRegistry, Regions, Taxonomy};
@@ -32,6 +32,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{self as names, FormatLabel, HotCounters, RawOutcome};
+use crate::router::{Router, Sealed};
+use crate::settle::{Pending, Unit};
 use crate::{IngestConfig, IngestError, IngestStats};
 
 /// How long a batch waits for the acks of its event and dead-letter
@@ -131,14 +133,8 @@ pub async fn run(
             .ingest
             .max_batch_bytes
             .max(client.server_info().max_payload.saturating_mul(2));
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(config.ingest.batch_size)
-            .max_bytes_per_batch(max_batch_bytes)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await;
+        let messages =
+            cctv_bus::pull_raw(&consumer, config.ingest.batch_size, max_batch_bytes).await;
         let messages = match messages {
             Ok(messages) => messages,
             Err(error) => {
@@ -308,27 +304,12 @@ async fn create_consumer(
     js: &jetstream::Context,
     config: &IngestConfig,
 ) -> Result<jetstream::consumer::PullConsumer, IngestError> {
-    let stream = js.get_stream(&config.streams.raw.name).await.map_err(|e| {
-        cctv_bus::BusError::JetStream {
-            operation: "get raw stream",
-            message: e.to_string(),
-        }
-    })?;
-    let settings = &config.ingest;
-    let consumer_config = pull::Config {
-        durable_name: Some(settings.consumer.clone()),
-        description: Some("cctv-ingest: raw vendor messages to canonical events".into()),
-        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        ack_wait: settings.ack_wait,
-        max_ack_pending: settings.max_ack_pending,
-        max_deliver: -1,
-        filter_subject: String::new(),
-        ..Default::default()
+    let settings = cctv_bus::RawConsumerSettings {
+        name: config.ingest.consumer.clone(),
+        ack_wait: config.ingest.ack_wait,
+        max_ack_pending: config.ingest.max_ack_pending,
     };
-    stream
-        .get_or_create_consumer(&settings.consumer, consumer_config)
-        .await
-        .map_err(|e| cctv_bus::BusError::jetstream("create raw consumer", e).into())
+    Ok(cctv_bus::raw_consumer(js, &config.streams.raw.name, &settings).await?)
 }
 
 /// What every batch task needs.
@@ -346,99 +327,6 @@ struct BatchContext {
     failed_batches: AtomicU32,
     /// Counter handles of the per-message metrics.
     counters: HotCounters,
-}
-
-/// What one vendor message (a raw message, or one item of a gateway batch)
-/// turned into.
-enum Unit {
-    /// Offences routed into event batches.
-    Published(u64),
-    /// Not an offence: nothing to publish.
-    Ignored(&'static str),
-    /// A dead letter published: its index in the acks, and its reason.
-    DeadLetter(usize, &'static str),
-}
-
-/// One raw message waiting for its publish acks.
-struct Pending {
-    /// Its vendor messages (one, or a gateway batch's items).
-    units: Vec<(FormatLabel, Unit)>,
-    /// Event batches holding its events (indexes into the sealed list).
-    batches: Vec<usize>,
-    /// A publish could not even be sent: leave the message for redelivery.
-    failed: bool,
-}
-
-/// An event batch ready to publish.
-struct Sealed {
-    partition: u16,
-    payload: bytes::Bytes,
-    /// Raw messages (indexes in the pull) with events in it.
-    members: Vec<usize>,
-}
-
-/// The open event batch of each partition.
-struct Router {
-    writers: Vec<cctv_bus::EventBatchWriter>,
-    members: Vec<Vec<usize>>,
-    sealed: Vec<Sealed>,
-    max_events: usize,
-    max_bytes: usize,
-}
-
-impl Router {
-    fn new(partitions: u16, max_events: usize, max_bytes: usize) -> Self {
-        let count = usize::from(partitions.max(1));
-        Self {
-            writers: (0..count)
-                .map(|_| cctv_bus::EventBatchWriter::new())
-                .collect(),
-            members: vec![Vec::new(); count],
-            sealed: Vec::new(),
-            max_events,
-            max_bytes,
-        }
-    }
-
-    /// Adds one event of raw message `member` to its partition's batch.
-    fn push(&mut self, partition: u16, encoded: &[u8], member: usize) {
-        let index = usize::from(partition);
-        if !self.writers[index].is_empty()
-            && self.writers[index].bytes_len() + encoded.len() + 4 > self.max_bytes
-        {
-            self.seal(index);
-        }
-        self.writers[index].push_encoded(encoded);
-        if self.members[index].last() != Some(&member) {
-            self.members[index].push(member);
-        }
-        if self.writers[index].len() >= self.max_events {
-            self.seal(index);
-        }
-    }
-
-    fn seal(&mut self, index: usize) {
-        if self.writers[index].is_empty() {
-            return;
-        }
-        let payload = self.writers[index].finish();
-        // The index is below the partition count, a u16.
-        #[allow(clippy::cast_possible_truncation)]
-        let partition = index as u16;
-        self.sealed.push(Sealed {
-            partition,
-            payload,
-            members: std::mem::take(&mut self.members[index]),
-        });
-    }
-
-    /// Every batch, the open ones sealed.
-    fn finish(mut self) -> Vec<Sealed> {
-        for index in 0..self.writers.len() {
-            self.seal(index);
-        }
-        self.sealed
-    }
 }
 
 impl BatchContext {
@@ -463,146 +351,167 @@ impl BatchContext {
         }
     }
 
+    /// Handles one pull's raw messages: normalise each (a gateway batch
+    /// item by item) and route its events, publish the event batches, then
+    /// ack what was stored and nak the rest.
     async fn process(&self, batch: Vec<jetstream::Message>) {
         let started = Instant::now();
-        let now = chrono::Utc::now();
         let mut publishes = self.publisher.batch();
         let mut router = Router::new(self.partitions, self.max_events, self.max_bytes);
-        // One buffer for every event's JSON, reused.
-        let mut encoded = Vec::new();
+        let mut pending = self
+            .normalise_pull(&batch, &mut router, &mut publishes)
+            .await;
+        let batch_acks = self
+            .publish_event_batches(router.finish(), &mut pending, &mut publishes)
+            .await;
+        let acks = publishes.acks(PUBLISH_ACK_TIMEOUT).await;
+        // Crash tests: the events are in JetStream, the raw messages unacked.
+        cctv_runtime::fault_point("after_publish");
+        self.settle(&batch, pending, &batch_acks, &acks).await;
+        if let Some(last) = batch.last() {
+            if let Ok(info) = last.info() {
+                #[allow(clippy::cast_precision_loss)]
+                metrics::gauge!(names::LAG).set(info.pending as f64);
+            }
+        }
+        #[allow(clippy::cast_precision_loss)]
+        metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
+        metrics::histogram!(names::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+    }
+
+    /// Step 1: every raw message of the pull (every item of a gateway
+    /// batch) normalised; offences routed into `router`, dead letters
+    /// published. One [`Pending`] per raw message.
+    async fn normalise_pull(
+        &self,
+        batch: &[jetstream::Message],
+        router: &mut Router,
+        publishes: &mut cctv_bus::AckBatch,
+    ) -> Vec<Pending> {
+        let now = chrono::Utc::now();
         let mut pending = Vec::with_capacity(batch.len());
         for (index, message) in batch.iter().enumerate() {
             let parsed = subjects::parse_raw(&message.subject);
-            let mut entry = Pending {
-                units: Vec::with_capacity(1),
-                batches: Vec::new(),
-                failed: false,
-            };
-            let stored_at = message.info().ok().map(|info| info.published);
+            let mut entry = Pending::default();
             if parsed.is_some_and(|p| p.format == subjects::BATCH_FORMAT) {
                 let gateway = parsed.map_or("", |p| p.gateway_id);
-                match cctv_normalize::parse_batch(&message.payload, gateway) {
-                    Ok(items) => {
-                        for item in items {
-                            match item {
-                                BatchEntry::Item(item) => {
-                                    let format = FormatLabel::parse(&item.format);
-                                    let raw = item.raw(gateway, stored_at);
-                                    let outcome = self.normalizer.normalize(&raw, now);
-                                    let unit = self
-                                        .settle_outcome(
-                                            outcome,
-                                            &mut router,
-                                            &mut encoded,
-                                            index,
-                                            &mut publishes,
-                                            DeadLetterSource {
-                                                message,
-                                                payload: DeadLetterBody::Borrowed(&item.body),
-                                                format: &item.format,
-                                                item: Some(item.index),
-                                                item_id: Some(&item.id),
-                                            },
-                                        )
-                                        .await;
-                                    match unit {
-                                        Some(unit) => entry.units.push((format, unit)),
-                                        None => entry.failed = true,
-                                    }
-                                }
-                                BatchEntry::Broken {
-                                    index: item,
-                                    rejection,
-                                    body,
-                                } => {
-                                    let unit = self
-                                        .dead_letter(
-                                            &mut publishes,
-                                            &rejection,
-                                            DeadLetterSource {
-                                                message,
-                                                payload: DeadLetterBody::Borrowed(&body),
-                                                format: subjects::BATCH_FORMAT,
-                                                item: Some(item),
-                                                item_id: None,
-                                            },
-                                        )
-                                        .await;
-                                    match unit {
-                                        Some(unit) => entry.units.push((FormatLabel::Batch, unit)),
-                                        None => entry.failed = true,
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Err(rejection) => {
-                        let unit = self
-                            .dead_letter(
-                                &mut publishes,
-                                &rejection,
-                                DeadLetterSource {
-                                    message,
-                                    payload: DeadLetterBody::Owned(message.payload.clone()),
-                                    format: subjects::BATCH_FORMAT,
-                                    item: None,
-                                    item_id: None,
-                                },
-                            )
-                            .await;
-                        match unit {
-                            Some(unit) => entry.units.push((FormatLabel::Batch, unit)),
-                            None => entry.failed = true,
-                        }
-                    }
-                }
+                self.normalise_gateway_batch(
+                    message, gateway, index, now, router, publishes, &mut entry,
+                )
+                .await;
             } else {
                 let format = FormatLabel::new(
                     parsed.and_then(|parsed| cctv_normalize::Format::parse(parsed.format)),
                 );
                 let outcome = self.normalize(message, parsed, now);
+                let source = DeadLetterSource {
+                    message,
+                    payload: DeadLetterBody::Owned(message.payload.clone()),
+                    format: format.as_str(),
+                    item: None,
+                    item_id: None,
+                };
                 let unit = self
-                    .settle_outcome(
-                        outcome,
-                        &mut router,
-                        &mut encoded,
-                        index,
-                        &mut publishes,
-                        DeadLetterSource {
-                            message,
-                            payload: DeadLetterBody::Owned(message.payload.clone()),
-                            format: format.as_str(),
-                            item: None,
-                            item_id: None,
-                        },
-                    )
+                    .settle_outcome(outcome, router, index, publishes, source)
                     .await;
-                match unit {
-                    Some(unit) => entry.units.push((format, unit)),
-                    None => entry.failed = true,
-                }
+                entry.add(format, unit);
             }
             pending.push(entry);
         }
+        pending
+    }
 
-        // The event batches: one publish per partition batch.
-        let sealed = router.finish();
+    /// A gateway batch: each item normalised as if it had come alone, a
+    /// broken item dead-lettered alone, an unreadable batch dead-lettered whole.
+    #[allow(clippy::too_many_arguments)]
+    async fn normalise_gateway_batch(
+        &self,
+        message: &jetstream::Message,
+        gateway: &str,
+        index: usize,
+        now: chrono::DateTime<chrono::Utc>,
+        router: &mut Router,
+        publishes: &mut cctv_bus::AckBatch,
+        entry: &mut Pending,
+    ) {
+        let stored_at = message.info().ok().map(|info| info.published);
+        let items = match cctv_normalize::parse_batch(&message.payload, gateway) {
+            Ok(items) => items,
+            Err(rejection) => {
+                let source = DeadLetterSource {
+                    message,
+                    payload: DeadLetterBody::Owned(message.payload.clone()),
+                    format: subjects::BATCH_FORMAT,
+                    item: None,
+                    item_id: None,
+                };
+                let unit = self.dead_letter(publishes, &rejection, source).await;
+                entry.add(FormatLabel::Batch, unit);
+                return;
+            }
+        };
+        for item in items {
+            match item {
+                BatchEntry::Item(item) => {
+                    let format = FormatLabel::parse(&item.format);
+                    let outcome = self
+                        .normalizer
+                        .normalize(&item.raw(gateway, stored_at), now);
+                    let source = DeadLetterSource {
+                        message,
+                        payload: DeadLetterBody::Borrowed(&item.body),
+                        format: &item.format,
+                        item: Some(item.index),
+                        item_id: Some(&item.id),
+                    };
+                    let unit = self
+                        .settle_outcome(outcome, router, index, publishes, source)
+                        .await;
+                    entry.add(format, unit);
+                }
+                BatchEntry::Broken {
+                    index: item,
+                    rejection,
+                    body,
+                } => {
+                    let source = DeadLetterSource {
+                        message,
+                        payload: DeadLetterBody::Borrowed(&body),
+                        format: subjects::BATCH_FORMAT,
+                        item: Some(item),
+                        item_id: None,
+                    };
+                    let unit = self.dead_letter(publishes, &rejection, source).await;
+                    entry.add(FormatLabel::Batch, unit);
+                }
+            }
+        }
+    }
+
+    /// Step 2: one publish per sealed event batch; each raw message learns
+    /// which batches carry its events. The publish index of each batch, or
+    /// `None` when it could not be sent.
+    async fn publish_event_batches(
+        &self,
+        sealed: Vec<Sealed>,
+        pending: &mut [Pending],
+        publishes: &mut cctv_bus::AckBatch,
+    ) -> Vec<Option<usize>> {
         let mut batch_acks = Vec::with_capacity(sealed.len());
-        for (sealed_index, batch_out) in sealed.iter().enumerate() {
+        for (sealed_index, batch_out) in sealed.into_iter().enumerate() {
             for member in &batch_out.members {
-                pending[*member].batches.push(sealed_index);
+                if let Some(entry) = pending.get_mut(*member) {
+                    entry.batches.push(sealed_index);
+                }
             }
             // No `Nats-Msg-Id`: a batch's make-up depends on the pull it came
             // from, so an id could drop a batch with other events in it. A
             // republished event is dropped by its partition's owner instead.
             let mut event_headers = HeaderMap::new();
             event_headers.insert(headers::CONTENT_TYPE, cctv_bus::EVENT_BATCH_CONTENT_TYPE);
+            let subject = subjects::event_partition(batch_out.partition);
             match publishes
-                .publish(
-                    subjects::event_partition(batch_out.partition),
-                    event_headers,
-                    batch_out.payload.clone(),
-                )
+                .publish(subject, event_headers, batch_out.payload)
                 .await
             {
                 Ok(ack) => batch_acks.push(Some(ack)),
@@ -612,10 +521,18 @@ impl BatchContext {
                 }
             }
         }
+        batch_acks
+    }
 
-        // Every publish of the pull is in flight; now wait for the acks, then
-        // ack each raw message whose publishes all succeeded.
-        let acks = publishes.acks(PUBLISH_ACK_TIMEOUT).await;
+    /// Step 3: ack each raw message whose publishes were all stored, nak
+    /// the rest, and count what the acked ones became.
+    async fn settle(
+        &self,
+        batch: &[jetstream::Message],
+        pending: Vec<Pending>,
+        batch_acks: &[Option<usize>],
+        acks: &[Option<PublishOutcome>],
+    ) {
         let stored = |index: usize| {
             matches!(
                 acks.get(index),
@@ -624,22 +541,14 @@ impl BatchContext {
                 ))
             )
         };
-        let batch_ok: Vec<bool> = batch_acks
+        let batch_stored: Vec<bool> = batch_acks
             .iter()
             .map(|ack| ack.is_some_and(stored))
             .collect();
+        let published_batches = batch_stored.iter().filter(|ok| **ok).count() as u64;
         let (mut settled_any, mut failed_any) = (false, false);
-        let published_batches = batch_ok.iter().filter(|ok| **ok).count() as u64;
-        // Crash tests: the events are in JetStream, the raw messages unacked.
-        cctv_runtime::fault_point("after_publish");
         for (message, entry) in batch.iter().zip(pending) {
-            let ok = !entry.failed
-                && entry.batches.iter().all(|index| batch_ok[*index])
-                && entry.units.iter().all(|(_, unit)| match unit {
-                    Unit::DeadLetter(index, _) => stored(*index),
-                    _ => true,
-                });
-            if !ok {
+            if !entry.may_ack(&batch_stored, stored) {
                 failed_any = true;
                 self.stats.add_retried();
                 metrics::counter!(names::RETRIES).increment(1);
@@ -653,31 +562,7 @@ impl BatchContext {
                 // The events are stored; a redelivery is a harmless duplicate.
                 tracing::warn!(%error, "raw ack failed; message will be redelivered");
             }
-            for (format, unit) in entry.units {
-                match unit {
-                    Unit::Published(events) => {
-                        self.stats.add_published(events);
-                        self.counters.events(format).increment(events);
-                        self.counters
-                            .raw_messages(format, RawOutcome::Published)
-                            .increment(1);
-                    }
-                    Unit::Ignored(reason) => {
-                        self.stats.add_ignored();
-                        metrics::counter!(names::IGNORED, "format" => format.as_str(), "reason" => reason).increment(1);
-                        self.counters
-                            .raw_messages(format, RawOutcome::Ignored)
-                            .increment(1);
-                    }
-                    Unit::DeadLetter(_, reason) => {
-                        self.stats.add_dead_lettered();
-                        metrics::counter!(names::DEAD_LETTERS, "format" => format.as_str(), "reason" => reason).increment(1);
-                        self.counters
-                            .raw_messages(format, RawOutcome::DeadLettered)
-                            .increment(1);
-                    }
-                }
-            }
+            self.count(&entry);
         }
         self.stats.add_batches(published_batches);
         metrics::counter!(names::EVENT_BATCHES).increment(published_batches);
@@ -686,15 +571,36 @@ impl BatchContext {
         } else if failed_any {
             self.failed_batches.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(last) = batch.last() {
-            if let Ok(info) = last.info() {
-                #[allow(clippy::cast_precision_loss)]
-                metrics::gauge!(names::LAG).set(info.pending as f64);
+    }
+
+    /// Counts what an acked raw message became.
+    fn count(&self, entry: &Pending) {
+        for (format, unit) in &entry.units {
+            let format = *format;
+            match *unit {
+                Unit::Published(events) => {
+                    self.stats.add_published(events);
+                    self.counters.events(format).increment(events);
+                    self.counters
+                        .raw_messages(format, RawOutcome::Published)
+                        .increment(1);
+                }
+                Unit::Ignored(reason) => {
+                    self.stats.add_ignored();
+                    metrics::counter!(names::IGNORED, "format" => format.as_str(), "reason" => reason).increment(1);
+                    self.counters
+                        .raw_messages(format, RawOutcome::Ignored)
+                        .increment(1);
+                }
+                Unit::DeadLetter(_, reason) => {
+                    self.stats.add_dead_lettered();
+                    metrics::counter!(names::DEAD_LETTERS, "format" => format.as_str(), "reason" => reason).increment(1);
+                    self.counters
+                        .raw_messages(format, RawOutcome::DeadLettered)
+                        .increment(1);
+                }
             }
         }
-        #[allow(clippy::cast_precision_loss)]
-        metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
-        metrics::histogram!(names::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
     }
 
     /// Routes offences into event batches, or publishes the dead letter.
@@ -703,7 +609,6 @@ impl BatchContext {
         &self,
         outcome: Outcome,
         router: &mut Router,
-        encoded: &mut Vec<u8>,
         member: usize,
         publishes: &mut cctv_bus::AckBatch,
         source: DeadLetterSource<'_>,
@@ -711,10 +616,7 @@ impl BatchContext {
         match outcome {
             Outcome::Offences(events) => {
                 for event in &events {
-                    let id = event.event_id.as_bytes();
-                    encoded.clear();
-                    event.write_binary(encoded);
-                    router.push(subjects::partition_of(id, self.partitions), encoded, member);
+                    router.push(event, member);
                 }
                 Some(Unit::Published(events.len() as u64))
             }
