@@ -145,3 +145,67 @@ async fn encoded_rows_through_the_fence_equal_typed_rows_column_by_column() {
         events.len() as u64
     );
 }
+
+/// Event batches of both encodings in one stream (version 1, JSON, as an
+/// ingest before protobuf events wrote them; version 2; a lone JSON event):
+/// the aggregator counts each event once, repeats across versions included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_batches_of_both_versions_are_counted_once() {
+    use cctv_bus::{subjects, EventBatchWriter, EventEncoding};
+
+    let stack = crate::harness::Stack::start().await;
+    let now = chrono::Utc::now();
+    let events: Vec<OffenceEvent> = (0..30u128)
+        .map(|n| OffenceEvent {
+            event_id: uuid::Uuid::from_u128(0xabcd_0000_0000_0000_0000_0000_0000_0000 + n),
+            detected_at: now,
+            ingested_at: now,
+            received_at: None,
+            ..OffenceEvent::example()
+        })
+        .collect();
+    let partitions = subjects::DEFAULT_PARTITIONS;
+    let partition_of =
+        |event: &OffenceEvent| subjects::partition_of(event.event_id.as_bytes(), partitions);
+    // Events 0..15 in version 1 batches, 10..30 in version 2 (10..15 twice),
+    // and event 29 once more as a lone JSON message.
+    let mut payloads = Vec::new();
+    for (encoding, range) in [
+        (EventEncoding::Json, 0..15),
+        (EventEncoding::Binary, 10..30),
+    ] {
+        for partition in 0..partitions {
+            let mut writer = EventBatchWriter::with_encoding(encoding);
+            for event in &events[range.clone()] {
+                if partition_of(event) == partition {
+                    writer.push_event(event);
+                }
+            }
+            if !writer.is_empty() {
+                payloads.push((partition, writer.finish()));
+            }
+        }
+    }
+    payloads.push((partition_of(&events[29]), events[29].to_json().into()));
+    for (partition, payload) in payloads {
+        stack
+            .js
+            .publish(subjects::event_partition(partition), payload)
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    let aggregator = stack.start_aggregator();
+    stack.wait_for_rows(30).await;
+    aggregator.stop().await;
+    let store = stack.store();
+    assert_eq!(store.count_events().await.expect("count"), 30);
+    let distinct: u64 = store
+        .client()
+        .query("SELECT uniqExact(event_id) FROM offence_events")
+        .fetch_one()
+        .await
+        .expect("distinct ids");
+    assert_eq!(distinct, 30);
+}
