@@ -60,11 +60,11 @@ fn canonical(c: &mut Criterion) {
     events[0].write_binary(&mut binary);
     let mut group = c.benchmark_group("aggregator");
     group.throughput(Throughput::Elements(1));
-    let mut rows = EncodedRows::with_capacity(1024);
+    let mut rows = EncodedRows::new();
     group.bench_function("event_binary_to_encoded_row", |b| {
         b.iter(|| {
             if rows.len() >= 1024 {
-                rows = EncodedRows::with_capacity(1024);
+                rows = EncodedRows::new();
             }
             let view = EventView::decode(&binary).unwrap_or_else(|e| panic!("{e}"));
             rows.push(&view, "CCTV_EVENTS", "bench", 1);

@@ -114,7 +114,7 @@ async fn encoded_rows_through_the_fence_equal_typed_rows_column_by_column() {
     typed.insert_batch(&rows).await.expect("typed insert");
 
     encoded.fence("p3", epoch, "test").await.expect("fence");
-    let mut batch = EncodedRows::with_capacity(events.len());
+    let mut batch = EncodedRows::new();
     for (event, stream_seq) in events.iter().zip(first_seq..) {
         batch.push(&event.view(), stream, "p3", stream_seq);
     }
@@ -133,7 +133,7 @@ async fn encoded_rows_through_the_fence_equal_typed_rows_column_by_column() {
     }
 
     // A batch of an older epoch goes through the same path and is dropped.
-    let mut stale = EncodedRows::with_capacity(1);
+    let mut stale = EncodedRows::new();
     stale.push(&events[0].view(), stream, "p3", first_seq + 1_000);
     stale.seal(inserted_at, epoch - 1);
     encoded

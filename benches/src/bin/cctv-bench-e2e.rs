@@ -570,7 +570,7 @@ async fn store_floor(rows: u64) -> anyhow::Result<Vec<StoreFloor>> {
         let mut event = event.clone();
         while written < rows {
             rows_batch.clear();
-            let mut encoded = cctv_store::EncodedRows::with_capacity(batch);
+            let mut encoded = cctv_store::EncodedRows::new();
             let take = batch.min(usize::try_from(rows - written)?);
             for _ in 0..take {
                 sequence += 1;

@@ -92,7 +92,7 @@ impl Default for AggregatorSettings {
             instance_id: String::new(),
             lease_ttl: Duration::from_secs(10),
             dedup_horizon: Duration::from_secs(24 * 3600),
-            max_ack_pending: 64,
+            max_ack_pending: 256,
             batch_max_rows: 5_000,
             batch_max_age: Duration::from_millis(500),
             fetch_batch: 8,

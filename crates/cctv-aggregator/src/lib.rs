@@ -24,7 +24,6 @@ mod error;
 mod inserter;
 mod metrics;
 mod ownership;
-mod pool;
 mod seen;
 mod service;
 mod stats;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use cctv_bus::{LeaseBucket, LeaseWriteError, StreamKind};
 use cctv_runtime::Health;
-use cctv_store::{EncodedRows, Store, StoreError};
+use cctv_store::{ChunkPool, EncodedRows, Store, StoreError};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -27,7 +27,6 @@ use crate::delivery::{Delivery, DeliveryOrder};
 use crate::inserter::Inserter;
 use crate::metrics as names;
 use crate::ownership::{Action, Ownership};
-use crate::pool::RowBuffers;
 use crate::seen::SeenSet;
 use crate::{AggregatorConfig, AggregatorError, AggregatorStats, BatchDecision, Batcher};
 
@@ -47,8 +46,8 @@ const STALL_CHECK: Duration = Duration::from_secs(2);
 const STALL_AFTER: Duration = Duration::from_secs(15);
 /// Pause between looks at the inserts still running in ClickHouse.
 const SETTLE_POLL: Duration = Duration::from_millis(100);
-/// Written batches' row buffers an instance keeps for reuse (`pool.rs`).
-const FREE_ROW_BUFFERS: usize = 16;
+/// Bytes of free row chunks an instance keeps for reuse (`cctv_store::ChunkPool`).
+const FREE_CHUNK_BYTES: usize = 32 << 20;
 /// How long an idle consumer of a dead term survives on the server.
 const CONSUMER_INACTIVE: Duration = Duration::from_secs(120);
 
@@ -115,7 +114,7 @@ pub async fn run(
         store,
         inserter,
         budget: RowBudget::new(config.aggregator.max_rows_in_memory),
-        buffers: Arc::new(RowBuffers::new(FREE_ROW_BUFFERS)),
+        chunks: ChunkPool::new(FREE_CHUNK_BYTES),
         config: config.clone(),
         stats: stats.clone(),
         health,
@@ -219,8 +218,8 @@ struct Context {
     inserter: Inserter,
     /// Rows decoded and not yet written, over all partitions.
     budget: RowBudget,
-    /// Row buffers of written batches, for the readers' next batches.
-    buffers: Arc<RowBuffers>,
+    /// Chunks of encoded rows, reused from batch to batch.
+    chunks: Arc<ChunkPool>,
     config: AggregatorConfig,
     stats: AggregatorStats,
     health: Health,
@@ -640,7 +639,6 @@ async fn run_term(
         retry_max_backoff: context.config.aggregator.retry_max_backoff,
         writer_name: writer_name.clone(),
         inserter: context.inserter.clone(),
-        buffers: context.buffers.clone(),
         epoch,
         gate,
     };
@@ -783,10 +781,10 @@ async fn run_session(
         source_stream: &source_stream,
         writer_name: &writer.writer_name,
         order: DeliveryOrder::after(resume),
-        rows: EncodedRows::with_capacity(settings.batch_max_rows.min(100_000)),
+        rows: EncodedRows::new_in(context.chunks.clone()),
         last_message: None,
         held: context.budget.guard(),
-        buffers: &context.buffers,
+        chunks: &context.chunks,
         batcher: Batcher::new(
             settings.batch_max_rows,
             Batcher::messages_for(settings.max_ack_pending),
@@ -971,8 +969,8 @@ struct Reader<'a> {
     last_message: Option<jetstream::Message>,
     /// The open batch's share of the instance's budget.
     held: RowsHeld,
-    /// Where the next batch's buffer comes from.
-    buffers: &'a RowBuffers,
+    /// Where the next batch's chunks come from.
+    chunks: &'a Arc<ChunkPool>,
     batcher: Batcher,
     stats: &'a AggregatorStats,
     lag: metrics::Gauge,
@@ -1054,7 +1052,7 @@ impl Reader<'_> {
 
     fn take_batch(&mut self) -> Batch {
         self.batcher.reset();
-        let next = self.buffers.take(&self.rows);
+        let next = EncodedRows::new_in(self.chunks.clone());
         Batch {
             rows: std::mem::replace(&mut self.rows, next),
             source_stream: self.source_stream.to_string(),
@@ -1093,8 +1091,6 @@ struct Writer {
     writer_name: String,
     /// The instance's group-commit insert task.
     inserter: Inserter,
-    /// Where written batches' buffers go.
-    buffers: Arc<RowBuffers>,
     epoch: u64,
     gate: Arc<LeaseGate>,
 }
@@ -1221,7 +1217,6 @@ impl Writer {
                 Err(error) => self.pause_after(error, &mut pause).await?,
             }
         }
-        self.buffers.give_back(rows);
         if let Some(message) = last_message {
             // `AckPolicy::All`: this acks every earlier delivery too. A lost
             // ack only causes a redelivery that the resume point skips.

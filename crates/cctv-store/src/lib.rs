@@ -18,7 +18,7 @@ mod store;
 
 pub use audit::{DoubledEventId, StoredSequence, StoredSpan, AUDIT_CHUNK_SEQUENCES};
 pub use config::{ClickHouseConfig, DEFAULT_CLICKHOUSE_URL};
-pub use encoded::{EncodedRows, ENCODED_COLUMNS};
+pub use encoded::{ChunkPool, EncodedRows, CHUNK_BYTES, ENCODED_COLUMNS};
 pub use error::StoreError;
 pub use migrations::{Migration, MIGRATIONS};
 pub use queries::{TotalsFilter, TotalsRow};

@@ -91,20 +91,18 @@ impl Store {
             .insert_formatted_with(sql)
             .with_setting("query_id", query_id)
             .with_timeouts(timeout, timeout);
-        for (_, rows) in batches {
-            if rows.is_empty() {
+        for chunk in batches.iter().flat_map(|(_, rows)| rows.chunks()) {
+            if chunk.is_empty() {
                 continue;
             }
-            // Compressed straight from the rows (no copy of them first).
+            // Compressed straight from the chunk (no copy of it first).
             let sent = if self.config().compression {
-                match CompressedData::new(rows.as_bytes(), Compression::Lz4) {
+                match CompressedData::new(chunk, Compression::Lz4) {
                     Ok(compressed) => insert.send_compressed(compressed).await,
                     Err(error) => Err(error),
                 }
             } else {
-                insert
-                    .send(bytes::Bytes::copy_from_slice(rows.as_bytes()))
-                    .await
+                insert.send(bytes::Bytes::copy_from_slice(chunk)).await
             };
             sent.map_err(|e| StoreError::from_clickhouse("insert", e))?;
         }
