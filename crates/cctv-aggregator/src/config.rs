@@ -94,7 +94,7 @@ impl Default for AggregatorSettings {
             dedup_horizon: Duration::from_secs(24 * 3600),
             max_ack_pending: 256,
             batch_max_rows: 5_000,
-            batch_max_age: Duration::from_millis(500),
+            batch_max_age: Duration::from_millis(300),
             fetch_batch: 8,
             insert_linger: Duration::from_millis(100),
             max_rows_in_memory: 200_000,
