@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the servers the local stack and the integration tests need, when missing:
 # the pinned nats-server (scripts/install-nats.sh, into .local/tools/; not Debian's
-# 2.9.10, which is older than the supported 2.10), then clickhouse-server and
-# clickhouse-client from the OS packages (apt).
+# 2.9.10, which is older than the supported 2.10), then clickhouse-server,
+# clickhouse-client and zookeeper (for replicated ClickHouse tables: the cluster
+# tests and `make cluster-up`) from the OS packages (apt).
 #
 # - Idempotent and quiet when everything is already there.
 # - Uses sudo when not run as root.
@@ -46,6 +47,9 @@ missing=()
 if ! clickhouse_is_external; then
     have_binary clickhouse-server || missing+=(clickhouse-server)
     have_binary clickhouse-client || missing+=(clickhouse-client)
+    # ZooKeeper runs from its jar (cctv-testkit, scripts/cluster.sh), never as
+    # the package's service.
+    [ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
 fi
 for package in "$@"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \

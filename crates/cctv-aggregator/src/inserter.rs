@@ -1,4 +1,5 @@
 //! Group commit of the partitions' insert batches: one task per instance
+//! and shard
 //! takes every batch queued while its previous insert ran and writes them as
 //! one fenced INSERT (one part, all or nothing; its `query_id` names every
 //! partition it carries). ClickHouse spends most of a small insert's cost
@@ -7,23 +8,81 @@
 //! waits at most `aggregator.insert_linger` (100 ms) after its first batch
 //! for others to join; under light load a batch goes alone after that.
 //!
+//! The linger grows as the instance owns fewer of its shard's partitions
+//! ([`Linger`]): with one instance an insert carries about `insert_linger`
+//! of every partition's events; with two, each owning half, each lingers
+//! twice as long, so ClickHouse receives as many inserts per second, of the
+//! same size, however many aggregators share the work (up to four times
+//! the base, to bound the latency).
+//!
 //! Each partition's writer keeps its own retry logic: a failed group fails
 //! every batch in it, and each writer then asks ClickHouse what of its own
 //! batch was written before trying again, exactly as for an insert of its
 //! own. A batch still queued when its partition's lease is lost may yet be
 //! sent: the fence drops it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cctv_store::{EncodedRows, Store, StoreError};
+use cctv_store::{EncodedRows, StoreError};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics as names;
+use crate::replicas::Replicas;
 
 /// Batches queued for the group-commit task at most.
 const QUEUE: usize = 1024;
+/// The longest linger, in multiples of the configured one.
+const MAX_LINGER_FACTOR: u32 = 4;
+
+/// How long an insert waits for more batches: `base` scaled by the share of
+/// the shard's partitions this instance does not own.
+#[derive(Debug)]
+pub(crate) struct Linger {
+    base: Duration,
+    /// Partitions that write to this shard.
+    partitions: usize,
+    /// Of those, the ones this instance owns now.
+    owned: AtomicUsize,
+}
+
+impl Linger {
+    pub(crate) fn new(base: Duration, partitions: usize) -> Self {
+        Self {
+            base,
+            partitions,
+            owned: AtomicUsize::new(partitions),
+        }
+    }
+
+    /// Records how many of the shard's partitions the instance owns.
+    pub(crate) fn set_owned(&self, owned: usize) {
+        self.owned.store(owned, Ordering::Relaxed);
+    }
+
+    /// The linger now.
+    pub(crate) fn current(&self) -> Duration {
+        linger_for(
+            self.base,
+            self.partitions,
+            self.owned.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// `base x partitions / owned`, at least `base` and at most
+/// [`MAX_LINGER_FACTOR`] times it.
+fn linger_for(base: Duration, partitions: usize, owned: usize) -> Duration {
+    if owned == 0 || owned >= partitions {
+        return base;
+    }
+    let factor = u32::try_from(partitions.div_ceil(owned))
+        .unwrap_or(MAX_LINGER_FACTOR)
+        .min(MAX_LINGER_FACTOR);
+    base * factor
+}
 
 /// One partition's batch waiting to be inserted.
 struct Request {
@@ -42,9 +101,9 @@ impl Inserter {
     /// Starts the task; a group holds at most `max_rows` rows (a single
     /// batch larger than that goes alone) and waits at most `linger` after
     /// its first batch for others to join.
-    pub(crate) fn start(store: Store, max_rows: usize, linger: Duration) -> Self {
+    pub(crate) fn start(replicas: Arc<Replicas>, max_rows: usize, linger: Arc<Linger>) -> Self {
         let (requests, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(run(store, receiver, max_rows, linger));
+        tokio::spawn(run(replicas, receiver, max_rows, linger));
         Self { requests }
     }
 
@@ -73,13 +132,13 @@ impl Inserter {
 }
 
 async fn run(
-    store: Store,
+    replicas: Arc<Replicas>,
     mut requests: mpsc::Receiver<Request>,
     max_rows: usize,
-    linger: Duration,
+    linger: Arc<Linger>,
 ) {
     while let Some(first) = requests.recv().await {
-        let deadline = tokio::time::Instant::now() + linger;
+        let deadline = tokio::time::Instant::now() + linger.current();
         let mut rows = first.rows.len();
         let mut group = vec![first];
         while rows < max_rows {
@@ -97,23 +156,27 @@ async fn run(
                 group.push(request);
             } else {
                 // Too large to join: it opens the next group.
-                let result = insert_group(&store, &group).await;
+                let result = insert_group(&replicas, &group).await;
                 answer(group, &result);
                 rows = request.rows.len();
                 group = vec![request];
             }
         }
-        let result = insert_group(&store, &group).await;
+        let result = insert_group(&replicas, &group).await;
         answer(group, &result);
     }
 }
 
-async fn insert_group(store: &Store, group: &[Request]) -> Result<(), StoreError> {
+async fn insert_group(replicas: &Replicas, group: &[Request]) -> Result<(), StoreError> {
     let batches: Vec<(&str, &EncodedRows)> = group
         .iter()
         .map(|request| (request.writer.as_str(), request.rows.as_ref()))
         .collect();
+    let (index, store) = replicas.current();
     let result = store.insert_fenced(&batches).await;
+    if let Err(error) = &result {
+        replicas.fail_over(index, error);
+    }
     metrics::counter!(names::INSERTS).increment(1);
     #[allow(clippy::cast_precision_loss)]
     metrics::histogram!(names::INSERT_GROUP).record(group.len() as f64);
@@ -126,5 +189,25 @@ fn answer(group: Vec<Request>, result: &Result<(), StoreError>) {
     for Request { rows, done, .. } in group {
         drop(rows);
         let _ = done.send(result.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_linger_grows_with_the_share_owned_by_others() {
+        let base = Duration::from_millis(100);
+        assert_eq!(linger_for(base, 16, 16), base);
+        assert_eq!(linger_for(base, 16, 8), base * 2);
+        assert_eq!(linger_for(base, 16, 6), base * 3);
+        assert_eq!(linger_for(base, 16, 1), base * MAX_LINGER_FACTOR);
+        // Owning nothing (yet): nothing to insert; keep the base.
+        assert_eq!(linger_for(base, 16, 0), base);
+        let linger = Linger::new(base, 16);
+        assert_eq!(linger.current(), base);
+        linger.set_owned(4);
+        assert_eq!(linger.current(), base * 4);
     }
 }

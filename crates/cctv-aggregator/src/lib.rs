@@ -24,6 +24,7 @@ mod error;
 mod inserter;
 mod metrics;
 mod ownership;
+mod replicas;
 mod seen;
 mod service;
 mod stats;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use cctv_bus::{LeaseBucket, LeaseWriteError, StreamKind};
 use cctv_runtime::Health;
-use cctv_store::{ChunkPool, EncodedRows, Store, StoreError};
+use cctv_store::{ChunkPool, EncodedRows, ResumePoint, Store, StoreError};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -24,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::{RowBudget, RowsHeld};
 use crate::delivery::{Delivery, DeliveryOrder};
-use crate::inserter::Inserter;
+use crate::inserter::{Inserter, Linger};
 use crate::metrics as names;
 use crate::ownership::{Action, Ownership};
+use crate::replicas::Replicas;
 use crate::seen::SeenSet;
 use crate::{AggregatorConfig, AggregatorError, AggregatorStats, BatchDecision, Batcher};
 
@@ -103,17 +104,38 @@ pub async fn run(
     let instance = instance_id(&config);
     tracing::info!(%instance, partitions, "aggregator started");
     health.set_ok();
-    let inserter = Inserter::start(
-        store.clone(),
-        INSERT_GROUP_MAX_ROWS,
-        config.aggregator.insert_linger,
-    );
+    // One set of replicas and one group-commit task per ClickHouse shard (a
+    // single server is one shard of one replica).
+    let nodes = store.shard_nodes()?;
+    let shard_count = nodes.len();
+    let shards = nodes
+        .into_iter()
+        .enumerate()
+        .map(|(index, nodes)| {
+            let replicas = Arc::new(Replicas::new(nodes));
+            let in_shard = (0..partitions)
+                .filter(|partition| usize::from(*partition) % shard_count == index)
+                .count();
+            let linger = Arc::new(Linger::new(config.aggregator.insert_linger, in_shard));
+            let inserter = Inserter::start(replicas.clone(), INSERT_GROUP_MAX_ROWS, linger.clone());
+            // Each shard its share of the row budget: a shard that cannot be
+            // written holds at most its share, and the others go on.
+            let budget = RowBudget::new(
+                (config.aggregator.max_rows_in_memory / shard_count)
+                    .max(config.aggregator.batch_max_rows),
+            );
+            ShardHandle {
+                replicas,
+                inserter,
+                linger,
+                budget,
+            }
+        })
+        .collect();
     let context = Arc::new(Context {
         max_payload: client.server_info().max_payload,
         js,
-        store,
-        inserter,
-        budget: RowBudget::new(config.aggregator.max_rows_in_memory),
+        shards,
         chunks: ChunkPool::new(FREE_CHUNK_BYTES),
         config: config.clone(),
         stats: stats.clone(),
@@ -213,17 +235,34 @@ struct Context {
     js: jetstream::Context,
     /// The server's largest message, in bytes.
     max_payload: usize,
-    store: Store,
-    /// The instance's group-commit insert task.
-    inserter: Inserter,
+    /// The ClickHouse shards; partition `p` writes to shard `p mod shards`.
+    shards: Vec<ShardHandle>,
     /// Rows decoded and not yet written, over all partitions.
-    budget: RowBudget,
     /// Chunks of encoded rows, reused from batch to batch.
     chunks: Arc<ChunkPool>,
     config: AggregatorConfig,
     stats: AggregatorStats,
     health: Health,
     instance: String,
+}
+
+/// One ClickHouse shard as the instance uses it.
+struct ShardHandle {
+    replicas: Arc<Replicas>,
+    /// The instance's group-commit insert task for this shard.
+    inserter: Inserter,
+    /// Its linger, which follows how many of the shard's partitions the
+    /// instance owns.
+    linger: Arc<Linger>,
+    /// Rows decoded and not yet written to this shard.
+    budget: RowBudget,
+}
+
+impl Context {
+    /// The shard partition `partition` writes to.
+    fn shard_for(&self, partition: u16) -> &ShardHandle {
+        &self.shards[usize::from(partition) % self.shards.len()]
+    }
 }
 
 /// Until when a term may write: moved forward by every renewal.
@@ -345,6 +384,7 @@ impl LeaseLoop {
             }
             #[allow(clippy::cast_precision_loss)]
             metrics::gauge!(names::PARTITIONS_OWNED).set(self.terms.len() as f64);
+            self.report_owned_per_shard();
         }
         self.release_orphans().await;
         if let Some(revision) = self.member_revision {
@@ -373,6 +413,20 @@ impl LeaseLoop {
                     tracing::info!(partition, "lease released (held without knowing it)");
                 }
             }
+        }
+    }
+
+    /// Tells each shard's group commit how many of its partitions this
+    /// instance owns (its linger follows).
+    fn report_owned_per_shard(&self) {
+        let shards = self.context.shards.len();
+        for (index, shard) in self.context.shards.iter().enumerate() {
+            let owned = self
+                .terms
+                .keys()
+                .filter(|partition| usize::from(**partition) % shards == index)
+                .count();
+            shard.linger.set_owned(owned);
         }
     }
 
@@ -611,16 +665,15 @@ async fn run_term(
     gate: Arc<LeaseGate>,
 ) -> Result<(), AggregatorError> {
     let writer_name = format!("p{partition}");
+    let shard = context.shard_for(partition);
     let mut pause = Duration::from_millis(100);
     // The fence first: from now on no older owner's insert writes a row.
     loop {
-        match context
-            .store
-            .fence(&writer_name, epoch, &context.instance)
-            .await
-        {
+        let (node, store) = shard.replicas.current();
+        match store.fence(&writer_name, epoch, &context.instance).await {
             Ok(()) => break,
             Err(error) if error.is_transient() => {
+                shard.replicas.fail_over(node, &error);
                 tracing::warn!(partition, %error, "cannot write the fence yet; retrying");
                 tokio::select! {
                     biased;
@@ -633,12 +686,12 @@ async fn run_term(
         }
     }
     let writer = Writer {
-        store: context.store.clone(),
+        replicas: shard.replicas.clone(),
         stats: context.stats.clone(),
         health: context.health.clone(),
         retry_max_backoff: context.config.aggregator.retry_max_backoff,
         writer_name: writer_name.clone(),
-        inserter: context.inserter.clone(),
+        inserter: shard.inserter.clone(),
         epoch,
         gate,
     };
@@ -684,6 +737,7 @@ async fn run_session(
     drain: &CancellationToken,
 ) -> Result<SessionEnd, AggregatorError> {
     let settings = &context.config.aggregator;
+    let shard = context.shard_for(partition);
     let info = cctv_bus::ensure_stream(
         &context.js,
         StreamKind::Events,
@@ -695,20 +749,10 @@ async fn run_session(
     // may still run in ClickHouse: their rows appear only when they end, so
     // wait for that before reading how far the partition got.
     writer.settle().await?;
-    let resume = writer
-        .store
-        .resume_point(&source_stream, &writer.writer_name)
-        .await?;
     let rebuild_started = Instant::now();
     let mut seen =
         SeenSet::new(u32::try_from(settings.dedup_horizon.as_secs()).unwrap_or(u32::MAX));
-    let cutoff = seen.cutoff(now_secs());
-    writer
-        .store
-        .for_each_written_id(&writer.writer_name, cutoff, |id, at| {
-            seen.insert(id, at);
-        })
-        .await?;
+    let resume = writer.read_position(&source_stream, &mut seen).await?;
     metrics::histogram!(names::REBUILD_SECONDS).record(rebuild_started.elapsed().as_secs_f64());
     let start_sequence = resume.written_through + 1;
     if resume.written_through > 0 && info.state.first_sequence > start_sequence {
@@ -783,7 +827,7 @@ async fn run_session(
         order: DeliveryOrder::after(resume),
         rows: EncodedRows::new_in(context.chunks.clone()),
         last_message: None,
-        held: context.budget.guard(),
+        held: shard.budget.guard(),
         chunks: &context.chunks,
         batcher: Batcher::new(
             settings.batch_max_rows,
@@ -850,7 +894,7 @@ async fn run_session(
         }
         // Over the instance's row budget: hand the open batch over (its
         // writer frees rows), then read nothing more until there is room.
-        let over_budget = context.budget.over();
+        let over_budget = shard.budget.over();
         if reader.batcher.decide(Instant::now()) != BatchDecision::Wait
             || (over_budget && reader.batcher.deadline().is_some())
         {
@@ -867,14 +911,16 @@ async fn run_session(
             permit.send(reader.take_batch());
             reader.maybe_prune();
             #[allow(clippy::cast_precision_loss)]
-            metrics::gauge!(names::ROWS_IN_MEMORY).set(context.budget.held() as f64);
+            #[allow(clippy::cast_precision_loss)]
+            let held: usize = context.shards.iter().map(|shard| shard.budget.held()).sum();
+            metrics::gauge!(names::ROWS_IN_MEMORY).set(held as f64);
         }
         if over_budget {
             metrics::counter!(names::BUDGET_WAITS).increment(1);
             tokio::select! {
                 biased;
                 () = drain.cancelled() => break SessionEnd::Shutdown,
-                () = context.budget.wait_within() => {}
+                () = shard.budget.wait_within() => {}
             }
         }
     };
@@ -1084,12 +1130,13 @@ impl Reader<'_> {
 /// The writing half: inserts batches one at a time, in order, then acks.
 #[derive(Clone)]
 struct Writer {
-    store: Store,
+    /// The replicas of the partition's shard.
+    replicas: Arc<Replicas>,
     stats: AggregatorStats,
     health: Health,
     retry_max_backoff: Duration,
     writer_name: String,
-    /// The instance's group-commit insert task.
+    /// The group-commit insert task of the partition's shard.
     inserter: Inserter,
     epoch: u64,
     gate: Arc<LeaseGate>,
@@ -1102,7 +1149,11 @@ impl Writer {
     async fn settle(&self) -> Result<(), StoreError> {
         let mut logged = false;
         loop {
-            match self.store.fenced_inserts_in_flight(&self.writer_name).await {
+            match self
+                .replicas
+                .fenced_inserts_in_flight(&self.writer_name)
+                .await
+            {
                 Ok(0) => return Ok(()),
                 Ok(running) => {
                     if !logged {
@@ -1122,6 +1173,47 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Where the partition stands in ClickHouse: read from a replica that
+    /// holds every part its shard committed (see `replicas.rs`).
+    async fn resume_point(&self, source_stream: &str) -> Result<ResumePoint, StoreError> {
+        let (node, store) = self.replicas.current();
+        let read = async {
+            store.sync_replica().await?;
+            store.resume_point(source_stream, &self.writer_name).await
+        }
+        .await;
+        if let Err(error) = &read {
+            self.replicas.fail_over(node, error);
+        }
+        read
+    }
+
+    /// The resume point, and every id written within the horizon into `seen`,
+    /// from one replica.
+    async fn read_position(
+        &self,
+        source_stream: &str,
+        seen: &mut SeenSet,
+    ) -> Result<ResumePoint, StoreError> {
+        let (node, store) = self.replicas.current();
+        let cutoff = seen.cutoff(now_secs());
+        let read = async {
+            store.sync_replica().await?;
+            let resume = store.resume_point(source_stream, &self.writer_name).await?;
+            store
+                .for_each_written_id(&self.writer_name, cutoff, |id, at| {
+                    seen.insert(id, at);
+                })
+                .await?;
+            Ok(resume)
+        }
+        .await;
+        if let Err(error) = &read {
+            self.replicas.fail_over(node, error);
+        }
+        read
     }
 
     async fn write_all(&self, mut batches: mpsc::Receiver<Batch>) -> Result<(), StoreError> {
@@ -1162,11 +1254,7 @@ impl Writer {
                     self.pause_after(error, &mut pause).await?;
                     continue;
                 }
-                match self
-                    .store
-                    .resume_point(&source_stream, &self.writer_name)
-                    .await
-                {
+                match self.resume_point(&source_stream).await {
                     Ok(resume) => {
                         let before = rows.len();
                         rows.retain(|sequence| {

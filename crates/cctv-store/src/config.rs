@@ -28,6 +28,37 @@ pub struct ClickHouseConfig {
     /// Password, from `CCTV_CLICKHOUSE_PASSWORD` only.
     #[serde(skip)]
     pub password: Option<String>,
+    /// Shards of replicas (`[clickhouse.cluster]`); unset: one server at `url`.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A ClickHouse cluster: shards of replicated tables behind `Distributed`
+/// tables. `url` is then the node that analysts' queries (`cctvctl totals`,
+/// `audit`) go to; every node can answer them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The cluster's name in the servers' `remote_servers` (the `Distributed`
+    /// tables name it).
+    pub name: String,
+    /// The shards, in order: partition `p` of the events stream is written
+    /// to shard `p mod shards`. Fixed once data is written.
+    pub shards: Vec<ShardConfig>,
+}
+
+/// One shard: the HTTP URLs of its replicas, the preferred one first.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    /// Replica URLs (`http://host:8123`).
+    pub replicas: Vec<String>,
+}
+
+impl ClusterConfig {
+    /// The shard partition `partition` is written to.
+    pub fn shard_of(&self, partition: u16) -> usize {
+        usize::from(partition) % self.shards.len().max(1)
+    }
 }
 
 impl Default for ClickHouseConfig {
@@ -40,6 +71,7 @@ impl Default for ClickHouseConfig {
             compression: true,
             insert_timeout: Duration::from_secs(60),
             password: None,
+            cluster: None,
         }
     }
 }
@@ -83,11 +115,33 @@ impl ClickHouseConfig {
                 self.timezone
             ));
         }
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+        let is_url = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+        if !is_url(&self.url) {
             return Err(format!(
                 "clickhouse.url {:?} must start with http:// or https://",
                 self.url
             ));
+        }
+        if let Some(cluster) = &self.cluster {
+            if !is_identifier(&cluster.name) {
+                return Err(format!(
+                    "clickhouse.cluster.name {:?} is not a plain identifier",
+                    cluster.name
+                ));
+            }
+            if cluster.shards.is_empty() {
+                return Err("clickhouse.cluster needs at least one shard".into());
+            }
+            for (index, shard) in cluster.shards.iter().enumerate() {
+                if shard.replicas.is_empty() {
+                    return Err(format!("clickhouse.cluster shard {index} has no replica"));
+                }
+                if let Some(bad) = shard.replicas.iter().find(|url| !is_url(url)) {
+                    return Err(format!(
+                        "clickhouse.cluster shard {index}: replica {bad:?} must start with http:// or https://"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -121,6 +175,35 @@ mod tests {
         assert!(is_identifier("t_abc_1"));
         assert!(!is_identifier("1abc"));
         assert!(!is_identifier(""));
+    }
+
+    #[test]
+    fn a_cluster_names_its_shards_and_replicas() {
+        let config: ClickHouseConfig = toml::from_str(
+            "url = \"http://ch1:8123\"\n\
+             [cluster]\nname = \"cctv\"\n\
+             [[cluster.shards]]\nreplicas = [\"http://ch1:8123\", \"http://ch2:8123\"]\n\
+             [[cluster.shards]]\nreplicas = [\"http://ch3:8123\", \"http://ch4:8123\"]\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.validate().is_ok());
+        let cluster = config
+            .cluster
+            .as_ref()
+            .unwrap_or_else(|| panic!("a cluster"));
+        assert_eq!(cluster.shards.len(), 2);
+        assert_eq!(cluster.shard_of(0), 0);
+        assert_eq!(cluster.shard_of(5), 1);
+        let mut no_replica = config.clone();
+        if let Some(cluster) = no_replica.cluster.as_mut() {
+            cluster.shards[1].replicas.clear();
+        }
+        assert!(no_replica.validate().is_err());
+        let mut bad_name = config;
+        if let Some(cluster) = bad_name.cluster.as_mut() {
+            cluster.name = "a b".into();
+        }
+        assert!(bad_name.validate().is_err());
     }
 
     #[test]

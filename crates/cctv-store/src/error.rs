@@ -14,6 +14,15 @@ pub enum StoreError {
         /// Cause.
         message: String,
     },
+    /// Nothing listens at the server's address (connection refused): the
+    /// server process is not running, so no query of it runs either.
+    #[error("clickhouse refused the connection during {operation}: {message}")]
+    Refused {
+        /// What was being done.
+        operation: &'static str,
+        /// Cause.
+        message: String,
+    },
     /// The server answered with an error.
     #[error("clickhouse refused {operation}: {message}")]
     Server {
@@ -42,7 +51,7 @@ impl StoreError {
     /// Whether retrying later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Unavailable { .. } => true,
+            StoreError::Unavailable { .. } | StoreError::Refused { .. } => true,
             StoreError::Server { code, .. } => {
                 code.is_some_and(|code| TRANSIENT_CODES.contains(&code))
             }
@@ -55,6 +64,14 @@ impl StoreError {
         error: clickhouse::error::Error,
     ) -> Self {
         use clickhouse::error::Error;
+        if let Error::Network(cause) = &error {
+            if is_refused(cause.as_ref()) {
+                return StoreError::Refused {
+                    operation,
+                    message: error.to_string(),
+                };
+            }
+        }
         match error {
             Error::Network(_) | Error::TimedOut => StoreError::Unavailable {
                 operation,
@@ -75,6 +92,21 @@ impl StoreError {
             },
         }
     }
+}
+
+/// Whether a network error was a refused connection (some error in its
+/// source chain is an `io::Error` of that kind).
+fn is_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        cause = current.source();
+    }
+    false
 }
 
 /// Reads `Code: 60` from a ClickHouse error text.

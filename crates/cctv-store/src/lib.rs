@@ -17,10 +17,10 @@ mod row;
 mod store;
 
 pub use audit::{DoubledEventId, StoredSequence, StoredSpan, AUDIT_CHUNK_SEQUENCES};
-pub use config::{ClickHouseConfig, DEFAULT_CLICKHOUSE_URL};
+pub use config::{ClickHouseConfig, ClusterConfig, ShardConfig, DEFAULT_CLICKHOUSE_URL};
 pub use encoded::{ChunkPool, EncodedRows, CHUNK_BYTES, ENCODED_COLUMNS};
 pub use error::StoreError;
-pub use migrations::{Migration, MIGRATIONS};
+pub use migrations::{Migration, CLUSTER_MIGRATIONS, MIGRATIONS};
 pub use queries::{TotalsFilter, TotalsRow};
 pub use row::{EventRow, StreamPosition};
 pub use store::{ResumePoint, Store};

@@ -96,6 +96,84 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
     ],
 }];
 
+/// The cluster layout of the same versions (`[clickhouse.cluster]`), run on
+/// every node: `offence_events_local` and `partition_fences` are
+/// `ReplicatedMergeTree`s of each shard (ZooKeeper path per shard, replica
+/// name from the server's `{replica}` macro), `offence_events` is the
+/// `Distributed` table over every shard's `offence_events_local`, so the
+/// contract's queries (and `offence_totals`) answer for the whole cluster.
+/// The aggregators insert into each shard's `offence_events_incoming`
+/// directly (one part per insert, never through `Distributed`), and the
+/// fence works per shard as on a single server.
+pub const CLUSTER_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "offence_events and offence_totals (cluster)",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS {db}.offence_events_local (
+            event_id UUID,
+            detected_at DateTime,
+            detected_ms UInt16,
+            offence_type String,
+            offence_family String,
+            legal_category String,
+            article String,
+            region String,
+            region_source String,
+            district String,
+            camera_id String,
+            source_format String,
+            gateway_id String,
+            source_event_id String,
+            confidence Float32,
+            confidence_raw Float64,
+            plate String,
+            speed_kmh Nullable(Float32),
+            speed_limit_kmh Nullable(Float32),
+            lat Nullable(Float64),
+            lon Nullable(Float64),
+            evidence_url String,
+            clock_skew UInt8,
+            received_at DateTime,
+            ingested_at DateTime,
+            inserted_at DateTime,
+            source_stream String,
+            writer String,
+            stream_seq UInt64,
+            batch_first_seq UInt64,
+            batch_rows UInt32,
+            lease_epoch UInt64
+        ) ENGINE = ReplicatedMergeTree({zk:offence_events}, '{replica}')
+        PARTITION BY toYYYYMM(inserted_at)
+        ORDER BY (region, offence_type, detected_at)",
+            "CREATE TABLE IF NOT EXISTS {db}.offence_events AS {db}.offence_events_local
+        ENGINE = Distributed({cluster}, {db_name}, 'offence_events_local', rand())",
+            "CREATE VIEW IF NOT EXISTS {db}.offence_totals AS
+        SELECT toDate(detected_at, {tz}) AS day, region, offence_type, count() AS events
+        FROM {db}.offence_events
+        GROUP BY day, region, offence_type",
+        ],
+    },
+    Migration {
+        version: 2,
+        name: "partition leases: partition_fences, fenced inserts (cluster)",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS {db}.partition_fences (
+            writer String,
+            lease_epoch UInt64,
+            owner String,
+            fenced_at DateTime
+        ) ENGINE = ReplicatedMergeTree({zk:partition_fences}, '{replica}')
+        ORDER BY (writer, lease_epoch)",
+            "CREATE TABLE IF NOT EXISTS {db}.offence_events_incoming AS {db}.offence_events_local ENGINE = Null",
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.offence_events_fenced TO {db}.offence_events_local
+        AS SELECT * FROM {db}.offence_events_incoming
+        WHERE (writer, lease_epoch) IN
+            (SELECT writer, max(lease_epoch) FROM {db}.partition_fences GROUP BY writer)",
+        ],
+    },
+];
+
 /// Newest version this build knows.
 pub(crate) fn latest_version() -> u32 {
     MIGRATIONS.last().map_or(0, |migration| migration.version)
@@ -115,8 +193,21 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_layout_has_the_same_versions() {
+        let versions = |list: &[Migration]| list.iter().map(|m| m.version).collect::<Vec<_>>();
+        assert_eq!(versions(CLUSTER_MIGRATIONS), versions(MIGRATIONS));
+        let all: String = CLUSTER_MIGRATIONS
+            .iter()
+            .flat_map(|m| m.statements.iter().copied())
+            .collect();
+        assert!(all.contains("ReplicatedMergeTree({zk:offence_events}, '{replica}')"));
+        assert!(all.contains("Distributed({cluster}, {db_name}, 'offence_events_local'"));
+        assert!(all.contains("TO {db}.offence_events_local"));
+    }
+
+    #[test]
     fn statements_are_idempotent() {
-        for migration in MIGRATIONS {
+        for migration in MIGRATIONS.iter().chain(CLUSTER_MIGRATIONS) {
             for statement in migration.statements {
                 assert!(statement.contains("IF NOT EXISTS"), "{statement}");
                 if let Some(spec) = statement.strip_prefix(ADD_COLUMN) {

@@ -31,12 +31,21 @@ struct FenceRow<'a> {
 impl Store {
     /// Records `epoch` as the newest lease of `writer`: from now on only rows
     /// of this epoch (or a newer one) are written for it.
+    ///
+    /// On a cluster the fence table is replicated, and the insert succeeds
+    /// only once every replica of the shard holds the fence
+    /// (`insert_quorum`): a stale owner's insert into any replica then meets
+    /// it. While a replica is down no new fence can be written, so a
+    /// partition of that shard is not taken over until it returns.
     pub async fn fence(&self, writer: &str, epoch: u64, owner: &str) -> Result<(), StoreError> {
         let mut insert = self
             .client()
             .insert::<FenceRow<'_>>("partition_fences")
             .await
             .map_err(|e| StoreError::from_clickhouse("fence", e))?;
+        if self.is_cluster() && self.shard_replicas > 1 {
+            insert = insert.with_setting("insert_quorum", self.shard_replicas.to_string());
+        }
         let fenced_at = u32::try_from(chrono::Utc::now().timestamp().max(0)).unwrap_or(u32::MAX);
         insert
             .write(&FenceRow {
@@ -118,6 +127,23 @@ impl Store {
         format!("cctv-fenced:{}:", self.config().database)
     }
 
+    /// Waits until this replica holds every part its shard has committed
+    /// (`SYSTEM SYNC REPLICA`), so that a resume point read here is final: an
+    /// insert acknowledged by another replica is then visible here. No-op on
+    /// a single server. Fails (transiently) while a part exists only on a
+    /// replica that is down.
+    pub async fn sync_replica(&self) -> Result<(), StoreError> {
+        if !self.is_cluster() {
+            return Ok(());
+        }
+        self.server_client
+            .query("SYSTEM SYNC REPLICA ?.offence_events_local")
+            .bind(Identifier(&self.config().database))
+            .execute()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("sync replica", e))
+    }
+
     /// Fenced inserts the server is still running that carry rows of
     /// `writer` (whoever sent them, even a client that gave up or died).
     pub async fn fenced_inserts_in_flight(&self, writer: &str) -> Result<u64, StoreError> {
@@ -150,10 +176,11 @@ impl Store {
         let mut cursor = self
             .client()
             .query(
-                "SELECT event_id, toUInt32(inserted_at) AS inserted_at FROM ?.offence_events \
+                "SELECT event_id, toUInt32(inserted_at) AS inserted_at FROM ?.? \
                  WHERE writer = ? AND inserted_at >= toDateTime(?)",
             )
             .bind(Identifier(&self.config().database))
+            .bind(Identifier(self.events_table()))
             .bind(writer)
             .bind(since)
             .fetch::<Written>()

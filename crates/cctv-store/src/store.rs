@@ -7,7 +7,7 @@ use clickhouse::sql::Identifier;
 use clickhouse::Client;
 use serde::Deserialize;
 
-use crate::migrations::{latest_version, ADD_COLUMN, MIGRATIONS};
+use crate::migrations::{latest_version, Migration, ADD_COLUMN, CLUSTER_MIGRATIONS, MIGRATIONS};
 use crate::{ClickHouseConfig, EventRow, StoreError};
 
 /// Where a writer resumes after a restart, read from the rows themselves.
@@ -26,8 +26,11 @@ pub struct Store {
     /// Bound to the configured database.
     client: Client,
     /// Bound to no database: for `CREATE DATABASE` and pings before it exists.
-    server_client: Client,
+    pub(crate) server_client: Client,
     config: ClickHouseConfig,
+    /// Replicas of this node's shard (cluster mode; 1 on a single server):
+    /// a fence is written to all of them before it counts.
+    pub(crate) shard_replicas: usize,
 }
 
 impl std::fmt::Debug for Store {
@@ -68,7 +71,56 @@ impl Store {
             client,
             server_client,
             config: config.clone(),
+            shard_replicas: 1,
         })
+    }
+
+    /// Whether the tables are sharded and replicated (`[clickhouse.cluster]`).
+    pub fn is_cluster(&self) -> bool {
+        self.config.cluster.is_some()
+    }
+
+    /// The table holding this node's rows: `offence_events` on a single
+    /// server; the replicated `offence_events_local` of a cluster node
+    /// (`offence_events` is then the `Distributed` table over all shards).
+    /// A partition owner reads its resume point and seen-set here.
+    pub fn events_table(&self) -> &'static str {
+        if self.is_cluster() {
+            "offence_events_local"
+        } else {
+            "offence_events"
+        }
+    }
+
+    /// One store per node: the replicas of each shard, in the configured
+    /// order (a single server: one shard of one node, this store itself).
+    pub fn shard_nodes(&self) -> Result<Vec<Vec<Store>>, StoreError> {
+        let Some(cluster) = &self.config.cluster else {
+            return Ok(vec![vec![self.clone()]]);
+        };
+        cluster
+            .shards
+            .iter()
+            .map(|shard| {
+                shard
+                    .replicas
+                    .iter()
+                    .map(|url| {
+                        let mut node = Store::new(&ClickHouseConfig {
+                            url: url.clone(),
+                            ..self.config.clone()
+                        })?;
+                        node.shard_replicas = shard.replicas.len();
+                        Ok(node)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The URL of the node this store talks to.
+    pub fn url(&self) -> &str {
+        &self.config.url
     }
 
     /// The settings this store was built from.
@@ -92,8 +144,23 @@ impl Store {
     }
 
     /// Creates the database if needed and applies every migration not yet
-    /// recorded. Needs a user allowed DDL on the database.
+    /// recorded. Needs a user allowed DDL on the database. On a cluster,
+    /// every node gets the cluster layout ([`CLUSTER_MIGRATIONS`]: replicated
+    /// tables on each shard, `Distributed` tables over them), one node after
+    /// another, each recording its own version.
     pub async fn migrate(&self) -> Result<u32, StoreError> {
+        if !self.is_cluster() {
+            return self.migrate_node(MIGRATIONS).await;
+        }
+        for node in self.shard_nodes()?.iter().flatten() {
+            node.migrate_node(CLUSTER_MIGRATIONS).await?;
+            tracing::info!(node = node.url(), "cluster node migrated");
+        }
+        Ok(latest_version())
+    }
+
+    /// Applies `migrations` on this node.
+    async fn migrate_node(&self, migrations: &[Migration]) -> Result<u32, StoreError> {
         let database = Identifier(&self.config.database);
         self.server_client
             .query("CREATE DATABASE IF NOT EXISTS ?")
@@ -117,7 +184,7 @@ impl Store {
                 known: latest_version(),
             });
         }
-        for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
+        for migration in migrations.iter().filter(|m| m.version > current) {
             for statement in migration.statements {
                 match statement.strip_prefix(ADD_COLUMN) {
                     Some(spec) => self.add_column(spec).await?,
@@ -151,8 +218,19 @@ impl Store {
             .map_err(|e| StoreError::from_clickhouse("read schema version", e))
     }
 
-    /// Fails unless the database holds exactly the schema this build writes.
+    /// Fails unless the database holds exactly the schema this build writes
+    /// (on a cluster: on every node).
     pub async fn check_schema(&self) -> Result<(), StoreError> {
+        if self.is_cluster() {
+            for node in self.shard_nodes()?.iter().flatten() {
+                node.check_node_schema().await?;
+            }
+            return Ok(());
+        }
+        self.check_node_schema().await
+    }
+
+    async fn check_node_schema(&self) -> Result<(), StoreError> {
         let version = self.schema_version().await?;
         if version == latest_version() {
             return Ok(());
@@ -214,11 +292,20 @@ impl Store {
         Ok(present > 0)
     }
 
-    /// Runs a migration statement, binding `{db}` and `{tz}` in order.
+    /// Runs a migration statement, binding in order: `{db}` (the database,
+    /// as an identifier), `{tz}` (the time zone), and on a cluster
+    /// `{cluster}` (its name), `{db_name}` (the database as a string) and
+    /// `{zk:<table>}` (the table's ZooKeeper path,
+    /// `/clickhouse/tables/{shard}/<database>/<table>`; `{shard}` and
+    /// `{replica}` are the server's own macros, left to it). All are
+    /// validated names; no data is spliced in.
     async fn run_templated(&self, statement: &str) -> Result<(), StoreError> {
         enum Slot {
             Database,
             TimeZone,
+            Cluster,
+            DatabaseName,
+            ZooKeeperPath(String),
         }
         let mut sql = String::with_capacity(statement.len());
         let mut slots = Vec::new();
@@ -226,25 +313,47 @@ impl Store {
         while let Some(start) = rest.find('{') {
             sql.push_str(&rest[..start]);
             let tail = &rest[start..];
-            if let Some(after) = tail.strip_prefix("{db}") {
-                slots.push(Slot::Database);
-                rest = after;
+            let slot = if let Some(after) = tail.strip_prefix("{db}") {
+                Some((Slot::Database, after))
             } else if let Some(after) = tail.strip_prefix("{tz}") {
-                slots.push(Slot::TimeZone);
-                rest = after;
+                Some((Slot::TimeZone, after))
+            } else if let Some(after) = tail.strip_prefix("{cluster}") {
+                Some((Slot::Cluster, after))
+            } else if let Some(after) = tail.strip_prefix("{db_name}") {
+                Some((Slot::DatabaseName, after))
+            } else if let Some(after) = tail.strip_prefix("{zk:") {
+                after
+                    .split_once('}')
+                    .map(|(table, after)| (Slot::ZooKeeperPath(table.to_string()), after))
             } else {
+                None
+            };
+            let Some((slot, after)) = slot else {
                 sql.push('{');
                 rest = &tail[1..];
                 continue;
-            }
+            };
+            slots.push(slot);
+            rest = after;
             sql.push('?');
         }
         sql.push_str(rest);
+        let cluster = self
+            .config
+            .cluster
+            .as_ref()
+            .map_or("", |cluster| cluster.name.as_str());
         let mut query = self.client.query(&sql);
         for slot in slots {
             query = match slot {
                 Slot::Database => query.bind(Identifier(&self.config.database)),
                 Slot::TimeZone => query.bind(self.config.timezone.as_str()),
+                Slot::Cluster => query.bind(cluster),
+                Slot::DatabaseName => query.bind(self.config.database.as_str()),
+                Slot::ZooKeeperPath(table) => query.bind(format!(
+                    "/clickhouse/tables/{{shard}}/{}/{table}",
+                    self.config.database
+                )),
             };
         }
         query
@@ -346,10 +455,11 @@ impl Store {
         let last = self
             .client
             .query(
-                "SELECT stream_seq, batch_first_seq, batch_rows FROM ?.offence_events \
+                "SELECT stream_seq, batch_first_seq, batch_rows FROM ?.? \
                  WHERE source_stream = ? AND writer = ? ORDER BY stream_seq DESC LIMIT 1",
             )
             .bind(Identifier(&self.config.database))
+            .bind(Identifier(self.events_table()))
             .bind(source_stream)
             .bind(writer)
             .fetch_optional::<LastRow>()
@@ -361,10 +471,11 @@ impl Store {
         let rows_from_batch_start = self
             .client
             .query(
-                "SELECT stream_seq, batch_first_seq, batch_rows FROM ?.offence_events \
+                "SELECT stream_seq, batch_first_seq, batch_rows FROM ?.? \
                  WHERE source_stream = ? AND writer = ? AND stream_seq >= ?",
             )
             .bind(Identifier(&self.config.database))
+            .bind(Identifier(self.events_table()))
             .bind(source_stream)
             .bind(writer)
             .bind(last.batch_first_seq)

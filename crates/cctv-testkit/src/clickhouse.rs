@@ -13,6 +13,7 @@ use crate::{
     http,
     ports::{free_port, wait_until_port_free},
     process::{create_dir, create_temp_dir, write_file, ProcessSpec, ServerProcess},
+    zookeeper::ZooKeeperServer,
     TestkitError,
 };
 
@@ -50,8 +51,33 @@ pub struct ClickHouseServer {
     process: ServerProcess,
     http_port: u16,
     tcp_port: u16,
+    /// Port replicas fetch parts from (cluster nodes only).
+    interserver_port: Option<u16>,
     users_are_default: bool,
     temp_dir: tempfile::TempDir,
+}
+
+/// The ports of one server.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    http: u16,
+    tcp: u16,
+    /// Only for nodes of a cluster.
+    interserver: Option<u16>,
+}
+
+impl Ports {
+    fn free(interserver: bool) -> Result<Ports, TestkitError> {
+        Ok(Ports {
+            http: free_port()?,
+            tcp: free_port()?,
+            interserver: if interserver {
+                Some(free_port()?)
+            } else {
+                None
+            },
+        })
+    }
 }
 
 impl ClickHouseServer {
@@ -84,7 +110,7 @@ impl ClickHouseServer {
         let binary = find_binary(CLICKHOUSE_BINARY, CLICKHOUSE_BINARY_ENV)?;
         let mut attempt = 1;
         loop {
-            match Self::start_once(&binary, users) {
+            match Self::start_once(&binary, users, Ports::free(false)?, "") {
                 Err(error) if error.is_port_conflict() && attempt < START_ATTEMPTS => {
                     attempt += 1;
                 }
@@ -93,17 +119,29 @@ impl ClickHouseServer {
         }
     }
 
-    /// One start attempt with fresh ports and directory.
-    fn start_once(binary: &Path, users: UsersFile<'_>) -> Result<ClickHouseServer, TestkitError> {
+    /// One start attempt on `ports` with a fresh directory; `extra_config`
+    /// goes inside the config's root element.
+    fn start_once(
+        binary: &Path,
+        users: UsersFile<'_>,
+        ports: Ports,
+        extra_config: &str,
+    ) -> Result<ClickHouseServer, TestkitError> {
         let temp_dir = create_temp_dir("clickhouse")?;
         let dir = temp_dir.path().to_path_buf();
         for subdir in ["data", "tmp", "log", "user_files", "format_schemas"] {
             create_dir(&dir.join(subdir))?;
         }
-        let http_port = free_port()?;
-        let tcp_port = free_port()?;
         let config_path = dir.join("config.xml");
-        write_file(&config_path, &server_config(&dir, http_port, tcp_port))?;
+        let mut config = server_config(&dir, ports.http, ports.tcp);
+        if let Some(interserver) = ports.interserver {
+            let cluster_part = format!(
+                "    <interserver_http_port>{interserver}</interserver_http_port>\n    \
+                 <interserver_http_host>127.0.0.1</interserver_http_host>\n{extra_config}\n</yandex>"
+            );
+            config = config.replace("</yandex>", &cluster_part);
+        }
+        write_file(&config_path, &config)?;
         let users_xml = match users {
             UsersFile::Default => users_config(DEFAULT_USERS),
             UsersFile::Body(body) => users_config(body),
@@ -122,8 +160,9 @@ impl ClickHouseServer {
         };
         let mut server = ClickHouseServer {
             process: ServerProcess::new(spec),
-            http_port,
-            tcp_port,
+            http_port: ports.http,
+            tcp_port: ports.tcp,
+            interserver_port: ports.interserver,
             users_are_default: matches!(users, UsersFile::Default),
             temp_dir,
         };
@@ -186,6 +225,10 @@ impl ClickHouseServer {
             wait_until_port_free(self.http_port, remaining)?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             wait_until_port_free(self.tcp_port, remaining)?;
+            if let Some(interserver) = self.interserver_port {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                wait_until_port_free(interserver, remaining)?;
+            }
             self.process.spawn()?;
             match self.wait_ready() {
                 Ok(()) => return Ok(()),
@@ -224,6 +267,99 @@ impl ClickHouseServer {
             });
         }
         Ok(response.body)
+    }
+}
+
+/// A ClickHouse cluster on 127.0.0.1: `shards` x `replicas` servers of
+/// cluster `cctv` (`remote_servers`, `internal_replication`), macros
+/// `{shard}` (`01`, `02`, ...) and `{replica}` (`r1`, `r2`, ...), and one
+/// ZooKeeper for the replicated tables. User `default` without password.
+///
+/// Dropping it kills every server, then ZooKeeper, and removes their
+/// directories.
+#[derive(Debug)]
+pub struct ClickHouseCluster {
+    // Servers drop (and die) before ZooKeeper.
+    shards: Vec<Vec<ClickHouseServer>>,
+    zookeeper: ZooKeeperServer,
+}
+
+/// Name of the cluster in every node's `remote_servers`.
+pub const CLUSTER_NAME: &str = "cctv";
+
+impl ClickHouseCluster {
+    /// Starts ZooKeeper and `shards` x `replicas` servers and waits until each answers.
+    pub fn start(shards: usize, replicas: usize) -> Result<ClickHouseCluster, TestkitError> {
+        let binary = find_binary(CLICKHOUSE_BINARY, CLICKHOUSE_BINARY_ENV)?;
+        let zookeeper = ZooKeeperServer::start()?;
+        let ports: Vec<Vec<Ports>> = (0..shards)
+            .map(|_| (0..replicas).map(|_| Ports::free(true)).collect())
+            .collect::<Result<_, _>>()?;
+        let mut remote = format!("<remote_servers><{CLUSTER_NAME}>");
+        for shard in &ports {
+            remote.push_str("<shard><internal_replication>true</internal_replication>");
+            for replica in shard {
+                remote.push_str(&format!(
+                    "<replica><host>127.0.0.1</host><port>{}</port></replica>",
+                    replica.tcp
+                ));
+            }
+            remote.push_str("</shard>");
+        }
+        remote.push_str(&format!("</{CLUSTER_NAME}></remote_servers>"));
+        let mut servers = Vec::with_capacity(shards);
+        for (shard_index, shard) in ports.iter().enumerate() {
+            let mut replicas_of_shard = Vec::with_capacity(replicas);
+            for (replica_index, replica) in shard.iter().enumerate() {
+                let extra = format!(
+                    "    <zookeeper><node><host>127.0.0.1</host><port>{}</port></node>\
+                     <session_timeout_ms>10000</session_timeout_ms></zookeeper>\n    \
+                     <macros><shard>{:02}</shard><replica>r{}</replica></macros>\n    {remote}",
+                    zookeeper.port(),
+                    shard_index + 1,
+                    replica_index + 1
+                );
+                replicas_of_shard.push(ClickHouseServer::start_once(
+                    &binary,
+                    UsersFile::Default,
+                    *replica,
+                    &extra,
+                )?);
+            }
+            servers.push(replicas_of_shard);
+        }
+        Ok(ClickHouseCluster {
+            shards: servers,
+            zookeeper,
+        })
+    }
+
+    /// The cluster's name in `remote_servers`.
+    pub fn name(&self) -> &'static str {
+        CLUSTER_NAME
+    }
+
+    /// Each shard's replicas' HTTP URLs, in order.
+    pub fn shard_urls(&self) -> Vec<Vec<String>> {
+        self.shards
+            .iter()
+            .map(|shard| shard.iter().map(ClickHouseServer::http_url).collect())
+            .collect()
+    }
+
+    /// Replica `replica` of shard `shard` (both from 0).
+    pub fn replica(&self, shard: usize, replica: usize) -> Option<&ClickHouseServer> {
+        self.shards.get(shard)?.get(replica)
+    }
+
+    /// Replica `replica` of shard `shard`, to kill, stop or restart it.
+    pub fn replica_mut(&mut self, shard: usize, replica: usize) -> Option<&mut ClickHouseServer> {
+        self.shards.get_mut(shard)?.get_mut(replica)
+    }
+
+    /// The ZooKeeper server.
+    pub fn zookeeper(&self) -> &ZooKeeperServer {
+        &self.zookeeper
     }
 }
 
@@ -453,5 +589,59 @@ mod tests {
         let users = users_config("<bob/>");
         assert!(users.contains("<users><bob/></users>"));
         assert!(users.contains("<readonly><readonly>1</readonly></readonly>"));
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+    use crate::unique_name;
+
+    #[test]
+    #[allow(clippy::expect_used)]
+    fn a_cluster_replicates_within_a_shard_and_answers_through_distributed(
+    ) -> Result<(), TestkitError> {
+        let cluster = ClickHouseCluster::start(2, 2)?;
+        let db = unique_name("cluster");
+        for shard in 0..2 {
+            for replica in 0..2 {
+                let node = cluster.replica(shard, replica).expect("a replica");
+                node.query(&format!("CREATE DATABASE {db}"))?;
+                node.query(&format!(
+                    "CREATE TABLE {db}.t (x UInt32) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{{shard}}/{db}/t', '{{replica}}') ORDER BY x"
+                ))?;
+                node.query(&format!(
+                    "CREATE TABLE {db}.all AS {db}.t ENGINE = Distributed({CLUSTER_NAME}, {db}, t, rand())"
+                ))?;
+            }
+        }
+        let first = |shard| cluster.replica(shard, 0).expect("a replica");
+        let second = |shard| cluster.replica(shard, 1).expect("a replica");
+        // A quorum insert (a URL setting: 18.16 has no `INSERT ... SETTINGS`)
+        // returns once both replicas hold the part.
+        let quorum = http::request(
+            first(0).http_port(),
+            "POST",
+            "/?insert_quorum=2",
+            &format!("INSERT INTO {db}.t VALUES (1), (2)"),
+            QUERY_TIMEOUT,
+        )
+        .map_err(|source| TestkitError::io("quorum insert", source))?;
+        assert_eq!(quorum.status, 200, "{}", quorum.body);
+        first(1).query(&format!("INSERT INTO {db}.t VALUES (10)"))?;
+        second(1).query(&format!("SYSTEM SYNC REPLICA {db}.t"))?;
+        assert_eq!(
+            second(0).query(&format!("SELECT sum(x) FROM {db}.t"))?,
+            "3\n"
+        );
+        assert_eq!(
+            second(1).query(&format!("SELECT sum(x) FROM {db}.t"))?,
+            "10\n"
+        );
+        assert_eq!(
+            second(0).query(&format!("SELECT sum(x) FROM {db}.all"))?,
+            "13\n"
+        );
+        Ok(())
     }
 }

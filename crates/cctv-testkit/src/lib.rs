@@ -18,8 +18,10 @@
 //!   `CCTV_NATS_SERVER_BIN` override, the release pinned in `scripts/versions.env`
 //!   and installed by `scripts/install-nats.sh`, else `PATH`), refusing releases
 //!   older than 2.10.
-//! - `nats`: [`NatsServer`].
-//! - `clickhouse`: [`ClickHouseServer`] and [`shared_clickhouse`].
+//! - `nats`: [`NatsServer`] and [`NatsCluster`].
+//! - `clickhouse`: [`ClickHouseServer`], [`shared_clickhouse`] and
+//!   [`ClickHouseCluster`] (shards of replicas on one [`ZooKeeperServer`]).
+//! - `zookeeper`: [`ZooKeeperServer`], Debian's `zookeeper` package.
 //!
 //! Invariants: no port is handed out twice per process; a server value never outlives
 //! its process (Drop kills it); readiness is always polled with a deadline.
@@ -34,14 +36,16 @@ mod nats_binary;
 mod ports;
 mod process;
 mod wait;
+mod zookeeper;
 
 pub use crate::{
-    clickhouse::{shared_clickhouse, ClickHouseServer},
+    clickhouse::{shared_clickhouse, ClickHouseCluster, ClickHouseServer, CLUSTER_NAME},
     environment::require_servers,
     error::TestkitError,
     names::unique_name,
-    nats::NatsServer,
+    nats::{NatsCluster, NatsServer},
     nats_binary::{nats_server_binary, nats_server_version, pinned_nats_version},
     ports::free_port,
     wait::{poll, poll_until, wait_until},
+    zookeeper::ZooKeeperServer,
 };

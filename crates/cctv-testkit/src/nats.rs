@@ -87,13 +87,26 @@ impl NatsServer {
         extra_config: &str,
         envs: &[(OsString, OsString)],
     ) -> Result<NatsServer, TestkitError> {
+        let port = free_port()?;
+        Self::start_node(binary, port, envs, |store_dir| {
+            nats_config(port, store_dir, extra_config)
+        })
+    }
+
+    /// Starts a server on `port` with the config `config(store_dir)` in a
+    /// fresh temp dir, and waits until it answers.
+    fn start_node(
+        binary: &Path,
+        port: u16,
+        envs: &[(OsString, OsString)],
+        config: impl FnOnce(&Path) -> String,
+    ) -> Result<NatsServer, TestkitError> {
         let temp_dir = create_temp_dir("nats")?;
         let dir = temp_dir.path().to_path_buf();
         let store_dir = dir.join("js");
         create_dir(&store_dir)?;
-        let port = free_port()?;
         let config_path = dir.join("nats.conf");
-        write_file(&config_path, &nats_config(port, &store_dir, extra_config))?;
+        write_file(&config_path, &config(&store_dir))?;
         let spec = ProcessSpec {
             server_name: NATS_BINARY,
             binary: binary.to_path_buf(),
@@ -187,6 +200,86 @@ fn resolved_binary() -> Result<PathBuf, TestkitError> {
     }
     let binary = nats_server_binary()?;
     Ok(RESOLVED_BINARY.get_or_init(|| binary).clone())
+}
+
+/// A cluster of `nats-server`s with JetStream on 127.0.0.1: every node routes
+/// to every other, so streams with 3 replicas and the meta leader survive
+/// the loss of one node.
+///
+/// Dropping it kills every node and removes their directories.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes (cluster `cctv`, server names `n1`, `n2`, ...),
+    /// each with `extra_config` appended to its config, and waits until each
+    /// answers. JetStream elects its meta leader a moment later: callers
+    /// retry their first JetStream request (as the services do).
+    pub fn start(size: usize, extra_config: &str) -> Result<NatsCluster, TestkitError> {
+        let binary = resolved_binary()?;
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(&binary, size, extra_config) {
+                Err(error) if error.is_port_conflict() && attempt < START_ATTEMPTS => {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(
+        binary: &Path,
+        size: usize,
+        extra_config: &str,
+    ) -> Result<NatsCluster, TestkitError> {
+        let client_ports = (0..size)
+            .map(|_| free_port())
+            .collect::<Result<Vec<_>, _>>()?;
+        let route_ports = (0..size)
+            .map(|_| free_port())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut nodes = Vec::with_capacity(size);
+        for (index, port) in client_ports.iter().enumerate() {
+            let routes: Vec<String> = route_ports
+                .iter()
+                .enumerate()
+                .filter(|(other, _)| *other != index)
+                .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
+                .collect();
+            let cluster = format!(
+                "server_name: n{}\ncluster {{\n  name: cctv\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n{extra_config}",
+                index + 1,
+                route_ports[index],
+                routes.join(", ")
+            );
+            nodes.push(NatsServer::start_node(binary, *port, &[], |store_dir| {
+                nats_config(*port, store_dir, &cluster)
+            })?);
+        }
+        Ok(NatsCluster { nodes })
+    }
+
+    /// Every node's client URL, comma-separated (what `CCTV_NATS_URL` takes).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node `index` (from 0), to kill, stop or restart it.
+    pub fn node_mut(&mut self, index: usize) -> Option<&mut NatsServer> {
+        self.nodes.get_mut(index)
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[NatsServer] {
+        &self.nodes
+    }
 }
 
 /// The generated config file; `extra_config` comes last so it may add blocks.
