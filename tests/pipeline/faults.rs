@@ -18,8 +18,11 @@ use async_nats::jetstream;
 use async_nats::HeaderMap;
 use cctv_bus::{NatsConfig, StreamsConfig};
 use cctv_cli::CliConfig;
-use cctv_store::{ClickHouseConfig, Store, TotalsFilter, TotalsRow};
-use cctv_testkit::{free_port, shared_clickhouse, unique_name, ClickHouseServer, NatsServer};
+use cctv_store::{ClickHouseConfig, ClusterConfig, ShardConfig, Store, TotalsFilter, TotalsRow};
+use cctv_testkit::{
+    free_port, shared_clickhouse, unique_name, ClickHouseCluster, ClickHouseServer, NatsCluster,
+    NatsServer, TestkitError,
+};
 use futures::TryStreamExt;
 
 use crate::harness::{canonical, recent_time, registry_csv};
@@ -47,63 +50,273 @@ pub(crate) const LEASE_TTL: Duration = Duration::from_secs(4);
 /// Prefix of the aggregators' partition consumers (the default).
 const AGGREGATOR_CONSUMER: &str = "cctv-aggregator";
 
-/// A test's servers: its own NATS, a database on the shared ClickHouse (or
-/// a private ClickHouse for the outage test), configs in a temp dir.
+/// The NATS of a test: one server, or a cluster.
+pub(crate) enum Nats {
+    One(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    /// The URL (a cluster: every node's, comma-separated).
+    pub(crate) fn url(&self) -> String {
+        match self {
+            Nats::One(server) => server.url(),
+            Nats::Cluster(cluster) => cluster.urls(),
+        }
+    }
+
+    pub(crate) fn log_tail(&self) -> String {
+        match self {
+            Nats::One(server) => server.log_tail(),
+            Nats::Cluster(cluster) => cluster
+                .nodes()
+                .iter()
+                .map(NatsServer::log_tail)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    /// Restarts the server (a cluster: one node after another).
+    pub(crate) fn restart(&mut self) -> Result<(), TestkitError> {
+        match self {
+            Nats::One(server) => server.restart(),
+            Nats::Cluster(cluster) => {
+                for index in 0..cluster.nodes().len() {
+                    if let Some(node) = cluster.node_mut(index) {
+                        node.restart()?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Where a test's events are counted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClickHouseSide {
+    /// A database on the process-wide server.
+    Shared,
+    /// A server of the test's own (the outage test stops it).
+    Private,
+    /// A cluster of the test's own: shards x replicas, with ZooKeeper.
+    Cluster { shards: usize, replicas: usize },
+}
+
+/// A test's servers: its own NATS (one server, or a cluster of three with
+/// every stream replicated three times), ClickHouse (a database on the
+/// shared server, a private server, or a cluster of shards with replicas),
+/// configs in a temp dir.
 pub(crate) struct FaultStack {
-    pub(crate) nats: NatsServer,
+    pub(crate) nats: Nats,
     /// Only for the test that stops ClickHouse (the shared one must stay up).
     private_clickhouse: Option<ClickHouseServer>,
+    /// Only for the cluster tests.
+    pub(crate) clickhouse_cluster: Option<ClickHouseCluster>,
     clickhouse_url: String,
     database: String,
     dir: tempfile::TempDir,
     registry_path: PathBuf,
+    /// Stream and lease bucket settings (replicas 3 on a NATS cluster).
+    pub(crate) streams: StreamsConfig,
     pub(crate) js: jetstream::Context,
 }
 
 impl FaultStack {
     pub(crate) async fn start(private_clickhouse: bool) -> FaultStack {
-        let nats = NatsServer::start().expect("nats-server must start");
-        let (private_clickhouse, clickhouse_url) = if private_clickhouse {
-            let server = ClickHouseServer::start().expect("clickhouse-server must start");
-            let url = server.http_url();
-            (Some(server), url)
+        let clickhouse = if private_clickhouse {
+            ClickHouseSide::Private
         } else {
-            let server = shared_clickhouse().expect("clickhouse-server must start");
-            (None, server.http_url())
+            ClickHouseSide::Shared
+        };
+        Self::start_with(1, clickhouse).await
+    }
+
+    /// `nats_nodes` NATS servers (1, or a cluster of 3) and `clickhouse`.
+    pub(crate) async fn start_with(nats_nodes: usize, clickhouse: ClickHouseSide) -> FaultStack {
+        let (nats, replicas) = if nats_nodes > 1 {
+            let cluster = NatsCluster::start(nats_nodes, "").expect("nats cluster must start");
+            (Nats::Cluster(cluster), 3.min(nats_nodes))
+        } else {
+            (
+                Nats::One(NatsServer::start().expect("nats-server must start")),
+                1,
+            )
+        };
+        let (mut private_clickhouse, mut clickhouse_cluster) = (None, None);
+        let clickhouse_url = match clickhouse {
+            ClickHouseSide::Shared => shared_clickhouse()
+                .expect("clickhouse-server must start")
+                .http_url(),
+            ClickHouseSide::Private => {
+                let server = ClickHouseServer::start().expect("clickhouse-server must start");
+                let url = server.http_url();
+                private_clickhouse = Some(server);
+                url
+            }
+            ClickHouseSide::Cluster { shards, replicas } => {
+                let cluster =
+                    tokio::task::block_in_place(|| ClickHouseCluster::start(shards, replicas))
+                        .expect("clickhouse cluster must start");
+                let url = cluster.shard_urls()[0][0].clone();
+                clickhouse_cluster = Some(cluster);
+                url
+            }
         };
         let dir = tempfile::tempdir().expect("temp dir");
         let registry_path = dir.path().join("cameras.csv");
         let regions = cctv_event::Regions::builtin().expect("builtin regions");
         std::fs::write(&registry_path, registry_csv(&regions)).expect("write registry");
-        let client = async_nats::connect(nats.url()).await.expect("connect");
-        let js = jetstream::new(client);
-        cctv_bus::ensure_streams(&js, &StreamsConfig::default())
+        let mut streams = StreamsConfig::default();
+        for settings in [&mut streams.raw, &mut streams.events, &mut streams.dlq] {
+            settings.replicas = replicas;
+        }
+        streams.leases.replicas = replicas;
+        let nats_config = NatsConfig {
+            url: nats.url(),
+            ..NatsConfig::default()
+        };
+        let client = cctv_bus::connect(&nats_config, "fault-test")
             .await
-            .expect("create streams");
-        FaultStack {
+            .expect("connect");
+        let js = jetstream::new(client);
+        // A new cluster elects its JetStream leader a moment after it answers.
+        let (js_ref, streams_ref) = (&js, &streams);
+        cctv_testkit::poll(
+            "the streams",
+            DRAIN_TIMEOUT,
+            Duration::from_millis(200),
+            || async move {
+                cctv_bus::ensure_streams(js_ref, streams_ref)
+                    .await
+                    .map_err(|error| error.to_string())
+            },
+        )
+        .await;
+        let stack = FaultStack {
             nats,
             private_clickhouse,
+            clickhouse_cluster,
             clickhouse_url,
             database: unique_name("faults"),
             dir,
             registry_path,
+            streams,
             js,
+        };
+        if stack.clickhouse_cluster.is_some() {
+            // What `cctvctl setup` does: the cluster schema on every node, once.
+            stack.store().migrate().await.expect("cluster schema");
         }
+        stack
+    }
+
+    /// The `[streams.*]` tables of the services' configs.
+    fn streams_toml(&self) -> String {
+        let mut toml = String::new();
+        for (key, settings) in [
+            ("raw", &self.streams.raw),
+            ("events", &self.streams.events),
+            ("dlq", &self.streams.dlq),
+        ] {
+            toml.push_str(&format!(
+                "\n[streams.{key}]\nname = \"{}\"\nmax_age = \"{}\"\nduplicate_window = \"{}\"\n\
+                 max_bytes = {}\nreplicas = {}\n",
+                settings.name,
+                humantime::format_duration(settings.max_age),
+                humantime::format_duration(settings.duplicate_window),
+                settings.max_bytes,
+                settings.replicas
+            ));
+        }
+        toml.push_str(&format!(
+            "\n[streams.leases]\nname = \"{}\"\nreplicas = {}\n",
+            self.streams.leases.name, self.streams.leases.replicas
+        ));
+        toml
+    }
+
+    /// On a ClickHouse cluster: waits until every replica holds every part
+    /// of its shard, so that a `Distributed` query gives the same answer
+    /// whichever replica it reads.
+    pub(crate) async fn sync_replicas(&self) {
+        let Some(cluster) = &self.clickhouse_cluster else {
+            return;
+        };
+        for shard in cluster.shard_urls() {
+            for url in shard {
+                let node = Store::new(&ClickHouseConfig {
+                    url,
+                    ..self.cli_config().clickhouse
+                })
+                .expect("node store");
+                let node = &node;
+                cctv_testkit::poll(
+                    "a replica in sync",
+                    DRAIN_TIMEOUT,
+                    Duration::from_millis(200),
+                    || async move { node.sync_replica().await.map_err(|error| error.to_string()) },
+                )
+                .await;
+            }
+        }
+    }
+
+    /// The ClickHouse cluster settings, when the test has a cluster.
+    fn clickhouse_cluster_config(&self) -> Option<ClusterConfig> {
+        let cluster = self.clickhouse_cluster.as_ref()?;
+        Some(ClusterConfig {
+            name: cluster.name().to_string(),
+            shards: cluster
+                .shard_urls()
+                .into_iter()
+                .map(|replicas| ShardConfig { replicas })
+                .collect(),
+        })
+    }
+
+    /// The `[clickhouse.cluster]` table of the aggregators' config.
+    fn clickhouse_cluster_toml(&self) -> String {
+        let Some(cluster) = self.clickhouse_cluster_config() else {
+            return String::new();
+        };
+        let mut toml = format!("\n[clickhouse.cluster]\nname = \"{}\"\n", cluster.name);
+        for shard in cluster.shards {
+            let replicas: Vec<String> = shard
+                .replicas
+                .iter()
+                .map(|url| format!("\"{url}\""))
+                .collect();
+            toml.push_str(&format!(
+                "\n[[clickhouse.cluster.shards]]\nreplicas = [{}]\n",
+                replicas.join(", ")
+            ));
+        }
+        toml
     }
 
     /// The one aggregator config every instance shares, but for its metrics port.
     fn aggregator_toml(&self, metrics_port: u16) -> String {
+        // On a cluster `cctvctl setup` (here: the stack) creates the schema,
+        // and each shard gets a share of the row budget: give every shard two batches.
+        let (migrate, budget) = match &self.clickhouse_cluster {
+            Some(cluster) => (false, MAX_ROWS_IN_MEMORY * cluster.shard_urls().len()),
+            None => (true, MAX_ROWS_IN_MEMORY),
+        };
         format!(
-            "[nats]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n\n\
+            "[nats]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n{}\n\
              [aggregator]\nbatch_max_rows = {BATCH_MAX_ROWS}\nbatch_max_age = \"200ms\"\n\
              fetch_batch = {FETCH_BATCH}\nmax_ack_pending = {MAX_ACK_PENDING}\n\
-             max_rows_in_memory = {MAX_ROWS_IN_MEMORY}\n\
+             max_rows_in_memory = {budget}\nmigrate_on_start = {migrate}\n\
              lease_ttl = \"{}s\"\nretry_max_backoff = \"1s\"\nshutdown_grace = \"20s\"\n\n\
-             [telemetry]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+             [telemetry]\nlisten = \"127.0.0.1:{metrics_port}\"\n{}",
             self.nats.url(),
             self.clickhouse_url,
             self.database,
+            self.clickhouse_cluster_toml(),
             LEASE_TTL.as_secs(),
+            self.streams_toml(),
         )
     }
 
@@ -113,9 +326,10 @@ impl FaultStack {
         format!(
             "[nats]\nurl = \"{}\"\n\n[ingest]\nbatch_size = 500\nack_wait = \"5s\"\n\
              shutdown_grace = \"20s\"\n\n[data]\nregistry_path = \"{}\"\n\n\
-             [telemetry]\nlisten = \"127.0.0.1:0\"\n",
+             [telemetry]\nlisten = \"127.0.0.1:0\"\n{}",
             self.nats.url(),
-            self.registry_path.display()
+            self.registry_path.display(),
+            self.streams_toml(),
         )
     }
 
@@ -173,16 +387,17 @@ impl FaultStack {
                 url: self.nats.url(),
                 ..NatsConfig::default()
             },
-            streams: StreamsConfig::default(),
+            streams: self.streams.clone(),
             clickhouse: ClickHouseConfig {
                 url: self.clickhouse_url.clone(),
                 database: self.database.clone(),
+                cluster: self.clickhouse_cluster_config(),
                 ..ClickHouseConfig::default()
             },
         }
     }
 
-    fn store(&self) -> Store {
+    pub(crate) fn store(&self) -> Store {
         Store::new(&self.cli_config().clickhouse).expect("store")
     }
 
@@ -425,7 +640,7 @@ pub(crate) async fn drain_stop_and_check(stack: &FaultStack, load: &Load, fleet:
 
 /// Partition leases in the lease bucket.
 pub(crate) async fn leases_held(stack: &FaultStack) -> usize {
-    let bucket = cctv_bus::LeaseBucket::open(&stack.js, &cctv_bus::LeaseBucketSettings::default())
+    let bucket = cctv_bus::LeaseBucket::open(&stack.js, &stack.streams.leases)
         .await
         .expect("lease bucket");
     bucket
@@ -438,6 +653,7 @@ pub(crate) async fn leases_held(stack: &FaultStack) -> usize {
 /// A clean audit, then exact totals per region x type, the contract's query
 /// agreeing.
 async fn check_exact(stack: &FaultStack, load: &Load) {
+    stack.sync_replicas().await;
     let report = cctv_cli::audit_pipeline(&stack.cli_config())
         .await
         .expect("audit runs");

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod audit;
+mod cluster;
 mod deploy_files;
 mod faults;
 mod foundation;

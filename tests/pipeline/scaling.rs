@@ -24,7 +24,7 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Publishes `load` in slices of 1,000 a quarter second apart (some 4,000
 /// events/s), so that the fleet changes while events still arrive.
-fn paced_publisher(stack: &FaultStack, load: &Load) -> tokio::task::JoinHandle<()> {
+pub(crate) fn paced_publisher(stack: &FaultStack, load: &Load) -> tokio::task::JoinHandle<()> {
     let js = stack.js.clone();
     let slices: Vec<Vec<(String, Vec<u8>)>> =
         load.messages.chunks(1_000).map(<[_]>::to_vec).collect();
@@ -39,7 +39,7 @@ fn paced_publisher(stack: &FaultStack, load: &Load) -> tokio::task::JoinHandle<(
 
 /// Owner instance of every partition lease, as the bucket holds them.
 async fn lease_owners(stack: &FaultStack) -> BTreeMap<String, usize> {
-    let bucket = cctv_bus::LeaseBucket::open(&stack.js, &cctv_bus::LeaseBucketSettings::default())
+    let bucket = cctv_bus::LeaseBucket::open(&stack.js, &stack.streams.leases)
         .await
         .expect("lease bucket");
     let mut owners = BTreeMap::new();

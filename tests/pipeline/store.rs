@@ -209,3 +209,51 @@ async fn event_batches_of_both_versions_are_counted_once() {
         .expect("distinct ids");
     assert_eq!(distinct, 30);
 }
+
+/// The property the cluster's inserts rest on: on replicated tables, the
+/// same insert (the same bytes) sent again, to the same replica or another
+/// one of the shard, writes nothing more (ClickHouse's block deduplication),
+/// also through the fence's materialized view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_sent_again_to_any_replica_of_a_shard_writes_nothing_more() {
+    let cluster = tokio::task::block_in_place(|| cctv_testkit::ClickHouseCluster::start(1, 2))
+        .expect("a cluster");
+    let config = ClickHouseConfig {
+        url: cluster.shard_urls()[0][0].clone(),
+        database: unique_name("dedup"),
+        cluster: Some(cctv_store::ClusterConfig {
+            name: cluster.name().to_string(),
+            shards: vec![cctv_store::ShardConfig {
+                replicas: cluster.shard_urls()[0].clone(),
+            }],
+        }),
+        ..ClickHouseConfig::default()
+    };
+    let store = Store::new(&config).expect("settings");
+    store.migrate().await.expect("migrate");
+    let nodes = store.shard_nodes().expect("nodes").remove(0);
+    nodes[0].fence("p0", 3, "test").await.expect("fence");
+    let events = events();
+    let mut batch = EncodedRows::new();
+    for (event, stream_seq) in events.iter().zip(1u64..) {
+        batch.push(&event.view(), "CCTV_EVENTS@1", "p0", stream_seq);
+    }
+    batch.seal(1_795_750_000, 3);
+    for node in [&nodes[0], &nodes[0], &nodes[1]] {
+        node.insert_fenced(&[("p0", &batch)]).await.expect("insert");
+    }
+    for node in &nodes {
+        node.sync_replica().await.expect("in sync");
+        let rows: u64 = node
+            .client()
+            .query("SELECT count() FROM offence_events_local")
+            .fetch_one()
+            .await
+            .expect("count");
+        assert_eq!(rows, events.len() as u64, "{}", node.url());
+    }
+    assert_eq!(
+        store.count_events().await.expect("count"),
+        events.len() as u64
+    );
+}

@@ -167,20 +167,40 @@ async fn run(
     }
 }
 
+/// How long the same group is sent again to the shard's replicas (cluster
+/// only) before its writers are told it failed and check for themselves.
+const SAME_BYTES_RETRY: Duration = Duration::from_secs(30);
+/// Pause between two attempts of the same group.
+const SAME_BYTES_PAUSE: Duration = Duration::from_millis(200);
+
 async fn insert_group(replicas: &Replicas, group: &[Request]) -> Result<(), StoreError> {
     let batches: Vec<(&str, &EncodedRows)> = group
         .iter()
         .map(|request| (request.writer.as_str(), request.rows.as_ref()))
         .collect();
-    let (index, store) = replicas.current();
-    let result = store.insert_fenced(&batches).await;
-    if let Err(error) = &result {
-        replicas.fail_over(index, error);
-    }
     metrics::counter!(names::INSERTS).increment(1);
     #[allow(clippy::cast_precision_loss)]
     metrics::histogram!(names::INSERT_GROUP).record(group.len() as f64);
-    result
+    // On replicated tables the same bytes may be sent again to any replica
+    // of the shard: a block already committed is dropped, so the rows are
+    // written once whatever became of the attempt before.
+    let give_up = tokio::time::Instant::now() + SAME_BYTES_RETRY;
+    loop {
+        let (index, store) = replicas.current();
+        let result = store.insert_fenced(&batches).await;
+        let Err(error) = result else {
+            return Ok(());
+        };
+        replicas.fail_over(index, &error);
+        if !replicas.is_replicated()
+            || !error.is_transient()
+            || tokio::time::Instant::now() >= give_up
+        {
+            return Err(error);
+        }
+        tracing::warn!(%error, "insert failed; sending the same rows again to the shard");
+        tokio::time::sleep(SAME_BYTES_PAUSE).await;
+    }
 }
 
 /// Gives every request of `group` the group's result, after letting go of

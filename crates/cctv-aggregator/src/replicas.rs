@@ -3,9 +3,13 @@
 //!
 //! A single server is a shard of one replica. On a cluster a shard's
 //! partitions write to its first replica while it answers and move to the
-//! next when it does not ([`Replicas::fail_over`]). Moving is safe because
-//! every retry and every session start asks ClickHouse what was written,
-//! after two waits:
+//! next when it does not ([`Replicas::fail_over`]). An insert that failed
+//! is first sent again, the very same bytes, to the next replica: the
+//! replicated tables drop a block they already hold (ClickHouse's insert
+//! deduplication, by the block's hash, kept in ZooKeeper for the shard), so
+//! whether or not the first attempt was committed, the rows are written once.
+//! When that does not succeed either, and at every session start, the
+//! partition asks ClickHouse what was written, after two waits:
 //! - no fenced insert of the partition may still run on any replica
 //!   ([`Replicas::fenced_inserts_in_flight`]); a replica that refuses the
 //!   connection runs nothing, one that does not answer may, so then the
@@ -65,6 +69,26 @@ impl Replicas {
                 "ClickHouse replica unavailable; using the next replica of the shard"
             );
         }
+    }
+
+    /// Whether the shard has several replicas (replicated tables: a repeated
+    /// insert of the same bytes writes nothing more).
+    pub(crate) fn is_replicated(&self) -> bool {
+        self.nodes.len() > 1
+    }
+
+    /// Writes `writer`'s fence for `epoch` into every replica; fails while
+    /// one does not take it (see `Store::fence`).
+    pub(crate) async fn fence(
+        &self,
+        writer: &str,
+        epoch: u64,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        for node in &self.nodes {
+            node.fence(writer, epoch, owner).await?;
+        }
+        Ok(())
     }
 
     /// Fenced inserts of `writer` still running on any replica. A replica

@@ -669,11 +669,13 @@ async fn run_term(
     let mut pause = Duration::from_millis(100);
     // The fence first: from now on no older owner's insert writes a row.
     loop {
-        let (node, store) = shard.replicas.current();
-        match store.fence(&writer_name, epoch, &context.instance).await {
+        match shard
+            .replicas
+            .fence(&writer_name, epoch, &context.instance)
+            .await
+        {
             Ok(()) => break,
             Err(error) if error.is_transient() => {
-                shard.replicas.fail_over(node, &error);
                 tracing::warn!(partition, %error, "cannot write the fence yet; retrying");
                 tokio::select! {
                     biased;

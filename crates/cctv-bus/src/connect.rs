@@ -65,8 +65,17 @@ pub async fn connect(
     if config.tls_required {
         options = options.require_tls(true);
     }
+    // A comma-separated list names several servers of a cluster: the client
+    // connects to any that answers and fails over between them (it also
+    // learns the cluster's other servers from the one it reaches).
+    let servers: Vec<&str> = config
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect();
     options
-        .connect(config.url.as_str())
+        .connect(servers)
         .await
         .map_err(|error| match error.kind() {
             // Wrong credentials do not get better by retrying.

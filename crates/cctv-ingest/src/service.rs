@@ -72,12 +72,34 @@ pub async fn run(
         return Ok(());
     };
     let mut js = jetstream::new(client.clone());
-    cctv_bus::ensure_streams(&js, &config.streams).await?;
-    let partitions = cctv_bus::LeaseBucket::open(&js, &config.streams.leases)
-        .await?
-        .partitions_or_init()
-        .await?;
-    let mut consumer = create_consumer(&js, &config).await?;
+    // JetStream may not answer yet (a cluster electing its leaders, a server
+    // just restarted): transient errors are retried until shutdown.
+    let prepared = loop {
+        let attempt = async {
+            cctv_bus::ensure_streams(&js, &config.streams).await?;
+            let partitions = cctv_bus::LeaseBucket::open(&js, &config.streams.leases)
+                .await?
+                .partitions_or_init()
+                .await?;
+            let consumer = create_consumer(&js, &config).await?;
+            Ok::<_, IngestError>((partitions, consumer))
+        }
+        .await;
+        match attempt {
+            Ok(prepared) => break prepared,
+            Err(IngestError::Bus(error)) if error.is_transient() => {
+                health.set_problem("JetStream not ready");
+                tracing::warn!(%error, "streams, lease bucket or consumer not ready; retrying");
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(RETRY_PAUSE) => {}
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    let (partitions, mut consumer) = prepared;
     health.set_ok();
     tracing::info!(consumer = %config.ingest.consumer, partitions, "ingest started");
 

@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use crate::encoded::ENCODED_COLUMNS;
 use crate::{EncodedRows, Store, StoreError};
 
+/// How long one wait for a replica to catch up may take; the caller asks again.
+const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The table the fenced inserts go to.
 const INCOMING: &str = "offence_events_incoming";
 
@@ -32,19 +35,21 @@ impl Store {
     /// Records `epoch` as the newest lease of `writer`: from now on only rows
     /// of this epoch (or a newer one) are written for it.
     ///
-    /// On a cluster the fence table is replicated, and the insert succeeds
-    /// only once every replica of the shard holds the fence
-    /// (`insert_quorum`): a stale owner's insert into any replica then meets
-    /// it. While a replica is down no new fence can be written, so a
-    /// partition of that shard is not taken over until it returns.
+    /// On a cluster the fence table is replicated, and a partition owner
+    /// writes its fence into every replica of the shard itself (this method
+    /// on each), each insert a copy of its own (`insert_deduplicate = 0`, or
+    /// the second would be taken for a repeat of the first and skipped): once
+    /// all have answered, a stale owner's insert into any replica meets the
+    /// fence. While a replica is down no fence can be written, so a partition
+    /// of that shard is not taken over until it returns.
     pub async fn fence(&self, writer: &str, epoch: u64, owner: &str) -> Result<(), StoreError> {
         let mut insert = self
             .client()
             .insert::<FenceRow<'_>>("partition_fences")
             .await
             .map_err(|e| StoreError::from_clickhouse("fence", e))?;
-        if self.is_cluster() && self.shard_replicas > 1 {
-            insert = insert.with_setting("insert_quorum", self.shard_replicas.to_string());
+        if self.is_cluster() {
+            insert = insert.with_setting("insert_deduplicate", "0");
         }
         let fenced_at = u32::try_from(chrono::Utc::now().timestamp().max(0)).unwrap_or(u32::MAX);
         insert
@@ -136,12 +141,21 @@ impl Store {
         if !self.is_cluster() {
             return Ok(());
         }
-        self.server_client
+        let sync = self
+            .server_client
             .query("SYSTEM SYNC REPLICA ?.offence_events_local")
             .bind(Identifier(&self.config().database))
-            .execute()
-            .await
-            .map_err(|e| StoreError::from_clickhouse("sync replica", e))
+            .execute();
+        match tokio::time::timeout(SYNC_TIMEOUT, sync).await {
+            Ok(result) => result.map_err(|e| StoreError::from_clickhouse("sync replica", e)),
+            Err(_) => Err(StoreError::Unavailable {
+                operation: "sync replica",
+                message: format!(
+                    "the replica did not catch up within {}s (a part may be held only by a replica that is down)",
+                    SYNC_TIMEOUT.as_secs()
+                ),
+            }),
+        }
     }
 
     /// Fenced inserts the server is still running that carry rows of

@@ -1,0 +1,179 @@
+//! Outgrowing one machine on real engines: a 3-node NATS cluster with every
+//! stream replicated three times, and ClickHouse as 2 shards x 2 replicas
+//! (ReplicatedMergeTree on ZooKeeper, `Distributed` tables), each with two
+//! instances of each service and a node killed with SIGKILL during load.
+//! Every test ends, like the fault suite whose stack it uses, with exact
+//! totals per region x offence type (the contract's query through the
+//! cluster agreeing) and a clean `cctvctl audit`.
+
+use std::time::Duration;
+
+use crate::faults::{drain_stop_and_check, load, ClickHouseSide, FaultStack, Fleet, Nats};
+use crate::scaling::paced_publisher;
+
+/// Events per test.
+const LOAD_EVENTS: usize = 20_000;
+/// Longest wait for progress between faults.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Waits until `progress` reaches `at_least`; the fleet's logs say why not.
+async fn wait_for<F, Fut>(what: &str, fleet: &Fleet, at_least: u64, progress: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    let progress = &progress;
+    cctv_testkit::poll(
+        what,
+        PROGRESS_TIMEOUT,
+        Duration::from_millis(200),
+        || async move {
+            let now = progress().await;
+            if now >= at_least {
+                Ok(())
+            } else {
+                Err(format!("{now} of {at_least}\n{}", fleet.logs()))
+            }
+        },
+    )
+    .await;
+}
+
+/// Rows replica `replica` of shard `shard` holds in its own table.
+async fn rows_on(stack: &FaultStack, shard: usize, replica: usize) -> u64 {
+    let Some(node) = stack
+        .clickhouse_cluster
+        .as_ref()
+        .and_then(|cluster| cluster.replica(shard, replica))
+    else {
+        return 0;
+    };
+    let database = stack.cli_config().clickhouse.database;
+    node.query(&format!(
+        "SELECT count() FROM {database}.offence_events_local"
+    ))
+    .ok()
+    .and_then(|text| text.trim().parse().ok())
+    .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_node_killed_during_load_and_restarted_later_changes_no_count() {
+    let mut stack = FaultStack::start_with(3, ClickHouseSide::Shared).await;
+    let load = load(LOAD_EVENTS);
+    let mut fleet = stack.start_fleet(&[], &[]);
+    // Some 4,000 events/s, so that the faults strike while events arrive.
+    let publisher = paced_publisher(&stack, &load);
+    let third = load.count / 3;
+    wait_for("a third of the rows", &fleet, third, || stack.rows()).await;
+    // The node that leads the events stream: its loss moves the leader.
+    let leader = stack
+        .js
+        .get_stream(&stack.streams.events.name)
+        .await
+        .expect("events stream")
+        .info()
+        .await
+        .expect("stream info")
+        .cluster
+        .clone()
+        .and_then(|cluster| cluster.leader)
+        .expect("the stream has a leader");
+    let index = leader
+        .trim_start_matches('n')
+        .parse::<usize>()
+        .expect("nodes are named n1, n2, n3")
+        - 1;
+    let Nats::Cluster(cluster) = &mut stack.nats else {
+        panic!("a NATS cluster");
+    };
+    let node = cluster.node_mut(index).expect("the leader's node");
+    tokio::task::block_in_place(|| node.kill());
+    assert!(!node.is_running());
+    // Two nodes of three carry on: rows keep coming.
+    let two_thirds = 2 * load.count / 3;
+    wait_for(
+        "two thirds of the rows with a node down",
+        &fleet,
+        two_thirds,
+        || stack.rows(),
+    )
+    .await;
+    let Nats::Cluster(cluster) = &mut stack.nats else {
+        panic!("a NATS cluster");
+    };
+    tokio::task::block_in_place(|| cluster.node_mut(index).expect("node").restart())
+        .expect("the node restarts");
+    publisher.await.expect("publisher");
+    for service in fleet.ingests.iter_mut() {
+        assert!(service.exited().is_none(), "{}", service.log_tail());
+    }
+    drain_stop_and_check(&stack, &load, &mut fleet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_replicas_killed_during_load_a_dead_shard_stalls_and_catches_up() {
+    let mut stack = FaultStack::start_with(
+        1,
+        ClickHouseSide::Cluster {
+            shards: 2,
+            replicas: 2,
+        },
+    )
+    .await;
+    let load = load(LOAD_EVENTS);
+    let mut fleet = stack.start_fleet(&[], &[]);
+    // Some 4,000 events/s, so that the faults strike while events arrive.
+    let publisher = paced_publisher(&stack, &load);
+
+    // 1. The replica shard 2's partitions write to (its first) dies: they
+    //    move to the second and go on.
+    let fifth = load.count / 5;
+    wait_for("a fifth of the rows", &fleet, fifth, || stack.rows()).await;
+    let cluster = stack.clickhouse_cluster.as_mut().expect("cluster");
+    tokio::task::block_in_place(|| cluster.replica_mut(1, 0).expect("replica").kill());
+    let before = rows_on(&stack, 1, 1).await;
+    wait_for(
+        "shard 2 writes on its second replica",
+        &fleet,
+        before + 1_000,
+        || rows_on(&stack, 1, 1),
+    )
+    .await;
+
+    // 2. Shard 1 loses its second replica, then its first, its only live
+    //    one: its partitions stall, shard 2's go on.
+    let cluster = stack.clickhouse_cluster.as_mut().expect("cluster");
+    tokio::task::block_in_place(|| {
+        cluster.replica_mut(0, 1).expect("replica").kill();
+        cluster.replica_mut(0, 0).expect("replica").kill();
+    });
+    let before = rows_on(&stack, 1, 1).await;
+    wait_for(
+        "shard 2 writes while shard 1 is down",
+        &fleet,
+        before + 1_000,
+        || rows_on(&stack, 1, 1),
+    )
+    .await;
+    for (process, _) in &mut fleet.aggregators {
+        assert!(process.exited().is_none(), "{}", process.log_tail());
+    }
+
+    // 3. Everything returns; shard 1 catches up, the replicas fill in.
+    let cluster = stack.clickhouse_cluster.as_mut().expect("cluster");
+    tokio::task::block_in_place(|| -> Result<(), cctv_testkit::TestkitError> {
+        cluster.replica_mut(0, 0).expect("replica").restart()?;
+        cluster.replica_mut(0, 1).expect("replica").restart()?;
+        cluster.replica_mut(1, 0).expect("replica").restart()
+    })
+    .expect("replicas restart");
+    publisher.await.expect("publisher");
+    drain_stop_and_check(&stack, &load, &mut fleet).await;
+    // Each replica of a shard holds the same rows; the shards add up.
+    let shard_rows = [rows_on(&stack, 0, 0).await, rows_on(&stack, 1, 0).await];
+    assert_eq!(rows_on(&stack, 0, 1).await, shard_rows[0]);
+    assert_eq!(rows_on(&stack, 1, 1).await, shard_rows[1]);
+    assert_eq!(shard_rows[0] + shard_rows[1], load.count);
+    assert!(shard_rows.iter().all(|rows| *rows > 0), "{shard_rows:?}");
+}
