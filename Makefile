@@ -13,7 +13,7 @@ ifeq ($(CI),true)
 export CCTV_REQUIRE_SERVERS := 1
 endif
 
-.PHONY: help demo up down status servers-up servers-down build test bench fuzz fmt lint clean-local
+.PHONY: help demo up down status servers-up servers-down cluster-up cluster-down cluster-status build test bench fuzz fmt lint clean-local
 
 help: ## list the targets
 	@echo "usage: make <target>"
@@ -38,6 +38,15 @@ servers-up: ## start only NATS and ClickHouse of the local stack
 
 servers-down: ## stop only NATS and ClickHouse of the local stack
 	scripts/stack.sh servers-down
+
+cluster-up: ## the cluster layout on loopback: 3 NATS nodes, ZooKeeper, ClickHouse 2 shards x 2 replicas, two of each service
+	scripts/cluster.sh up
+
+cluster-down: ## stop the loopback cluster (data kept in .local/cluster)
+	scripts/cluster.sh down
+
+cluster-status: ## show what of the loopback cluster runs
+	scripts/cluster.sh status
 
 build: ## build the release binaries
 	$(CARGO) build --release --bins

@@ -1421,3 +1421,83 @@ fn every_deployment_config_parses_and_validates_with_its_binarys_own_type() {
     let no_password = read("deploy/compose/ingest.toml");
     assert!(load_config(Binary::Ingest, &no_password, &BTreeSet::new()).is_err());
 }
+
+/// The loopback cluster's configs (`make cluster-up`): they parse with the
+/// binaries' own types, list the nodes of `deploy/cluster/layout.env` (every
+/// NATS node, every ClickHouse replica in its shard), and replicate every
+/// stream and the lease bucket three times.
+#[test]
+fn the_cluster_configs_name_the_layouts_nodes_and_replicate_three_times() {
+    let layout = read("deploy/cluster/layout.env");
+    let block = |name: &str| -> Vec<Vec<String>> {
+        let start = layout
+            .find(&format!("{name}=\""))
+            .unwrap_or_else(|| panic!("{name} in layout.env"));
+        let rest = &layout[start + name.len() + 2..];
+        let end = rest.find('"').unwrap_or(rest.len());
+        rest[..end]
+            .lines()
+            .map(|line| {
+                line.split_whitespace()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|fields| !fields.is_empty())
+            .collect()
+    };
+    let nats_urls: Vec<String> = block("NATS_NODES")
+        .iter()
+        .map(|node| format!("nats://{}:{}", node[1], node[2]))
+        .collect();
+    assert_eq!(nats_urls.len(), 3);
+    let mut shards: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for node in block("CLICKHOUSE_NODES") {
+        shards
+            .entry(node[0].clone())
+            .or_default()
+            .push(format!("http://{}:{}", node[2], node[3]));
+    }
+    let expected_shards: Vec<Vec<String>> = shards.into_values().collect();
+    assert_eq!(expected_shards.len(), 2);
+    assert!(expected_shards.iter().all(|replicas| replicas.len() == 2));
+
+    let check = |streams: &cctv_bus::StreamsConfig, nats_url: &str, path: &str| {
+        assert_eq!(nats_url, nats_urls.join(","), "{path}: NATS nodes");
+        for settings in [&streams.raw, &streams.events, &streams.dlq] {
+            assert_eq!(settings.replicas, 3, "{path}: stream {}", settings.name);
+        }
+        assert_eq!(streams.leases.replicas, 3, "{path}: lease bucket");
+    };
+    let check_clickhouse = |clickhouse: &cctv_store::ClickHouseConfig, path: &str| {
+        let cluster = clickhouse
+            .cluster
+            .as_ref()
+            .unwrap_or_else(|| panic!("{path}: a cluster"));
+        let shards: Vec<Vec<String>> = cluster
+            .shards
+            .iter()
+            .map(|shard| shard.replicas.clone())
+            .collect();
+        assert_eq!(shards, expected_shards, "{path}: shards and replicas");
+        assert!(
+            layout.contains(&format!("CLICKHOUSE_CLUSTER={}", cluster.name)),
+            "{path}"
+        );
+    };
+    let ingest = IngestConfig::from_toml(&read("deploy/cluster/ingest.toml")).expect("ingest.toml");
+    ingest.validate().expect("ingest.toml validates");
+    check(&ingest.streams, &ingest.nats.url, "ingest.toml");
+    let aggregator = AggregatorConfig::from_toml(&read("deploy/cluster/aggregator.toml"))
+        .expect("aggregator.toml");
+    aggregator.validate().expect("aggregator.toml validates");
+    assert!(
+        !aggregator.aggregator.migrate_on_start,
+        "the writer may not run DDL"
+    );
+    check(&aggregator.streams, &aggregator.nats.url, "aggregator.toml");
+    check_clickhouse(&aggregator.clickhouse, "aggregator.toml");
+    let cli = CliConfig::from_toml(&read("deploy/cluster/cctvctl.toml")).expect("cctvctl.toml");
+    cli.validate().expect("cctvctl.toml validates");
+    check(&cli.streams, &cli.nats.url, "cctvctl.toml");
+    check_clickhouse(&cli.clickhouse, "cctvctl.toml");
+}

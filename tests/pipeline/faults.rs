@@ -47,6 +47,8 @@ const FETCH_BATCH: usize = 8;
 const MAX_ACK_PENDING: usize = 16;
 /// Lease time to live in these tests: takeovers within seconds.
 pub(crate) const LEASE_TTL: Duration = Duration::from_secs(4);
+/// The shipped ClickHouse users (the cluster tests run with them).
+const CLICKHOUSE_USERS: &str = include_str!("../../deploy/clickhouse/users.xml.in");
 /// Prefix of the aggregators' partition consumers (the default).
 const AGGREGATOR_CONSUMER: &str = "cctv-aggregator";
 
@@ -156,9 +158,16 @@ impl FaultStack {
                 url
             }
             ClickHouseSide::Cluster { shards, replicas } => {
-                let cluster =
-                    tokio::task::block_in_place(|| ClickHouseCluster::start(shards, replicas))
-                        .expect("clickhouse cluster must start");
+                // The shipped users: the aggregators write as `cctv_writer`,
+                // the schema is made as `cctv_migrator`.
+                let cluster = tokio::task::block_in_place(|| {
+                    ClickHouseCluster::start_with_users_xml(
+                        shards,
+                        replicas,
+                        Some(CLICKHOUSE_USERS),
+                    )
+                })
+                .expect("clickhouse cluster must start");
                 let url = cluster.shard_urls()[0][0].clone();
                 clickhouse_cluster = Some(cluster);
                 url
@@ -194,12 +203,18 @@ impl FaultStack {
             },
         )
         .await;
+        // The shipped users may use `cctv` only; a cluster is the test's own.
+        let database = if clickhouse_cluster.is_some() {
+            "cctv".to_string()
+        } else {
+            unique_name("faults")
+        };
         let stack = FaultStack {
             nats,
             private_clickhouse,
             clickhouse_cluster,
             clickhouse_url,
-            database: unique_name("faults"),
+            database,
             dir,
             registry_path,
             streams,
@@ -207,7 +222,12 @@ impl FaultStack {
         };
         if stack.clickhouse_cluster.is_some() {
             // What `cctvctl setup` does: the cluster schema on every node, once.
-            stack.store().migrate().await.expect("cluster schema");
+            let migrator = Store::new(&ClickHouseConfig {
+                user: "cctv_migrator".into(),
+                ..stack.cli_config().clickhouse
+            })
+            .expect("migrator store");
+            migrator.migrate().await.expect("cluster schema");
         }
         stack
     }
@@ -300,12 +320,16 @@ impl FaultStack {
     fn aggregator_toml(&self, metrics_port: u16) -> String {
         // On a cluster `cctvctl setup` (here: the stack) creates the schema,
         // and each shard gets a share of the row budget: give every shard two batches.
-        let (migrate, budget) = match &self.clickhouse_cluster {
-            Some(cluster) => (false, MAX_ROWS_IN_MEMORY * cluster.shard_urls().len()),
-            None => (true, MAX_ROWS_IN_MEMORY),
+        let (migrate, budget, user) = match &self.clickhouse_cluster {
+            Some(cluster) => (
+                false,
+                MAX_ROWS_IN_MEMORY * cluster.shard_urls().len(),
+                "cctv_writer",
+            ),
+            None => (true, MAX_ROWS_IN_MEMORY, "default"),
         };
         format!(
-            "[nats]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\n{}\n\
+            "[nats]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{}\"\nuser = \"{user}\"\n{}\n\
              [aggregator]\nbatch_max_rows = {BATCH_MAX_ROWS}\nbatch_max_age = \"200ms\"\n\
              fetch_batch = {FETCH_BATCH}\nmax_ack_pending = {MAX_ACK_PENDING}\n\
              max_rows_in_memory = {budget}\nmigrate_on_start = {migrate}\n\

@@ -471,6 +471,12 @@ async fn the_pipeline_runs_end_to_end_with_least_privilege_users() {
     .await
     .expect("cctvctl dlq list as cctv_operator");
 
+    // The operator audits (`cctvctl audit`): it reads every event batch.
+    let report = cctv_cli::audit_pipeline(&setup_config)
+        .await
+        .expect("cctvctl audit as cctv_operator");
+    assert!(report.is_clean(), "{}", cctv_cli::render_audit(&report));
+
     // Both services stop cleanly, and the server refused nothing they asked:
     // the permissions are exactly enough.
     ingest.stop().await;

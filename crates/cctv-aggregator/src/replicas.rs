@@ -9,19 +9,22 @@
 //! deduplication, by the block's hash, kept in ZooKeeper for the shard), so
 //! whether or not the first attempt was committed, the rows are written once.
 //! When that does not succeed either, and at every session start, the
-//! partition asks ClickHouse what was written, after two waits:
-//! - no fenced insert of the partition may still run on any replica
-//!   ([`Replicas::fenced_inserts_in_flight`]); a replica that refuses the
-//!   connection runs nothing, one that does not answer may, so then the
-//!   partition waits;
-//! - the replica read from must hold every part its shard committed
-//!   (`Store::sync_replica`); a part that only a dead replica holds keeps
-//!   the partition waiting until that replica returns, rather than writing
-//!   its rows a second time.
+//! partition asks ClickHouse what was written:
+//! - first it waits until no fenced insert of the partition still runs on
+//!   any replica ([`Replicas::fenced_inserts_in_flight`]); a replica that
+//!   refuses the connection runs nothing, one that does not answer may, so
+//!   then the partition waits;
+//! - then it reads every replica and takes the union
+//!   ([`Replicas::resume_point`], [`Replicas::for_each_written_id`]): each
+//!   committed part is on at least the replica that committed it, however
+//!   far the others have copied it. So the answer does not depend on
+//!   replication having caught up, and needs no right beyond reading; while
+//!   a replica is down the partition cannot know what only that replica
+//!   holds, and waits for it rather than writing rows a second time.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cctv_store::{Store, StoreError};
+use cctv_store::{ResumePoint, Store, StoreError};
 
 /// The replicas of one shard.
 #[derive(Debug)]
@@ -91,6 +94,34 @@ impl Replicas {
         Ok(())
     }
 
+    /// Where `writer` stands in `source_stream`, from every replica (see the
+    /// module documentation); fails while one does not answer.
+    pub(crate) async fn resume_point(
+        &self,
+        source_stream: &str,
+        writer: &str,
+    ) -> Result<ResumePoint, StoreError> {
+        let mut points = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            points.push(node.resume_point(source_stream, writer).await?);
+        }
+        Ok(union(points))
+    }
+
+    /// Every id `writer` wrote since `since`, from every replica (an id held
+    /// by several is visited once per replica).
+    pub(crate) async fn for_each_written_id(
+        &self,
+        writer: &str,
+        since: u32,
+        mut visit: impl FnMut([u8; 16], u32),
+    ) -> Result<(), StoreError> {
+        for node in &self.nodes {
+            node.for_each_written_id(writer, since, &mut visit).await?;
+        }
+        Ok(())
+    }
+
     /// Fenced inserts of `writer` still running on any replica. A replica
     /// that refuses the connection runs none; any other failure is returned
     /// (the caller waits and asks again).
@@ -107,10 +138,56 @@ impl Replicas {
     }
 }
 
+/// What the replicas of a shard hold together. Batches of a partition are
+/// written one after another, each only after the one before succeeded, so
+/// the replica that holds the latest batch knows the furthest point, and
+/// everything before it is written somewhere; sequences of a cut-short batch
+/// beyond it are written where any replica says so.
+fn union(points: Vec<ResumePoint>) -> ResumePoint {
+    let written_through = points
+        .iter()
+        .map(|point| point.written_through)
+        .max()
+        .unwrap_or(0);
+    let already_written = points
+        .into_iter()
+        .flat_map(|point| point.already_written)
+        .filter(|sequence| *sequence > written_through)
+        .collect();
+    ResumePoint {
+        written_through,
+        already_written,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use cctv_store::ClickHouseConfig;
+
+    fn point(written_through: u64, already: &[u64]) -> ResumePoint {
+        ResumePoint {
+            written_through,
+            already_written: already.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn the_replicas_together_know_the_furthest_point() {
+        // One replica has not copied the latest batch yet.
+        assert_eq!(union(vec![point(40, &[]), point(55, &[])]), point(55, &[]));
+        // A cut-short batch's rows, seen on either replica.
+        assert_eq!(
+            union(vec![point(40, &[42, 44]), point(40, &[43])]),
+            point(40, &[42, 43, 44])
+        );
+        // What one replica holds beyond the furthest complete batch of the other.
+        assert_eq!(
+            union(vec![point(50, &[]), point(40, &[45, 52])]),
+            point(50, &[52])
+        );
+        assert_eq!(union(Vec::new()), point(0, &[]));
+    }
 
     fn node(url: &str) -> Store {
         Store::new(&ClickHouseConfig {

@@ -1177,45 +1177,28 @@ impl Writer {
         }
     }
 
-    /// Where the partition stands in ClickHouse: read from a replica that
-    /// holds every part its shard committed (see `replicas.rs`).
+    /// Where the partition stands in ClickHouse: what every replica of its
+    /// shard holds, together (see `replicas.rs`).
     async fn resume_point(&self, source_stream: &str) -> Result<ResumePoint, StoreError> {
-        let (node, store) = self.replicas.current();
-        let read = async {
-            store.sync_replica().await?;
-            store.resume_point(source_stream, &self.writer_name).await
-        }
-        .await;
-        if let Err(error) = &read {
-            self.replicas.fail_over(node, error);
-        }
-        read
+        self.replicas
+            .resume_point(source_stream, &self.writer_name)
+            .await
     }
 
-    /// The resume point, and every id written within the horizon into `seen`,
-    /// from one replica.
+    /// The resume point, and every id written within the horizon into `seen`.
     async fn read_position(
         &self,
         source_stream: &str,
         seen: &mut SeenSet,
     ) -> Result<ResumePoint, StoreError> {
-        let (node, store) = self.replicas.current();
         let cutoff = seen.cutoff(now_secs());
-        let read = async {
-            store.sync_replica().await?;
-            let resume = store.resume_point(source_stream, &self.writer_name).await?;
-            store
-                .for_each_written_id(&self.writer_name, cutoff, |id, at| {
-                    seen.insert(id, at);
-                })
-                .await?;
-            Ok(resume)
-        }
-        .await;
-        if let Err(error) = &read {
-            self.replicas.fail_over(node, error);
-        }
-        read
+        let resume = self.resume_point(source_stream).await?;
+        self.replicas
+            .for_each_written_id(&self.writer_name, cutoff, |id, at| {
+                seen.insert(id, at);
+            })
+            .await?;
+        Ok(resume)
     }
 
     async fn write_all(&self, mut batches: mpsc::Receiver<Batch>) -> Result<(), StoreError> {

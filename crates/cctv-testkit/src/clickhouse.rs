@@ -290,6 +290,18 @@ pub const CLUSTER_NAME: &str = "cctv";
 impl ClickHouseCluster {
     /// Starts ZooKeeper and `shards` x `replicas` servers and waits until each answers.
     pub fn start(shards: usize, replicas: usize) -> Result<ClickHouseCluster, TestkitError> {
+        Self::start_with_users_xml(shards, replicas, None)
+    }
+
+    /// Like [`ClickHouseCluster::start`], every node with the whole
+    /// `users.xml` given (e.g. the shipped `deploy/clickhouse/users.xml.in`;
+    /// it must keep a password-less `default` user, which the nodes use
+    /// between themselves and [`ClickHouseServer::query`] uses).
+    pub fn start_with_users_xml(
+        shards: usize,
+        replicas: usize,
+        users_xml: Option<&str>,
+    ) -> Result<ClickHouseCluster, TestkitError> {
         let binary = find_binary(CLICKHOUSE_BINARY, CLICKHOUSE_BINARY_ENV)?;
         let zookeeper = ZooKeeperServer::start()?;
         let ports: Vec<Vec<Ports>> = (0..shards)
@@ -319,11 +331,9 @@ impl ClickHouseCluster {
                     shard_index + 1,
                     replica_index + 1
                 );
+                let users = users_xml.map_or(UsersFile::Default, UsersFile::Document);
                 replicas_of_shard.push(ClickHouseServer::start_once(
-                    &binary,
-                    UsersFile::Default,
-                    *replica,
-                    &extra,
+                    &binary, users, *replica, &extra,
                 )?);
             }
             servers.push(replicas_of_shard);
