@@ -256,4 +256,17 @@ async fn an_insert_sent_again_to_any_replica_of_a_shard_writes_nothing_more() {
         store.count_events().await.expect("count"),
         events.len() as u64
     );
+    // Each shard remembers 10,000 blocks, not the default 100 (seconds of
+    // inserts with several aggregators): a retry after a timeout still meets
+    // its first attempt.
+    let create: String = nodes[0]
+        .client()
+        .query("SHOW CREATE TABLE offence_events_local")
+        .fetch_one()
+        .await
+        .expect("show create");
+    assert!(
+        create.contains("replicated_deduplication_window = 10000"),
+        "{create}"
+    );
 }

@@ -104,7 +104,11 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 /// contract's queries (and `offence_totals`) answer for the whole cluster.
 /// The aggregators insert into each shard's `offence_events_incoming`
 /// directly (one part per insert, never through `Distributed`), and the
-/// fence works per shard as on a single server.
+/// fence works per shard as on a single server. A repeated insert of the same
+/// bytes is dropped as long as the shard remembers its block:
+/// `replicated_deduplication_window` keeps the last 10,000 blocks (100 by
+/// default, a few seconds of inserts with several aggregators), which covers
+/// an insert's retries (at most 30 s after an insert timeout of 60 s).
 pub const CLUSTER_MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -145,7 +149,8 @@ pub const CLUSTER_MIGRATIONS: &[Migration] = &[
             lease_epoch UInt64
         ) ENGINE = ReplicatedMergeTree({zk:offence_events}, '{replica}')
         PARTITION BY toYYYYMM(inserted_at)
-        ORDER BY (region, offence_type, detected_at)",
+        ORDER BY (region, offence_type, detected_at)
+        SETTINGS replicated_deduplication_window = 10000",
             "CREATE TABLE IF NOT EXISTS {db}.offence_events AS {db}.offence_events_local
         ENGINE = Distributed({cluster}, {db_name}, 'offence_events_local', rand())",
             "CREATE VIEW IF NOT EXISTS {db}.offence_totals AS
