@@ -67,6 +67,16 @@ pub async fn pull_raw(
     max_messages: usize,
     max_bytes: usize,
 ) -> Result<pull::Stream, BusError> {
+    pull(consumer, max_messages, max_bytes, "pull raw messages").await
+}
+
+/// A pull with heartbeats: at most `max_messages` and `max_bytes` per request.
+async fn pull(
+    consumer: &PullConsumer,
+    max_messages: usize,
+    max_bytes: usize,
+    operation: &'static str,
+) -> Result<pull::Stream, BusError> {
     consumer
         .stream()
         .max_messages_per_batch(max_messages)
@@ -75,7 +85,7 @@ pub async fn pull_raw(
         .expires(PULL_EXPIRES)
         .messages()
         .await
-        .map_err(|e| BusError::jetstream("pull raw messages", e))
+        .map_err(|e| BusError::jetstream(operation, e))
 }
 
 /// A partition owner's consumer for one session.
@@ -143,15 +153,7 @@ pub async fn pull_events(
     max_messages: usize,
     max_bytes: usize,
 ) -> Result<pull::Stream, BusError> {
-    consumer
-        .stream()
-        .max_messages_per_batch(max_messages)
-        .max_bytes_per_batch(max_bytes)
-        .heartbeat(PULL_HEARTBEAT)
-        .expires(PULL_EXPIRES)
-        .messages()
-        .await
-        .map_err(|e| BusError::jetstream("pull events", e))
+    pull(consumer, max_messages, max_bytes, "pull events").await
 }
 
 #[cfg(test)]

@@ -21,15 +21,11 @@ pub struct Migration {
 /// `ADD COLUMN IF NOT EXISTS`): `ADD COLUMN IF NOT EXISTS <table> <column> <type>`.
 pub(crate) const ADD_COLUMN: &str = "ADD COLUMN IF NOT EXISTS ";
 
-/// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "offence_events and offence_totals",
-    statements: &[
-        // Partitioned by the batch's insert month so that one batch is one
-        // part (atomic); sorted for the analysts' usual filters.
-        "CREATE TABLE IF NOT EXISTS {db}.offence_events (
-            event_id UUID,
+/// The columns of `offence_events` as migration 1 created them (migration 2
+/// adds `lease_epoch`), shared by the single-server and the cluster layout.
+macro_rules! offence_events_columns {
+    () => {
+        "event_id UUID,
             detected_at DateTime,
             detected_ms UInt16,
             offence_type String,
@@ -59,10 +55,24 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             writer String,
             stream_seq UInt64,
             batch_first_seq UInt64,
-            batch_rows UInt32
-        ) ENGINE = MergeTree()
+            batch_rows UInt32"
+    };
+}
+
+/// Every migration, oldest first.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "offence_events and offence_totals",
+    statements: &[
+        // Partitioned by the batch's insert month so that one batch is one
+        // part (atomic); sorted for the analysts' usual filters.
+        concat!(
+            "CREATE TABLE IF NOT EXISTS {db}.offence_events (",
+            offence_events_columns!(),
+            ") ENGINE = MergeTree()
         PARTITION BY toYYYYMM(inserted_at)
-        ORDER BY (region, offence_type, detected_at)",
+        ORDER BY (region, offence_type, detected_at)"
+        ),
         // Exact totals straight from the raw rows: no materialized view that
         // could drift from its source after a crash.
         "CREATE VIEW IF NOT EXISTS {db}.offence_totals AS
@@ -114,43 +124,16 @@ pub const CLUSTER_MIGRATIONS: &[Migration] = &[
         version: 1,
         name: "offence_events and offence_totals (cluster)",
         statements: &[
-            "CREATE TABLE IF NOT EXISTS {db}.offence_events_local (
-            event_id UUID,
-            detected_at DateTime,
-            detected_ms UInt16,
-            offence_type String,
-            offence_family String,
-            legal_category String,
-            article String,
-            region String,
-            region_source String,
-            district String,
-            camera_id String,
-            source_format String,
-            gateway_id String,
-            source_event_id String,
-            confidence Float32,
-            confidence_raw Float64,
-            plate String,
-            speed_kmh Nullable(Float32),
-            speed_limit_kmh Nullable(Float32),
-            lat Nullable(Float64),
-            lon Nullable(Float64),
-            evidence_url String,
-            clock_skew UInt8,
-            received_at DateTime,
-            ingested_at DateTime,
-            inserted_at DateTime,
-            source_stream String,
-            writer String,
-            stream_seq UInt64,
-            batch_first_seq UInt64,
-            batch_rows UInt32,
+            concat!(
+                "CREATE TABLE IF NOT EXISTS {db}.offence_events_local (",
+                offence_events_columns!(),
+                ",
             lease_epoch UInt64
         ) ENGINE = ReplicatedMergeTree({zk:offence_events}, '{replica}')
         PARTITION BY toYYYYMM(inserted_at)
         ORDER BY (region, offence_type, detected_at)
-        SETTINGS replicated_deduplication_window = 10000",
+        SETTINGS replicated_deduplication_window = 10000"
+            ),
             "CREATE TABLE IF NOT EXISTS {db}.offence_events AS {db}.offence_events_local
         ENGINE = Distributed({cluster}, {db_name}, 'offence_events_local', rand())",
             "CREATE VIEW IF NOT EXISTS {db}.offence_totals AS
