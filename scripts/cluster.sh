@@ -46,60 +46,11 @@ die() { printf 'cluster: error: %s\n' "$*" >&2; exit 1; }
 
 # --- processes ---------------------------------------------------------------
 
-pid_file() { printf '%s/%s.pid' "$RUN_DIR" "$1"; }
+warn() { printf 'cluster: warning: %s\n' "$*" >&2; }
 
-# The pid of component $1 when its pid file names a live process whose command
-# line contains $2; fails otherwise.
-running_pid() {
-    local file pid
-    file="$(pid_file "$1")"
-    [ -f "$file" ] || return 1
-    pid="$(tr -dc '0-9' <"$file")"
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$2" || return 1
-    printf '%s\n' "$pid"
-}
+# shellcheck source=lib/processes.sh
+. "$ROOT/scripts/lib/processes.sh"
 
-# Starts "$@" in its own session as component $1, output to its log.
-start_background() {
-    local name="$1"
-    shift
-    mkdir -p "$RUN_DIR" "$LOG_DIR"
-    printf '\n--- %s: starting %s\n' "$(date -u +%FT%TZ)" "$*" >>"$LOG_DIR/$name.log"
-    setsid nohup "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
-    printf '%s\n' "$!" >"$(pid_file "$name")"
-}
-
-stop_component() {
-    local name="$1" marker="$2" pid waited=0
-    pid="$(running_pid "$name" "$marker")" || { rm -f "$(pid_file "$name")"; return 0; }
-    say "$name: stopping (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    while running_pid "$name" "$marker" >/dev/null; do
-        if [ "$waited" -ge "$STOP_TIMEOUT_SECS" ]; then
-            kill -KILL "$pid" 2>/dev/null || true
-            break
-        fi
-        sleep 1
-        waited=$((waited + 1))
-    done
-    rm -f "$(pid_file "$name")"
-}
-
-# Polls "$@" until it succeeds; fails when component $1 dies or time runs out.
-wait_until() {
-    local name="$1" marker="$2" deadline=$((SECONDS + START_TIMEOUT_SECS))
-    shift 2
-    until "$@"; do
-        running_pid "$name" "$marker" >/dev/null \
-            || { tail -n 20 "$LOG_DIR/$name.log" >&2; die "$name exited during start-up (log: ${LOG_DIR#"$ROOT"/}/$name.log)"; }
-        [ "$SECONDS" -lt "$deadline" ] \
-            || { tail -n 20 "$LOG_DIR/$name.log" >&2; die "$name not ready within ${START_TIMEOUT_SECS}s"; }
-        sleep 0.5
-    done
-}
-
-http_ok() { curl -fsS --max-time 2 -o /dev/null "$1" 2>/dev/null; }
 ruok() { [ "$( (exec 3<>"/dev/tcp/$1/$2"; printf ruok >&3; timeout 2 cat <&3) 2>/dev/null)" = imok ]; }
 
 # --- secrets -------------------------------------------------------------------
