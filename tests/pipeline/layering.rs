@@ -2,7 +2,8 @@
 //! crates' manifests: the pure crates know no IO, the bus knows no
 //! ClickHouse, the store knows no NATS, the services never depend on each
 //! other, the runtime crate knows no domain crate, the simulator knows no
-//! service, nothing depends on the test kit or the command line.
+//! service, the gateway knows no service and no service knows it, nothing
+//! depends on the test kit or the command line.
 
 use std::collections::BTreeSet;
 
@@ -124,6 +125,22 @@ fn dependency_directions_hold() {
         "cctv-simulate",
         &["cctv-ingest", "cctv-aggregator", "cctv-runtime"],
     );
+    // The gateway sits at the edge: the bus, the runtime and the batch
+    // writer of the normaliser, never a service, the store or the simulator;
+    // and no service depends on it.
+    assert_none(
+        "cctv-gateway",
+        &[
+            "cctv-ingest",
+            "cctv-aggregator",
+            "cctv-store",
+            "clickhouse",
+            "cctv-simulate",
+        ],
+    );
+    for service in ["cctv-ingest", "cctv-aggregator"] {
+        assert_none(service, &["cctv-gateway"]);
+    }
 }
 
 /// No crate of `crates/` depends on the test kit or the command line at run
