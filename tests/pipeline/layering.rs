@@ -103,6 +103,21 @@ fn runtime_knows_no_domain_crate() {
     );
 }
 
+/// `cctv-tls` (the TLS files and handshake failures of both clients) knows
+/// no other `cctv-*` crate and neither client library: the bus and the
+/// store share it without learning of each other.
+#[test]
+fn tls_knows_no_domain_crate_and_no_client() {
+    let found = dependencies("cctv-tls");
+    assert!(!found.is_empty(), "cctv-tls manifest read no dependencies");
+    let domain: Vec<&String> = found
+        .iter()
+        .filter(|name| name.starts_with("cctv-"))
+        .collect();
+    assert!(domain.is_empty(), "cctv-tls must not depend on {domain:?}");
+    assert_none("cctv-tls", &["async-nats", "clickhouse", "tokio"]);
+}
+
 #[test]
 fn dependency_directions_hold() {
     const IO: [&str; 5] = [

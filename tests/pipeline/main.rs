@@ -19,3 +19,4 @@ mod processes;
 mod scaling;
 mod security;
 mod store;
+mod tls;

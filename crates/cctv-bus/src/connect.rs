@@ -54,16 +54,11 @@ pub async fn connect(
             ))
         })?;
     }
-    if let Some(ca) = &config.tls_ca_file {
-        options = options.add_root_certificates(ca.clone()).require_tls(true);
-    }
-    if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
-        options = options
-            .add_client_certificate(cert.clone(), key.clone())
-            .require_tls(true);
-    }
-    if config.tls_required {
-        options = options.require_tls(true);
+    if let Some(tls) = tls_client_config(config)? {
+        // TLS is required whenever it is configured: the client upgrades
+        // every connection whatever the server's INFO says, so a server
+        // without TLS fails the handshake instead of being used in plain text.
+        options = options.tls_client_config(tls).require_tls(true);
     }
     // A comma-separated list names several servers of a cluster: the client
     // connects to any that answers and fails over between them (it also
@@ -74,21 +69,59 @@ pub async fn connect(
         .map(str::trim)
         .filter(|url| !url.is_empty())
         .collect();
-    options
-        .connect(servers)
-        .await
-        .map_err(|error| match error.kind() {
-            // Wrong credentials do not get better by retrying.
-            async_nats::ConnectErrorKind::AuthorizationViolation
-            | async_nats::ConnectErrorKind::Authentication => BusError::Unauthorized {
+    options.connect(servers).await.map_err(|error| {
+        // A rejected certificate does not get better by retrying either.
+        if let Some(message) = cctv_tls::describe_failure(&error) {
+            return BusError::Tls {
                 url: config.url.clone(),
-                message: error.to_string(),
-            },
-            _ => BusError::Connect {
-                url: config.url.clone(),
-                message: error.to_string(),
-            },
-        })
+                message,
+            };
+        }
+        connect_error(config, error)
+    })
+}
+
+/// The client's TLS settings when TLS is configured (a CA file, a client
+/// certificate, `tls_required`, or a `tls://` URL), read from the files now
+/// so a bad file stops the caller at once, naming the setting and the path.
+fn tls_client_config(config: &NatsConfig) -> Result<Option<cctv_tls::ClientConfig>, BusError> {
+    let tls_url = config
+        .url
+        .split(',')
+        .any(|url| url.trim().starts_with("tls://"));
+    let wanted = config.tls_ca_file.is_some()
+        || config.tls_cert_file.is_some()
+        || config.tls_required
+        || tls_url;
+    if !wanted {
+        return Ok(None);
+    }
+    let identity = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert_file), Some(key_file)) => Some(cctv_tls::ClientIdentity {
+            cert_file,
+            key_file,
+        }),
+        _ => None,
+    };
+    cctv_tls::client_config("nats", config.tls_ca_file.as_deref(), identity)
+        .map(Some)
+        .map_err(|error| BusError::Settings(error.to_string()))
+}
+
+/// Classifies a connect error that is not a TLS failure.
+fn connect_error(config: &NatsConfig, error: async_nats::ConnectError) -> BusError {
+    match error.kind() {
+        // Wrong credentials do not get better by retrying.
+        async_nats::ConnectErrorKind::AuthorizationViolation
+        | async_nats::ConnectErrorKind::Authentication => BusError::Unauthorized {
+            url: config.url.clone(),
+            message: error.to_string(),
+        },
+        _ => BusError::Connect {
+            url: config.url.clone(),
+            message: error.to_string(),
+        },
+    }
 }
 
 /// Logs what the client reports after connecting. Server errors are warnings:

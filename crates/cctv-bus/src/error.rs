@@ -19,6 +19,17 @@ pub enum BusError {
         /// Cause.
         message: String,
     },
+    /// TLS to the server failed in a way retrying does not fix: the server's
+    /// certificate is expired, not from the configured CA or not for the
+    /// host name, the server wants a client certificate or refused ours, or
+    /// it does not speak TLS.
+    #[error("TLS to NATS at {url} failed: {message}")]
+    Tls {
+        /// Server URL.
+        url: String,
+        /// What was wrong.
+        message: String,
+    },
     /// The settings are unusable (missing file, bad combination).
     #[error("invalid NATS settings: {0}")]
     Settings(String),

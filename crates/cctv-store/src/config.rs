@@ -1,5 +1,6 @@
 //! ClickHouse connection settings.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -11,8 +12,14 @@ pub const DEFAULT_CLICKHOUSE_URL: &str = "http://127.0.0.1:18123";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
-    /// HTTP interface URL. Env: `CCTV_CLICKHOUSE_URL`.
+    /// HTTP interface URL (`https://` for the server's `https_port`). Env:
+    /// `CCTV_CLICKHOUSE_URL`.
     pub url: String,
+    /// CA certificate(s), PEM, that the server's certificate must be issued
+    /// by; the URL (and every replica's) must then be `https://`. Without it
+    /// an `https://` URL is checked against the system's roots. Env:
+    /// `CCTV_CLICKHOUSE_TLS_CA`.
+    pub tls_ca_file: Option<PathBuf>,
     /// Database holding the tables. Env: `CCTV_CLICKHOUSE_DATABASE`.
     pub database: String,
     /// User name. Env: `CCTV_CLICKHOUSE_USER`. The password comes only from
@@ -65,6 +72,7 @@ impl Default for ClickHouseConfig {
     fn default() -> Self {
         Self {
             url: DEFAULT_CLICKHOUSE_URL.to_string(),
+            tls_ca_file: None,
             database: "cctv".to_string(),
             user: "default".to_string(),
             timezone: "Asia/Almaty".to_string(),
@@ -88,6 +96,9 @@ impl ClickHouseConfig {
         }
         if let Some(user) = non_empty("CCTV_CLICKHOUSE_USER") {
             self.user = user;
+        }
+        if let Some(path) = non_empty("CCTV_CLICKHOUSE_TLS_CA") {
+            self.tls_ca_file = Some(PathBuf::from(path));
         }
         if let Some(password) = non_empty("CCTV_CLICKHOUSE_PASSWORD") {
             self.password = Some(password);
@@ -141,6 +152,24 @@ impl ClickHouseConfig {
                         "clickhouse.cluster shard {index}: replica {bad:?} must start with http:// or https://"
                     ));
                 }
+            }
+        }
+        // A CA file means TLS: a plain-text URL beside it would send the
+        // password and the rows unencrypted, so it is refused, not used.
+        if let Some(ca) = &self.tls_ca_file {
+            let plain = std::iter::once(&self.url)
+                .chain(self.cluster.iter().flat_map(|cluster| {
+                    cluster
+                        .shards
+                        .iter()
+                        .flat_map(|shard| shard.replicas.iter())
+                }))
+                .find(|url| !url.starts_with("https://"));
+            if let Some(plain) = plain {
+                return Err(format!(
+                    "clickhouse.tls_ca_file {} is set but {plain:?} is not an https:// URL",
+                    ca.display()
+                ));
             }
         }
         Ok(())
@@ -216,6 +245,18 @@ mod tests {
         });
         assert_eq!(config.url, "http://ch:8123");
         assert_eq!(config.password.as_deref(), Some("pw"));
+        assert!(config.validate().is_ok());
+        config.apply_env(|name| match name {
+            "CCTV_CLICKHOUSE_TLS_CA" => Some("/etc/cctv/ca.pem".into()),
+            _ => None,
+        });
+        assert_eq!(config.tls_ca_file, Some(PathBuf::from("/etc/cctv/ca.pem")));
+        // A CA beside a plain-text URL is refused, never silently unused.
+        assert!(config
+            .validate()
+            .is_err_and(|error| error.contains("not an https:// URL")));
+        config.url = "https://ch:8443".into();
+        assert!(config.validate().is_ok());
         assert!(toml::from_str::<ClickHouseConfig>("password = \"x\"").is_err());
     }
 }

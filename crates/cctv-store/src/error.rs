@@ -23,6 +23,16 @@ pub enum StoreError {
         /// Cause.
         message: String,
     },
+    /// TLS to the server failed in a way retrying does not fix: its
+    /// certificate is expired, not from the configured CA or not for the
+    /// host name, or it does not speak TLS.
+    #[error("TLS to clickhouse failed during {operation}: {message}")]
+    Tls {
+        /// What was being done.
+        operation: &'static str,
+        /// What was wrong.
+        message: String,
+    },
     /// The server answered with an error.
     #[error("clickhouse refused {operation}: {message}")]
     Server {
@@ -60,7 +70,9 @@ impl StoreError {
             StoreError::Server { code, .. } => {
                 code.is_some_and(|code| TRANSIENT_CODES.contains(&code))
             }
-            StoreError::Settings(_) | StoreError::SchemaTooNew { .. } => false,
+            StoreError::Settings(_) | StoreError::Tls { .. } | StoreError::SchemaTooNew { .. } => {
+                false
+            }
         }
     }
 
@@ -70,6 +82,9 @@ impl StoreError {
     ) -> Self {
         use clickhouse::error::Error;
         if let Error::Network(cause) = &error {
+            if let Some(message) = cctv_tls::describe_failure(cause.as_ref()) {
+                return StoreError::Tls { operation, message };
+            }
             if is_refused(cause.as_ref()) {
                 return StoreError::Refused {
                     operation,

@@ -2,6 +2,9 @@
 //! type of `offence_events`, batch inserts that are atomic per batch, the
 //! writer's resume point, and the analyst queries (totals, audit).
 //!
+//! HTTPS (`https://` URLs, the server's certificate checked against
+//! `tls_ca_file`) or plain HTTP, chosen by the URL's scheme (`transport`).
+//!
 //! Works on ClickHouse 18.16 and current releases: plain `MergeTree`, no
 //! `DateTime64`, no `LowCardinality`, no TTL, RowBinary without the
 //! names-and-types header. This crate knows nothing of NATS.
@@ -15,6 +18,7 @@ mod partitions;
 mod queries;
 mod row;
 mod store;
+mod transport;
 
 pub use audit::{DoubledEventId, StoredSequence, StoredSpan, AUDIT_CHUNK_SEQUENCES};
 pub use config::{ClickHouseConfig, ClusterConfig, ShardConfig, DEFAULT_CLICKHOUSE_URL};

@@ -53,7 +53,7 @@ impl Store {
     /// Builds a client; no request is made yet.
     pub fn new(config: &ClickHouseConfig) -> Result<Self, StoreError> {
         config.validate().map_err(StoreError::Settings)?;
-        let mut server_client = Client::default()
+        let mut server_client = crate::transport::client_for(config, &config.url)?
             .with_url(&config.url)
             .with_user(&config.user)
             // 18.16 has no RowBinaryWithNamesAndTypes; row layouts are checked by tests.

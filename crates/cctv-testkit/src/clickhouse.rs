@@ -13,6 +13,7 @@ use crate::{
     http,
     ports::{free_port, wait_until_port_free},
     process::{create_dir, create_temp_dir, write_file, ProcessSpec, ServerProcess},
+    tls::{copy_into, CertificateFiles},
     zookeeper::ZooKeeperServer,
     TestkitError,
 };
@@ -53,6 +54,8 @@ pub struct ClickHouseServer {
     tcp_port: u16,
     /// Port replicas fetch parts from (cluster nodes only).
     interserver_port: Option<u16>,
+    /// HTTPS port (servers started with TLS only).
+    https_port: Option<u16>,
     users_are_default: bool,
     temp_dir: tempfile::TempDir,
 }
@@ -64,6 +67,8 @@ struct Ports {
     tcp: u16,
     /// Only for nodes of a cluster.
     interserver: Option<u16>,
+    /// Only for servers with TLS.
+    https: Option<u16>,
 }
 
 impl Ports {
@@ -76,6 +81,7 @@ impl Ports {
             } else {
                 None
             },
+            https: None,
         })
     }
 }
@@ -105,12 +111,37 @@ impl ClickHouseServer {
         Self::start_users(UsersFile::Document(users_xml))
     }
 
+    /// Starts a server that also serves HTTPS (`https_port`, 18.16's
+    /// `<openSSL><server>` settings) with `certificate`, copied into its temp
+    /// dir; `users_xml_body` as in [`ClickHouseServer::start_with_users`]
+    /// (`None`: the default user). Plain HTTP stays on for the testkit's own
+    /// readiness probes and [`ClickHouseServer::query`]; clients under test
+    /// use [`ClickHouseServer::https_url`].
+    pub fn start_with_tls(
+        users_xml_body: Option<&str>,
+        certificate: &CertificateFiles,
+    ) -> Result<ClickHouseServer, TestkitError> {
+        let users = users_xml_body.map_or(UsersFile::Default, UsersFile::Body);
+        Self::start_ports(users, Some(certificate))
+    }
+
     /// Shared body of the constructors, retrying on port conflicts.
     fn start_users(users: UsersFile<'_>) -> Result<ClickHouseServer, TestkitError> {
+        Self::start_ports(users, None)
+    }
+
+    fn start_ports(
+        users: UsersFile<'_>,
+        certificate: Option<&CertificateFiles>,
+    ) -> Result<ClickHouseServer, TestkitError> {
         let binary = find_binary(CLICKHOUSE_BINARY, CLICKHOUSE_BINARY_ENV)?;
         let mut attempt = 1;
         loop {
-            match Self::start_once(&binary, users, Ports::free(false)?, "") {
+            let mut ports = Ports::free(false)?;
+            if certificate.is_some() {
+                ports.https = Some(free_port()?);
+            }
+            match Self::start_once(&binary, users, ports, "", certificate) {
                 Err(error) if error.is_port_conflict() && attempt < START_ATTEMPTS => {
                     attempt += 1;
                 }
@@ -126,6 +157,7 @@ impl ClickHouseServer {
         users: UsersFile<'_>,
         ports: Ports,
         extra_config: &str,
+        certificate: Option<&CertificateFiles>,
     ) -> Result<ClickHouseServer, TestkitError> {
         let temp_dir = create_temp_dir("clickhouse")?;
         let dir = temp_dir.path().to_path_buf();
@@ -134,6 +166,16 @@ impl ClickHouseServer {
         }
         let config_path = dir.join("config.xml");
         let mut config = server_config(&dir, ports.http, ports.tcp);
+        if let (Some(certificate), Some(https)) = (certificate, ports.https) {
+            let tls_dir = copy_into(
+                &dir,
+                &[
+                    (certificate.cert.as_path(), "server.pem"),
+                    (certificate.key.as_path(), "server.key"),
+                ],
+            )?;
+            config = config.replace("</yandex>", &https_config(&tls_dir, https));
+        }
         if let Some(interserver) = ports.interserver {
             let cluster_part = format!(
                 "    <interserver_http_port>{interserver}</interserver_http_port>\n    \
@@ -163,6 +205,7 @@ impl ClickHouseServer {
             http_port: ports.http,
             tcp_port: ports.tcp,
             interserver_port: ports.interserver,
+            https_port: ports.https,
             users_are_default: matches!(users, UsersFile::Default),
             temp_dir,
         };
@@ -183,6 +226,13 @@ impl ClickHouseServer {
     /// The HTTP base URL, `http://127.0.0.1:<http_port>`.
     pub fn http_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The HTTPS URL, `https://127.0.0.1:<https_port>`, of a server started
+    /// with [`ClickHouseServer::start_with_tls`].
+    pub fn https_url(&self) -> Option<String> {
+        self.https_port
+            .map(|port| format!("https://127.0.0.1:{port}"))
     }
 
     /// The HTTP interface port.
@@ -225,9 +275,12 @@ impl ClickHouseServer {
             wait_until_port_free(self.http_port, remaining)?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             wait_until_port_free(self.tcp_port, remaining)?;
-            if let Some(interserver) = self.interserver_port {
+            for port in [self.interserver_port, self.https_port]
+                .into_iter()
+                .flatten()
+            {
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                wait_until_port_free(interserver, remaining)?;
+                wait_until_port_free(port, remaining)?;
             }
             self.process.spawn()?;
             match self.wait_ready() {
@@ -333,7 +386,7 @@ impl ClickHouseCluster {
                 );
                 let users = users_xml.map_or(UsersFile::Default, UsersFile::Document);
                 replicas_of_shard.push(ClickHouseServer::start_once(
-                    &binary, users, *replica, &extra,
+                    &binary, users, *replica, &extra, None,
                 )?);
             }
             servers.push(replicas_of_shard);
@@ -462,6 +515,28 @@ fn server_config(dir: &Path, http_port: u16, tcp_port: u16) -> String {
     <max_concurrent_queries>200</max_concurrent_queries>
 </yandex>
 "#
+    )
+}
+
+/// The HTTPS port and the server side of 18.16's `<openSSL>` settings, with
+/// the certificate and key in `tls_dir`, closing the root element. No client
+/// certificates are asked for (ClickHouse users authenticate by password).
+fn https_config(tls_dir: &Path, https_port: u16) -> String {
+    let tls_dir = tls_dir.display();
+    format!(
+        r#"    <https_port>{https_port}</https_port>
+    <openSSL>
+        <server>
+            <certificateFile>{tls_dir}/server.pem</certificateFile>
+            <privateKeyFile>{tls_dir}/server.key</privateKeyFile>
+            <verificationMode>none</verificationMode>
+            <loadDefaultCAFile>false</loadDefaultCAFile>
+            <cacheSessions>true</cacheSessions>
+            <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>
+            <preferServerCiphers>true</preferServerCiphers>
+        </server>
+    </openSSL>
+</yandex>"#
     )
 }
 

@@ -63,6 +63,14 @@ pub enum TestkitError {
         /// The last lines of the server's log, stdout and stderr.
         log_tail: String,
     },
+    /// A helper tool (`openssl`) failed.
+    #[error("{command} failed: {output}")]
+    Tool {
+        /// The command line.
+        command: String,
+        /// What it printed.
+        output: String,
+    },
     /// ClickHouse answered a query with a non-200 status.
     #[error("clickhouse query failed with http status {status}: {body}")]
     Query {

@@ -22,6 +22,10 @@
 //! - `clickhouse`: [`ClickHouseServer`], [`shared_clickhouse`] and
 //!   [`ClickHouseCluster`] (shards of replicas on one [`ZooKeeperServer`]).
 //! - `zookeeper`: [`ZooKeeperServer`], Debian's `zookeeper` package.
+//! - `tls`: [`TestCa`], certificates made with `openssl` at test time (valid,
+//!   expired, for another host name); the servers take them with
+//!   [`NatsServer::start_with_tls`] and [`ClickHouseServer::start_with_tls`],
+//!   which copy them into their temp dirs.
 //!
 //! Invariants: no port is handed out twice per process; a server value never outlives
 //! its process (Drop kills it); readiness is always polled with a deadline.
@@ -35,6 +39,7 @@ mod nats;
 mod nats_binary;
 mod ports;
 mod process;
+mod tls;
 mod wait;
 mod zookeeper;
 
@@ -43,9 +48,10 @@ pub use crate::{
     environment::require_servers,
     error::TestkitError,
     names::unique_name,
-    nats::{NatsCluster, NatsServer},
+    nats::{ClientCertificates, NatsCluster, NatsServer, NatsTls},
     nats_binary::{nats_server_binary, nats_server_version, pinned_nats_version},
     ports::free_port,
+    tls::{CertificateFiles, CertificateRequest, CertificateUse, TestCa, Validity},
     wait::{poll, poll_until, wait_until},
     zookeeper::ZooKeeperServer,
 };

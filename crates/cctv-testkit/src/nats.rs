@@ -13,6 +13,7 @@ use crate::{
     nats_binary::nats_server_binary,
     ports::{free_port, wait_until_port_free},
     process::{create_dir, create_temp_dir, write_file, ProcessSpec, ServerProcess},
+    tls::{copy_into, CertificateFiles},
     TestkitError,
 };
 
@@ -65,6 +66,27 @@ impl NatsServer {
         extra_config: &str,
         env: &[(&str, &str)],
     ) -> Result<NatsServer, TestkitError> {
+        Self::start_configured(None, extra_config, env)
+    }
+
+    /// Like [`NatsServer::start_with_config_and_env`], with TLS on the client
+    /// port: the certificate, key and CA of `tls` are copied into the
+    /// server's temp dir and a `tls { .. }` block names them. The URL stays
+    /// `nats://127.0.0.1:<port>` (the server sends its INFO in plain text,
+    /// then the client upgrades), so certificates must name `127.0.0.1`.
+    pub fn start_with_tls(
+        tls: &NatsTls<'_>,
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> Result<NatsServer, TestkitError> {
+        Self::start_configured(Some(tls), extra_config, env)
+    }
+
+    fn start_configured(
+        tls: Option<&NatsTls<'_>>,
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> Result<NatsServer, TestkitError> {
         let binary = resolved_binary()?;
         let envs: Vec<(OsString, OsString)> = env
             .iter()
@@ -72,7 +94,7 @@ impl NatsServer {
             .collect();
         let mut attempt = 1;
         loop {
-            match Self::start_once(&binary, extra_config, &envs) {
+            match Self::start_once(&binary, tls, extra_config, &envs) {
                 Err(error) if error.is_port_conflict() && attempt < START_ATTEMPTS => {
                     attempt += 1;
                 }
@@ -84,25 +106,37 @@ impl NatsServer {
     /// One start attempt with a fresh port and directory.
     fn start_once(
         binary: &Path,
+        tls: Option<&NatsTls<'_>>,
         extra_config: &str,
         envs: &[(OsString, OsString)],
     ) -> Result<NatsServer, TestkitError> {
         let port = free_port()?;
-        Self::start_node(binary, port, envs, |store_dir| {
-            nats_config(port, store_dir, extra_config)
+        let (files, tls_block) = match tls {
+            Some(tls) => (tls.files(), tls.block()),
+            None => (Vec::new(), String::new()),
+        };
+        let extra = format!("{tls_block}{extra_config}");
+        Self::start_node(binary, port, envs, &files, |store_dir| {
+            nats_config(port, store_dir, &extra)
         })
     }
 
     /// Starts a server on `port` with the config `config(store_dir)` in a
     /// fresh temp dir, and waits until it answers.
+    /// `files` are copied into `<temp dir>/tls/` first (the server's working
+    /// directory is its temp dir, so the config names them `tls/<name>`).
     fn start_node(
         binary: &Path,
         port: u16,
         envs: &[(OsString, OsString)],
+        files: &[(&Path, &str)],
         config: impl FnOnce(&Path) -> String,
     ) -> Result<NatsServer, TestkitError> {
         let temp_dir = create_temp_dir("nats")?;
         let dir = temp_dir.path().to_path_buf();
+        if !files.is_empty() {
+            copy_into(&dir, files)?;
+        }
         let store_dir = dir.join("js");
         create_dir(&store_dir)?;
         let config_path = dir.join("nats.conf");
@@ -218,10 +252,23 @@ impl NatsCluster {
     /// answers. JetStream elects its meta leader a moment later: callers
     /// retry their first JetStream request (as the services do).
     pub fn start(size: usize, extra_config: &str) -> Result<NatsCluster, TestkitError> {
+        Self::start_with_route_tls(size, extra_config, None)
+    }
+
+    /// Like [`NatsCluster::start`], the routes between the nodes in mutual
+    /// TLS when `route_certificate` is given: every node presents it and
+    /// accepts only routes whose certificate `ca_file` issued (a
+    /// `tls { .. verify: true }` block inside `cluster { .. }`). The
+    /// certificate must name `127.0.0.1` and be usable as server and client.
+    pub fn start_with_route_tls(
+        size: usize,
+        extra_config: &str,
+        route_tls: Option<(&CertificateFiles, &Path)>,
+    ) -> Result<NatsCluster, TestkitError> {
         let binary = resolved_binary()?;
         let mut attempt = 1;
         loop {
-            match Self::start_once(&binary, size, extra_config) {
+            match Self::start_once(&binary, size, extra_config, route_tls) {
                 Err(error) if error.is_port_conflict() && attempt < START_ATTEMPTS => {
                     attempt += 1;
                 }
@@ -234,7 +281,20 @@ impl NatsCluster {
         binary: &Path,
         size: usize,
         extra_config: &str,
+        route_tls: Option<(&CertificateFiles, &Path)>,
     ) -> Result<NatsCluster, TestkitError> {
+        let (files, route_tls_block) = match route_tls {
+            Some((certificate, ca_file)) => (
+                vec![
+                    (certificate.cert.as_path(), "route.pem"),
+                    (certificate.key.as_path(), "route.key"),
+                    (ca_file, "route-ca.pem"),
+                ],
+                "  tls {\n    cert_file: \"tls/route.pem\"\n    key_file: \"tls/route.key\"\n    \
+                 ca_file: \"tls/route-ca.pem\"\n    verify: true\n    timeout: 5\n  }\n",
+            ),
+            None => (Vec::new(), ""),
+        };
         let client_ports = (0..size)
             .map(|_| free_port())
             .collect::<Result<Vec<_>, _>>()?;
@@ -250,14 +310,18 @@ impl NatsCluster {
                 .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
                 .collect();
             let cluster = format!(
-                "server_name: n{}\ncluster {{\n  name: cctv\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n{extra_config}",
+                "server_name: n{}\ncluster {{\n  name: cctv\n  listen: 127.0.0.1:{}\n  routes: [{}]\n{route_tls_block}}}\n{extra_config}",
                 index + 1,
                 route_ports[index],
                 routes.join(", ")
             );
-            nodes.push(NatsServer::start_node(binary, *port, &[], |store_dir| {
-                nats_config(*port, store_dir, &cluster)
-            })?);
+            nodes.push(NatsServer::start_node(
+                binary,
+                *port,
+                &[],
+                &files,
+                |store_dir| nats_config(*port, store_dir, &cluster),
+            )?);
         }
         Ok(NatsCluster { nodes })
     }
@@ -279,6 +343,63 @@ impl NatsCluster {
     /// The nodes.
     pub fn nodes(&self) -> &[NatsServer] {
         &self.nodes
+    }
+}
+
+/// TLS on a server's client port.
+#[derive(Debug, Clone, Copy)]
+pub struct NatsTls<'a> {
+    /// The server's certificate and key.
+    pub certificate: &'a CertificateFiles,
+    /// The CA that client certificates must be issued by (needed unless
+    /// `client_certificates` is [`ClientCertificates::NotRequested`]).
+    pub ca_file: Option<&'a Path>,
+    /// Whether clients must present a certificate.
+    pub client_certificates: ClientCertificates,
+}
+
+/// What the server asks of clients' certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCertificates {
+    /// None asked for: TLS encrypts and the server proves who it is.
+    NotRequested,
+    /// Required and checked against the CA (`verify: true`); users still
+    /// authenticate as configured (passwords, nkeys, ...).
+    Required,
+    /// Required, checked, and the certificate is the credential
+    /// (`verify_and_map: true`): its SAN or subject names the user, which
+    /// then has no password.
+    RequiredAndMapped,
+}
+
+impl NatsTls<'_> {
+    /// The files to copy into the server's `tls/` directory.
+    fn files(&self) -> Vec<(&Path, &'static str)> {
+        let mut files = vec![
+            (self.certificate.cert.as_path(), "server.pem"),
+            (self.certificate.key.as_path(), "server.key"),
+        ];
+        if let Some(ca_file) = self.ca_file {
+            files.push((ca_file, "ca.pem"));
+        }
+        files
+    }
+
+    /// The `tls { .. }` block naming the copied files.
+    fn block(&self) -> String {
+        let mut block = String::from(
+            "tls {\n  cert_file: \"tls/server.pem\"\n  key_file: \"tls/server.key\"\n",
+        );
+        if self.ca_file.is_some() {
+            block.push_str("  ca_file: \"tls/ca.pem\"\n");
+        }
+        match self.client_certificates {
+            ClientCertificates::NotRequested => {}
+            ClientCertificates::Required => block.push_str("  verify: true\n"),
+            ClientCertificates::RequiredAndMapped => block.push_str("  verify_and_map: true\n"),
+        }
+        block.push_str("  timeout: 5\n}\n");
+        block
     }
 }
 
