@@ -3,7 +3,8 @@
 # the pinned nats-server (scripts/install-nats.sh, into .local/tools/; not Debian's
 # 2.9.10, which is older than the supported 2.10), then clickhouse-server,
 # clickhouse-client and zookeeper (for replicated ClickHouse tables: the cluster
-# tests and `make cluster-up`) from the OS packages (apt).
+# tests and `make cluster-up`) and mosquitto (the MQTT broker of the gateway's
+# tests) from the OS packages (apt).
 #
 # - Idempotent and quiet when everything is already there.
 # - Uses sudo when not run as root.
@@ -51,6 +52,8 @@ if ! clickhouse_is_external; then
     # the package's service.
     [ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
 fi
+# The MQTT broker the gateway's tests publish Frigate messages through.
+have_binary mosquitto || missing+=(mosquitto)
 for package in "$@"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
         || missing+=("$package")

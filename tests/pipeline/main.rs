@@ -10,6 +10,7 @@ mod cluster;
 mod deploy_files;
 mod faults;
 mod foundation;
+mod gateway;
 mod harness;
 mod hostile;
 mod layering;

@@ -22,6 +22,7 @@
 //! - `clickhouse`: [`ClickHouseServer`], [`shared_clickhouse`] and
 //!   [`ClickHouseCluster`] (shards of replicas on one [`ZooKeeperServer`]).
 //! - `zookeeper`: [`ZooKeeperServer`], Debian's `zookeeper` package.
+//! - `mosquitto`: [`MosquittoServer`], Debian's `mosquitto` MQTT broker.
 //! - `tls`: [`TestCa`], certificates made with `openssl` at test time (valid,
 //!   expired, for another host name); the servers take them with
 //!   [`NatsServer::start_with_tls`] and [`ClickHouseServer::start_with_tls`],
@@ -34,6 +35,7 @@ mod clickhouse;
 mod environment;
 mod error;
 mod http;
+mod mosquitto;
 mod names;
 mod nats;
 mod nats_binary;
@@ -47,6 +49,7 @@ pub use crate::{
     clickhouse::{shared_clickhouse, ClickHouseCluster, ClickHouseServer, CLUSTER_NAME},
     environment::require_servers,
     error::TestkitError,
+    mosquitto::MosquittoServer,
     names::unique_name,
     nats::{ClientCertificates, NatsCluster, NatsServer, NatsTls},
     nats_binary::{nats_server_binary, nats_server_version, pinned_nats_version},
