@@ -24,7 +24,7 @@ help: ## list the targets
 demo: ## install what is missing, start the stack, publish a simulated day, print totals, stop (KEEP=1 keeps it)
 	scripts/demo.sh
 
-up: ## start the local stack in the background (NATS, ClickHouse, both services)
+up: ## start the local stack in the background (NATS, ClickHouse, both services; TLS=1: every hop in TLS)
 	scripts/stack.sh up
 
 down: ## stop the local stack

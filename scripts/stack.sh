@@ -37,6 +37,13 @@
 #   CCTV_NATS_SERVER_BIN nats-server binary for the stack's own NATS (default: the
 #                        pinned one of scripts/versions.env, which scripts/install-nats.sh
 #                        installs into .local/tools/).
+#   TLS=1                every hop in TLS: scripts/gen-certs.sh makes a test CA and
+#                        certificates in .local/tls/ (kept across runs); NATS requires
+#                        TLS and a client certificate from every client (plus its
+#                        password, deploy/nats/tls.conf.in), ClickHouse serves HTTPS on
+#                        18443 (deploy/clickhouse/tls.xml.in), and each binary gets the
+#                        CA, its own client certificate and the https:// URL. Use the
+#                        same setting for `up`, `status` and `ctl`; `down` stops either.
 #   CCTV_SKIP_BUILD=1    do not run `cargo build --release --bins` in `up`.
 #   CARGO_TARGET_DIR     where the release binaries are looked for (default target/).
 set -euo pipefail
@@ -50,7 +57,15 @@ readonly LOG_DIR="$LOCAL_DIR/log"
 readonly NATS_PORT=14222
 readonly NATS_MONITOR_PORT=18222
 readonly OWN_NATS_URL="nats://127.0.0.1:$NATS_PORT"
-readonly NATS_CONFIG="$ROOT/deploy/nats/local.conf"
+readonly PLAIN_NATS_CONFIG="$ROOT/deploy/nats/local.conf"
+# With TLS=1 the server runs local.conf plus the rendered tls.conf.in.
+readonly TLS_NATS_CONFIG="$LOCAL_DIR/nats/local-tls.conf"
+readonly TLS_DIR="$LOCAL_DIR/tls"
+if [ "${TLS:-0}" = 1 ]; then
+    readonly NATS_CONFIG="$TLS_NATS_CONFIG"
+else
+    readonly NATS_CONFIG="$PLAIN_NATS_CONFIG"
+fi
 readonly NATS_STORE_DIR="$LOCAL_DIR/nats/js"
 readonly SECRETS_FILE="$LOCAL_DIR/secrets.env"
 
@@ -59,7 +74,14 @@ readonly NATS_PASSWORD_VARS="CCTV_NATS_INGEST_PASSWORD CCTV_NATS_AGGREGATOR_PASS
 
 readonly CLICKHOUSE_HTTP_PORT=18123
 readonly CLICKHOUSE_TCP_PORT=19000
-readonly OWN_CLICKHOUSE_URL="http://127.0.0.1:$CLICKHOUSE_HTTP_PORT"
+readonly CLICKHOUSE_HTTPS_PORT=18443
+# The stack's own readiness probe always uses the loopback HTTP port.
+readonly CLICKHOUSE_PROBE_URL="http://127.0.0.1:$CLICKHOUSE_HTTP_PORT"
+if [ "${TLS:-0}" = 1 ]; then
+    readonly OWN_CLICKHOUSE_URL="https://127.0.0.1:$CLICKHOUSE_HTTPS_PORT"
+else
+    readonly OWN_CLICKHOUSE_URL="$CLICKHOUSE_PROBE_URL"
+fi
 readonly CLICKHOUSE_DIR="$LOCAL_DIR/clickhouse"
 readonly CLICKHOUSE_CONFIG="$CLICKHOUSE_DIR/config.xml"
 
@@ -81,6 +103,11 @@ readonly STOP_TIMEOUT_SECS=30
 
 export CCTV_NATS_URL="${CCTV_NATS_URL:-$OWN_NATS_URL}"
 export CCTV_CLICKHOUSE_URL="${CCTV_CLICKHOUSE_URL:-$OWN_CLICKHOUSE_URL}"
+if [ "${TLS:-0}" = 1 ]; then
+    # Every binary checks the servers' certificates against the test CA.
+    export CCTV_NATS_TLS_CA="${CCTV_NATS_TLS_CA:-$TLS_DIR/ca.pem}"
+    export CCTV_CLICKHOUSE_TLS_CA="${CCTV_CLICKHOUSE_TLS_CA:-$TLS_DIR/ca.pem}"
+fi
 
 say() { printf '==> %s\n' "$*"; }
 warn() { printf 'stack: warning: %s\n' "$*" >&2; }
@@ -95,7 +122,7 @@ nats_is_external() {
 }
 clickhouse_is_external() {
     case "${CCTV_CLICKHOUSE_URL%/}" in
-        "$OWN_CLICKHOUSE_URL" | "http://localhost:$CLICKHOUSE_HTTP_PORT") return 1 ;;
+        "$OWN_CLICKHOUSE_URL" | "http://localhost:$CLICKHOUSE_HTTP_PORT" | "https://localhost:$CLICKHOUSE_HTTPS_PORT") return 1 ;;
         *) return 0 ;;
     esac
 }
@@ -186,7 +213,29 @@ with_nats_user() {
     [ -f "$SECRETS_FILE" ] || die "${SECRETS_FILE#"$ROOT"/} is missing; run scripts/stack.sh up"
     local password
     password="$(secret "$variable")"
+    if [ "${TLS:-0}" = 1 ]; then
+        # The user's own client certificate (scripts/gen-certs.sh issues one per user).
+        CCTV_NATS_USER="$user" CCTV_NATS_PASSWORD="$password" \
+            CCTV_NATS_TLS_CERT="$TLS_DIR/$user.pem" CCTV_NATS_TLS_KEY="$TLS_DIR/$user.key" "$@"
+        return
+    fi
     CCTV_NATS_USER="$user" CCTV_NATS_PASSWORD="$password" "$@"
+}
+
+# With TLS=1: the test CA and certificates (made once), and the NATS config
+# with TLS rendered next to copies of local.conf and auth.conf (nats-server
+# resolves includes relative to the file that includes them).
+prepare_tls() {
+    [ "${TLS:-0}" = 1 ] || return 0
+    [ -f "$TLS_DIR/ca.pem" ] || "$ROOT/scripts/gen-certs.sh" "$TLS_DIR"
+    mkdir -p "$LOCAL_DIR/nats"
+    cp "$ROOT/deploy/nats/auth.conf" "$LOCAL_DIR/nats/auth.conf"
+    {
+        cat "$PLAIN_NATS_CONFIG"
+        printf '\n'
+        sed -e "s|@TLS_DIR@|$TLS_DIR|g" "$ROOT/deploy/nats/tls.conf.in"
+    } >"$TLS_NATS_CONFIG.tmp"
+    mv "$TLS_NATS_CONFIG.tmp" "$TLS_NATS_CONFIG"
 }
 
 # Runs "$@" with every password of .local/secrets.env exported (for nats-server,
@@ -205,7 +254,7 @@ with_all_nats_passwords() {
 # --- servers -----------------------------------------------------------------------
 
 nats_ready() { http_body_is "http://127.0.0.1:$NATS_MONITOR_PORT/healthz" ok; }
-clickhouse_ready() { http_body_is "$OWN_CLICKHOUSE_URL/" "Ok."; }
+clickhouse_ready() { http_body_is "$CLICKHOUSE_PROBE_URL/" "Ok."; }
 
 start_nats() {
     if nats_is_external; then
@@ -217,13 +266,22 @@ start_nats() {
         wait_until nats "$NATS_CONFIG" nats_ready
         return 0
     fi
+    local other_config="$TLS_NATS_CONFIG"
+    [ "$NATS_CONFIG" = "$PLAIN_NATS_CONFIG" ] || other_config="$PLAIN_NATS_CONFIG"
+    if running_pid nats "$other_config" >/dev/null; then
+        if [ "${TLS:-0}" = 1 ]; then
+            die "nats runs without TLS; stop the stack (scripts/stack.sh down) before TLS=1 up"
+        fi
+        die "nats runs with TLS (started with TLS=1); stop the stack (scripts/stack.sh down) first, or keep TLS=1"
+    fi
     if port_in_use "$NATS_PORT" || port_in_use "$NATS_MONITOR_PORT"; then
         die "port $NATS_PORT or $NATS_MONITOR_PORT is taken by a process the stack did not start; stop it or set CCTV_NATS_URL to use it"
     fi
     local binary
     binary="$(nats_server_binary)"
     mkdir -p "$NATS_STORE_DIR"
-    say "nats: starting on 127.0.0.1:$NATS_PORT (monitoring $NATS_MONITOR_PORT)"
+    prepare_tls
+    say "nats: starting on 127.0.0.1:$NATS_PORT (monitoring $NATS_MONITOR_PORT)${TLS:+, TLS=$TLS}"
     # nats-server writes its own log with -l; the redirected output only catches
     # start-up errors printed before the log is opened.
     ensure_secrets
@@ -245,6 +303,14 @@ render_clickhouse_config() {
             "$ROOT/deploy/clickhouse/$template.xml.in" >"$CLICKHOUSE_DIR/$template.xml.tmp"
         mv "$CLICKHOUSE_DIR/$template.xml.tmp" "$CLICKHOUSE_DIR/$template.xml"
     done
+    # HTTPS only with TLS=1: ClickHouse merges config.d/*.xml into config.xml.
+    mkdir -p "$CLICKHOUSE_DIR/config.d"
+    rm -f "$CLICKHOUSE_DIR/config.d/tls.xml"
+    if [ "${TLS:-0}" = 1 ]; then
+        prepare_tls
+        sed -e "s|@TLS_DIR@|$TLS_DIR|g" -e "s|@HTTPS_PORT@|$CLICKHOUSE_HTTPS_PORT|g" \
+            "$ROOT/deploy/clickhouse/tls.xml.in" >"$CLICKHOUSE_DIR/config.d/tls.xml"
+    fi
 }
 
 start_clickhouse() {
@@ -263,7 +329,11 @@ start_clickhouse() {
     local binary
     binary="$(find_server_binary clickhouse-server)" || die "clickhouse-server not found; run scripts/install-servers.sh or set CCTV_CLICKHOUSE_URL"
     render_clickhouse_config
-    say "clickhouse: starting on 127.0.0.1:$CLICKHOUSE_HTTP_PORT (native $CLICKHOUSE_TCP_PORT)"
+    if [ "${TLS:-0}" = 1 ]; then
+        say "clickhouse: starting on 127.0.0.1:$CLICKHOUSE_HTTP_PORT (native $CLICKHOUSE_TCP_PORT, HTTPS $CLICKHOUSE_HTTPS_PORT)"
+    else
+        say "clickhouse: starting on 127.0.0.1:$CLICKHOUSE_HTTP_PORT (native $CLICKHOUSE_TCP_PORT)"
+    fi
     start_background clickhouse "$binary" --config-file="$CLICKHOUSE_CONFIG"
     wait_until clickhouse "$CLICKHOUSE_CONFIG" clickhouse_ready
     say "clickhouse: ready"
@@ -283,7 +353,12 @@ servers_up() {
 
 servers_down() {
     stop_component clickhouse "$CLICKHOUSE_CONFIG"
-    stop_component nats "$NATS_CONFIG"
+    # Whichever runs: started with TLS=1 or without.
+    if running_pid nats "$TLS_NATS_CONFIG" >/dev/null; then
+        stop_component nats "$TLS_NATS_CONFIG"
+    else
+        stop_component nats "$PLAIN_NATS_CONFIG"
+    fi
 }
 
 # --- our binaries ------------------------------------------------------------------
@@ -409,7 +484,7 @@ cmd_status() {
     if clickhouse_is_external; then
         printf '  %-16s external %s\n' clickhouse "$CCTV_CLICKHOUSE_URL"
     else
-        status_line clickhouse "$CLICKHOUSE_CONFIG" "$OWN_CLICKHOUSE_URL/"
+        status_line clickhouse "$CLICKHOUSE_CONFIG" "$CLICKHOUSE_PROBE_URL/"
     fi
     status_line cctv-ingest "$BIN_DIR/cctv-ingest" "$INGEST_HEALTH_URL"
     status_line cctv-aggregator "$BIN_DIR/cctv-aggregator" "$AGGREGATOR_HEALTH_URL"

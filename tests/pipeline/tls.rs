@@ -47,6 +47,9 @@ const CLICKHOUSE_WRITER: &str = "cctv_tls_writer";
 /// How long a connect may take before the test calls it hanging.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The shipped NATS TLS block of the local stack (`TLS=1 make up`).
+const NATS_TLS_TEMPLATE: &str = include_str!("../../deploy/nats/tls.conf.in");
+
 /// A password nats-server can read from its environment (letters and digits,
 /// starting with a letter).
 fn new_password() -> String {
@@ -437,6 +440,69 @@ fn read(path: &Path) -> String {
 async fn stream_messages(js: &jetstream::Context, stream: &str) -> u64 {
     let mut stream = js.get_stream(stream).await.expect("stream");
     stream.info().await.expect("stream info").state.messages
+}
+
+/// What `TLS=1 make up` runs: certificates from `scripts/gen-certs.sh`, the
+/// shipped `tls.conf.in` and `auth.conf`: a client needs its certificate
+/// and its password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stack_tls_config_needs_a_certificate_and_a_password() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls_dir = dir.path().join("tls");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/gen-certs.sh");
+    let made = std::process::Command::new("bash")
+        .arg(script)
+        .arg(&tls_dir)
+        .output()
+        .expect("run scripts/gen-certs.sh");
+    assert!(
+        made.status.success(),
+        "gen-certs.sh: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let tls_block = NATS_TLS_TEMPLATE.replace("@TLS_DIR@", path_str(&tls_dir));
+    let passwords: Vec<(&str, String)> = NATS_USERS
+        .iter()
+        .map(|(_, variable)| (*variable, new_password()))
+        .collect();
+    let env: Vec<(&str, &str)> = passwords
+        .iter()
+        .map(|(variable, password)| (*variable, password.as_str()))
+        .collect();
+    let nats =
+        NatsServer::start_with_config_and_env(&format!("{tls_block}\n{NATS_AUTH_CONFIG}"), &env)
+            .expect("nats-server with the stack's TLS block and auth.conf");
+    let ingest_password = passwords
+        .iter()
+        .find(|(variable, _)| *variable == "CCTV_NATS_INGEST_PASSWORD")
+        .map(|(_, password)| password.clone())
+        .expect("the ingest's password");
+    let ca_file = tls_dir.join("ca.pem");
+    let certificate = CertificateFiles {
+        cert: tls_dir.join("cctv_ingest.pem"),
+        key: tls_dir.join("cctv_ingest.key"),
+    };
+    let as_ingest = |certificate: Option<&CertificateFiles>, password: &str| {
+        let mut config = tls_nats_config(&nats.url(), &ca_file, certificate);
+        config.user = Some("cctv_ingest".into());
+        config.password = Some(password.to_string());
+        config
+    };
+    connect(&as_ingest(Some(&certificate), &ingest_password))
+        .await
+        .expect("certificate and password");
+    let message = tls_refusal(&as_ingest(None, &ingest_password)).await;
+    assert!(
+        message.contains("requires a client certificate"),
+        "{message}"
+    );
+    assert!(
+        matches!(
+            connect(&as_ingest(Some(&certificate), "pWrong")).await,
+            Err(BusError::Unauthorized { .. })
+        ),
+        "a certificate without the password was accepted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

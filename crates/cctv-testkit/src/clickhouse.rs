@@ -111,9 +111,9 @@ impl ClickHouseServer {
         Self::start_users(UsersFile::Document(users_xml))
     }
 
-    /// Starts a server that also serves HTTPS (`https_port`, 18.16's
-    /// `<openSSL><server>` settings) with `certificate`, copied into its temp
-    /// dir; `users_xml_body` as in [`ClickHouseServer::start_with_users`]
+    /// Starts a server that also serves HTTPS with `certificate`, copied
+    /// into its temp dir, through the shipped `deploy/clickhouse/tls.xml.in`
+    /// (18.16's `https_port` and `<openSSL><server>` settings); `users_xml_body` as in [`ClickHouseServer::start_with_users`]
     /// (`None`: the default user). Plain HTTP stays on for the testkit's own
     /// readiness probes and [`ClickHouseServer::query`]; clients under test
     /// use [`ClickHouseServer::https_url`].
@@ -170,11 +170,17 @@ impl ClickHouseServer {
             let tls_dir = copy_into(
                 &dir,
                 &[
-                    (certificate.cert.as_path(), "server.pem"),
-                    (certificate.key.as_path(), "server.key"),
+                    (certificate.cert.as_path(), "clickhouse.pem"),
+                    (certificate.key.as_path(), "clickhouse.key"),
                 ],
             )?;
-            config = config.replace("</yandex>", &https_config(&tls_dir, https));
+            // The shipped template, as the local stack renders it: ClickHouse
+            // merges config.d/*.xml next to its config file.
+            create_dir(&dir.join("config.d"))?;
+            write_file(
+                &dir.join("config.d/tls.xml"),
+                &https_config(&tls_dir, https),
+            )?;
         }
         if let Some(interserver) = ports.interserver {
             let cluster_part = format!(
@@ -518,26 +524,13 @@ fn server_config(dir: &Path, http_port: u16, tcp_port: u16) -> String {
     )
 }
 
-/// The HTTPS port and the server side of 18.16's `<openSSL>` settings, with
-/// the certificate and key in `tls_dir`, closing the root element. No client
-/// certificates are asked for (ClickHouse users authenticate by password).
+/// The shipped `deploy/clickhouse/tls.xml.in` (18.16's `https_port` and
+/// `<openSSL><server>` settings) rendered for `https_port`, with the
+/// certificate and key in `tls_dir` (`clickhouse.pem`, `clickhouse.key`).
 fn https_config(tls_dir: &Path, https_port: u16) -> String {
-    let tls_dir = tls_dir.display();
-    format!(
-        r#"    <https_port>{https_port}</https_port>
-    <openSSL>
-        <server>
-            <certificateFile>{tls_dir}/server.pem</certificateFile>
-            <privateKeyFile>{tls_dir}/server.key</privateKeyFile>
-            <verificationMode>none</verificationMode>
-            <loadDefaultCAFile>false</loadDefaultCAFile>
-            <cacheSessions>true</cacheSessions>
-            <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>
-            <preferServerCiphers>true</preferServerCiphers>
-        </server>
-    </openSSL>
-</yandex>"#
-    )
+    include_str!("../../../deploy/clickhouse/tls.xml.in")
+        .replace("@HTTPS_PORT@", &https_port.to_string())
+        .replace("@TLS_DIR@", &tls_dir.display().to_string())
 }
 
 /// The generated `users.xml` with `users_body` as the inner XML of `<users>`.
