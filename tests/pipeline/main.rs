@@ -17,6 +17,7 @@ mod layering;
 mod mixed;
 mod privacy;
 mod processes;
+mod replay;
 mod scaling;
 mod security;
 mod store;

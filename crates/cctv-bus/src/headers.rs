@@ -2,6 +2,10 @@
 
 /// JetStream deduplication id.
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+/// A replayed message's original message id (`cctvctl dlq replay`): its
+/// identity, used in place of `Nats-Msg-Id` (which then names the replay,
+/// so the raw stream's duplicate window does not swallow it).
+pub const ORIGINAL_MSG_ID: &str = "Cctv-Original-Msg-Id";
 /// Camera named by the gateway; wins over the payload.
 pub const CAMERA_ID: &str = "Cctv-Camera-Id";
 /// RFC 3339 time the gateway received the message.

@@ -14,7 +14,8 @@
 //!   totals the pipeline must end up with;
 //! - `totals` ([`run_totals`]): prints region x offence totals from ClickHouse
 //!   and optionally waits until they match an expectation;
-//! - `dlq` ([`run_dlq`]): reads dead letters without consuming them;
+//! - `dlq` ([`run_dlq`]): reads dead letters without consuming them, and
+//!   replays them to the subjects they came from;
 //! - `audit` ([`run_audit`], [`audit_pipeline`]): compares the events stream
 //!   with ClickHouse by event id; exit code 1 on any difference.
 //!
@@ -35,7 +36,7 @@ pub use audit::{
     SequenceRanges, StreamAudit, StreamExtent,
 };
 pub use config::CliConfig;
-pub use dlq::{run_dlq, DlqCommand, DlqListArgs, ListFormat};
+pub use dlq::{run_dlq, DlqCommand, DlqListArgs, DlqReplayArgs, ListFormat};
 pub use setup::{run_setup, SetupArgs};
 pub use simulate::run_simulate;
 pub use status::{

@@ -432,6 +432,8 @@ impl BatchContext {
                     format: format.as_str(),
                     item: None,
                     item_id: None,
+                    item_camera: None,
+                    item_received_at: None,
                 };
                 let unit = self
                     .settle_outcome(outcome, router, index, publishes, source)
@@ -466,6 +468,8 @@ impl BatchContext {
                     format: subjects::BATCH_FORMAT,
                     item: None,
                     item_id: None,
+                    item_camera: None,
+                    item_received_at: None,
                 };
                 let unit = self.dead_letter(publishes, &rejection, source).await;
                 entry.add(FormatLabel::Batch, unit);
@@ -485,6 +489,8 @@ impl BatchContext {
                         format: &item.format,
                         item: Some(item.index),
                         item_id: Some(&item.id),
+                        item_camera: item.subject.as_deref(),
+                        item_received_at: item.time.as_deref(),
                     };
                     let unit = self
                         .settle_outcome(outcome, router, index, publishes, source)
@@ -502,6 +508,8 @@ impl BatchContext {
                         format: subjects::BATCH_FORMAT,
                         item: Some(item),
                         item_id: None,
+                        item_camera: None,
+                        item_received_at: None,
                     };
                     let unit = self.dead_letter(publishes, &rejection, source).await;
                     entry.add(FormatLabel::Batch, unit);
@@ -664,7 +672,8 @@ impl BatchContext {
             format: parsed.map_or("", |p| p.format),
             gateway_id: parsed.map_or("", |p| p.gateway_id),
             payload: &message.payload,
-            msg_id: header(headers::NATS_MSG_ID),
+            // A replayed dead letter names its original's id apart.
+            msg_id: header(headers::ORIGINAL_MSG_ID).or_else(|| header(headers::NATS_MSG_ID)),
             camera_id: header(headers::CAMERA_ID),
             received_at: header(headers::RECEIVED_AT),
             stored_at: message.info().ok().map(|info| info.published),
@@ -711,13 +720,17 @@ impl BatchContext {
             dlq_headers.insert(headers::BATCH_ITEM, item.to_string().as_str());
         }
         if let Some(original) = message.headers.as_ref() {
+            // A replay's identity is its original's id; it comes last, so
+            // it wins over the replay's own `Nats-Msg-Id`.
             for name in [
                 headers::NATS_MSG_ID,
+                headers::ORIGINAL_MSG_ID,
                 headers::CAMERA_ID,
                 headers::RECEIVED_AT,
             ] {
                 if let Some(value) = original.get(name) {
-                    let target = if name == headers::NATS_MSG_ID {
+                    let target = if name == headers::NATS_MSG_ID || name == headers::ORIGINAL_MSG_ID
+                    {
                         headers::SOURCE_MSG_ID
                     } else {
                         name
@@ -730,6 +743,12 @@ impl BatchContext {
         }
         if let Some(item_id) = source.item_id {
             dlq_headers.insert(headers::SOURCE_MSG_ID, clean_header(item_id).as_str());
+        }
+        if let Some(camera) = source.item_camera {
+            dlq_headers.insert(headers::CAMERA_ID, clean_header(camera).as_str());
+        }
+        if let Some(received_at) = source.item_received_at {
+            dlq_headers.insert(headers::RECEIVED_AT, clean_header(received_at).as_str());
         }
         let subject = subjects::dlq(source.format, rejection.reason.as_str());
         match publishes
@@ -771,6 +790,11 @@ struct DeadLetterSource<'a> {
     item: Option<usize>,
     /// The item's CloudEvents id.
     item_id: Option<&'a str>,
+    /// The item's CloudEvents `subject` (camera) and `time` (received at),
+    /// kept as `Cctv-Camera-Id` / `Cctv-Received-At` so that a replay of the
+    /// dead letter (`cctvctl dlq replay`) is the message the item was.
+    item_camera: Option<&'a str>,
+    item_received_at: Option<&'a str>,
 }
 
 /// Header values must be one line and reasonably short.
