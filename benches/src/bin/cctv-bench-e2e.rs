@@ -9,6 +9,11 @@
 //!   counted in ClickHouse, loss (expected minus counted, must be 0), CPU
 //!   seconds per million events of each service and server, peak RSS;
 //! - `mixed`: the same with every vendor format (`simulate --format mixed`);
+//! - `canonical-batch-tls`: `canonical-batch` with TLS on every hop:
+//!   nats-server with a certificate and client certificates required (the
+//!   publisher and both services present theirs), ClickHouse over HTTPS, all
+//!   checked against a CA made for the run; the report sets its rate beside
+//!   the plain-text one;
 //! - `latency`: canonical events at a fixed rate; publish -> queryable
 //!   latency of every event, p50/p99/max;
 //! - `floor`: nats-server alone (no service, no ClickHouse), the CPU it
@@ -29,12 +34,14 @@ use anyhow::{bail, Context as _};
 use cctv_bus::{NatsConfig, StreamsConfig};
 use cctv_simulate::{compare_totals, FormatChoice, SimulateArgs};
 use cctv_store::{ClickHouseConfig, Store, TotalsFilter};
-use cctv_testkit::{ClickHouseServer, NatsServer};
+use cctv_testkit::{
+    CertificateFiles, ClickHouseServer, ClientCertificates, NatsServer, NatsTls, TestCa,
+};
 
 /// How often ClickHouse is asked for progress.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Every scenario `--scenarios` takes.
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "floor",
     "store-floor",
     "seen",
@@ -43,23 +50,25 @@ const SCENARIOS: [&str; 9] = [
     "canonical-batch",
     "mixed-batch",
     "canonical-batch-x2",
+    "canonical-batch-tls",
     "latency",
 ];
 /// The throughput scenarios: one vendor message per NATS message, or
 /// (`-batch`) gateway batches of 100.
-/// `-x2`: two instances of each service.
-const THROUGHPUT_SCENARIOS: [&str; 5] = [
+/// `-x2`: two instances of each service. `-tls`: TLS on every hop.
+const THROUGHPUT_SCENARIOS: [&str; 6] = [
     "canonical",
     "mixed",
     "canonical-batch",
     "mixed-batch",
     "canonical-batch-x2",
+    "canonical-batch-tls",
 ];
 /// Longest a scenario may take to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
 
 const USAGE: &str = "usage: cctv-bench-e2e [--events N] [--latency-rate N] [--latency-seconds N] \
-[--scenarios floor,store-floor,canonical,mixed,canonical-batch,mixed-batch,canonical-batch-x2,seen,latency] [--output FILE | --no-output] \
+[--scenarios floor,store-floor,canonical,mixed,canonical-batch,mixed-batch,canonical-batch-x2,canonical-batch-tls,seen,latency] [--output FILE | --no-output] \
 [--events-duplicate-window DURATION] [--seen-ids N] [--ingest-settings TOML] [--aggregator-settings TOML]
 
 --ingest-settings and --aggregator-settings add lines to the services' [ingest] and
@@ -98,6 +107,7 @@ fn parse_options() -> anyhow::Result<Options> {
             "canonical-batch".into(),
             "mixed-batch".into(),
             "canonical-batch-x2".into(),
+            "canonical-batch-tls".into(),
             "seen".into(),
             "latency".into(),
         ],
@@ -160,7 +170,7 @@ struct Rig {
     nats: NatsServer,
     clickhouse: ClickHouseServer,
     /// The services' configs and logs, removed with the rig.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     /// Instances of `cctv-ingest`, all with one config.
     ingests: Vec<Child>,
     /// Instances of `cctv-aggregator`, all with one config.
@@ -168,6 +178,33 @@ struct Rig {
     /// Their metrics ports (`CCTV_AGGREGATOR_METRICS_LISTEN`).
     aggregator_ports: Vec<u16>,
     database: String,
+    /// With TLS: the run's CA and the publisher's client certificate.
+    tls: Option<RigTls>,
+}
+
+/// The certificates of a scenario with TLS on every hop.
+struct RigTls {
+    ca: TestCa,
+    publisher: CertificateFiles,
+}
+
+impl RigTls {
+    fn new() -> anyhow::Result<RigTls> {
+        let ca = TestCa::new("cctv bench CA")?;
+        let publisher = ca.client_certificate("bench_publisher")?;
+        Ok(RigTls { ca, publisher })
+    }
+
+    /// The `[nats]` lines of a service with its own client certificate.
+    fn nats_toml(&self, user: &str) -> anyhow::Result<String> {
+        let files = self.ca.client_certificate(user)?;
+        Ok(format!(
+            "tls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            self.ca.ca_file().display(),
+            files.cert.display(),
+            files.key.display()
+        ))
+    }
 }
 
 impl Rig {
@@ -175,12 +212,56 @@ impl Rig {
         registry: &Path,
         events_window: Option<&str>,
         instances: usize,
+        tls: bool,
     ) -> anyhow::Result<Rig> {
-        let nats = NatsServer::start().context("failed to start nats-server")?;
-        let clickhouse = ClickHouseServer::start().context("failed to start clickhouse-server")?;
+        let tls = if tls { Some(RigTls::new()?) } else { None };
+        let (nats, clickhouse) = match &tls {
+            None => (
+                NatsServer::start().context("failed to start nats-server")?,
+                ClickHouseServer::start().context("failed to start clickhouse-server")?,
+            ),
+            Some(tls) => {
+                let server = tls.ca.server_certificate("server")?;
+                let ca_file = tls.ca.ca_file();
+                let nats = NatsServer::start_with_tls(
+                    &NatsTls {
+                        certificate: &server,
+                        ca_file: Some(&ca_file),
+                        client_certificates: ClientCertificates::Required,
+                    },
+                    "",
+                    &[],
+                )
+                .context("failed to start nats-server with TLS")?;
+                let clickhouse = ClickHouseServer::start_with_tls(None, &server)
+                    .context("failed to start clickhouse-server with HTTPS")?;
+                (nats, clickhouse)
+            }
+        };
         let dir = tempfile::tempdir()?;
         let database = "cctv_bench".to_string();
-        let client = async_nats::connect(nats.url()).await?;
+        let mut rig = Rig {
+            nats,
+            clickhouse,
+            dir,
+            ingests: Vec::with_capacity(instances),
+            aggregators: Vec::with_capacity(instances),
+            aggregator_ports: Vec::with_capacity(instances),
+            database,
+            tls,
+        };
+        rig.start_services(registry, events_window, instances)
+            .await?;
+        Ok(rig)
+    }
+
+    async fn start_services(
+        &mut self,
+        registry: &Path,
+        events_window: Option<&str>,
+        instances: usize,
+    ) -> anyhow::Result<()> {
+        let client = cctv_bus::connect(&self.nats_config(), "bench-setup").await?;
         let js = async_nats::jetstream::new(client);
         let mut streams = StreamsConfig::default();
         let mut streams_toml = String::new();
@@ -196,70 +277,80 @@ impl Rig {
             );
         }
         cctv_bus::ensure_streams(&js, &streams).await?;
-        let store = Store::new(&ClickHouseConfig {
-            url: clickhouse.http_url(),
-            database: database.clone(),
-            ..ClickHouseConfig::default()
-        })?;
-        store.migrate().await?;
+        self.store()?.migrate().await?;
+        let (ingest_tls, aggregator_tls) = match &self.tls {
+            Some(tls) => (
+                tls.nats_toml("cctv_ingest")?,
+                tls.nats_toml("cctv_aggregator")?,
+            ),
+            None => (String::new(), String::new()),
+        };
+        let clickhouse_ca = self.tls.as_ref().map_or(String::new(), |tls| {
+            format!("tls_ca_file = \"{}\"\n", tls.ca.ca_file().display())
+        });
+        let nats_url = self.nats.url();
+        let clickhouse_url = self.clickhouse_url();
+        let database = &self.database;
         let (ingest_settings, aggregator_settings) =
             SERVICE_SETTINGS.get().cloned().unwrap_or_default();
         let ingest_toml = format!(
-            "[nats]\nurl = \"{}\"\n\n[data]\nregistry_path = \"{}\"\n\n[telemetry]\nlisten = \"127.0.0.1:0\"\n\n[ingest]\n{ingest_settings}\n{streams_toml}",
-            nats.url(),
+            "[nats]\nurl = \"{nats_url}\"\n{ingest_tls}\n[data]\nregistry_path = \"{}\"\n\n[telemetry]\nlisten = \"127.0.0.1:0\"\n\n[ingest]\n{ingest_settings}\n{streams_toml}",
             registry.display()
         );
         let aggregator_toml = format!(
-            "[nats]\nurl = \"{}\"\n\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\n\n[telemetry]\nlisten = \"127.0.0.1:0\"\n\n[aggregator]\n{aggregator_settings}\n{streams_toml}",
-            nats.url(),
-            clickhouse.http_url()
+            "[nats]\nurl = \"{nats_url}\"\n{aggregator_tls}\n[clickhouse]\nurl = \"{clickhouse_url}\"\ndatabase = \"{database}\"\n{clickhouse_ca}\n[telemetry]\nlisten = \"127.0.0.1:0\"\n\n[aggregator]\n{aggregator_settings}\n{streams_toml}",
         );
-        let mut ingests = Vec::with_capacity(instances);
-        let mut aggregators = Vec::with_capacity(instances);
-        let mut aggregator_ports = Vec::with_capacity(instances);
         for instance in 0..instances {
-            ingests.push(spawn_service(
+            self.ingests.push(spawn_service(
                 "cctv-ingest",
                 instance,
-                dir.path(),
+                self.dir.path(),
                 &ingest_toml,
                 &[],
             )?);
             let port = free_port()?;
-            aggregators.push(spawn_service(
+            self.aggregators.push(spawn_service(
                 "cctv-aggregator",
                 instance,
-                dir.path(),
+                self.dir.path(),
                 &aggregator_toml,
                 &[(
                     "CCTV_AGGREGATOR_METRICS_LISTEN",
                     format!("127.0.0.1:{port}"),
                 )],
             )?);
-            aggregator_ports.push(port);
+            self.aggregator_ports.push(port);
         }
-        Ok(Rig {
-            nats,
-            clickhouse,
-            _dir: dir,
-            ingests,
-            aggregators,
-            aggregator_ports,
-            database,
-        })
+        Ok(())
+    }
+
+    /// The URL the aggregator and the bench write and read through.
+    fn clickhouse_url(&self) -> String {
+        match &self.tls {
+            Some(_) => self
+                .clickhouse
+                .https_url()
+                .unwrap_or_else(|| self.clickhouse.http_url()),
+            None => self.clickhouse.http_url(),
+        }
     }
 
     fn store(&self) -> anyhow::Result<Store> {
         Ok(Store::new(&ClickHouseConfig {
-            url: self.clickhouse.http_url(),
+            url: self.clickhouse_url(),
             database: self.database.clone(),
+            tls_ca_file: self.tls.as_ref().map(|tls| tls.ca.ca_file()),
             ..ClickHouseConfig::default()
         })?)
     }
 
+    /// The publisher's settings (with TLS: the CA and its own certificate).
     fn nats_config(&self) -> NatsConfig {
         NatsConfig {
             url: self.nats.url(),
+            tls_ca_file: self.tls.as_ref().map(|tls| tls.ca.ca_file()),
+            tls_cert_file: self.tls.as_ref().map(|tls| tls.publisher.cert.clone()),
+            tls_key_file: self.tls.as_ref().map(|tls| tls.publisher.key.clone()),
             ..NatsConfig::default()
         }
     }
@@ -282,7 +373,7 @@ impl Rig {
 
     /// Bytes the raw and the events streams hold.
     async fn stream_bytes(&self) -> anyhow::Result<[u64; 2]> {
-        let client = async_nats::connect(self.nats.url()).await?;
+        let client = cctv_bus::connect(&self.nats_config(), "bench-streams").await?;
         let js = async_nats::jetstream::new(client);
         let streams = StreamsConfig::default();
         let mut bytes = [0; 2];
@@ -420,7 +511,8 @@ async fn throughput(
 ) -> anyhow::Result<Throughput> {
     // `-x2` scenarios: two instances of each service with one config.
     let instances = if scenario.ends_with("-x2") { 2 } else { 1 };
-    let rig = Rig::start(registry, events_window, instances).await?;
+    let tls = scenario.ends_with("-tls");
+    let rig = Rig::start(registry, events_window, instances, tls).await?;
     let before = rig.usages();
     let format = if scenario.starts_with("mixed") {
         FormatChoice::Mixed
@@ -719,7 +811,7 @@ async fn seen(ids: u64) -> anyhow::Result<Vec<SeenRebuild>> {
 
 /// Publish -> queryable latencies in milliseconds, sorted.
 async fn latency(rate: u64, seconds: u64, registry: &Path) -> anyhow::Result<Vec<f64>> {
-    let rig = Rig::start(registry, None, 1).await?;
+    let rig = Rig::start(registry, None, 1, false).await?;
     let client = async_nats::connect(rig.nats.url()).await?;
     let js = async_nats::jetstream::new(client);
     let total = rate * seconds;
@@ -1280,6 +1372,20 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     "no"
                 }
+            )?;
+        }
+        if result.scenario == "canonical-batch-tls" {
+            let plain = rate_of("canonical-batch").map_or("not run".to_string(), |one| {
+                format!(
+                    "{one:.0}/s in plain text ({:+.0} %)",
+                    (rate / one - 1.0) * 100.0
+                )
+            });
+            writeln!(
+                report,
+                "| TLS on every hop (NATS with client certificates, ClickHouse over HTTPS), 0 lost | {rate:.0}/s vs {plain}, {} lost | {} |",
+                result.lost,
+                if result.lost == 0 { "yes" } else { "no" }
             )?;
         }
         if result.scenario == "canonical-batch-x2" {
