@@ -24,14 +24,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::harness::{canonical, recent_time, registry_csv, Service, DRAIN_TIMEOUT};
 
-/// The shipped NATS users and permissions.
-const NATS_AUTH_CONFIG: &str = include_str!("../../deploy/nats/auth.conf");
+/// The shipped NATS users and permissions (also run by `tls.rs`).
+pub(crate) const NATS_AUTH_CONFIG: &str = include_str!("../../deploy/nats/auth.conf");
 
 /// The shipped ClickHouse users (no placeholders in this template).
 const CLICKHOUSE_USERS: &str = include_str!("../../deploy/clickhouse/users.xml.in");
 
 /// Users of `auth.conf` and the variable holding each one's password.
-const NATS_USERS: [(&str, &str); 6] = [
+pub(crate) const NATS_USERS: [(&str, &str); 6] = [
     ("cctv_ingest", "CCTV_NATS_INGEST_PASSWORD"),
     ("cctv_aggregator", "CCTV_NATS_AGGREGATOR_PASSWORD"),
     ("cctv_operator", "CCTV_NATS_OPERATOR_PASSWORD"),

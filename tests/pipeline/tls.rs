@@ -27,19 +27,7 @@ use cctv_testkit::{
 
 use crate::harness::{canonical, recent_time, registry_csv, wait_for_store_rows};
 use crate::processes::{Kind, ServiceProcess};
-
-/// The shipped NATS users and permissions.
-const NATS_AUTH_CONFIG: &str = include_str!("../../deploy/nats/auth.conf");
-
-/// Users of `auth.conf` and the variable holding each one's password.
-const NATS_USERS: [(&str, &str); 6] = [
-    ("cctv_ingest", "CCTV_NATS_INGEST_PASSWORD"),
-    ("cctv_aggregator", "CCTV_NATS_AGGREGATOR_PASSWORD"),
-    ("cctv_operator", "CCTV_NATS_OPERATOR_PASSWORD"),
-    ("cctv_analyst", "CCTV_NATS_ANALYST_PASSWORD"),
-    ("gw1", "CCTV_NATS_GW1_PASSWORD"),
-    ("gw2", "CCTV_NATS_GW2_PASSWORD"),
-];
+use crate::security::{NATS_AUTH_CONFIG, NATS_USERS};
 
 /// The ClickHouse user the aggregator writes as, with a password.
 const CLICKHOUSE_WRITER: &str = "cctv_tls_writer";
@@ -436,6 +424,18 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
 
+/// Whether a JetStream publish of `payload` to `subject` gets no ack (the
+/// server refused the publish, or the ack's inbox).
+async fn publish_refused(js: &jetstream::Context, subject: &str, payload: &[u8]) -> bool {
+    match js
+        .publish(subject.to_string(), payload.to_vec().into())
+        .await
+    {
+        Ok(ack) => ack.await.is_err(),
+        Err(_) => true,
+    }
+}
+
 /// Messages in `stream` (read with `js`).
 async fn stream_messages(js: &jetstream::Context, stream: &str) -> u64 {
     let mut stream = js.get_stream(stream).await.expect("stream");
@@ -548,10 +548,7 @@ async fn a_gateway_certificate_publishes_only_to_its_own_subjects() {
         .expect("gw1 gets an ack for its own subject");
     // ... and nothing to another gateway's subject or the events.
     for subject in ["cctv.raw.canonical.gw2", "cctv.events.p0.x"] {
-        let refused = match gw1_js.publish(subject, payload.clone().into()).await {
-            Ok(ack) => ack.await.is_err(),
-            Err(_) => true,
-        };
+        let refused = publish_refused(&gw1_js, subject, &payload).await;
         assert!(refused, "gw1 got an ack for {subject}");
     }
     assert_eq!(stream_messages(&operator_js, "CCTV_RAW").await, 1);
@@ -563,25 +560,13 @@ async fn a_gateway_certificate_publishes_only_to_its_own_subjects() {
     let mut as_gw2 = tls_nats_config(&nats.url(), &ca_file, Some(&gw2_files));
     as_gw2.inbox_prefix = Some("_INBOX_gw2".into());
     let gw2_js = jetstream::new(connect(&as_gw2).await.expect("gw2 by certificate"));
-    let refused = match gw2_js
-        .publish("cctv.raw.canonical.gw1", payload.clone().into())
-        .await
-    {
-        Ok(ack) => ack.await.is_err(),
-        Err(_) => true,
-    };
+    let refused = publish_refused(&gw2_js, "cctv.raw.canonical.gw1", &payload).await;
     assert!(refused, "gw2's certificate published as gw1");
     assert_eq!(stream_messages(&operator_js, "CCTV_RAW").await, 1);
     // Its own subject is stored, but the ack is not delivered to gw1's inbox.
     as_gw2.inbox_prefix = Some("_INBOX_gw1".into());
     let posing = jetstream::new(connect(&as_gw2).await.expect("connects as gw2"));
-    let refused = match posing
-        .publish("cctv.raw.canonical.gw2", payload.clone().into())
-        .await
-    {
-        Ok(ack) => ack.await.is_err(),
-        Err(_) => true,
-    };
+    let refused = publish_refused(&posing, "cctv.raw.canonical.gw2", &payload).await;
     assert!(refused, "gw2 received an ack on gw1's inbox");
     assert_eq!(stream_messages(&operator_js, "CCTV_RAW").await, 2);
     // A user name and password next to a certificate change nothing either.

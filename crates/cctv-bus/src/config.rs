@@ -11,8 +11,9 @@ use serde::Deserialize;
 /// Default NATS URL of the local stack (contract section 1).
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:14222";
 
-/// How to reach and authenticate to NATS.
-#[derive(Debug, Clone, Deserialize)]
+/// How to reach and authenticate to NATS. `Debug` shows whether a secret is
+/// set, never the secret.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// Server URL(s), comma-separated. Env: `CCTV_NATS_URL`.
@@ -73,6 +74,27 @@ impl Default for NatsConfig {
     }
 }
 
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |value: &Option<String>| value.as_ref().map(|_| "<redacted>");
+        f.debug_struct("NatsConfig")
+            .field("url", &self.url)
+            .field("user", &self.user)
+            .field("creds_file", &self.creds_file)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("tls_required", &self.tls_required)
+            .field("inbox_prefix", &self.inbox_prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("password", &secret(&self.password))
+            .field("token", &secret(&self.token))
+            .field("nkey_seed", &secret(&self.nkey_seed))
+            .finish()
+    }
+}
+
 impl NatsConfig {
     /// Applies the documented environment overrides through `lookup` (pass
     /// `|name| std::env::var(name).ok()` in binaries).
@@ -108,6 +130,14 @@ impl NatsConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.url.trim().is_empty() {
             return Err("nats.url is empty".into());
+        }
+        // A password in a URL would be printed wherever the URL is (errors,
+        // logs); secrets come from their own variables. The URL is not echoed.
+        if self.url.split(',').any(|url| has_credentials(url.trim())) {
+            return Err(
+                "nats.url carries credentials (user:password@host); set CCTV_NATS_USER and CCTV_NATS_PASSWORD (or CCTV_NATS_TOKEN) instead"
+                    .into(),
+            );
         }
         let methods = [
             self.user.is_some() || self.password.is_some(),
@@ -158,6 +188,13 @@ impl NatsConfig {
             _ => "_INBOX".to_string(),
         }
     }
+}
+
+/// Whether `url` has a user-info part (`scheme://user[:password]@host`).
+fn has_credentials(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    authority.contains('@')
 }
 
 /// Settings of one stream.
@@ -296,6 +333,27 @@ mod tests {
             ..NatsConfig::default()
         };
         assert!(user_only.validate().is_err());
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output_and_urls() {
+        let mut config = NatsConfig::default();
+        config.apply_env(|name| match name {
+            "CCTV_NATS_USER" => Some("cctv_ingest".into()),
+            "CCTV_NATS_PASSWORD" => Some("s3cretPassword".into()),
+            _ => None,
+        });
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cretPassword"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        let in_url = NatsConfig {
+            url: "nats://127.0.0.1:4222,nats://u:s3cretPassword@10.0.0.2:4222".into(),
+            ..NatsConfig::default()
+        };
+        let refused = in_url.validate().err().unwrap_or_default();
+        assert!(refused.contains("carries credentials"), "{refused}");
+        assert!(!refused.contains("s3cretPassword"), "{refused}");
+        assert!(!has_credentials("tls://nats.example.kz:4222/path@x"));
     }
 
     #[test]

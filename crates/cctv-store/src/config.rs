@@ -8,8 +8,9 @@ use serde::Deserialize;
 /// Default ClickHouse HTTP URL of the local stack (contract section 1).
 pub const DEFAULT_CLICKHOUSE_URL: &str = "http://127.0.0.1:18123";
 
-/// How to reach ClickHouse and where the tables live.
-#[derive(Debug, Clone, Deserialize)]
+/// How to reach ClickHouse and where the tables live. `Debug` shows whether
+/// the password is set, never the password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
     /// HTTP interface URL (`https://` for the server's `https_port`). Env:
@@ -84,6 +85,22 @@ impl Default for ClickHouseConfig {
     }
 }
 
+impl std::fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &self.url)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("timezone", &self.timezone)
+            .field("compression", &self.compression)
+            .field("insert_timeout", &self.insert_timeout)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("cluster", &self.cluster)
+            .finish()
+    }
+}
+
 impl ClickHouseConfig {
     /// Applies the documented environment overrides through `lookup`.
     pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
@@ -108,6 +125,23 @@ impl ClickHouseConfig {
     /// Checks the settings: the database must be a plain identifier and the
     /// time zone a tz database name, because both end up in DDL.
     pub fn validate(&self) -> Result<(), String> {
+        // A password in a URL would be printed wherever the URL is (errors,
+        // logs); it comes from CCTV_CLICKHOUSE_PASSWORD. The URL is not echoed.
+        let replica_urls = self.cluster.iter().flat_map(|cluster| {
+            cluster
+                .shards
+                .iter()
+                .flat_map(|shard| shard.replicas.iter())
+        });
+        if std::iter::once(&self.url)
+            .chain(replica_urls)
+            .any(|url| has_credentials(url))
+        {
+            return Err(
+                "a clickhouse URL carries credentials (user:password@host); set CCTV_CLICKHOUSE_USER and CCTV_CLICKHOUSE_PASSWORD instead"
+                    .into(),
+            );
+        }
         if !is_identifier(&self.database) {
             return Err(format!(
                 "clickhouse.database {:?} is not a plain identifier",
@@ -174,6 +208,13 @@ impl ClickHouseConfig {
         }
         Ok(())
     }
+}
+
+/// Whether `url` has a user-info part (`scheme://user[:password]@host`).
+fn has_credentials(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    authority.contains('@')
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]{0,63}`.
@@ -257,6 +298,16 @@ mod tests {
             .is_err_and(|error| error.contains("not an https:// URL")));
         config.url = "https://ch:8443".into();
         assert!(config.validate().is_ok());
+        // The password never shows: not in Debug, not from a URL.
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("\"pw\"") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        config.url = "https://writer:s3cretPassword@ch:8443".into();
+        let refused = config.validate().err().unwrap_or_default();
+        assert!(refused.contains("carries credentials"), "{refused}");
+        assert!(!refused.contains("s3cretPassword"), "{refused}");
         assert!(toml::from_str::<ClickHouseConfig>("password = \"x\"").is_err());
     }
 }

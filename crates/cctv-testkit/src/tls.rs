@@ -79,15 +79,7 @@ impl TestCa {
         write_file(&ca.path("ca.cnf"), CA_CONFIG)?;
         write_file(&ca.path("index.txt"), "")?;
         write_file(&ca.path("serial"), "1000\n")?;
-        ca.openssl(&[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            "ca.key",
-        ])?;
+        ca.new_key("ca.key")?;
         ca.openssl(&[
             "req",
             "-x509",
@@ -170,15 +162,7 @@ impl TestCa {
         let key_file = format!("{name}.key");
         let request_file = format!("{name}.csr");
         let cert_file = format!("{name}.pem");
-        self.openssl(&[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            &key_file,
-        ])?;
+        self.new_key(&key_file)?;
         self.openssl(&[
             "req",
             "-new",
@@ -223,6 +207,19 @@ impl TestCa {
         }
         self.openssl(&args)?;
         Ok(files)
+    }
+
+    /// A fresh P-256 private key in `file`.
+    fn new_key(&self, file: &str) -> Result<(), TestkitError> {
+        self.openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            file,
+        ])
     }
 
     fn path(&self, name: &str) -> PathBuf {
