@@ -176,4 +176,60 @@ async fn clickhouse_replicas_killed_during_load_a_dead_shard_stalls_and_catches_
     assert_eq!(rows_on(&stack, 1, 1).await, shard_rows[1]);
     assert_eq!(shard_rows[0] + shard_rows[1], load.count);
     assert!(shard_rows.iter().all(|rows| *rows > 0), "{shard_rows:?}");
+    rolled_up_on_the_cluster(&stack, load.count).await;
+}
+
+/// Rows of past days on both shards, rolled up from the cluster's
+/// `Distributed` table into the rollup every node holds: every node's
+/// `offence_totals` and `camera_totals` count what the rows hold.
+async fn rolled_up_on_the_cluster(stack: &FaultStack, pipeline_rows: u64) {
+    let cluster = stack.clickhouse_cluster.as_ref().expect("cluster");
+    let database = stack.cli_config().clickhouse.database;
+    for shard in 0..2 {
+        let node = cluster.replica(shard, 0).expect("replica");
+        node.query(&format!(
+            "INSERT INTO {database}.offence_events_local \
+             (event_id, detected_at, offence_type, region, camera_id, inserted_at, writer) \
+             SELECT generateUUIDv4(), now() - 86400 * (2 + number % 5) - 3600, \
+             if(number % 2 = 0, 'traffic.speeding', 'traffic.red_light'), \
+             if(number % 3 = 0, 'KZ-75', 'KZ-71'), concat('CAM-PAST-', toString(number % 4)), \
+             now() - 86400 * (2 + number % 5), 'past' FROM numbers(500)"
+        ))
+        .expect("rows of past days");
+    }
+    stack.sync_replicas().await;
+    let store = stack.store();
+    let report = store
+        .roll_up(&cctv_store::RollupPolicy::default(), |_, _| {})
+        .await
+        .expect("roll up on the cluster");
+    assert!(report.rolled >= 5, "{report:?}");
+    let audit = cctv_cli::audit_rollups(&store, false).await.expect("audit");
+    assert!(audit.differences.is_empty(), "{audit:?}");
+    for shard in 0..2 {
+        for replica in 0..2 {
+            let node = cluster.replica(shard, replica).expect("replica");
+            for table in ["offence_rollup", "camera_rollup", "rollup_slots"] {
+                node.query(&format!("SYSTEM SYNC REPLICA {database}.{table}"))
+                    .expect("the node fetches the rollups");
+            }
+            for view in ["offence_totals", "camera_totals"] {
+                let total = node
+                    .query(&format!("SELECT sum(events) FROM {database}.{view}"))
+                    .expect("totals on a node");
+                assert_eq!(
+                    total.trim().parse::<u64>().ok(),
+                    Some(pipeline_rows + 1_000),
+                    "{view} on shard {shard} replica {replica}"
+                );
+            }
+            let rolled = node
+                .query(&format!("SELECT count() FROM {database}.offence_rollup"))
+                .expect("rollup rows on a node");
+            assert!(
+                rolled.trim().parse::<u64>().unwrap_or(0) > 0,
+                "rollup replicated to every node"
+            );
+        }
+    }
 }

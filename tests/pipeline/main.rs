@@ -18,6 +18,7 @@ mod mixed;
 mod privacy;
 mod processes;
 mod replay;
+mod rollup;
 mod scaling;
 mod security;
 mod store;

@@ -16,6 +16,10 @@
 //!   the plain-text one;
 //! - `latency`: canonical events at a fixed rate; publish -> queryable
 //!   latency of every event, p50/p99/max;
+//! - `gateway`: the release `cctv-gateway` between load generators here
+//!   and a fresh nats-server and mosquitto: HTTP pushes/s and MQTT
+//!   messages/s into NATS (JetStream-acked) and the gateway's CPU per
+//!   message (`cctv_benches::gateway`; `--events` messages per intake);
 //! - `floor`: nats-server alone (no service, no ClickHouse), the CPU it
 //!   spends on each NATS operation the pipeline needs per offence, hence the
 //!   most offences per second two durable hops allow on this machine
@@ -41,7 +45,7 @@ use cctv_testkit::{
 /// How often ClickHouse is asked for progress.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Every scenario `--scenarios` takes.
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "floor",
     "store-floor",
     "seen",
@@ -52,6 +56,7 @@ const SCENARIOS: [&str; 10] = [
     "canonical-batch-x2",
     "canonical-batch-tls",
     "latency",
+    "gateway",
 ];
 /// The throughput scenarios: one vendor message per NATS message, or
 /// (`-batch`) gateway batches of 100.
@@ -1322,6 +1327,22 @@ async fn main() -> anyhow::Result<()> {
         writeln!(report)?;
     }
     let mut latency_p99 = None;
+    let mut gateway_result = None;
+    if options.scenarios.iter().any(|s| s == "gateway") {
+        println!("scenario gateway: {} messages per intake", options.events);
+        let binary = cctv_benches::gateway::gateway_binary()?;
+        let result = cctv_benches::gateway::run(&binary, options.events).await?;
+        for (intake, phase) in [("HTTP pushes", result.http), ("MQTT messages", result.mqtt)] {
+            println!(
+                "  {intake}: {:.0}/s into NATS, gateway {:.1} CPU-us per message ({} in {:.1} s)",
+                phase.rate(),
+                phase.cpu_us_per_message(),
+                phase.messages,
+                phase.seconds
+            );
+        }
+        gateway_result = Some(result);
+    }
     if options.scenarios.iter().any(|s| s == "latency") {
         println!(
             "scenario latency: {} events/s for {} s",
@@ -1428,6 +1449,28 @@ async fn main() -> anyhow::Result<()> {
         )?;
     }
     writeln!(report)?;
+    if let Some(result) = gateway_result {
+        writeln!(
+            report,
+            "## Gateway (`cctv-gateway`)\n\nMessages into NATS (acknowledged by JetStream, batches of up to \
+             1,000 on `cctv.raw.batch.gw1`) through the gateway's fsynced spool; HTTP: canonical pushes \
+             over {} keep-alive connections, each waiting for its 200; MQTT: Frigate events with QoS 1 \
+             through mosquitto.\n\n| intake | messages | seconds | messages/s | gateway CPU-µs per message |\n\
+             | --- | ---: | ---: | ---: | ---: |",
+            32
+        )?;
+        for (intake, phase) in [("HTTP pushes", result.http), ("MQTT messages", result.mqtt)] {
+            writeln!(
+                report,
+                "| {intake} | {} | {:.1} | {:.0} | {:.1} |",
+                phase.messages,
+                phase.seconds,
+                phase.rate(),
+                phase.cpu_us_per_message()
+            )?;
+        }
+        writeln!(report)?;
+    }
     let micro = criterion_results(&repo.join("target"));
     if !micro.is_empty() {
         writeln!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cctv_bus::{NatsConfig, StreamsConfig};
 use cctv_runtime::TelemetryConfig;
-use cctv_store::ClickHouseConfig;
+use cctv_store::{ClickHouseConfig, RollupPolicy};
 use serde::Deserialize;
 
 use crate::AggregatorError;
@@ -29,6 +29,9 @@ pub struct AggregatorConfig {
     pub clickhouse: ClickHouseConfig,
     /// Consumer and batching.
     pub aggregator: AggregatorSettings,
+    /// The rollups behind `offence_totals` and `camera_totals`, kept by the
+    /// instance that owns partition 0.
+    pub rollup: RollupPolicy,
     /// Metrics endpoint and logs.
     pub telemetry: TelemetryConfig,
 }
@@ -145,6 +148,7 @@ impl AggregatorConfig {
         self.clickhouse
             .validate()
             .map_err(AggregatorError::Config)?;
+        self.rollup.validate().map_err(AggregatorError::Config)?;
         let settings = &self.aggregator;
         if settings.consumer.is_empty() || settings.consumer.contains(['.', ' ', '*', '>']) {
             return Err(AggregatorError::Config(format!(

@@ -25,6 +25,7 @@ mod inserter;
 mod metrics;
 mod ownership;
 mod replicas;
+mod roller;
 mod seen;
 mod service;
 mod stats;

@@ -9,14 +9,14 @@
 //! whatever it still sends is dropped by the fence.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use cctv_bus::{LeaseBucket, LeaseWriteError, StreamKind};
 use cctv_runtime::Health;
-use cctv_store::{ChunkPool, EncodedRows, ResumePoint, Store, StoreError};
+use cctv_store::{ChunkPool, EncodedRows, ResumePoint, RollupPolicy, Store, StoreError};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -132,7 +132,15 @@ pub async fn run(
             }
         })
         .collect();
+    let holds_first = Arc::new(AtomicBool::new(false));
+    let roller = tokio::spawn(crate::roller::run(
+        store.clone(),
+        config.rollup.clone(),
+        holds_first.clone(),
+        shutdown.clone(),
+    ));
     let context = Arc::new(Context {
+        holds_first,
         max_payload: client.server_info().max_payload,
         js,
         shards,
@@ -145,6 +153,7 @@ pub async fn run(
     let result = LeaseLoop::new(context, bucket, partitions)
         .run(&shutdown)
         .await;
+    roller.abort();
     // Acks are fire-and-forget publishes: push the last ones out before the
     // connection is dropped, so a clean stop leaves nothing written unacked.
     if let Err(error) = tokio::time::timeout(config.aggregator.shutdown_grace, client.flush())
@@ -233,6 +242,8 @@ async fn prepare_store(
 /// What every partition term shares.
 struct Context {
     js: jetstream::Context,
+    /// Whether this instance owns partition 0 (and so keeps the rollups).
+    holds_first: Arc<AtomicBool>,
     /// The server's largest message, in bytes.
     max_payload: usize,
     /// The ClickHouse shards; partition `p` writes to shard `p mod shards`.
@@ -419,6 +430,9 @@ impl LeaseLoop {
     /// Tells each shard's group commit how many of its partitions this
     /// instance owns (its linger follows).
     fn report_owned_per_shard(&self) {
+        self.context
+            .holds_first
+            .store(self.terms.contains_key(&0), Ordering::Release);
         let shards = self.context.shards.len();
         for (index, shard) in self.context.shards.iter().enumerate() {
             let owned = self
@@ -692,6 +706,7 @@ async fn run_term(
         stats: context.stats.clone(),
         health: context.health.clone(),
         retry_max_backoff: context.config.aggregator.retry_max_backoff,
+        rollup: context.config.rollup.clone(),
         writer_name: writer_name.clone(),
         inserter: shard.inserter.clone(),
         epoch,
@@ -1137,6 +1152,8 @@ struct Writer {
     stats: AggregatorStats,
     health: Health,
     retry_max_backoff: Duration,
+    /// When a batch landed late enough to be missing from a rolled slot.
+    rollup: RollupPolicy,
     writer_name: String,
     /// The group-commit insert task of the partition's shard.
     inserter: Inserter,
@@ -1262,7 +1279,8 @@ impl Writer {
                     }
                 }
             }
-            rows.seal(now_secs(), self.epoch);
+            let sealed_at = now_secs();
+            rows.seal(sealed_at, self.epoch);
             let started = Instant::now();
             let shared = Arc::new(std::mem::take(&mut rows));
             let inserted = self
@@ -1285,6 +1303,9 @@ impl Writer {
                     metrics::gauge!(names::STORE_DOWN).set(0.0);
                     self.stats.add_written(rows.len() as u64);
                     self.health.set_ok();
+                    if let Some(slot) = self.rollup.landed_late(sealed_at, now_secs()) {
+                        self.retake_slot(slot).await?;
+                    }
                     break;
                 }
                 Err(error) => self.pause_after(error, &mut pause).await?,
@@ -1298,6 +1319,22 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// After a batch landed so long after it was sealed that its slot may
+    /// have been rolled up without it: takes the slot into the rollups
+    /// again before the batch is acked, so no count is lost from them.
+    async fn retake_slot(&self, slot: chrono::NaiveDate) -> Result<(), StoreError> {
+        tracing::warn!(writer = %self.writer_name, %slot, "a batch landed late; taking its slot into the rollups again");
+        metrics::counter!(names::ROLLUP_LATE_SLOTS).increment(1);
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let (_, store) = self.replicas.current();
+            match store.roll_slots(slot, slot).await {
+                Ok(()) => return Ok(()),
+                Err(error) => self.pause_after(error, &mut pause).await?,
+            }
+        }
     }
 
     /// Waits before the next attempt; permanent errors end the writer.

@@ -14,8 +14,10 @@
 //! its copy count and folded in ([`IdFold`], pure and unit-tested). Memory
 //! grows with the events in the stream (about 40 bytes each).
 //!
-//! There is no `--repair`: the design has no rollup table (`offence_totals`
-//! is a plain view over `offence_events`), so there is nothing to rebuild.
+//! It also compares every rolled-up slot of the rollups behind
+//! `offence_totals` and `camera_totals` with the rows of that slot (a full
+//! read of the rows up to the newest rolled slot); `--repair` first takes
+//! every differing slot into the rollups again, from the rows.
 
 use std::fmt::{self, Write as _};
 use std::process::ExitCode;
@@ -25,7 +27,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
 use std::collections::HashMap;
 
-use cctv_store::{DoubledEventId, Store};
+use cctv_store::{DoubledEventId, SlotDifference, Store};
 use futures::StreamExt;
 use serde::ser::SerializeStruct as _;
 use serde::Serialize;
@@ -51,6 +53,11 @@ pub struct AuditArgs {
     /// e.g. while a pipeline drains; the last audit decides the exit code.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub wait: Option<Duration>,
+    /// Before auditing, count every rolled-up slot whose rollups differ from
+    /// its rows into them again (the rows are the truth; safe while the
+    /// pipeline runs).
+    #[arg(long)]
+    pub repair: bool,
 }
 
 /// How the audit report is printed.
@@ -272,15 +279,95 @@ impl StreamAudit {
 pub struct AuditReport {
     /// The current events stream first, then older incarnations found in ClickHouse.
     pub streams: Vec<StreamAudit>,
-    /// Whether every stream is clean.
+    /// The rollups compared with the rows.
+    pub rollups: RollupAudit,
+    /// Whether every stream and the rollups are clean.
     pub clean: bool,
 }
 
 impl AuditReport {
-    /// Whether every stream is clean.
+    /// Whether every stream and the rollups are clean.
     pub fn is_clean(&self) -> bool {
-        self.streams.iter().all(StreamAudit::is_clean)
+        self.streams.iter().all(StreamAudit::is_clean) && self.rollups.differences.is_empty()
     }
+}
+
+/// The rollups behind `offence_totals` and `camera_totals` against the rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RollupAudit {
+    /// The newest rolled-up slot (UTC insert day), if any.
+    pub rolled_through: Option<String>,
+    /// Rolled-up slots whose rollup differs from their rows.
+    pub differences: Vec<RollupDifference>,
+    /// Slots counted into the rollups again by `--repair`.
+    pub repaired: Vec<String>,
+}
+
+/// A rolled-up slot whose rollup differs from its rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RollupDifference {
+    /// `offence_rollup` or `camera_rollup`.
+    pub rollup: String,
+    /// The slot (UTC insert day).
+    pub slot: String,
+    /// Rows of the slot.
+    pub rows: u64,
+    /// What the rollup counts for the slot.
+    pub rolled: u64,
+    /// Keys whose counts differ.
+    pub keys_differing: u64,
+}
+
+impl From<SlotDifference> for RollupDifference {
+    fn from(difference: SlotDifference) -> Self {
+        Self {
+            rollup: difference.rollup.to_string(),
+            slot: difference.slot.to_string(),
+            rows: difference.rows,
+            rolled: difference.rolled,
+            keys_differing: difference.keys_differing,
+        }
+    }
+}
+
+/// Compares the rollups with the rows; with `repair`, first counts every
+/// differing slot into them again. A rollup that counts more than its rows
+/// cannot be repaired this way (rows were deleted behind it): it stays a
+/// difference.
+pub async fn audit_rollups(store: &Store, repair: bool) -> anyhow::Result<RollupAudit> {
+    let mut audit = RollupAudit::default();
+    store
+        .sync_rollups()
+        .await
+        .context("failed to bring this replica's rollups up to date")?;
+    if repair {
+        let differing = store
+            .rollup_differences()
+            .await
+            .context("failed to compare the rollups with the rows")?;
+        let mut slots: Vec<_> = differing.iter().map(|difference| difference.slot).collect();
+        slots.dedup();
+        for slot in slots {
+            store
+                .roll_slots(slot, slot)
+                .await
+                .with_context(|| format!("failed to count slot {slot} into the rollups again"))?;
+            audit.repaired.push(slot.to_string());
+        }
+    }
+    audit.rolled_through = store
+        .rolled_through()
+        .await
+        .context("failed to read the newest rolled-up slot")?
+        .map(|slot| slot.to_string());
+    audit.differences = store
+        .rollup_differences()
+        .await
+        .context("failed to compare the rollups with the rows")?
+        .into_iter()
+        .map(RollupDifference::from)
+        .collect();
+    Ok(audit)
 }
 
 /// Folds the stored event ids of one stream into an audit against the ids
@@ -376,6 +463,12 @@ impl IdFold {
 
 /// Audits the events stream of `config` against ClickHouse once.
 pub async fn audit_pipeline(config: &CliConfig) -> anyhow::Result<AuditReport> {
+    audit_pipeline_with(config, false).await
+}
+
+/// [`audit_pipeline`], with `repair`: rollup slots that differ from their
+/// rows are counted again first (see [`audit_rollups`]).
+pub async fn audit_pipeline_with(config: &CliConfig, repair: bool) -> anyhow::Result<AuditReport> {
     let store = Store::new(&config.clickhouse).context("failed to create the ClickHouse client")?;
     let client = cctv_bus::connect(&config.nats, "cctvctl-audit")
         .await
@@ -419,6 +512,7 @@ pub async fn audit_pipeline(config: &CliConfig) -> anyhow::Result<AuditReport> {
             .with_context(|| format!("failed to audit {source_stream}"))?;
         report.streams.push(fold.finish(source_stream));
     }
+    report.rollups = audit_rollups(&store, repair).await?;
     report.clean = report.is_clean();
     Ok(report)
 }
@@ -591,6 +685,7 @@ pub fn render_audit(report: &AuditReport) -> String {
             if audit.is_clean() { "clean" } else { "DIFFERS" }
         );
     }
+    render_rollups(&mut text, &report.rollups);
     let _ = writeln!(
         text,
         "audit: {}",
@@ -601,6 +696,46 @@ pub fn render_audit(report: &AuditReport) -> String {
         }
     );
     text
+}
+
+fn render_rollups(text: &mut String, rollups: &RollupAudit) {
+    let _ = writeln!(
+        text,
+        "rollups: rolled up through {}",
+        rollups.rolled_through.as_deref().unwrap_or("(no slot yet)")
+    );
+    if !rollups.repaired.is_empty() {
+        let _ = writeln!(
+            text,
+            "  counted again from the rows (--repair): {}",
+            rollups.repaired.join(", ")
+        );
+    }
+    for difference in &rollups.differences {
+        let _ = writeln!(
+            text,
+            "  {} slot {}: {} rows, rollup counts {} ({} keys differ){}",
+            difference.rollup,
+            difference.slot,
+            difference.rows,
+            difference.rolled,
+            difference.keys_differing,
+            if difference.rolled > difference.rows {
+                "; more than the rows: rows were deleted behind the rollup"
+            } else {
+                "; run with --repair"
+            }
+        );
+    }
+    let _ = writeln!(
+        text,
+        "  {}",
+        if rollups.differences.is_empty() {
+            "clean"
+        } else {
+            "DIFFERS"
+        }
+    );
 }
 
 /// One line of the text report; nothing when `ranges` is empty.
@@ -626,13 +761,21 @@ fn finding(text: &mut String, what: &str, ranges: &SequenceRanges, suffix: &str)
 /// Audits (polling with `--wait`), prints the report; exit code 1 on any difference.
 pub async fn run_audit(config: &CliConfig, args: &AuditArgs) -> anyhow::Result<ExitCode> {
     let deadline = tokio::time::Instant::now() + args.wait.unwrap_or_default();
-    let report = loop {
-        let report = audit_pipeline(config).await?;
+    let mut repair = args.repair;
+    let mut repaired = Vec::new();
+    let mut report = loop {
+        let report = audit_pipeline_with(config, repair).await?;
+        if repair {
+            // One repair is enough; waiting audits only look.
+            repaired.clone_from(&report.rollups.repaired);
+            repair = false;
+        }
         if report.is_clean() || tokio::time::Instant::now() >= deadline {
             break report;
         }
         tokio::time::sleep(WAIT_POLL_INTERVAL).await;
     };
+    report.rollups.repaired = repaired;
     match args.format {
         AuditFormat::Text => print!("{}", render_audit(&report)),
         AuditFormat::Json => println!(
@@ -801,10 +944,28 @@ mod tests {
         };
         let text = render_audit(&AuditReport {
             streams: vec![audit],
+            rollups: RollupAudit {
+                rolled_through: Some("2026-12-01".into()),
+                differences: vec![RollupDifference {
+                    rollup: "offence_rollup".into(),
+                    slot: "2026-11-30".into(),
+                    rows: 10,
+                    rolled: 9,
+                    keys_differing: 1,
+                }],
+                repaired: Vec::new(),
+            },
             clean: false,
         });
         assert!(
             text.contains("  missing in ClickHouse: 3 sequences (of messages with unwritten events): 40-41, 77\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "rollups: rolled up through 2026-12-01\n  offence_rollup slot 2026-11-30: 10 rows, \
+                 rollup counts 9 (1 keys differ); run with --repair\n  DIFFERS\n"
+            ),
             "{text}"
         );
         assert!(text.ends_with("audit: differences found\n"));

@@ -32,8 +32,9 @@ mod table;
 mod totals;
 
 pub use audit::{
-    audit_pipeline, render_audit, run_audit, AuditArgs, AuditFormat, AuditReport, SequenceRange,
-    SequenceRanges, StreamAudit, StreamExtent,
+    audit_pipeline, audit_pipeline_with, audit_rollups, render_audit, run_audit, AuditArgs,
+    AuditFormat, AuditReport, RollupAudit, RollupDifference, SequenceRange, SequenceRanges,
+    StreamAudit, StreamExtent,
 };
 pub use config::CliConfig;
 pub use dlq::{run_dlq, DlqCommand, DlqListArgs, DlqReplayArgs, ListFormat};

@@ -43,10 +43,11 @@ enum Command {
     ///
     /// Reports, per stream: events in the stream with no row in ClickHouse
     /// (by stream sequence ranges), event ids stored more than once, and rows
-    /// of no event of the stream. Exit code 0 when clean, 1 on any
-    /// difference, 2 on usage or connection errors. There is no `--repair`:
-    /// the design has no rollup table to rebuild (`offence_totals` is a plain
-    /// view over `offence_events`), so totals follow the rows by construction.
+    /// of no event of the stream; then every rolled-up day of the rollups
+    /// behind `offence_totals` against its rows. Exit code 0 when clean, 1 on
+    /// any difference, 2 on usage or connection errors. `--repair` first
+    /// counts every rolled-up day that differs from its rows into the rollups
+    /// again (the rows are the truth; a rollup is never lowered).
     Audit(AuditArgs),
 }
 

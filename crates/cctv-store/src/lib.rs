@@ -16,6 +16,7 @@ mod error;
 mod migrations;
 mod partitions;
 mod queries;
+mod rollup;
 mod row;
 mod store;
 mod transport;
@@ -26,5 +27,13 @@ pub use encoded::{ChunkPool, EncodedRows, CHUNK_BYTES, ENCODED_COLUMNS};
 pub use error::StoreError;
 pub use migrations::{Migration, CLUSTER_MIGRATIONS, MIGRATIONS};
 pub use queries::{TotalsFilter, TotalsRow};
+pub use rollup::{RollPlan, RollReport, RollupPolicy, SlotDifference};
 pub use row::{EventRow, StreamPosition};
+/// The rollups' SQL, for tests that run every query on several servers.
+pub mod rollup_sql {
+    pub use crate::rollup::{
+        CAMERA_ROLLUP_DIFFERENCES, FIRST_SLOT, MARK_SLOTS, OFFENCE_ROLLUP_DIFFERENCES,
+        ROLLED_THROUGH, ROLL_CAMERAS, ROLL_OFFENCES, SERVER_NOW,
+    };
+}
 pub use store::{ResumePoint, Store};

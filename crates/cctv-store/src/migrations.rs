@@ -59,6 +59,108 @@ macro_rules! offence_events_columns {
     };
 }
 
+/// `offence_rollup`: counted offences per insert day (`slot`, UTC day of
+/// `inserted_at`) and detection day, region and type. Computed from the rows
+/// (never fed by a materialized view), any number of times: a row of the same
+/// key is the same count taken again, and the largest one stands (rows are
+/// never taken away), so rollers may run at once, again, or on a lagging
+/// replica without skewing it (`rollup.rs`).
+macro_rules! offence_rollup_table {
+    ($engine:literal) => {
+        concat!(
+            "CREATE TABLE IF NOT EXISTS {db}.offence_rollup (
+            slot Date,
+            day Date,
+            region String,
+            offence_type String,
+            events UInt64
+        ) ",
+            $engine,
+            "
+        PARTITION BY toYYYYMM(slot)
+        ORDER BY (slot, day, region, offence_type)"
+        )
+    };
+}
+
+/// `camera_rollup`: the same per camera (for top cameras over long ranges).
+macro_rules! camera_rollup_table {
+    ($engine:literal) => {
+        concat!(
+            "CREATE TABLE IF NOT EXISTS {db}.camera_rollup (
+            slot Date,
+            day Date,
+            camera_id String,
+            region String,
+            events UInt64
+        ) ",
+            $engine,
+            "
+        PARTITION BY toYYYYMM(slot)
+        ORDER BY (slot, day, camera_id, region)"
+        )
+    };
+}
+
+/// `rollup_slots`: one row each time a slot was rolled up. A slot is marked
+/// only after both rollups hold it, and slots are rolled in order, so every
+/// slot up to the newest mark is rolled up.
+macro_rules! rollup_slots_table {
+    ($engine:literal) => {
+        concat!(
+            "CREATE TABLE IF NOT EXISTS {db}.rollup_slots (
+            slot Date,
+            events UInt64,
+            rolled_at DateTime
+        ) ",
+            $engine,
+            "
+        ORDER BY slot"
+        )
+    };
+}
+
+/// `offence_totals`: the rolled-up slots (the largest count of each key)
+/// plus the rows inserted after the newest rolled slot, counted from the
+/// rows themselves.
+macro_rules! offence_totals_view {
+    () => {
+        "CREATE VIEW IF NOT EXISTS {db}.offence_totals AS
+        SELECT day, region, offence_type, toUInt64(sum(events)) AS events FROM (
+            SELECT day, region, offence_type, max(events) AS events
+            FROM {db}.offence_rollup
+            WHERE slot <= (SELECT max(slot) FROM {db}.rollup_slots)
+            GROUP BY slot, day, region, offence_type
+            UNION ALL
+            SELECT toDate(detected_at, {tz}) AS day, region, offence_type, count() AS events
+            FROM {db}.offence_events
+            WHERE inserted_at >= (SELECT toDateTime(max(slot) + 1, 'UTC') FROM {db}.rollup_slots)
+            GROUP BY day, region, offence_type
+        )
+        GROUP BY day, region, offence_type"
+    };
+}
+
+/// `camera_totals`: counted offences per detection day and camera, read
+/// like `offence_totals`.
+macro_rules! camera_totals_view {
+    () => {
+        "CREATE VIEW IF NOT EXISTS {db}.camera_totals AS
+        SELECT day, camera_id, region, toUInt64(sum(events)) AS events FROM (
+            SELECT day, camera_id, region, max(events) AS events
+            FROM {db}.camera_rollup
+            WHERE slot <= (SELECT max(slot) FROM {db}.rollup_slots)
+            GROUP BY slot, day, camera_id, region
+            UNION ALL
+            SELECT toDate(detected_at, {tz}) AS day, camera_id, region, count() AS events
+            FROM {db}.offence_events
+            WHERE inserted_at >= (SELECT toDateTime(max(slot) + 1, 'UTC') FROM {db}.rollup_slots)
+            GROUP BY day, camera_id, region
+        )
+        GROUP BY day, camera_id, region"
+    };
+}
+
 /// Every migration, oldest first.
 pub const MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
@@ -103,6 +205,17 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         AS SELECT * FROM {db}.offence_events_incoming
         WHERE (writer, lease_epoch) IN
             (SELECT writer, max(lease_epoch) FROM {db}.partition_fences GROUP BY writer)",
+    ],
+}, Migration {
+    version: 3,
+    name: "rollups: offence_rollup, camera_rollup, rollup_slots; offence_totals and camera_totals read them",
+    statements: &[
+        offence_rollup_table!("ENGINE = ReplacingMergeTree(events)"),
+        camera_rollup_table!("ENGINE = ReplacingMergeTree(events)"),
+        rollup_slots_table!("ENGINE = MergeTree()"),
+        "DROP TABLE IF EXISTS {db}.offence_totals",
+        offence_totals_view!(),
+        camera_totals_view!(),
     ],
 }];
 
@@ -160,6 +273,24 @@ pub const CLUSTER_MIGRATIONS: &[Migration] = &[
             (SELECT writer, max(lease_epoch) FROM {db}.partition_fences GROUP BY writer)",
         ],
     },
+    Migration {
+        version: 3,
+        name: "rollups (cluster): one replicated rollup table on every node",
+        statements: &[
+            offence_rollup_table!(
+                "ENGINE = ReplicatedReplacingMergeTree({zk_all:offence_rollup}, '{shard}-{replica}', events)"
+            ),
+            camera_rollup_table!(
+                "ENGINE = ReplicatedReplacingMergeTree({zk_all:camera_rollup}, '{shard}-{replica}', events)"
+            ),
+            rollup_slots_table!(
+                "ENGINE = ReplicatedMergeTree({zk_all:rollup_slots}, '{shard}-{replica}')"
+            ),
+            "DROP TABLE IF EXISTS {db}.offence_totals",
+            offence_totals_view!(),
+            camera_totals_view!(),
+        ],
+    },
 ];
 
 /// Newest version this build knows.
@@ -197,7 +328,12 @@ mod tests {
     fn statements_are_idempotent() {
         for migration in MIGRATIONS.iter().chain(CLUSTER_MIGRATIONS) {
             for statement in migration.statements {
-                assert!(statement.contains("IF NOT EXISTS"), "{statement}");
+                // A DROP before a CREATE replaces a view; both run again harmlessly.
+                assert!(
+                    statement.contains("IF NOT EXISTS")
+                        || statement.starts_with("DROP TABLE IF EXISTS {db}."),
+                    "{statement}"
+                );
                 if let Some(spec) = statement.strip_prefix(ADD_COLUMN) {
                     assert_eq!(spec.split_whitespace().count(), 3, "{statement}");
                 }

@@ -138,13 +138,20 @@ impl Store {
     /// a single server. Fails (transiently) while a part exists only on a
     /// replica that is down.
     pub async fn sync_replica(&self) -> Result<(), StoreError> {
+        self.sync_table("offence_events_local").await
+    }
+
+    /// `SYSTEM SYNC REPLICA` of `table` (a validated name) on this server,
+    /// bounded by [`SYNC_TIMEOUT`]; no-op on a single server.
+    pub(crate) async fn sync_table(&self, table: &str) -> Result<(), StoreError> {
         if !self.is_cluster() {
             return Ok(());
         }
         let sync = self
             .server_client
-            .query("SYSTEM SYNC REPLICA ?.offence_events_local")
+            .query("SYSTEM SYNC REPLICA ?.?")
             .bind(Identifier(&self.config().database))
+            .bind(Identifier(table))
             .execute();
         match tokio::time::timeout(SYNC_TIMEOUT, sync).await {
             Ok(result) => result.map_err(|e| StoreError::from_clickhouse("sync replica", e)),

@@ -297,7 +297,9 @@ impl Store {
     /// `{cluster}` (its name), `{db_name}` (the database as a string) and
     /// `{zk:<table>}` (the table's ZooKeeper path,
     /// `/clickhouse/tables/{shard}/<database>/<table>`; `{shard}` and
-    /// `{replica}` are the server's own macros, left to it). All are
+    /// `{replica}` are the server's own macros, left to it), `{zk_all:<table>}`
+    /// (`/clickhouse/tables/all/<database>/<table>`: one table replicated on
+    /// every node, each replica named `{shard}-{replica}`). All are
     /// validated names; no data is spliced in.
     async fn run_templated(&self, statement: &str) -> Result<(), StoreError> {
         enum Slot {
@@ -306,6 +308,7 @@ impl Store {
             Cluster,
             DatabaseName,
             ZooKeeperPath(String),
+            ZooKeeperPathAll(String),
         }
         let mut sql = String::with_capacity(statement.len());
         let mut slots = Vec::new();
@@ -325,6 +328,10 @@ impl Store {
                 after
                     .split_once('}')
                     .map(|(table, after)| (Slot::ZooKeeperPath(table.to_string()), after))
+            } else if let Some(after) = tail.strip_prefix("{zk_all:") {
+                after
+                    .split_once('}')
+                    .map(|(table, after)| (Slot::ZooKeeperPathAll(table.to_string()), after))
             } else {
                 None
             };
@@ -352,6 +359,10 @@ impl Store {
                 Slot::DatabaseName => query.bind(self.config.database.as_str()),
                 Slot::ZooKeeperPath(table) => query.bind(format!(
                     "/clickhouse/tables/{{shard}}/{}/{table}",
+                    self.config.database
+                )),
+                Slot::ZooKeeperPathAll(table) => query.bind(format!(
+                    "/clickhouse/tables/all/{}/{table}",
                     self.config.database
                 )),
             };

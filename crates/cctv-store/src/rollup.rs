@@ -1,0 +1,561 @@
+//! The rollups behind `offence_totals` and `camera_totals`: counts per
+//! insert day ("slot", the UTC day of `inserted_at`), taken from the rows.
+//!
+//! A slot is rolled up once it is closed (`margin` past its end, so the
+//! inserts sealed in it have landed): one `INSERT ... SELECT` per rollup
+//! counts its rows per key, then the slot is marked in `rollup_slots`. The
+//! views read the rollups for every slot up to the newest mark and the rows
+//! themselves after it, so their answer is the rows' count as long as each
+//! rolled slot's counts are its rows' counts.
+//!
+//! Taking a slot again is always safe: the rollups keep the largest count of
+//! each key (rows are never taken away), and the views read that largest
+//! count, so any number of rollers may run at once, again, from a replica
+//! that lags, and a crash between a rollup and its mark only leaves a slot
+//! that the next run takes again. A slot's count can grow after its mark
+//! only by a batch that landed more than `margin` after it was sealed (a
+//! writer stopped mid-insert for that long): the writer that lands such a
+//! batch takes the slot again before it acks ([`Store::roll_slots`]), each
+//! run takes the newest `retake_days` again, and `cctvctl audit` compares
+//! every rolled slot with its rows (`--repair` takes the differing ones
+//! again).
+//!
+//! On a cluster the rollups are one table replicated on every node, filled
+//! from the `Distributed` `offence_events`, so every node answers the views
+//! alone.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use clickhouse::sql::Identifier;
+use serde::Deserialize;
+
+use crate::{Store, StoreError};
+
+/// Counts one rollup's keys of the slots `[from, to)` (bound: database,
+/// database, time zone, database, from, to).
+pub const ROLL_OFFENCES: &str = "INSERT INTO ?.offence_rollup (slot, day, region, offence_type, events) \
+     SELECT toDate(inserted_at, 'UTC') AS slot, toDate(detected_at, ?) AS day, region, offence_type, \
+     count() AS events FROM ?.offence_events \
+     WHERE inserted_at >= toDateTime(?, 'UTC') AND inserted_at < toDateTime(?, 'UTC') \
+     GROUP BY slot, day, region, offence_type";
+
+/// The same for `camera_rollup`.
+pub const ROLL_CAMERAS: &str =
+    "INSERT INTO ?.camera_rollup (slot, day, camera_id, region, events) \
+     SELECT toDate(inserted_at, 'UTC') AS slot, toDate(detected_at, ?) AS day, camera_id, region, \
+     count() AS events FROM ?.offence_events \
+     WHERE inserted_at >= toDateTime(?, 'UTC') AND inserted_at < toDateTime(?, 'UTC') \
+     GROUP BY slot, day, camera_id, region";
+
+/// Marks the slots `[from, from + n)` rolled up, with the number of rows
+/// each held (bound: database, from, n, database, from, last).
+pub const MARK_SLOTS: &str = "INSERT INTO ?.rollup_slots (slot, events, rolled_at) \
+     SELECT slot, toUInt64(sum(events)), now() FROM ( \
+         SELECT toDate(?) + number AS slot, toUInt64(0) AS events FROM system.numbers LIMIT ? \
+         UNION ALL \
+         SELECT slot, max(events) AS events FROM ?.offence_rollup \
+         WHERE slot >= toDate(?) AND slot <= toDate(?) \
+         GROUP BY slot, day, region, offence_type \
+     ) GROUP BY slot";
+
+/// The newest rolled slot (`0000-00-00` when none).
+pub const ROLLED_THROUGH: &str = "SELECT toString(max(slot)) FROM ?.rollup_slots";
+
+/// The first slot holding rows (`0000-00-00` when none).
+pub const FIRST_SLOT: &str =
+    "SELECT toString(toDate(min(inserted_at), 'UTC')) FROM ?.offence_events";
+
+/// The server's clock, UTC seconds.
+pub const SERVER_NOW: &str = "SELECT toUInt32(now())";
+
+/// Per rolled slot (through the bound last one): the rows' count, the
+/// rollup's and how many keys differ, for the rollup `$table` keyed by
+/// `$keys` after slot and day (bound: time zone, database, last + 1 day,
+/// database, last).
+macro_rules! rollup_differences {
+    ($table:literal, $keys:literal) => {
+        concat!(
+            "SELECT toString(slot) AS slot, \
+             toUInt64(sum(key_rows)) AS slot_rows, toUInt64(sum(key_rolled)) AS slot_rolled, \
+             toUInt64(sum(key_rows != key_rolled)) AS keys_differing FROM ( \
+                 SELECT slot, day, ", $keys, ", sum(from_rows) AS key_rows, sum(rolled) AS key_rolled FROM ( \
+                     SELECT toDate(inserted_at, 'UTC') AS slot, toDate(detected_at, ?) AS day, ", $keys, ", \
+                         count() AS from_rows, toUInt64(0) AS rolled \
+                     FROM ?.offence_events WHERE inserted_at < toDateTime(?, 'UTC') \
+                     GROUP BY slot, day, ", $keys, " \
+                     UNION ALL \
+                     SELECT slot, day, ", $keys, ", toUInt64(0) AS from_rows, max(events) AS rolled \
+                     FROM ?.", $table, " WHERE slot <= toDate(?) \
+                     GROUP BY slot, day, ", $keys, " \
+                 ) GROUP BY slot, day, ", $keys, " \
+             ) GROUP BY slot HAVING keys_differing > 0 ORDER BY slot"
+        )
+    };
+}
+
+/// [`rollup_differences!`] for `offence_rollup`.
+pub const OFFENCE_ROLLUP_DIFFERENCES: &str =
+    rollup_differences!("offence_rollup", "region, offence_type");
+
+/// [`rollup_differences!`] for `camera_rollup`.
+pub const CAMERA_ROLLUP_DIFFERENCES: &str =
+    rollup_differences!("camera_rollup", "camera_id, region");
+
+/// When and how the rollups are kept (`[rollup]` of the aggregator's
+/// configuration).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RollupPolicy {
+    /// Whether the aggregator keeps the rollups (the instance owning
+    /// partition 0 does). Without a roller the views read every row: exact,
+    /// only slower over long ranges.
+    pub enabled: bool,
+    /// How often the roller runs.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A slot is rolled up this long after its end.
+    #[serde(with = "humantime_serde")]
+    pub margin: Duration,
+    /// Rolled slots taken again on every run (the newest ones).
+    pub retake_days: u32,
+    /// Slots rolled up by one insert while catching up.
+    pub chunk_days: u32,
+}
+
+impl Default for RollupPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(600),
+            margin: Duration::from_secs(3600),
+            retake_days: 2,
+            chunk_days: 7,
+        }
+    }
+}
+
+impl RollupPolicy {
+    /// Cross-field checks.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.interval < Duration::from_secs(1) {
+            return Err("rollup.interval must be at least 1s".into());
+        }
+        if self.margin < Duration::from_secs(10) {
+            return Err("rollup.margin must be at least 10s (inserts must have landed)".into());
+        }
+        if self.chunk_days == 0 || self.chunk_days > 366 {
+            return Err("rollup.chunk_days must be 1..=366".into());
+        }
+        Ok(())
+    }
+
+    /// A batch sealed at `sealed_at` (UTC seconds) and written at `now`
+    /// landed late enough that its slot may already be rolled up: the writer
+    /// takes that slot again. Half the margin, so that the writer's clock
+    /// may be off the server's by as much.
+    pub fn landed_late(&self, sealed_at: u32, now: u32) -> Option<NaiveDate> {
+        let late = u64::from(now.saturating_sub(sealed_at)) >= self.margin.as_secs() / 2;
+        late.then(|| slot_of(sealed_at))
+    }
+}
+
+/// The slot (UTC day) of a time in UTC seconds.
+pub(crate) fn slot_of(seconds: u32) -> NaiveDate {
+    DateTime::<Utc>::from_timestamp(i64::from(seconds), 0)
+        .map_or(NaiveDate::MIN, |time| time.date_naive())
+}
+
+/// The slots a run rolls up and takes again: pure, from what the server holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollPlan {
+    /// Rolled slots taken again: `[first, last]`.
+    pub retake: Option<(NaiveDate, NaiveDate)>,
+    /// New slots to roll up and mark, in order, as `[first, last]` chunks.
+    pub chunks: Vec<(NaiveDate, NaiveDate)>,
+}
+
+impl RollPlan {
+    /// `rolled_through`: the newest mark; `first_slot`: the first slot with
+    /// rows (`None`: no rows, or not looked up); `now`: the server's clock
+    /// (UTC seconds).
+    pub fn new(
+        policy: &RollupPolicy,
+        rolled_through: Option<NaiveDate>,
+        first_slot: Option<NaiveDate>,
+        now: u32,
+    ) -> Self {
+        let closed_until = u64::from(now).saturating_sub(policy.margin.as_secs());
+        // The newest slot whose end is at least `margin` ago.
+        let last_closed = slot_of(u32::try_from(closed_until).unwrap_or(0)).pred_opt();
+        let retake = rolled_through.and_then(|through| {
+            let first = through
+                .checked_sub_days(Days::new(u64::from(policy.retake_days.max(1)) - 1))
+                .unwrap_or(through);
+            let first = first_slot.map_or(first, |slot| first.max(slot));
+            (policy.retake_days > 0 && first <= through).then_some((first, through))
+        });
+        let start = match (rolled_through, first_slot) {
+            (Some(through), _) => through.succ_opt(),
+            (None, first) => first,
+        };
+        let mut chunks = Vec::new();
+        if let (Some(mut from), Some(last)) = (start, last_closed) {
+            while from <= last {
+                let to = from
+                    .checked_add_days(Days::new(u64::from(policy.chunk_days) - 1))
+                    .map_or(last, |to| to.min(last));
+                chunks.push((from, to));
+                match to.succ_opt() {
+                    Some(next) => from = next,
+                    None => break,
+                }
+            }
+        }
+        Self { retake, chunks }
+    }
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RollReport {
+    /// Slots rolled up and marked by this run.
+    pub rolled: u64,
+    /// Rolled slots taken again.
+    pub retaken: u64,
+    /// The newest rolled slot after the run.
+    pub rolled_through: Option<NaiveDate>,
+}
+
+/// A rolled slot whose rollup differs from its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotDifference {
+    /// `offence_rollup` or `camera_rollup`.
+    pub rollup: &'static str,
+    /// The slot (UTC insert day).
+    pub slot: NaiveDate,
+    /// Rows of the slot.
+    pub rows: u64,
+    /// What the rollup counts for it.
+    pub rolled: u64,
+    /// Keys whose counts differ.
+    pub keys_differing: u64,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct DifferenceRow {
+    slot: String,
+    rows: u64,
+    rolled: u64,
+    keys_differing: u64,
+}
+
+fn day_text(day: NaiveDate) -> String {
+    day.format("%Y-%m-%d").to_string()
+}
+
+fn midnight_text(day: NaiveDate) -> String {
+    day.format("%Y-%m-%d 00:00:00").to_string()
+}
+
+/// `0000-00-00` (an empty `max`) and unreadable text are no day.
+fn parse_day(text: &str) -> Option<NaiveDate> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .filter(|day| *day > NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or(NaiveDate::MIN))
+}
+
+impl Store {
+    /// Waits until this server holds every part of the rollups any node has
+    /// written (`SYSTEM SYNC REPLICA`; no-op on a single server). The rollups
+    /// and their marks replicate as separate tables, so a node that has just
+    /// returned may hold a slot's mark before its counts: sync before a
+    /// reading that must be final (the audit does).
+    pub async fn sync_rollups(&self) -> Result<(), StoreError> {
+        for table in ["offence_rollup", "camera_rollup", "rollup_slots"] {
+            self.sync_table(table).await?;
+        }
+        Ok(())
+    }
+
+    /// The newest slot marked rolled up (`None`: none yet).
+    pub async fn rolled_through(&self) -> Result<Option<NaiveDate>, StoreError> {
+        let text = self
+            .client()
+            .query(ROLLED_THROUGH)
+            .bind(Identifier(&self.config().database))
+            .fetch_one::<String>()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("read the newest rolled slot", e))?;
+        Ok(parse_day(&text))
+    }
+
+    /// Counts the slots `first..=last` into both rollups again (not marking
+    /// them). Safe at any time: each key keeps its largest count.
+    pub async fn roll_slots(&self, first: NaiveDate, last: NaiveDate) -> Result<(), StoreError> {
+        let Some(end) = last.succ_opt() else {
+            return Ok(());
+        };
+        let database = Identifier(&self.config().database);
+        for (sql, operation) in [
+            (ROLL_OFFENCES, "roll up offence counts"),
+            (ROLL_CAMERAS, "roll up camera counts"),
+        ] {
+            self.client()
+                .query(sql)
+                .bind(database)
+                .bind(self.config().timezone.as_str())
+                .bind(database)
+                .bind(midnight_text(first))
+                .bind(midnight_text(end))
+                .execute()
+                .await
+                .map_err(|e| StoreError::from_clickhouse(operation, e))?;
+        }
+        Ok(())
+    }
+
+    /// Marks the slots `first..=last` rolled up.
+    async fn mark_slots(&self, first: NaiveDate, last: NaiveDate) -> Result<(), StoreError> {
+        let database = Identifier(&self.config().database);
+        let count = u64::try_from((last - first).num_days() + 1).unwrap_or(0);
+        self.client()
+            .query(MARK_SLOTS)
+            .bind(database)
+            .bind(day_text(first))
+            .bind(count)
+            .bind(database)
+            .bind(day_text(first))
+            .bind(day_text(last))
+            .execute()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("mark rolled slots", e))
+    }
+
+    /// One roller run: takes the newest rolled slots again, then rolls up
+    /// and marks every closed slot not yet rolled, oldest first, a chunk at
+    /// a time; `progress(done, total)` after each chunk.
+    pub async fn roll_up(
+        &self,
+        policy: &RollupPolicy,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<RollReport, StoreError> {
+        let rolled_through = self.rolled_through().await?;
+        let now = self
+            .client()
+            .query(SERVER_NOW)
+            .fetch_one::<u32>()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("read the server's clock", e))?;
+        // Only the first run looks for the first row (a scan of every row).
+        let first_slot = if rolled_through.is_none() {
+            let text = self
+                .client()
+                .query(FIRST_SLOT)
+                .bind(Identifier(&self.config().database))
+                .fetch_one::<String>()
+                .await
+                .map_err(|e| StoreError::from_clickhouse("read the first slot", e))?;
+            parse_day(&text)
+        } else {
+            None
+        };
+        let plan = RollPlan::new(policy, rolled_through, first_slot, now);
+        let mut report = RollReport {
+            rolled_through,
+            ..RollReport::default()
+        };
+        if let Some((first, last)) = plan.retake {
+            self.roll_slots(first, last).await?;
+            report.retaken = days_between(first, last);
+        }
+        let total: u64 = plan
+            .chunks
+            .iter()
+            .map(|(first, last)| days_between(*first, *last))
+            .sum();
+        for (first, last) in &plan.chunks {
+            self.roll_slots(*first, *last).await?;
+            self.mark_slots(*first, *last).await?;
+            report.rolled += days_between(*first, *last);
+            report.rolled_through = Some(*last);
+            progress(report.rolled, total);
+        }
+        Ok(report)
+    }
+
+    /// Every rolled slot whose rollups differ from its rows, with both
+    /// counts. Reads every row up to the newest mark.
+    pub async fn rollup_differences(&self) -> Result<Vec<SlotDifference>, StoreError> {
+        let Some(through) = self.rolled_through().await? else {
+            return Ok(Vec::new());
+        };
+        let Some(end) = through.succ_opt() else {
+            return Ok(Vec::new());
+        };
+        let database = Identifier(&self.config().database);
+        let mut differences = Vec::new();
+        for (rollup, sql) in [
+            ("offence_rollup", OFFENCE_ROLLUP_DIFFERENCES),
+            ("camera_rollup", CAMERA_ROLLUP_DIFFERENCES),
+        ] {
+            let rows = self
+                .client()
+                .query(sql)
+                .bind(self.config().timezone.as_str())
+                .bind(database)
+                .bind(midnight_text(end))
+                .bind(database)
+                .bind(day_text(through))
+                .fetch_all::<DifferenceRow>()
+                .await
+                .map_err(|e| StoreError::from_clickhouse("compare rollups with rows", e))?;
+            for row in rows {
+                let slot = parse_day(&row.slot).ok_or_else(|| StoreError::Server {
+                    operation: "compare rollups with rows",
+                    message: format!("unreadable slot {:?}", row.slot),
+                    code: None,
+                })?;
+                differences.push(SlotDifference {
+                    rollup,
+                    slot,
+                    rows: row.rows,
+                    rolled: row.rolled,
+                    keys_differing: row.keys_differing,
+                });
+            }
+        }
+        differences.sort_by_key(|difference| (difference.slot, difference.rollup));
+        Ok(differences)
+    }
+}
+
+/// Days in `first..=last`.
+fn days_between(first: NaiveDate, last: NaiveDate) -> u64 {
+    u64::try_from((last - first).num_days() + 1).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(text: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap()
+    }
+
+    fn at(text: &str) -> u32 {
+        let time = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S").unwrap();
+        u32::try_from(time.and_utc().timestamp()).unwrap()
+    }
+
+    #[test]
+    fn a_slot_is_rolled_only_once_the_margin_past_its_end_is_over() {
+        let policy = RollupPolicy::default();
+        // 00:59 on the 10th: the 9th closes at 01:00.
+        let plan = RollPlan::new(
+            &policy,
+            None,
+            Some(day("2026-12-01")),
+            at("2026-12-10 00:59:00"),
+        );
+        assert_eq!(plan.retake, None);
+        assert_eq!(
+            plan.chunks,
+            vec![
+                (day("2026-12-01"), day("2026-12-07")),
+                (day("2026-12-08"), day("2026-12-08"))
+            ]
+        );
+        let plan = RollPlan::new(
+            &policy,
+            None,
+            Some(day("2026-12-01")),
+            at("2026-12-10 01:00:00"),
+        );
+        assert_eq!(
+            plan.chunks.last(),
+            Some(&(day("2026-12-08"), day("2026-12-09")))
+        );
+    }
+
+    #[test]
+    fn a_run_takes_the_newest_rolled_slots_again_and_goes_on_after_them() {
+        let policy = RollupPolicy::default();
+        let plan = RollPlan::new(
+            &policy,
+            Some(day("2026-12-05")),
+            Some(day("2026-11-01")),
+            at("2026-12-08 12:00:00"),
+        );
+        assert_eq!(plan.retake, Some((day("2026-12-04"), day("2026-12-05"))));
+        assert_eq!(plan.chunks, vec![(day("2026-12-06"), day("2026-12-07"))]);
+        // Nothing closed since the last run: only the retake.
+        let plan = RollPlan::new(
+            &policy,
+            Some(day("2026-12-07")),
+            Some(day("2026-11-01")),
+            at("2026-12-08 12:00:00"),
+        );
+        assert!(plan.chunks.is_empty());
+        // The retake never starts before the first slot with rows.
+        let plan = RollPlan::new(
+            &policy,
+            Some(day("2026-12-07")),
+            Some(day("2026-12-07")),
+            at("2026-12-08 12:00:00"),
+        );
+        assert_eq!(plan.retake, Some((day("2026-12-07"), day("2026-12-07"))));
+    }
+
+    #[test]
+    fn no_rows_roll_nothing() {
+        let plan = RollPlan::new(
+            &RollupPolicy::default(),
+            None,
+            None,
+            at("2026-12-08 12:00:00"),
+        );
+        assert_eq!(
+            plan,
+            RollPlan {
+                retake: None,
+                chunks: Vec::new()
+            }
+        );
+    }
+
+    #[test]
+    fn a_batch_is_late_from_half_the_margin_on() {
+        let policy = RollupPolicy::default();
+        let sealed = at("2026-12-04 23:59:00");
+        assert_eq!(policy.landed_late(sealed, sealed + 1799), None);
+        assert_eq!(
+            policy.landed_late(sealed, sealed + 1800),
+            Some(day("2026-12-04"))
+        );
+        // A writer clock ahead of the server's is never late.
+        assert_eq!(policy.landed_late(sealed, sealed - 10), None);
+    }
+
+    #[test]
+    fn an_empty_max_is_no_day() {
+        assert_eq!(parse_day("0000-00-00"), None);
+        assert_eq!(parse_day("1970-01-01"), None);
+        assert_eq!(parse_day("2026-12-05"), Some(day("2026-12-05")));
+    }
+
+    #[test]
+    fn bad_policies_are_refused() {
+        assert!(RollupPolicy::default().validate().is_ok());
+        let policy = RollupPolicy {
+            chunk_days: 0,
+            ..RollupPolicy::default()
+        };
+        assert!(policy.validate().is_err());
+        let policy = RollupPolicy {
+            margin: Duration::from_secs(5),
+            ..RollupPolicy::default()
+        };
+        assert!(policy.validate().is_err());
+    }
+}
