@@ -987,6 +987,10 @@ fn the_compose_file_pins_checks_and_orders_every_service() {
 fn compose_secrets_are_references_to_the_variables_of_env_example() {
     let mut used = BTreeSet::new();
     variable_references(&compose(), &mut used);
+    // The optional Grafana file reads the same .env (tests/pipeline/grafana.rs).
+    let grafana: Value = yaml_serde::from_str(&read(format!("{COMPOSE_DIR}/grafana.yaml")))
+        .expect("grafana.yaml is YAML");
+    variable_references(&grafana, &mut used);
     let example = parse_env_file(&read(format!("{COMPOSE_DIR}/.env.example")));
     let listed: BTreeSet<String> = example.keys().cloned().collect();
     let missing: Vec<&String> = used.difference(&listed).collect();

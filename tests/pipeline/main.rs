@@ -5,12 +5,15 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod analyst_data;
 mod audit;
 mod cluster;
+mod cookbook;
 mod deploy_files;
 mod faults;
 mod foundation;
 mod gateway;
+mod grafana;
 mod harness;
 mod hostile;
 mod layering;
