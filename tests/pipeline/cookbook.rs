@@ -10,9 +10,10 @@ use std::collections::BTreeSet;
 
 use crate::analyst_data::{
     almaty_text, analyst_data, assert_rows, by_count_desc, count_by, date_of, freshness_by_region,
-    load_into_clickhouse, quantile_exact, query_tsv, row, Cell, StoredRow, WEEK_FIRST_DAY,
-    WEEK_LAST_DAY,
+    load_into_clickhouse, parse_tsv, quantile_exact, query_tsv, row, Cell, StoredRow,
+    WEEK_FIRST_DAY, WEEK_LAST_DAY,
 };
+use cctv_store::Store;
 
 /// The page the queries come from, relative to the workspace root.
 const COOKBOOK: &str = "docs/analysts.md";
@@ -249,6 +250,39 @@ pub(crate) fn cookbook_expected(name: &str, rows: &[StoredRow]) -> Option<Vec<Ve
     Some(expected)
 }
 
+/// Runs every block of the cookbook on `store` (holding `rows`), fails
+/// unless each returns its expected result, and returns the results, parsed.
+pub(crate) async fn run_cookbook(
+    store: &Store,
+    rows: &[StoredRow],
+    server: &str,
+) -> Vec<Vec<Vec<String>>> {
+    let mut results = Vec::new();
+    for query in cookbook_queries() {
+        let expected = cookbook_expected(&query.name, rows).unwrap_or_else(|| {
+            panic!(
+                "{COOKBOOK}: no expected result for `{}`; add it to cookbook_expected",
+                query.name
+            )
+        });
+        assert!(
+            !expected.is_empty(),
+            "{}: the data set gives no rows",
+            query.name
+        );
+        let actual = query_tsv(store, &query.sql)
+            .await
+            .unwrap_or_else(|error| panic!("{} fails on {server}: {error}", query.name));
+        assert_rows(
+            &format!("{COOKBOOK} `{}` on {server}", query.name),
+            &actual,
+            &expected,
+        );
+        results.push(parse_tsv(&actual));
+    }
+    results
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_cookbook_query_returns_the_numbers_of_the_inserted_rows() {
     let data = analyst_data();
@@ -265,25 +299,5 @@ async fn every_cookbook_query_returns_the_numbers_of_the_inserted_rows() {
         COOKBOOK_NAMES.into_iter().collect(),
         "the blocks of {COOKBOOK} are not the ones this test knows"
     );
-    for query in &queries {
-        let expected = cookbook_expected(&query.name, &data.stored).unwrap_or_else(|| {
-            panic!(
-                "{COOKBOOK}: no expected result for `{}`; add it to cookbook_expected",
-                query.name
-            )
-        });
-        assert!(
-            !expected.is_empty(),
-            "{}: the data set gives no rows",
-            query.name
-        );
-        let actual = query_tsv(&store, &query.sql)
-            .await
-            .unwrap_or_else(|error| panic!("{} fails on ClickHouse 18.16: {error}", query.name));
-        assert_rows(
-            &format!("{COOKBOOK} `{}` on 18.16", query.name),
-            &actual,
-            &expected,
-        );
-    }
+    run_cookbook(&store, &data.stored, "ClickHouse 18.16").await;
 }

@@ -25,13 +25,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use cctv_store::Store;
 use chrono::DateTime;
 use serde_json::Value;
 
 use crate::analyst_data::{
     almaty_midnight, analyst_data, assert_rows, by_count_desc, count_by, date_of,
-    freshness_by_region, load_into_clickhouse, quantile_exact, query_tsv, row, Cell, StoredRow,
-    WEEK_FIRST_DAY, WEEK_LAST_DAY,
+    freshness_by_region, load_into_clickhouse, parse_tsv, quantile_exact, query_tsv, row, Cell,
+    StoredRow, WEEK_FIRST_DAY, WEEK_LAST_DAY,
 };
 
 /// The dashboard, relative to the workspace root.
@@ -466,6 +467,43 @@ pub(crate) fn dashboard_expected(
     Some(expected)
 }
 
+/// Runs every query of the dashboard on `store` (holding `rows`) for each
+/// selection, fails unless each returns its expected result, and returns
+/// the results, parsed.
+pub(crate) async fn run_dashboard(
+    store: &Store,
+    rows: &[StoredRow],
+    server: &str,
+) -> Vec<Vec<Vec<String>>> {
+    let queries = dashboard_queries(&dashboard());
+    let all = all_values(rows);
+    let mut results = Vec::new();
+    for (label, selection) in selections() {
+        for query in &queries {
+            let expected = dashboard_expected(&query.name, &selection, rows)
+                .unwrap_or_else(|| panic!("{DASHBOARD}: no expected result for {:?}", query.name));
+            assert!(
+                !expected.is_empty(),
+                "{}: the data set gives no rows",
+                query.name
+            );
+            let sql = interpolate(&query.raw_sql, &selection, &all, test_range())
+                .unwrap_or_else(|error| panic!("{}: {error}", query.name));
+            assert!(!sql.contains('$'), "{}: left unexpanded: {sql}", query.name);
+            let actual = query_tsv(store, &sql).await.unwrap_or_else(|error| {
+                panic!("{} ({label}) fails on {server}: {error}\n{sql}", query.name)
+            });
+            assert_rows(
+                &format!("{DASHBOARD} {:?} ({label}) on {server}", query.name),
+                &actual,
+                &expected,
+            );
+            results.push(parse_tsv(&actual));
+        }
+    }
+    results
+}
+
 #[test]
 fn the_expansion_matches_the_plugins_documented_examples() {
     // macros_test.go of the plugin: from 2014-11-12T11:45:26.371Z, to 2015-11-12T11:45:26.371Z.
@@ -579,29 +617,7 @@ async fn every_dashboard_query_returns_the_numbers_of_the_inserted_rows() {
             "the dashboard lost its view {view:?}"
         );
     }
-    let all = all_values(&data.stored);
-    for (label, selection) in selections() {
-        for query in &queries {
-            let expected = dashboard_expected(&query.name, &selection, &data.stored)
-                .unwrap_or_else(|| panic!("{DASHBOARD}: no expected result for {:?}", query.name));
-            assert!(
-                !expected.is_empty(),
-                "{}: the data set gives no rows",
-                query.name
-            );
-            let sql = interpolate(&query.raw_sql, &selection, &all, test_range())
-                .unwrap_or_else(|error| panic!("{}: {error}", query.name));
-            assert!(!sql.contains('$'), "{}: left unexpanded: {sql}", query.name);
-            let actual = query_tsv(&store, &sql).await.unwrap_or_else(|error| {
-                panic!("{} ({label}) fails on 18.16: {error}\n{sql}", query.name)
-            });
-            assert_rows(
-                &format!("{DASHBOARD} {:?} ({label}) on 18.16", query.name),
-                &actual,
-                &expected,
-            );
-        }
-    }
+    run_dashboard(&store, &data.stored, "ClickHouse 18.16").await;
 }
 
 #[test]

@@ -7,6 +7,7 @@
 
 mod analyst_data;
 mod audit;
+mod chdb;
 mod cluster;
 mod cookbook;
 mod deploy_files;
