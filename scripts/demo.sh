@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: start the local stack, publish a simulated day of offences from every
 # region in every vendor format, wait until ClickHouse has counted every event, print
-# the totals by region x offence type, and stop the stack again.
+# the totals once as a compact table (regions x the largest offence types, the rest
+# as "other", totals) with whether they match, and stop the stack again.
 #
 #   DEMO_EVENTS=60000   offences to simulate
 #   DEMO_FORMAT=mixed   payload format: mixed (every vendor), canonical or one vendor
@@ -48,7 +49,7 @@ say "simulate: ${DEMO_EVENTS:-60000} offences (${DEMO_FORMAT:-mixed} formats) at
     --registry deploy/cameras.csv \
     --expect-out "$EXPECTED"
 
-say "totals: waiting until ClickHouse counts every event"
+say "totals: waiting until ClickHouse counts every event (then: cctvctl totals --by, top, trend, report)"
 totals_status=0
 "$STACK" ctl totals --expect "$EXPECTED" --wait 300s || totals_status=$?
 say "status: partitions and their owners"

@@ -27,3 +27,4 @@ mod scaling;
 mod security;
 mod store;
 mod tls;
+mod views;

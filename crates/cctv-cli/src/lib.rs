@@ -12,8 +12,13 @@
 //!   which publishes a camera fleet's messages in any vendor format (alone,
 //!   or packed into CloudEvents batches with `--batch N`), and prints the
 //!   totals the pipeline must end up with;
-//! - `totals` ([`run_totals`]): prints region x offence totals from ClickHouse
-//!   and optionally waits until they match an expectation;
+//! - `totals` ([`run_totals`]): counts by one or two dimensions (`--by`,
+//!   region x offence type by default) as a compact pivot table, CSV or JSON,
+//!   names in English, Russian or Kazakh ([`Names`]), and optionally waits
+//!   until region x type totals match an expectation;
+//! - `top` ([`run_top`]): the cameras, places or plates with the most
+//!   offences in a range;
+//! - `trend` ([`run_trend`]): day by day against the previous period;
 //! - `dlq` ([`run_dlq`]): reads dead letters without consuming them, and
 //!   replays them to the subjects they came from;
 //! - `audit` ([`run_audit`], [`audit_pipeline`]): compares the events stream
@@ -25,11 +30,14 @@
 mod audit;
 mod config;
 mod dlq;
+mod names;
 mod setup;
 mod simulate;
 mod status;
 mod table;
+mod top;
 mod totals;
+mod trend;
 
 pub use audit::{
     audit_pipeline, audit_pipeline_with, audit_rollups, render_audit, run_audit, AuditArgs,
@@ -38,11 +46,17 @@ pub use audit::{
 };
 pub use config::CliConfig;
 pub use dlq::{run_dlq, DlqCommand, DlqListArgs, DlqReplayArgs, ListFormat};
+pub use names::{Lang, Names};
 pub use setup::{run_setup, SetupArgs};
 pub use simulate::run_simulate;
 pub use status::{
     assemble_status, pipeline_status, render_status, run_status, ConsumerBacklog, MemberStatus,
     PartitionStatus, StatusArgs, StatusFormat, StatusReport,
 };
-pub use table::{render_totals, OutputFormat};
-pub use totals::{run_totals, TotalsArgs};
+pub use table::{render_counts, render_totals, Counts, OutputFormat, TableLayout};
+pub use top::{plate_note, render_top, run_top, TopArgs, TopWhat};
+pub use totals::{parse_dimension, run_totals, FilterArgs, TotalsArgs};
+pub use trend::{
+    build_trend, change_percent, previous_period, query_trend, render_trend, run_trend,
+    trend_range, Trend, TrendArgs, TrendDay, DEFAULT_TREND_DAYS,
+};

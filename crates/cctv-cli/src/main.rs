@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use cctv_cli::{AuditArgs, CliConfig, DlqCommand, SetupArgs, StatusArgs, TotalsArgs};
+use cctv_cli::{
+    AuditArgs, CliConfig, DlqCommand, SetupArgs, StatusArgs, TopArgs, TotalsArgs, TrendArgs,
+};
 use cctv_simulate::SimulateArgs;
 use clap::{Parser, Subcommand};
 
@@ -27,8 +29,14 @@ enum Command {
     /// Publish a simulated camera fleet's messages in any vendor format, alone
     /// or in gateway batches.
     Simulate(SimulateArgs),
-    /// Print totals by region and offence type, or check them against a simulation.
+    /// Print counts by one or two dimensions (region x offence type by
+    /// default) as a compact table, CSV or JSON, or check region x type
+    /// totals against a simulation.
     Totals(TotalsArgs),
+    /// The cameras, places or plates with the most offences in a range.
+    Top(TopArgs),
+    /// Offences day by day, beside the previous period of equal length.
+    Trend(TrendArgs),
     /// Inspect dead letters without consuming them.
     Dlq {
         #[command(subcommand)]
@@ -89,6 +97,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cctv_cli::run_simulate(&config, args).await?;
         }
         Command::Totals(args) => return cctv_cli::run_totals(&config, args).await,
+        Command::Top(args) => cctv_cli::run_top(&config, args).await?,
+        Command::Trend(args) => cctv_cli::run_trend(&config, args).await?,
         Command::Dlq { command } => cctv_cli::run_dlq(&config, command).await?,
         Command::Status(args) => return cctv_cli::run_status(&config, args).await,
         Command::Audit(args) => return cctv_cli::run_audit(&config, args).await,

@@ -1,5 +1,7 @@
-//! `cctvctl totals`: region x offence totals from ClickHouse, optionally
-//! compared with (and waited for against) a simulation's expectation.
+//! `cctvctl totals`: counts by one or two dimensions (`--by`, region x
+//! offence type by default) from ClickHouse as a compact pivot table, CSV
+//! or JSON, with names in English, Russian or Kazakh; or the region x type
+//! totals compared with (and waited for against) a simulation's expectation.
 
 use std::collections::BTreeSet;
 use std::io::IsTerminal as _;
@@ -9,13 +11,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use cctv_event::{Regions, Taxonomy, UNKNOWN_REGION};
-use cctv_store::{Store, TotalsFilter, TotalsRow};
+use cctv_store::{Dimension, Store, TotalsFilter, TotalsRow};
 use chrono::NaiveDate;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use cctv_simulate::{compare_totals, parse_day, CellDiff, Expectation};
 
-use crate::{render_totals, CliConfig, OutputFormat};
+use crate::{
+    render_counts, render_totals, CliConfig, Counts, Lang, Names, OutputFormat, TableLayout,
+};
 
 /// Pause between polls of `--wait`.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -25,6 +29,61 @@ const POLLS_PER_PROGRESS_LINE: u32 = 5;
 /// Flags of `cctvctl totals`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TotalsArgs {
+    /// One or two dimensions, comma-separated: day, week, month, region,
+    /// type, family, category, camera, gateway, format. The first makes the
+    /// lines of the table, the second its columns.
+    #[arg(long, value_delimiter = ',', value_parser = parse_dimension, default_value = "region,type")]
+    pub by: Vec<Dimension>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Only events from gateways whose id starts with this.
+    #[arg(long)]
+    pub gateway_prefix: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
+    /// Language of region and offence names.
+    #[arg(long, value_enum, default_value = "en")]
+    pub lang: Lang,
+    /// Width of the table (default: `COLUMNS`, else 100).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Compare with the expectation written by `cctvctl simulate --expect-out`
+    /// (filters by its gateway prefix); exit code 1 when they differ.
+    #[arg(long, conflicts_with_all = ["from", "to", "regions", "offence_types", "gateway_prefix", "by"])]
+    pub expect: Option<PathBuf>,
+    /// With `--expect`: poll until the totals match or this time is up (`300s`, `5m`).
+    #[arg(long, value_parser = humantime::parse_duration, requires = "expect")]
+    pub wait: Option<Duration>,
+}
+
+/// Parses one `--by` name.
+pub fn parse_dimension(text: &str) -> Result<Dimension, String> {
+    let dimension = match text.trim().to_ascii_lowercase().as_str() {
+        "day" => Dimension::Day,
+        "week" => Dimension::Week,
+        "month" => Dimension::Month,
+        "region" => Dimension::Region,
+        "type" | "offence_type" | "offence" => Dimension::OffenceType,
+        "family" => Dimension::Family,
+        "category" | "legal_category" => Dimension::LegalCategory,
+        "camera" | "camera_id" => Dimension::Camera,
+        "gateway" | "gateway_id" => Dimension::Gateway,
+        "format" | "source_format" => Dimension::Format,
+        other => {
+            return Err(format!(
+                "unknown dimension {other:?}: day, week, month, region, type, family, category, \
+                 camera, gateway or format"
+            ))
+        }
+    };
+    Ok(dimension)
+}
+
+/// The time range, region and type flags shared by `totals`, `top`,
+/// `trend` and `report`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FilterArgs {
     /// First detection day, `YYYY-MM-DD` (or `today`, `yesterday`), inclusive.
     #[arg(long, value_parser = parse_day)]
     pub from: Option<NaiveDate>,
@@ -37,19 +96,24 @@ pub struct TotalsArgs {
     /// Canonical offence code (`traffic.speeding`); repeatable.
     #[arg(long = "type")]
     pub offence_types: Vec<String>,
-    /// Only events from gateways whose id starts with this.
-    #[arg(long)]
-    pub gateway_prefix: Option<String>,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "table")]
-    pub format: OutputFormat,
-    /// Compare with the expectation written by `cctvctl simulate --expect-out`
-    /// (filters by its gateway prefix); exit code 1 when they differ.
-    #[arg(long, conflicts_with_all = ["from", "to", "regions", "offence_types", "gateway_prefix"])]
-    pub expect: Option<PathBuf>,
-    /// With `--expect`: poll until the totals match or this time is up (`300s`, `5m`).
-    #[arg(long, value_parser = humantime::parse_duration, requires = "expect")]
-    pub wait: Option<Duration>,
+}
+
+impl FilterArgs {
+    /// The store filter, region and type flags checked against the data.
+    pub fn to_filter(&self, names: &Names) -> anyhow::Result<TotalsFilter> {
+        if let (Some(from), Some(to)) = (self.from, self.to) {
+            if from > to {
+                bail!("--from {from} is after --to {to}");
+            }
+        }
+        Ok(TotalsFilter {
+            from_day: self.from,
+            to_day: self.to,
+            regions: normalise_regions(&self.regions, names.regions())?,
+            offence_types: check_offence_types(&self.offence_types, names.taxonomy())?,
+            gateway_prefix: None,
+        })
+    }
 }
 
 /// Normalises region flags to stored codes (`KZ-ALA` -> `KZ-75`).
@@ -119,30 +183,38 @@ fn verdict(expectation: &Expectation, diffs: &[CellDiff], regions: &Regions) -> 
 /// Prints totals, or compares them with an expectation; exit code 1 on a
 /// mismatch.
 pub async fn run_totals(config: &CliConfig, args: &TotalsArgs) -> anyhow::Result<ExitCode> {
-    let regions = Regions::builtin().context("failed to load the builtin regions")?;
+    let names = Names::builtin(args.lang)?;
     let store = Store::new(&config.clickhouse).context("failed to create the ClickHouse client")?;
     let Some(expect_path) = &args.expect else {
-        let taxonomy = Taxonomy::builtin().context("failed to load the builtin taxonomy")?;
+        let (first, second) = match args.by.as_slice() {
+            [first] => (*first, None),
+            [first, second] if first != second => (*first, Some(*second)),
+            _ => bail!("--by takes one or two different dimensions"),
+        };
         let filter = TotalsFilter {
-            from_day: args.from,
-            to_day: args.to,
-            regions: normalise_regions(&args.regions, &regions)?,
-            offence_types: check_offence_types(&args.offence_types, &taxonomy)?,
             gateway_prefix: args.gateway_prefix.clone().filter(|p| !p.is_empty()),
+            ..args.filter.to_filter(&names)?
         };
         let rows = store
-            .totals(&filter)
+            .grouped(first, second, &filter)
             .await
             .context("failed to query totals")?;
-        print!("{}", render_totals(&rows, &regions, args.format));
+        let counts = Counts {
+            first,
+            second,
+            rows: &rows,
+        };
+        let layout = TableLayout::from_terminal(args.width);
+        print!("{}", render_counts(counts, &names, args.format, layout));
         return Ok(ExitCode::SUCCESS);
     };
+    let regions = names.regions();
 
     let expectation = Expectation::load(expect_path)?;
     let (rows, diffs) =
         wait_for_expectation(&store, &expectation, args.wait.unwrap_or_default()).await?;
-    print!("{}", render_totals(&rows, &regions, args.format));
-    let verdict = verdict(&expectation, &diffs, &regions);
+    print!("{}", render_totals(&rows, &names, args.format));
+    let verdict = verdict(&expectation, &diffs, regions);
     // Keep stdout machine-readable for csv and json.
     if args.format == OutputFormat::Table {
         print!("{verdict}");

@@ -27,7 +27,9 @@ fn the_help_lists_every_command_and_no_password() {
         String::from_utf8(output.stdout).unwrap()
     };
     let top = help(&["--help"]);
-    let commands = ["setup", "simulate", "totals", "dlq", "status", "audit"];
+    let commands = [
+        "setup", "simulate", "totals", "top", "trend", "dlq", "status", "audit",
+    ];
     for command in commands {
         assert!(
             top.lines()

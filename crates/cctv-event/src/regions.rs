@@ -25,6 +25,12 @@ pub struct Region {
     pub old_code: Option<String>,
     /// English name.
     pub name: String,
+    /// Russian name, when the file gives one.
+    #[serde(default)]
+    pub name_ru: Option<String>,
+    /// Kazakh name, when the file gives one.
+    #[serde(default)]
+    pub name_kk: Option<String>,
     /// Administrative centre.
     pub centre: String,
     /// `region` or `city`.

@@ -21,6 +21,12 @@ pub struct Offence {
     pub code: String,
     /// Family, the part of the code before the dot.
     pub family: String,
+    /// Short English name (the code when the file gives none).
+    pub name: String,
+    /// Russian name, when the file gives one.
+    pub name_ru: Option<String>,
+    /// Kazakh name, when the file gives one.
+    pub name_kk: Option<String>,
     /// What the code means, in plain words.
     pub meaning: String,
     /// Default legal category (`administrative` or `criminal`).
@@ -69,6 +75,12 @@ struct TaxonomyFile {
 #[serde(deny_unknown_fields)]
 struct OffenceEntry {
     code: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    name_ru: Option<String>,
+    #[serde(default)]
+    name_kk: Option<String>,
     meaning: String,
     category: String,
     #[serde(default)]
@@ -159,6 +171,9 @@ impl Taxonomy {
             }
             offences.push(Offence {
                 family: family.to_string(),
+                name: entry.name.unwrap_or_else(|| entry.code.clone()),
+                name_ru: entry.name_ru,
+                name_kk: entry.name_kk,
                 code: entry.code,
                 meaning: entry.meaning,
                 category: entry.category,

@@ -1,6 +1,7 @@
 //! ClickHouse side of the pipeline: settings, versioned migrations, the row
 //! type of `offence_events`, batch inserts that are atomic per batch, the
-//! writer's resume point, and the analyst queries (totals, audit).
+//! writer's resume point, and the analyst queries (totals, grouped counts, top
+//! lists, freshness, audit).
 //!
 //! HTTPS (`https://` URLs, the server's certificate checked against
 //! `tls_ca_file`) or plain HTTP, chosen by the URL's scheme (`transport`).
@@ -9,6 +10,7 @@
 //! `DateTime64`, no `LowCardinality`, no TTL, RowBinary without the
 //! names-and-types header. This crate knows nothing of NATS.
 
+mod analytics;
 mod audit;
 mod config;
 mod encoded;
@@ -21,6 +23,10 @@ mod row;
 mod store;
 mod transport;
 
+pub use analytics::{
+    freshness_sql, grouped_sql, top_sql, BoundSql, Dimension, Freshness, GroupedRow, QueryScope,
+    Source, SqlParam, TopRow, TopSubject,
+};
 pub use audit::{DoubledEventId, StoredSequence, StoredSpan, AUDIT_CHUNK_SEQUENCES};
 pub use config::{ClickHouseConfig, ClusterConfig, ShardConfig, DEFAULT_CLICKHOUSE_URL};
 pub use encoded::{ChunkPool, EncodedRows, CHUNK_BYTES, ENCODED_COLUMNS};
