@@ -22,6 +22,7 @@ mod mixed;
 mod privacy;
 mod processes;
 mod replay;
+mod report;
 mod rollup;
 mod scaling;
 mod security;

@@ -19,6 +19,8 @@
 //! - `top` ([`run_top`]): the cameras, places or plates with the most
 //!   offences in a range;
 //! - `trend` ([`run_trend`]): day by day against the previous period;
+//! - `report` ([`run_report`]): one self-contained HTML file with a map of
+//!   the regions, bars by type, the daily trend, top cameras and freshness;
 //! - `dlq` ([`run_dlq`]): reads dead letters without consuming them, and
 //!   replays them to the subjects they came from;
 //! - `audit` ([`run_audit`], [`audit_pipeline`]): compares the events stream
@@ -30,7 +32,9 @@
 mod audit;
 mod config;
 mod dlq;
+mod map;
 mod names;
+mod report;
 mod setup;
 mod simulate;
 mod status;
@@ -46,7 +50,12 @@ pub use audit::{
 };
 pub use config::CliConfig;
 pub use dlq::{run_dlq, DlqCommand, DlqListArgs, DlqReplayArgs, ListFormat};
+pub use map::{project, region_map, RegionMap, RegionPath};
 pub use names::{Lang, Names};
+pub use report::{
+    duration_text, gather_report, render_report, run_report, ReportArgs, ReportData,
+    DEFAULT_REPORT_DAYS,
+};
 pub use setup::{run_setup, SetupArgs};
 pub use simulate::run_simulate;
 pub use status::{
@@ -57,6 +66,6 @@ pub use table::{render_counts, render_totals, Counts, OutputFormat, TableLayout}
 pub use top::{plate_note, render_top, run_top, TopArgs, TopWhat};
 pub use totals::{parse_dimension, run_totals, FilterArgs, TotalsArgs};
 pub use trend::{
-    build_trend, change_percent, previous_period, query_trend, render_trend, run_trend,
-    trend_range, Trend, TrendArgs, TrendDay, DEFAULT_TREND_DAYS,
+    build_trend, change_percent, day_range, previous_period, query_trend, render_trend, run_trend,
+    Trend, TrendArgs, TrendDay, DEFAULT_TREND_DAYS,
 };

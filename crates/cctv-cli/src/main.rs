@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cctv_cli::{
-    AuditArgs, CliConfig, DlqCommand, SetupArgs, StatusArgs, TopArgs, TotalsArgs, TrendArgs,
+    AuditArgs, CliConfig, DlqCommand, ReportArgs, SetupArgs, StatusArgs, TopArgs, TotalsArgs,
+    TrendArgs,
 };
 use cctv_simulate::SimulateArgs;
 use clap::{Parser, Subcommand};
@@ -37,6 +38,9 @@ enum Command {
     Top(TopArgs),
     /// Offences day by day, beside the previous period of equal length.
     Trend(TrendArgs),
+    /// Write one self-contained HTML report (map of the regions, offence
+    /// types, daily trend, top cameras, freshness) for a range of days.
+    Report(ReportArgs),
     /// Inspect dead letters without consuming them.
     Dlq {
         #[command(subcommand)]
@@ -99,6 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Totals(args) => return cctv_cli::run_totals(&config, args).await,
         Command::Top(args) => cctv_cli::run_top(&config, args).await?,
         Command::Trend(args) => cctv_cli::run_trend(&config, args).await?,
+        Command::Report(args) => cctv_cli::run_report(&config, args).await?,
         Command::Dlq { command } => cctv_cli::run_dlq(&config, command).await?,
         Command::Status(args) => return cctv_cli::run_status(&config, args).await,
         Command::Audit(args) => return cctv_cli::run_audit(&config, args).await,

@@ -204,8 +204,8 @@ pub async fn query_trend(
 }
 
 /// The range of `filter`: `--to` (default today) and `--from` (default
-/// [`DEFAULT_TREND_DAYS`] days up to `--to`).
-pub fn trend_range(filter: &FilterArgs) -> anyhow::Result<(NaiveDate, NaiveDate)> {
+/// `default_days` days up to `--to`).
+pub fn day_range(filter: &FilterArgs, default_days: u64) -> anyhow::Result<(NaiveDate, NaiveDate)> {
     let to = match filter.to {
         Some(to) => to,
         None => cctv_simulate::parse_day("today").map_err(anyhow::Error::msg)?,
@@ -213,7 +213,7 @@ pub fn trend_range(filter: &FilterArgs) -> anyhow::Result<(NaiveDate, NaiveDate)
     let from = match filter.from {
         Some(from) => from,
         None => to
-            .checked_sub_days(Days::new(DEFAULT_TREND_DAYS - 1))
+            .checked_sub_days(Days::new(default_days.saturating_sub(1)))
             .context("--to is out of the calendar")?,
     };
     if from > to {
@@ -225,7 +225,7 @@ pub fn trend_range(filter: &FilterArgs) -> anyhow::Result<(NaiveDate, NaiveDate)
 /// Prints the trend.
 pub async fn run_trend(config: &CliConfig, args: &TrendArgs) -> anyhow::Result<()> {
     let names = Names::builtin(Lang::En)?;
-    let (from, to) = trend_range(&args.filter)?;
+    let (from, to) = day_range(&args.filter, DEFAULT_TREND_DAYS)?;
     let filter = args.filter.to_filter(&names)?;
     let store = Store::new(&config.clickhouse).context("failed to create the ClickHouse client")?;
     let trend = query_trend(&store, from, to, &filter).await?;

@@ -28,7 +28,7 @@ fn the_help_lists_every_command_and_no_password() {
     };
     let top = help(&["--help"]);
     let commands = [
-        "setup", "simulate", "totals", "top", "trend", "dlq", "status", "audit",
+        "setup", "simulate", "totals", "top", "trend", "report", "dlq", "status", "audit",
     ];
     for command in commands {
         assert!(
