@@ -532,6 +532,46 @@ async fn top_and_trend_match_the_rows() {
         .collect();
     assert_eq!(got, expected);
 
+    // Every subject filtered by region and type (the region filter must
+    // read the rows' region, not the ranking's).
+    let filter = TotalsFilter {
+        regions: vec!["KZ-75".into(), "unknown".into()],
+        offence_types: vec!["traffic.speeding".into(), "traffic.red_light".into()],
+        ..TotalsFilter::default()
+    };
+    let keep = |s: &Stored| {
+        ["KZ-75", "unknown"].contains(&s.region)
+            && ["traffic.speeding", "traffic.red_light"].contains(&s.offence_type)
+    };
+    for (subject, dimension) in [
+        (TopSubject::Cameras, Some(Dimension::Camera)),
+        (TopSubject::Plates, None),
+        (TopSubject::Places, None),
+    ] {
+        let rows = store.top(subject, &filter, 100).await.expect("top");
+        let counted: u64 = rows.iter().map(|row| row.events).sum();
+        let expected = model
+            .iter()
+            .filter(|s| keep(s))
+            .filter(|s| match subject {
+                TopSubject::Plates => !s.plate.is_empty(),
+                TopSubject::Places => s.place.is_some(),
+                TopSubject::Cameras => true,
+            })
+            .count() as u64;
+        assert_eq!(counted, expected, "{subject:?}");
+        assert!(rows
+            .iter()
+            .all(|row| ["KZ-75", "unknown", "several"].contains(&row.region.as_str())));
+        if let Some(dimension) = dimension {
+            let by_camera: BTreeMap<(String, String), u64> = rows
+                .iter()
+                .map(|row| ((row.key.clone(), String::new()), row.events))
+                .collect();
+            assert_eq!(by_camera, model_counts(&model, dimension, None, keep));
+        }
+    }
+
     // Plates: hashed ones said to be hashes.
     let (csv, note) = cctvctl(
         &store,

@@ -324,19 +324,22 @@ pub fn top_sql(
         TopSubject::Cameras => Source::for_query(&[Dimension::Camera], filter),
         TopSubject::Places | TopSubject::Plates => Source::Events,
     };
+    // The inner query names the region `top_region`: an alias `region`
+    // would stand for the aggregate in the WHERE clause's region filter.
+    sql.text("SELECT key, top_region AS region, detail, cameras, events FROM (");
     match subject {
         TopSubject::Cameras => sql.text(
-            "SELECT camera_id AS key, any(region) AS region, '' AS detail, \
+            "SELECT camera_id AS key, any(region) AS top_region, '' AS detail, \
              toUInt64(1) AS cameras, toUInt64(sum(events)) AS events",
         ),
         TopSubject::Places => sql.text(
             "SELECT concat(toString(round(assumeNotNull(lat), 2)), ',', \
-             toString(round(assumeNotNull(lon), 2))) AS key, any(region) AS region, \
+             toString(round(assumeNotNull(lon), 2))) AS key, any(region) AS top_region, \
              any(district) AS detail, toUInt64(uniqExact(camera_id)) AS cameras, \
              toUInt64(sum(events)) AS events",
         ),
         TopSubject::Plates => sql.text(
-            "SELECT plate AS key, if(uniqExact(region) = 1, any(region), 'several') AS region, \
+            "SELECT plate AS key, if(uniqExact(region) = 1, any(region), 'several') AS top_region, \
              '' AS detail, toUInt64(uniqExact(camera_id)) AS cameras, \
              toUInt64(sum(events)) AS events",
         ),
@@ -352,7 +355,7 @@ pub fn top_sql(
             sql.text(" AND plate != ''");
         }
     }
-    sql.text(" GROUP BY key ORDER BY events DESC, key")
+    sql.text(" GROUP BY key) ORDER BY events DESC, key")
         .bound(" LIMIT ?", SqlParam::Number(limit));
     sql
 }
