@@ -71,6 +71,25 @@ pub(crate) const WEEK_LAST_DAY: u32 = 13;
 /// Seconds between two detections of one group.
 const DETECTION_GAP: i64 = 7;
 
+/// Legal category stored with an offence of `offence_type` (littering is
+/// stored as criminal, so the category is not the family again).
+pub(crate) fn legal_category_of(offence_type: &str) -> &'static str {
+    if offence_type == "public_order.littering" {
+        return "criminal";
+    }
+    "administrative"
+}
+
+/// Payload format of the messages of camera `camera_id`, by the camera's
+/// number (its id's last part).
+pub(crate) fn source_format_of(camera_id: &str) -> &'static str {
+    match camera_id.rsplit('-').next() {
+        Some("1") => "hikvision",
+        Some("2") => "dahua",
+        _ => "canonical",
+    }
+}
+
 /// One stored row, as far as the analysts' queries read it.
 #[derive(Debug, Clone)]
 pub(crate) struct StoredRow {
@@ -192,7 +211,7 @@ pub(crate) fn analyst_data() -> AnalystData {
                     ),
                     offence_type: offence_type.into(),
                     offence_family: offence_family.into(),
-                    legal_category: "administrative".into(),
+                    legal_category: legal_category_of(offence_type).into(),
                     article: String::new(),
                     detected_at: DateTime::from_timestamp(detected_at, 250_000_000)
                         .expect("a time"),
@@ -204,7 +223,7 @@ pub(crate) fn analyst_data() -> AnalystData {
                     region: (*region).into(),
                     region_source: RegionSource::Registry,
                     district: format!("{region} district {}", camera % 2 + 1),
-                    source_format: "canonical".into(),
+                    source_format: source_format_of(&format!("CAM-{digits}-{camera}")).into(),
                     gateway_id: format!("gw{}", camera % 2 + 1),
                     source_event_id: None,
                     confidence: Some(0.9),

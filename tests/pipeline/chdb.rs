@@ -7,7 +7,8 @@
 //! and the store's own queries (totals, the rollup statements with their
 //! values bound, the audit's rollup differences) run on both servers. Each
 //! result must equal the numbers computed from the rows, and the two servers
-//! must answer the same.
+//! must answer the same. The queries of `cctvctl` and its report run on
+//! this harness in `chdb_cli.rs`.
 //!
 //! chdb has no server: `tests/chdb/server.py` serves a chdb session over
 //! ClickHouse's HTTP interface (what the `clickhouse` crate uses of it), in
@@ -39,7 +40,7 @@ fn workspace() -> PathBuf {
 }
 
 /// The pinned chdb-core version (`scripts/versions.env`).
-fn pinned_version() -> String {
+pub(crate) fn pinned_version() -> String {
     let versions = std::fs::read_to_string(workspace().join("scripts/versions.env"))
         .expect("read scripts/versions.env");
     versions
@@ -64,17 +65,20 @@ fn chdb_python() -> PathBuf {
 
 /// `tests/chdb/server.py` running on a chdb session in a temp dir; killed
 /// on drop.
-struct ChdbServer {
+pub(crate) struct ChdbServer {
     child: Child,
     /// Held open: the server exits when it closes.
     _stdin: ChildStdin,
     port: u16,
-    version: String,
+    /// The ClickHouse version chdb reports.
+    pub(crate) version: String,
     _session: tempfile::TempDir,
 }
 
 impl ChdbServer {
-    fn start() -> Self {
+    /// Starts the server; fails naming `scripts/install-chdb.sh` when chdb
+    /// is not installed.
+    pub(crate) fn start() -> Self {
         let python = chdb_python();
         assert!(
             python.is_file(),
@@ -113,7 +117,7 @@ impl ChdbServer {
 
     /// A store on a fresh database of this session, without compression
     /// (the server does not speak it).
-    fn store(&self) -> Store {
+    pub(crate) fn store(&self) -> Store {
         Store::new(&ClickHouseConfig {
             url: format!("http://127.0.0.1:{}", self.port),
             database: cctv_testkit::unique_name("chdb"),

@@ -8,6 +8,7 @@
 mod analyst_data;
 mod audit;
 mod chdb;
+mod chdb_cli;
 mod cluster;
 mod cookbook;
 mod deploy_files;
