@@ -53,8 +53,11 @@ build: ## build the release binaries
 
 # The tests start their own servers on free ports; they only need the binaries. A
 # server that cannot start fails the tests that need it (never a skip).
+# Besides the servers: chdb-core (current ClickHouse, for tests/pipeline/chdb*.rs)
+# and Debian's chromium (for the report test).
 test: ## every test, integration tests against real servers the tests start
-	@CCTV_CLICKHOUSE_URL= scripts/install-servers.sh || { \
+	@{ CCTV_CLICKHOUSE_URL= scripts/install-servers.sh && scripts/install-chdb.sh \
+		&& scripts/install-chromium.sh; } || { \
 		if [ "$${CCTV_REQUIRE_SERVERS:-}" = 1 ]; then exit 1; fi; \
 		echo "make test: warning: servers missing, tests that need them will fail" >&2; }
 	$(CARGO) test --workspace --all-targets

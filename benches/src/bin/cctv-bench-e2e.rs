@@ -20,6 +20,10 @@
 //!   and a fresh nats-server and mosquitto: HTTP pushes/s and MQTT
 //!   messages/s into NATS (JetStream-acked) and the gateway's CPU per
 //!   message (`cctv_benches::gateway`; `--events` messages per intake);
+//! - `analyst`: analysts' queries (the contract's totals, one region's
+//!   daily trend, top 10 cameras) over `--analyst-rows` offences (100 M)
+//!   generated in ClickHouse, counting the rows and then with the year
+//!   rolled up (`cctv_benches::analyst`);
 //! - `floor`: nats-server alone (no service, no ClickHouse), the CPU it
 //!   spends on each NATS operation the pipeline needs per offence, hence the
 //!   most offences per second two durable hops allow on this machine
@@ -45,7 +49,7 @@ use cctv_testkit::{
 /// How often ClickHouse is asked for progress.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Every scenario `--scenarios` takes.
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "floor",
     "store-floor",
     "seen",
@@ -57,6 +61,7 @@ const SCENARIOS: [&str; 11] = [
     "canonical-batch-tls",
     "latency",
     "gateway",
+    "analyst",
 ];
 /// The throughput scenarios: one vendor message per NATS message, or
 /// (`-batch`) gateway batches of 100.
@@ -73,8 +78,8 @@ const THROUGHPUT_SCENARIOS: [&str; 6] = [
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
 
 const USAGE: &str = "usage: cctv-bench-e2e [--events N] [--latency-rate N] [--latency-seconds N] \
-[--scenarios floor,store-floor,canonical,mixed,canonical-batch,mixed-batch,canonical-batch-x2,canonical-batch-tls,seen,latency] [--output FILE | --no-output] \
-[--events-duplicate-window DURATION] [--seen-ids N] [--ingest-settings TOML] [--aggregator-settings TOML]
+[--scenarios floor,store-floor,canonical,mixed,canonical-batch,mixed-batch,canonical-batch-x2,canonical-batch-tls,seen,latency,gateway,analyst] [--output FILE | --no-output] \
+[--events-duplicate-window DURATION] [--seen-ids N] [--analyst-rows N] [--ingest-settings TOML] [--aggregator-settings TOML]
 
 --ingest-settings and --aggregator-settings add lines to the services' [ingest] and
 [aggregator] tables, e.g. --ingest-settings 'batch_linger = \"0ms\"' (A/B runs of a setting).";
@@ -93,6 +98,8 @@ struct Options {
     events_duplicate_window: Option<String>,
     /// Ids in the horizon for the `seen` scenario.
     seen_ids: u64,
+    /// Offences generated for the `analyst` scenario.
+    analyst_rows: u64,
     /// Extra `[ingest]` lines.
     ingest_settings: String,
     /// Extra `[aggregator]` lines.
@@ -115,10 +122,13 @@ fn parse_options() -> anyhow::Result<Options> {
             "canonical-batch-tls".into(),
             "seen".into(),
             "latency".into(),
+            "gateway".into(),
+            "analyst".into(),
         ],
         output: Some(PathBuf::from("BENCHMARKS.md")),
         events_duplicate_window: None,
         seen_ids: 10_000_000,
+        analyst_rows: 100_000_000,
         ingest_settings: String::new(),
         aggregator_settings: String::new(),
     };
@@ -128,6 +138,7 @@ fn parse_options() -> anyhow::Result<Options> {
         match flag.as_str() {
             "--events" => options.events = value()?.parse()?,
             "--seen-ids" => options.seen_ids = value()?.parse()?,
+            "--analyst-rows" => options.analyst_rows = value()?.parse()?,
             "--latency-rate" => options.latency_rate = value()?.parse()?,
             "--latency-seconds" => options.latency_seconds = value()?.parse()?,
             "--scenarios" => {
@@ -1322,6 +1333,47 @@ async fn main() -> anyhow::Result<()> {
                 rebuild.ids as f64 / rebuild.seconds,
                 rebuild.heap_bytes,
                 rebuild.heap_bytes as f64 / rebuild.ids as f64
+            )?;
+        }
+        writeln!(report)?;
+    }
+    if options.scenarios.iter().any(|s| s == "analyst") {
+        println!(
+            "scenario analyst: {} offences over a year",
+            options.analyst_rows
+        );
+        let result = cctv_benches::analyst::run(options.analyst_rows, |step| {
+            println!("  {step}");
+        })
+        .await?;
+        writeln!(
+            report,
+            "## Analyst queries over {} offences\n\n\
+             A year of offences (insert times spread evenly over the 365 days before the run, \
+             10,000 cameras each in one of 20 regions, 13 types) generated in ClickHouse {} itself ({:.0} s), \
+             then each query run {} times (median): counting the rows of `offence_events` (what \
+             the plain view did before the rollups), then through the views `offence_totals` and \
+             `camera_totals` after one roller run rolled the year up ({} insert days in {:.0} s; \
+             {} rows in `offence_rollup`, {} in `camera_rollup`). Both ways gave the same \
+             answers. `cctvctl audit`'s comparison of every rolled day with its rows took \
+             {:.1} s.\n\n\
+             | query | counting the rows, s | with the rollups, s | answer lines |\n\
+             | --- | ---: | ---: | ---: |",
+            result.rows,
+            result.server_version,
+            result.generate_seconds,
+            cctv_benches::analyst::RUNS,
+            result.slots_rolled,
+            result.roll_seconds,
+            result.rollup_rows.0,
+            result.rollup_rows.1,
+            result.audit_seconds,
+        )?;
+        for query in &result.queries {
+            writeln!(
+                report,
+                "| {} | {:.2} | {:.2} | {} |",
+                query.name, query.raw_seconds, query.rolled_seconds, query.answer_lines
             )?;
         }
         writeln!(report)?;

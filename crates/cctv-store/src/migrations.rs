@@ -120,17 +120,17 @@ macro_rules! rollup_slots_table {
     };
 }
 
-/// `offence_totals`: the rolled-up slots (the largest count of each key)
-/// plus the rows inserted after the newest rolled slot, counted from the
-/// rows themselves.
+/// `offence_totals`: the rolled-up slots (the largest count of each key:
+/// `FINAL` of `ReplacingMergeTree(events)`, which merges streaming in key
+/// order instead of hashing every key) plus the rows inserted after the
+/// newest rolled slot, counted from the rows themselves; one row per key.
 macro_rules! offence_totals_view {
     () => {
         "CREATE VIEW IF NOT EXISTS {db}.offence_totals AS
         SELECT day, region, offence_type, toUInt64(sum(events)) AS events FROM (
-            SELECT day, region, offence_type, max(events) AS events
-            FROM {db}.offence_rollup
+            SELECT day, region, offence_type, events
+            FROM {db}.offence_rollup FINAL
             WHERE slot <= (SELECT max(slot) FROM {db}.rollup_slots)
-            GROUP BY slot, day, region, offence_type
             UNION ALL
             SELECT toDate(detected_at, {tz}) AS day, region, offence_type, count() AS events
             FROM {db}.offence_events
@@ -142,21 +142,19 @@ macro_rules! offence_totals_view {
 }
 
 /// `camera_totals`: counted offences per detection day and camera, read
-/// like `offence_totals`.
+/// like `offence_totals` but not grouped again (a year of a national fleet
+/// is hundreds of millions of camera days): a key may be in several rows,
+/// one per insert day holding it; sum `events`.
 macro_rules! camera_totals_view {
     () => {
         "CREATE VIEW IF NOT EXISTS {db}.camera_totals AS
-        SELECT day, camera_id, region, toUInt64(sum(events)) AS events FROM (
-            SELECT day, camera_id, region, max(events) AS events
-            FROM {db}.camera_rollup
-            WHERE slot <= (SELECT max(slot) FROM {db}.rollup_slots)
-            GROUP BY slot, day, camera_id, region
-            UNION ALL
-            SELECT toDate(detected_at, {tz}) AS day, camera_id, region, count() AS events
-            FROM {db}.offence_events
-            WHERE inserted_at >= (SELECT toDateTime(max(slot) + 1, 'UTC') FROM {db}.rollup_slots)
-            GROUP BY day, camera_id, region
-        )
+        SELECT day, camera_id, region, events
+        FROM {db}.camera_rollup FINAL
+        WHERE slot <= (SELECT max(slot) FROM {db}.rollup_slots)
+        UNION ALL
+        SELECT toDate(detected_at, {tz}) AS day, camera_id, region, count() AS events
+        FROM {db}.offence_events
+        WHERE inserted_at >= (SELECT toDateTime(max(slot) + 1, 'UTC') FROM {db}.rollup_slots)
         GROUP BY day, camera_id, region"
     };
 }

@@ -66,13 +66,16 @@ pub const ROLLED_THROUGH: &str = "SELECT toString(max(slot)) FROM ?.rollup_slots
 pub const FIRST_SLOT: &str =
     "SELECT toString(toDate(min(inserted_at), 'UTC')) FROM ?.offence_events";
 
+/// Slots compared with their rows per query of the audit.
+const AUDIT_CHUNK_DAYS: u64 = 7;
+
 /// The server's clock, UTC seconds.
 pub const SERVER_NOW: &str = "SELECT toUInt32(now())";
 
-/// Per rolled slot (through the bound last one): the rows' count, the
-/// rollup's and how many keys differ, for the rollup `$table` keyed by
-/// `$keys` after slot and day (bound: time zone, database, last + 1 day,
-/// database, last).
+/// Per rolled slot of `[first, last]`: the rows' count, the rollup's and
+/// how many keys differ, for the rollup `$table` keyed by `$keys` after slot
+/// and day (bound: time zone, database, first, last + 1 day, database,
+/// first, last).
 macro_rules! rollup_differences {
     ($table:literal, $keys:literal) => {
         concat!(
@@ -82,11 +85,12 @@ macro_rules! rollup_differences {
                  SELECT slot, day, ", $keys, ", sum(from_rows) AS key_rows, sum(rolled) AS key_rolled FROM ( \
                      SELECT toDate(inserted_at, 'UTC') AS slot, toDate(detected_at, ?) AS day, ", $keys, ", \
                          count() AS from_rows, toUInt64(0) AS rolled \
-                     FROM ?.offence_events WHERE inserted_at < toDateTime(?, 'UTC') \
+                     FROM ?.offence_events \
+                     WHERE inserted_at >= toDateTime(?, 'UTC') AND inserted_at < toDateTime(?, 'UTC') \
                      GROUP BY slot, day, ", $keys, " \
                      UNION ALL \
                      SELECT slot, day, ", $keys, ", toUInt64(0) AS from_rows, max(events) AS rolled \
-                     FROM ?.", $table, " WHERE slot <= toDate(?) \
+                     FROM ?.", $table, " WHERE slot >= toDate(?) AND slot <= toDate(?) \
                      GROUP BY slot, day, ", $keys, " \
                  ) GROUP BY slot, day, ", $keys, " \
              ) GROUP BY slot HAVING keys_differing > 0 ORDER BY slot"
@@ -385,16 +389,47 @@ impl Store {
     }
 
     /// Every rolled slot whose rollups differ from its rows, with both
-    /// counts. Reads every row up to the newest mark.
+    /// counts. Reads every row up to the newest mark, [`AUDIT_CHUNK_DAYS`]
+    /// slots per query (the keys of a query are held in memory: a year of
+    /// camera days at once ran out of it).
     pub async fn rollup_differences(&self) -> Result<Vec<SlotDifference>, StoreError> {
         let Some(through) = self.rolled_through().await? else {
             return Ok(Vec::new());
         };
-        let Some(end) = through.succ_opt() else {
+        let database = Identifier(&self.config().database);
+        let first = self
+            .client()
+            .query(FIRST_SLOT)
+            .bind(database)
+            .fetch_one::<String>()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("read the first slot", e))?;
+        let Some(mut from) = parse_day(&first) else {
             return Ok(Vec::new());
         };
-        let database = Identifier(&self.config().database);
         let mut differences = Vec::new();
+        while from <= through {
+            let last = (from + Days::new(AUDIT_CHUNK_DAYS - 1)).min(through);
+            self.slot_differences(from, last, &mut differences).await?;
+            let Some(next) = last.succ_opt() else { break };
+            from = next;
+        }
+        differences.sort_by_key(|difference| (difference.slot, difference.rollup));
+        Ok(differences)
+    }
+
+    /// [`Store::rollup_differences`] of the slots `[first, last]`, appended
+    /// to `differences`.
+    async fn slot_differences(
+        &self,
+        first: NaiveDate,
+        last: NaiveDate,
+        differences: &mut Vec<SlotDifference>,
+    ) -> Result<(), StoreError> {
+        let Some(end) = last.succ_opt() else {
+            return Ok(());
+        };
+        let database = Identifier(&self.config().database);
         for (rollup, sql) in [
             ("offence_rollup", OFFENCE_ROLLUP_DIFFERENCES),
             ("camera_rollup", CAMERA_ROLLUP_DIFFERENCES),
@@ -404,9 +439,11 @@ impl Store {
                 .query(sql)
                 .bind(self.config().timezone.as_str())
                 .bind(database)
+                .bind(midnight_text(first))
                 .bind(midnight_text(end))
                 .bind(database)
-                .bind(day_text(through))
+                .bind(day_text(first))
+                .bind(day_text(last))
                 .fetch_all::<DifferenceRow>()
                 .await
                 .map_err(|e| StoreError::from_clickhouse("compare rollups with rows", e))?;
@@ -425,8 +462,7 @@ impl Store {
                 });
             }
         }
-        differences.sort_by_key(|difference| (difference.slot, difference.rollup));
-        Ok(differences)
+        Ok(())
     }
 }
 
