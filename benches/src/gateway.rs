@@ -22,6 +22,9 @@ use crate::hops::cpu_seconds;
 const HTTP_CONNECTIONS: usize = 32;
 /// Longest a phase may take.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long the MQTT phase waits with no message published before it
+/// reports a stall instead of a rate.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The bench device's token.
 const TOKEN: &str = "benchtoken1";
 
@@ -49,12 +52,13 @@ impl GatewayPhase {
 }
 
 /// Both phases.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct GatewayResult {
     /// HTTP pushes.
     pub http: GatewayPhase,
-    /// MQTT messages.
-    pub mqtt: GatewayPhase,
+    /// MQTT messages, or what stopped them: the messages the gateway had
+    /// published when nothing more arrived for [`STALL_TIMEOUT`].
+    pub mqtt: Result<GatewayPhase, String>,
 }
 
 /// Runs both phases with `messages` messages each against `binary`.
@@ -124,15 +128,27 @@ pub async fn run(binary: &Path, messages: u64) -> anyhow::Result<GatewayResult> 
     let cpu_before = cpu_seconds(pid);
     let started = Instant::now();
     publish_frigate(&broker, messages).await?;
-    wait_for(PHASE_TIMEOUT, || {
-        metric(metrics_port, "cctv_gateway_published_total").unwrap_or(0.0) >= 2.0 * messages as f64
-    })
-    .await
-    .context("MQTT messages not all acknowledged by NATS")?;
-    let mqtt = GatewayPhase {
-        messages,
-        seconds: started.elapsed().as_secs_f64(),
-        gateway_cpu_seconds: cpu_seconds(pid) - cpu_before,
+    let target = 2.0 * messages as f64;
+    let mut last = (0.0, Instant::now());
+    let mqtt = loop {
+        let published = metric(metrics_port, "cctv_gateway_published_total").unwrap_or(0.0);
+        if published >= target {
+            break Ok(GatewayPhase {
+                messages,
+                seconds: started.elapsed().as_secs_f64(),
+                gateway_cpu_seconds: cpu_seconds(pid) - cpu_before,
+            });
+        }
+        if published > last.0 {
+            last = (published, Instant::now());
+        } else if last.1.elapsed() > STALL_TIMEOUT || started.elapsed() > PHASE_TIMEOUT {
+            break Err(format!(
+                "stalled: {:.0} of {messages} MQTT messages published into NATS, none for {} s",
+                published - messages as f64,
+                last.1.elapsed().as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     gateway.0.kill().ok();
     Ok(GatewayResult { http, mqtt })

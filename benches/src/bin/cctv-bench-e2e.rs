@@ -1384,14 +1384,20 @@ async fn main() -> anyhow::Result<()> {
         println!("scenario gateway: {} messages per intake", options.events);
         let binary = cctv_benches::gateway::gateway_binary()?;
         let result = cctv_benches::gateway::run(&binary, options.events).await?;
-        for (intake, phase) in [("HTTP pushes", result.http), ("MQTT messages", result.mqtt)] {
-            println!(
-                "  {intake}: {:.0}/s into NATS, gateway {:.1} CPU-us per message ({} in {:.1} s)",
-                phase.rate(),
-                phase.cpu_us_per_message(),
-                phase.messages,
-                phase.seconds
-            );
+        for (intake, phase) in [
+            ("HTTP pushes", Ok(result.http)),
+            ("MQTT messages", result.mqtt.clone()),
+        ] {
+            match phase {
+                Ok(phase) => println!(
+                    "  {intake}: {:.0}/s into NATS, gateway {:.1} CPU-us per message ({} in {:.1} s)",
+                    phase.rate(),
+                    phase.cpu_us_per_message(),
+                    phase.messages,
+                    phase.seconds
+                ),
+                Err(stalled) => println!("  {intake}: {stalled}"),
+            }
         }
         gateway_result = Some(result);
     }
@@ -1511,15 +1517,21 @@ async fn main() -> anyhow::Result<()> {
              | --- | ---: | ---: | ---: | ---: |",
             32
         )?;
-        for (intake, phase) in [("HTTP pushes", result.http), ("MQTT messages", result.mqtt)] {
-            writeln!(
-                report,
-                "| {intake} | {} | {:.1} | {:.0} | {:.1} |",
-                phase.messages,
-                phase.seconds,
-                phase.rate(),
-                phase.cpu_us_per_message()
-            )?;
+        for (intake, phase) in [
+            ("HTTP pushes", Ok(result.http)),
+            ("MQTT messages", result.mqtt),
+        ] {
+            match phase {
+                Ok(phase) => writeln!(
+                    report,
+                    "| {intake} | {} | {:.1} | {:.0} | {:.1} |",
+                    phase.messages,
+                    phase.seconds,
+                    phase.rate(),
+                    phase.cpu_us_per_message()
+                )?,
+                Err(stalled) => writeln!(report, "| {intake} | {stalled} | | | |")?,
+            }
         }
         writeln!(report)?;
     }
