@@ -569,22 +569,33 @@ async fn http_pushes_of_the_sample_payloads_plain_and_multipart_are_counted_once
     assert_eq!(gateway.metric("cctv_gateway_published_total", ""), 10.0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn frigate_messages_published_to_mosquitto_are_counted_once() {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-    let mut pipeline = Pipeline::start().await;
+/// A mosquitto broker and a batching gateway subscribed to its Frigate topic.
+async fn subscribed_gateway(
+    dir: &Path,
+    nats_url: &str,
+    spool_max_bytes: u64,
+) -> (MosquittoServer, Gateway) {
     let broker =
         MosquittoServer::start().expect("mosquitto must start (scripts/install-servers.sh)");
     let gateway = Gateway::start(
-        pipeline.dir.path(),
+        dir,
         &GatewaySpec {
-            nats_url: &pipeline.nats_url(),
+            nats_url,
             mode: "batch",
-            spool_max_bytes: 64 << 20,
+            spool_max_bytes,
             mqtt: Some(&broker),
         },
     );
     gateway.wait_log("MQTT subscription confirmed").await;
+    (broker, gateway)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frigate_messages_published_to_mosquitto_are_counted_once() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut pipeline = Pipeline::start().await;
+    let (broker, gateway) =
+        subscribed_gateway(pipeline.dir.path(), &pipeline.nats_url(), 64 << 20).await;
     let messages = [
         "frigate/dumping_new.json",
         "frigate/dumping_update.json",
@@ -635,6 +646,86 @@ async fn frigate_messages_published_to_mosquitto_are_counted_once() {
         messages.len() as f64,
         "each message once"
     );
+}
+
+/// Frigate messages in the load test: enough that the broker's queue for
+/// the gateway runs far ahead of the gateway (the benchmark stalled at 6,109).
+const MQTT_BURST: u64 = 20_000;
+/// How long the gateway may publish nothing more before the test calls it a stall.
+const MQTT_STALL: Duration = Duration::from_secs(30);
+
+/// Publishes `count` Frigate events (one track each, QoS 1) as fast as the
+/// broker takes them and waits for the broker's PUBACKs.
+async fn publish_frigate_burst(broker: &MosquittoServer, count: u64) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut options = MqttOptions::new("frigate-burst", broker.host(), broker.port());
+    options.set_inflight(200);
+    let (client, mut event_loop) = AsyncClient::new(options, 1024);
+    let start = chrono::Utc::now().timestamp();
+    let publisher = tokio::spawn(async move {
+        for n in 0..count {
+            let payload = format!(
+                r#"{{"type":"new","before":null,"after":{{"id":"{start}.{n:06}-burst","camera":"yard_east","label":"person","score":0.8,"top_score":0.8,"false_positive":false,"start_time":{start}.5,"end_time":null,"current_zones":["dumping_site"],"entered_zones":["dumping_site"]}}}}"#
+            );
+            client
+                .publish("frigate/events", QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+    });
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while acked < count {
+        let event = tokio::time::timeout_at(deadline, event_loop.poll())
+            .await
+            .expect("the broker acknowledges the publishes")
+            .expect("connected to the broker");
+        if let Event::Incoming(Packet::PubAck(_)) = event {
+            acked += 1;
+        }
+    }
+    publisher.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_frigate_messages_queued_at_the_broker_all_reach_nats() {
+    let nats = cctv_testkit::NatsServer::start().expect("nats-server must start");
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    cctv_bus::ensure_streams(&js, &cctv_bus::StreamsConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, gateway) = subscribed_gateway(dir.path(), &nats.url(), 256 << 20).await;
+    publish_frigate_burst(&broker, MQTT_BURST).await;
+    // Until every message is in JetStream, failing when the count stops moving.
+    let mut last = (0.0, tokio::time::Instant::now());
+    loop {
+        let published = gateway.metric("cctv_gateway_published_total", "");
+        if published >= MQTT_BURST as f64 {
+            break;
+        }
+        if published > last.0 {
+            last = (published, tokio::time::Instant::now());
+        }
+        assert!(
+            last.1.elapsed() < MQTT_STALL,
+            "stalled: {published} of {MQTT_BURST} MQTT messages published into NATS \
+             ({} received), none for {MQTT_STALL:?}\n{}\n--- mosquitto ---\n{}",
+            gateway.metric("cctv_gateway_received_total", "source=\"mqtt\""),
+            gateway.log_tail(),
+            broker.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut raw = js.get_stream("CCTV_RAW").await.unwrap();
+    let info = raw.info().await.unwrap();
+    assert_eq!(
+        gateway.metric("cctv_gateway_received_total", "source=\"mqtt\""),
+        MQTT_BURST as f64,
+        "each message received once"
+    );
+    assert!(info.state.messages > 0, "the raw stream holds the batches");
 }
 
 /// Canonical offences from registry cameras, each its own event; the

@@ -36,6 +36,12 @@ pub enum GatewayError {
         /// Cause.
         message: String,
     },
+    /// The connection to the MQTT broker broke (a write or flush failed).
+    #[error("mqtt connection failed: {message}")]
+    MqttConnection {
+        /// Cause.
+        message: String,
+    },
     /// NATS or JetStream failed.
     #[error(transparent)]
     Bus(#[from] cctv_bus::BusError),
@@ -47,7 +53,7 @@ impl GatewayError {
     /// do not heal.
     pub fn is_transient(&self) -> bool {
         match self {
-            GatewayError::SpoolFull { .. } => true,
+            GatewayError::SpoolFull { .. } | GatewayError::MqttConnection { .. } => true,
             GatewayError::Bus(error) => error.is_transient(),
             GatewayError::Config(_)
             | GatewayError::SpoolIo { .. }
