@@ -8,7 +8,6 @@
 //! waiting for its answer (200 once fsynced in the spool), like cameras.
 //! MQTT: Frigate events published with QoS 1 to mosquitto.
 
-use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -248,22 +247,9 @@ async fn publish_frigate(
 
 /// The sum of a metric's samples on the gateway's `/metrics`.
 fn metric(port: u16, name: &str) -> Option<f64> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
-    let values: Vec<f64> = body
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (key, value) = line.rsplit_once(' ')?;
-            (key.split('{').next()? == name)
-                .then(|| value.parse().ok())
-                .flatten()
-        })
+    let page = cctv_testkit::metrics_page(port)?;
+    let values: Vec<f64> = cctv_testkit::metric_samples(&page, name)
+        .map(|(_, value)| value)
         .collect();
     (!values.is_empty()).then(|| values.iter().sum())
 }

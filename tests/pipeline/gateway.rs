@@ -96,6 +96,22 @@ struct GatewaySpec<'a> {
 }
 
 impl Gateway {
+    /// A gateway with HTTP intake only (`mode`: `batch` or `single`),
+    /// started and ready.
+    async fn start_http(dir: &Path, nats_url: &str, mode: &str, spool_max_bytes: u64) -> Gateway {
+        let gateway = Gateway::start(
+            dir,
+            &GatewaySpec {
+                nats_url,
+                mode,
+                spool_max_bytes,
+                mqtt: None,
+            },
+        );
+        gateway.wait_log("gateway started").await;
+        gateway
+    }
+
     fn start(dir: &Path, spec: &GatewaySpec<'_>) -> Gateway {
         let test_executable = std::env::current_exe().expect("test executable");
         let binary = test_executable
@@ -232,24 +248,11 @@ impl Drop for Gateway {
 }
 
 fn metric_sum(port: u16, name: &str, labels: &str) -> Option<f64> {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
+    let page = cctv_testkit::metrics_page(port)?;
     Some(
-        body.lines()
-            .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| {
-                let (key, value) = line.rsplit_once(' ')?;
-                let metric = key.split('{').next()?;
-                (metric == name && key.contains(labels))
-                    .then(|| value.parse::<f64>().ok())
-                    .flatten()
-            })
+        cctv_testkit::metric_samples(&page, name)
+            .filter(|(sample_labels, _)| sample_labels.contains(labels))
+            .map(|(_, value)| value)
             .sum(),
     )
 }
@@ -456,16 +459,8 @@ fn add(expected: &mut BTreeMap<(String, String), u64>, region: &str, offence: &s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_pushes_of_the_sample_payloads_plain_and_multipart_are_counted_once() {
     let mut pipeline = Pipeline::start().await;
-    let gateway = Gateway::start(
-        pipeline.dir.path(),
-        &GatewaySpec {
-            nats_url: &pipeline.nats_url(),
-            mode: "batch",
-            spool_max_bytes: 64 << 20,
-            mqtt: None,
-        },
-    );
-    gateway.wait_log("gateway started").await;
+    let gateway =
+        Gateway::start_http(pipeline.dir.path(), &pipeline.nats_url(), "batch", 64 << 20).await;
     let port = gateway.http_port;
     let hik = || basic("hik-cam", "hikpass1");
     let dahua = || basic("dahua-itc", "dahuapass1");
@@ -839,16 +834,8 @@ async fn wait_pushed(pushed: &Arc<Mutex<usize>>, at_least: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_stopped_for_20_s_while_pushes_go_on_loses_nothing_and_counts_once() {
     let mut pipeline = Pipeline::start().await;
-    let gateway = Gateway::start(
-        pipeline.dir.path(),
-        &GatewaySpec {
-            nats_url: &pipeline.nats_url(),
-            mode: "batch",
-            spool_max_bytes: 64 << 20,
-            mqtt: None,
-        },
-    );
-    gateway.wait_log("gateway started").await;
+    let gateway =
+        Gateway::start_http(pipeline.dir.path(), &pipeline.nats_url(), "batch", 64 << 20).await;
     let offences = offences(1_500, "outage");
     let pushed = Arc::new(Mutex::new(0));
     let pusher = push_all(
@@ -882,16 +869,13 @@ async fn nats_stopped_for_20_s_while_pushes_go_on_loses_nothing_and_counts_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_killed_with_sigkill_mid_spool_and_restarted_loses_nothing() {
     let mut pipeline = Pipeline::start().await;
-    let mut gateway = Gateway::start(
+    let mut gateway = Gateway::start_http(
         pipeline.dir.path(),
-        &GatewaySpec {
-            nats_url: &pipeline.nats_url(),
-            mode: "single",
-            spool_max_bytes: 64 << 20,
-            mqtt: None,
-        },
-    );
-    gateway.wait_log("gateway started").await;
+        &pipeline.nats_url(),
+        "single",
+        64 << 20,
+    )
+    .await;
     // NATS away: everything acknowledged waits in the spool.
     pipeline.stop_nats();
     let offences = offences(1_000, "sigkill");
@@ -929,16 +913,13 @@ async fn the_gateway_killed_with_sigkill_mid_spool_and_restarted_loses_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_answers_503_and_oversized_or_unauthenticated_pushes_are_refused() {
     let mut pipeline = Pipeline::start().await;
-    let gateway = Gateway::start(
+    let gateway = Gateway::start_http(
         pipeline.dir.path(),
-        &GatewaySpec {
-            nats_url: &pipeline.nats_url(),
-            mode: "batch",
-            spool_max_bytes: 32 * 1024,
-            mqtt: None,
-        },
-    );
-    gateway.wait_log("gateway started").await;
+        &pipeline.nats_url(),
+        "batch",
+        32 * 1024,
+    )
+    .await;
     pipeline.stop_nats();
     let port = gateway.http_port;
     let load = offences(200, "full");

@@ -7,8 +7,6 @@
 //! started again with the same config; its stderr (JSON logs) is appended to
 //! one file whose tail goes into assertion messages. Dropping it kills it.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -294,18 +292,7 @@ pub(crate) fn killed_by(status: ExitStatus, signal: i32) -> bool {
 /// first sample of `name`, whatever its labels); `None` when unreachable or
 /// absent.
 pub(crate) fn scrape_metric(port: u16, name: &str) -> Option<f64> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
-    body.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (key, value) = line.rsplit_once(' ')?;
-            let metric = key.split('{').next()?;
-            (metric == name).then(|| value.parse().ok()).flatten()
-        })
+    let page = cctv_testkit::metrics_page(port)?;
+    let first = cctv_testkit::metric_samples(&page, name).next();
+    first.map(|(_, value)| value)
 }

@@ -35,6 +35,7 @@ mod clickhouse;
 mod environment;
 mod error;
 mod http;
+mod metrics;
 mod mosquitto;
 mod names;
 mod nats;
@@ -49,6 +50,7 @@ pub use crate::{
     clickhouse::{shared_clickhouse, ClickHouseCluster, ClickHouseServer, CLUSTER_NAME},
     environment::require_servers,
     error::TestkitError,
+    metrics::{metric_samples, metrics_page},
     mosquitto::MosquittoServer,
     names::unique_name,
     nats::{ClientCertificates, NatsCluster, NatsServer, NatsTls},
