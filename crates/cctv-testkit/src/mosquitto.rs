@@ -74,16 +74,11 @@ impl MosquittoServer {
             extra_log_paths: Vec::new(),
             envs: Vec::new(),
         };
-        let mut server = MosquittoServer {
-            process: ServerProcess::new(spec),
+        Ok(MosquittoServer {
+            process: ServerProcess::start(spec, READY_TIMEOUT, || accepts_connections(port))?,
             port,
             temp_dir,
-        };
-        server.process.spawn()?;
-        server
-            .process
-            .wait_ready(READY_TIMEOUT, || accepts_connections(port))?;
-        Ok(server)
+        })
     }
 
     /// The listener's port.

@@ -149,16 +149,11 @@ impl NatsServer {
             extra_log_paths: Vec::new(),
             envs: envs.to_vec(),
         };
-        let mut server = NatsServer {
-            process: ServerProcess::new(spec),
+        Ok(NatsServer {
+            process: ServerProcess::start(spec, NATS_READY_TIMEOUT, || sends_info(port))?,
             port,
             temp_dir,
-        };
-        server.process.spawn()?;
-        server
-            .process
-            .wait_ready(NATS_READY_TIMEOUT, || sends_info(port))?;
-        Ok(server)
+        })
     }
 
     /// The client URL, `nats://127.0.0.1:<port>`.

@@ -74,6 +74,19 @@ impl ServerProcess {
         }
     }
 
+    /// Starts the process of `spec` and waits until `probe` says it is ready
+    /// (see [`ServerProcess::wait_ready`]); on failure the process is killed.
+    pub(crate) fn start(
+        spec: ProcessSpec,
+        timeout: Duration,
+        probe: impl FnMut() -> bool,
+    ) -> Result<Self, TestkitError> {
+        let mut process = ServerProcess::new(spec);
+        process.spawn()?;
+        process.wait_ready(timeout, probe)?;
+        Ok(process)
+    }
+
     /// Starts the process (killing a previous one first) and its watchdog.
     pub(crate) fn spawn(&mut self) -> Result<(), TestkitError> {
         self.kill();

@@ -101,16 +101,11 @@ impl ZooKeeperServer {
             extra_log_paths: Vec::new(),
             envs: Vec::new(),
         };
-        let mut server = ZooKeeperServer {
-            process: ServerProcess::new(spec),
+        Ok(ZooKeeperServer {
+            process: ServerProcess::start(spec, READY_TIMEOUT, || answers_ruok(port))?,
             port,
             temp_dir,
-        };
-        server.process.spawn()?;
-        server
-            .process
-            .wait_ready(READY_TIMEOUT, || answers_ruok(port))?;
-        Ok(server)
+        })
     }
 
     /// The client port.
