@@ -43,7 +43,7 @@ pub struct ZooKeeperServer {
 }
 
 impl ZooKeeperServer {
-    /// Starts ZooKeeper on a free port and waits until it answers `ruok`.
+    /// Starts ZooKeeper on a free port and waits until it serves sessions.
     pub fn start() -> Result<ZooKeeperServer, TestkitError> {
         let java = find_binary(JAVA_BINARY, JAVA_ENV)?;
         let classpath = std::env::var(CLASSPATH_ENV)
@@ -102,7 +102,7 @@ impl ZooKeeperServer {
             envs: Vec::new(),
         };
         Ok(ZooKeeperServer {
-            process: ServerProcess::start(spec, READY_TIMEOUT, || answers_ruok(port))?,
+            process: ServerProcess::start(spec, READY_TIMEOUT, || serves_requests(port))?,
             port,
             temp_dir,
         })
@@ -148,8 +148,10 @@ fn zoo_config(dir: &Path, port: u16) -> String {
     )
 }
 
-/// Whether ZooKeeper on `port` answers the four-letter word `ruok` with `imok`.
-fn answers_ruok(port: u16) -> bool {
+/// Whether ZooKeeper serves client sessions: `srvr` reports its mode only
+/// then (`ruok` answers `imok` as soon as the process listens, before it
+/// serves: ClickHouse then failed its handshake).
+fn serves_requests(port: u16) -> bool {
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_secs(1)) else {
         return false;
@@ -157,12 +159,12 @@ fn answers_ruok(port: u16) -> bool {
     if stream
         .set_read_timeout(Some(Duration::from_secs(1)))
         .is_err()
-        || stream.write_all(b"ruok").is_err()
+        || stream.write_all(b"srvr").is_err()
     {
         return false;
     }
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).is_ok() && answer == "imok"
+    stream.read_to_string(&mut answer).is_ok() && answer.contains("Mode: standalone")
 }
 
 #[cfg(test)]
