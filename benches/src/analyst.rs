@@ -48,7 +48,7 @@ pub struct AnalystResult {
     pub roll_seconds: f64,
     /// Insert days it rolled up.
     pub slots_rolled: u64,
-    /// Rows of `offence_rollup` and `camera_rollup` after it.
+    /// Rows of `offence_day_rollup` and `camera_day_rollup` after it.
     pub rollup_rows: (u64, u64),
     /// Seconds of the audit's comparison of every rolled day with its rows
     /// (`Store::rollup_differences`, which found none).
@@ -224,11 +224,11 @@ pub async fn run(rows: u64, mut progress: impl FnMut(&str)) -> anyhow::Result<An
     let rollup_rows = (
         count(
             &server,
-            &format!("SELECT count() FROM {DATABASE}.offence_rollup"),
+            &format!("SELECT count() FROM {DATABASE}.offence_day_rollup"),
         )?,
         count(
             &server,
-            &format!("SELECT count() FROM {DATABASE}.camera_rollup"),
+            &format!("SELECT count() FROM {DATABASE}.camera_day_rollup"),
         )?,
     );
 

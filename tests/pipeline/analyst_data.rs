@@ -327,7 +327,7 @@ pub(crate) async fn load_into_clickhouse(prefix: &str, data: &AnalystData) -> St
     store
 }
 
-/// The last slot (UTC insert day) the tests roll up: the views then read
+/// The last slot (insert day in Asia/Almaty) the tests roll up: the views then read
 /// the rollups for the first half of the queried week's rows and the rows
 /// themselves after it.
 pub(crate) fn rolled_through() -> NaiveDate {

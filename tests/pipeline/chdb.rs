@@ -240,6 +240,7 @@ async fn store_queries(store: &Store, data: &AnalystData, server: &str) -> Vec<S
     let first_slot = store
         .client()
         .query(rollup_sql::FIRST_SLOT)
+        .bind(store.config().timezone.as_str())
         .bind(Identifier(&store.config().database))
         .fetch_one::<String>()
         .await
@@ -288,7 +289,10 @@ async fn store_queries(store: &Store, data: &AnalystData, server: &str) -> Vec<S
     let differences = store.rollup_differences().await.expect("differences");
     assert_eq!(
         differences,
-        vec![difference("camera_rollup"), difference("offence_rollup")],
+        vec![
+            difference("camera_day_rollup"),
+            difference("offence_day_rollup")
+        ],
         "the late row's slot differs in both rollups on {server}"
     );
     answers.push(format!("{differences:?}"));
@@ -353,11 +357,9 @@ async fn store_queries(store: &Store, data: &AnalystData, server: &str) -> Vec<S
     answers
 }
 
-/// The slot (UTC day) of UTC seconds.
+/// The slot (insert day in Asia/Almaty, the store's zone) of UTC seconds.
 fn slot_of(utc: i64) -> NaiveDate {
-    DateTime::from_timestamp(utc, 0)
-        .expect("a time")
-        .date_naive()
+    crate::analyst_data::almaty_date(utc)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

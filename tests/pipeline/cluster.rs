@@ -209,7 +209,7 @@ async fn rolled_up_on_the_cluster(stack: &FaultStack, pipeline_rows: u64) {
     for shard in 0..2 {
         for replica in 0..2 {
             let node = cluster.replica(shard, replica).expect("replica");
-            for table in ["offence_rollup", "camera_rollup", "rollup_slots"] {
+            for table in ["offence_day_rollup", "camera_day_rollup", "rolled_days"] {
                 node.query(&format!("SYSTEM SYNC REPLICA {database}.{table}"))
                     .expect("the node fetches the rollups");
             }
@@ -224,7 +224,9 @@ async fn rolled_up_on_the_cluster(stack: &FaultStack, pipeline_rows: u64) {
                 );
             }
             let rolled = node
-                .query(&format!("SELECT count() FROM {database}.offence_rollup"))
+                .query(&format!(
+                    "SELECT count() FROM {database}.offence_day_rollup"
+                ))
                 .expect("rollup rows on a node");
             assert!(
                 rolled.trim().parse::<u64>().unwrap_or(0) > 0,

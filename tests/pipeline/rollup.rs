@@ -14,14 +14,19 @@ const DAY: u32 = 86_400;
 const REGIONS: [&str; 4] = ["KZ-75", "KZ-71", "KZ-79", "KZ-10"];
 const TYPES: [&str; 3] = ["traffic.speeding", "traffic.red_light", "public.littering"];
 
-async fn fresh_store() -> Store {
+/// A store of a new database `<prefix>_...` on the shared server, no schema.
+fn new_store(prefix: &str) -> Store {
     let clickhouse = shared_clickhouse().expect("clickhouse-server must start");
-    let store = Store::new(&ClickHouseConfig {
+    Store::new(&ClickHouseConfig {
         url: clickhouse.http_url(),
-        database: unique_name("rollup"),
+        database: unique_name(prefix),
         ..ClickHouseConfig::default()
     })
-    .expect("settings");
+    .expect("settings")
+}
+
+async fn fresh_store() -> Store {
+    let store = new_store("rollup");
     store.migrate().await.expect("migrate");
     store
 }
@@ -107,10 +112,9 @@ async fn count_of(store: &Store, sql: &str) -> u64 {
         .expect("count")
 }
 
+/// The slot (insert day in Asia/Almaty, the store's zone) of UTC seconds.
 fn slot(seconds: u32) -> NaiveDate {
-    DateTime::from_timestamp(i64::from(seconds), 0)
-        .expect("a time")
-        .date_naive()
+    crate::analyst_data::almaty_date(i64::from(seconds))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +136,7 @@ async fn rolled_up_views_count_what_the_rows_hold_through_late_rows_and_repeated
     assert_eq!(store.rolled_through().await.expect("marks"), None);
 
     // The first run rolls every closed slot; today (and yesterday, until an
-    // hour past midnight UTC) stays with the rows.
+    // hour past midnight in the store's zone) stays with the rows.
     let policy = RollupPolicy::default();
     let mut progress = Vec::new();
     let report = store
@@ -153,7 +157,7 @@ async fn rolled_up_views_count_what_the_rows_hold_through_late_rows_and_repeated
         progress.last().map(|(done, total)| (*done, *total)),
         Some((report.rolled, report.rolled))
     );
-    assert!(count_of(&store, "SELECT count() FROM ?.offence_rollup").await > 0);
+    assert!(count_of(&store, "SELECT count() FROM ?.offence_day_rollup").await > 0);
     assert_views_equal_rows(&store, "after the first rollup").await;
 
     // The views read rolled slots from the rollups: a row landing in one
@@ -203,13 +207,13 @@ async fn rolled_up_views_count_what_the_rows_hold_through_late_rows_and_repeated
         .expect("compare")
         .is_empty());
     assert_views_equal_rows(&store, "after rollers at once").await;
-    let rollup_rows = count_of(&store, "SELECT count() FROM ?.offence_rollup").await;
+    let rollup_rows = count_of(&store, "SELECT count() FROM ?.offence_day_rollup").await;
     store
         .roll_up(&policy, |_, _| {})
         .await
         .expect("roll up again");
     assert_views_equal_rows(&store, "after another run").await;
-    assert!(count_of(&store, "SELECT count() FROM ?.offence_rollup").await >= rollup_rows);
+    assert!(count_of(&store, "SELECT count() FROM ?.offence_day_rollup").await >= rollup_rows);
     assert_eq!(
         store.rolled_through().await.expect("marks"),
         Some(through),
@@ -218,6 +222,84 @@ async fn rolled_up_views_count_what_the_rows_hold_through_late_rows_and_repeated
     // Every count is the rows' count: 1,000 + 40 + 3 + 5 rows.
     let total = count_of(&store, "SELECT toUInt64(sum(events)) FROM ?.offence_totals").await;
     assert_eq!(total, 1_048);
+}
+
+/// Runs `sql` with the test database bound once per `?`.
+async fn execute(store: &Store, sql: &str) {
+    let database = clickhouse::sql::Identifier(&store.config().database);
+    let mut query = store.client().query(sql);
+    for _ in 0..sql.matches('?').count() {
+        query = query.bind(database);
+    }
+    query.execute().await.expect(sql);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrading_from_utc_slots_keeps_the_views_exact_and_the_roller_takes_the_zoned_days() {
+    let store = new_store("upgrade");
+    assert_eq!(store.migrate_through(3).await.expect("migrate to 3"), 3);
+    let now = now_secs();
+    for day in 1..=6u32 {
+        store
+            .insert_batch(&rows(day * 1000, 100, now - day * DAY))
+            .await
+            .expect("insert");
+    }
+    // What the roller of a build at migration 3 wrote: UTC insert days up to
+    // three days ago, rolled and marked.
+    let through_utc = "toDate(now() - 3 * 86400, 'UTC')";
+    for (table, keys) in [
+        ("offence_rollup", "region, offence_type"),
+        ("camera_rollup", "camera_id, region"),
+    ] {
+        execute(
+            &store,
+            &format!(
+                "INSERT INTO ?.{table} SELECT toDate(inserted_at, 'UTC') AS slot, \
+                 toDate(detected_at, 'Asia/Almaty') AS day, {keys}, count() \
+                 FROM ?.offence_events WHERE slot <= {through_utc} GROUP BY slot, day, {keys}"
+            ),
+        )
+        .await;
+    }
+    execute(
+        &store,
+        &format!("INSERT INTO ?.rollup_slots SELECT {through_utc}, 0, now()"),
+    )
+    .await;
+    assert!(count_of(&store, "SELECT count() FROM ?.camera_rollup").await > 0);
+    assert_views_equal_rows(&store, "at migration 3, rolled in UTC days").await;
+
+    // The upgrade: the UTC rollups are gone, the views count the rows until
+    // the roller has taken the zoned days.
+    assert_eq!(store.migrate().await.expect("upgrade"), 4);
+    let database = store.config().database.clone();
+    let left: u64 = store
+        .client()
+        .query(
+            "SELECT count() FROM system.tables WHERE database = ? \
+             AND name IN ('offence_rollup', 'camera_rollup', 'rollup_slots')",
+        )
+        .bind(database.as_str())
+        .fetch_one()
+        .await
+        .expect("tables");
+    assert_eq!(left, 0, "migration 4 drops the UTC rollups");
+    assert_eq!(store.rolled_through().await.expect("marks"), None);
+    assert_views_equal_rows(&store, "right after the upgrade").await;
+
+    let report = store
+        .roll_up(&RollupPolicy::default(), |_, _| {})
+        .await
+        .expect("roll up");
+    let through = report.rolled_through.expect("zoned days rolled");
+    assert!(through >= slot(now - 2 * DAY), "{through}");
+    assert!(store
+        .rollup_differences()
+        .await
+        .expect("compare")
+        .is_empty());
+    assert_views_equal_rows(&store, "after the roller took the zoned days").await;
 }
 
 /// Sends `signal` to a process.
@@ -295,8 +377,8 @@ async fn the_aggregator_keeps_the_rollups_and_counts_a_late_batch_into_them() {
             let retaken = store
                 .client()
                 .query(
-                    "SELECT toUInt64(count()) FROM ?.offence_rollup \
-                     WHERE slot > (SELECT max(slot) FROM ?.rollup_slots)",
+                    "SELECT toUInt64(count()) FROM ?.offence_day_rollup \
+                     WHERE slot > (SELECT max(slot) FROM ?.rolled_days)",
                 )
                 .bind(database)
                 .bind(database)

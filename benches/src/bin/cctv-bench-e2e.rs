@@ -1354,7 +1354,7 @@ async fn main() -> anyhow::Result<()> {
              then each query run {} times (median): counting the rows of `offence_events` (what \
              the plain view did before the rollups), then through the views `offence_totals` and \
              `camera_totals` after one roller run rolled the year up ({} insert days in {:.0} s; \
-             {} rows in `offence_rollup`, {} in `camera_rollup`). Both ways gave the same \
+             {} rows in `offence_day_rollup`, {} in `camera_day_rollup`). Both ways gave the same \
              answers. `cctvctl audit`'s comparison of every rolled day with its rows took \
              {:.1} s.\n\n\
              | query | counting the rows, s | with the rollups, s | answer lines |\n\

@@ -46,7 +46,7 @@ pub(crate) const BUDGET_WAITS: &str = "cctv_aggregator_budget_waits_total";
 pub(crate) const INSERT_GROUP: &str = "cctv_aggregator_insert_group_batches";
 /// Roller runs by `outcome` (`ok`, `error`).
 pub(crate) const ROLLUP_RUNS: &str = "cctv_aggregator_rollup_runs_total";
-/// Slots (UTC insert days) rolled up and marked.
+/// Slots (insert days in the views' zone) rolled up and marked.
 pub(crate) const ROLLUP_SLOTS: &str = "cctv_aggregator_rollup_slots_total";
 /// Slots taken again by a writer after a batch landed late in them.
 pub(crate) const ROLLUP_LATE_SLOTS: &str = "cctv_aggregator_rollup_late_slots_total";

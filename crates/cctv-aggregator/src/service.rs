@@ -1303,8 +1303,8 @@ impl Writer {
                     metrics::gauge!(names::STORE_DOWN).set(0.0);
                     self.stats.add_written(rows.len() as u64);
                     self.health.set_ok();
-                    if let Some(slot) = self.rollup.landed_late(sealed_at, now_secs()) {
-                        self.retake_slot(slot).await?;
+                    if self.rollup.landed_late(sealed_at, now_secs()) {
+                        self.retake_slot(sealed_at).await?;
                     }
                     break;
                 }
@@ -1323,14 +1323,20 @@ impl Writer {
 
     /// After a batch landed so long after it was sealed that its slot may
     /// have been rolled up without it: takes the slot into the rollups
-    /// again before the batch is acked, so no count is lost from them.
-    async fn retake_slot(&self, slot: chrono::NaiveDate) -> Result<(), StoreError> {
-        tracing::warn!(writer = %self.writer_name, %slot, "a batch landed late; taking its slot into the rollups again");
+    /// again before the batch is acked, so no count is lost from them. The
+    /// server names the slot of the batch's `inserted_at` (`sealed_at`), as
+    /// it does for the rows.
+    async fn retake_slot(&self, sealed_at: u32) -> Result<(), StoreError> {
         metrics::counter!(names::ROLLUP_LATE_SLOTS).increment(1);
         let mut pause = Duration::from_millis(100);
         loop {
             let (_, store) = self.replicas.current();
-            match store.roll_slots(slot, slot).await {
+            let retaken = async {
+                let slot = store.slot_at(sealed_at).await?;
+                tracing::warn!(writer = %self.writer_name, %slot, "a batch landed late; taking its slot into the rollups again");
+                store.roll_slots(slot, slot).await
+            };
+            match retaken.await {
                 Ok(()) => return Ok(()),
                 Err(error) => self.pause_after(error, &mut pause).await?,
             }

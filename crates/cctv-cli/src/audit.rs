@@ -295,7 +295,7 @@ impl AuditReport {
 /// The rollups behind `offence_totals` and `camera_totals` against the rows.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RollupAudit {
-    /// The newest rolled-up slot (UTC insert day), if any.
+    /// The newest rolled-up slot (insert day in the views' zone), if any.
     pub rolled_through: Option<String>,
     /// Rolled-up slots whose rollup differs from their rows.
     pub differences: Vec<RollupDifference>,
@@ -306,9 +306,9 @@ pub struct RollupAudit {
 /// A rolled-up slot whose rollup differs from its rows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RollupDifference {
-    /// `offence_rollup` or `camera_rollup`.
+    /// `offence_day_rollup` or `camera_day_rollup`.
     pub rollup: String,
-    /// The slot (UTC insert day).
+    /// The slot (insert day in the views' zone).
     pub slot: String,
     /// Rows of the slot.
     pub rows: u64,
@@ -947,7 +947,7 @@ mod tests {
             rollups: RollupAudit {
                 rolled_through: Some("2026-12-01".into()),
                 differences: vec![RollupDifference {
-                    rollup: "offence_rollup".into(),
+                    rollup: "offence_day_rollup".into(),
                     slot: "2026-11-30".into(),
                     rows: 10,
                     rolled: 9,
@@ -963,7 +963,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "rollups: rolled up through 2026-12-01\n  offence_rollup slot 2026-11-30: 10 rows, \
+                "rollups: rolled up through 2026-12-01\n  offence_day_rollup slot 2026-11-30: 10 rows, \
                  rollup counts 9 (1 keys differ); run with --repair\n  DIFFERS\n"
             ),
             "{text}"

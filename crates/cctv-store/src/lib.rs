@@ -38,8 +38,8 @@ pub use row::{EventRow, StreamPosition};
 /// The rollups' SQL, for tests that run every query on several servers.
 pub mod rollup_sql {
     pub use crate::rollup::{
-        CAMERA_ROLLUP_DIFFERENCES, FIRST_SLOT, MARK_SLOTS, OFFENCE_ROLLUP_DIFFERENCES,
-        ROLLED_THROUGH, ROLL_CAMERAS, ROLL_OFFENCES, SERVER_NOW,
+        CAMERA_ROLLUP_DIFFERENCES, FIRST_SLOT, LAST_CLOSED_SLOT, MARK_SLOTS,
+        OFFENCE_ROLLUP_DIFFERENCES, ROLLED_THROUGH, ROLL_CAMERAS, ROLL_OFFENCES, SLOT_AT,
     };
 }
 pub use store::{ResumePoint, Store};

@@ -150,17 +150,29 @@ impl Store {
     /// another, each recording its own version.
     pub async fn migrate(&self) -> Result<u32, StoreError> {
         if !self.is_cluster() {
-            return self.migrate_node(MIGRATIONS).await;
+            return self.migrate_node(MIGRATIONS, latest_version()).await;
         }
         for node in self.shard_nodes()?.iter().flatten() {
-            node.migrate_node(CLUSTER_MIGRATIONS).await?;
+            node.migrate_node(CLUSTER_MIGRATIONS, latest_version())
+                .await?;
             tracing::info!(node = node.url(), "cluster node migrated");
         }
         Ok(latest_version())
     }
 
-    /// Applies `migrations` on this node.
-    async fn migrate_node(&self, migrations: &[Migration]) -> Result<u32, StoreError> {
+    /// Applies the migrations up to `version` only, on a single server: the
+    /// schema as an older build left it, for upgrade tests.
+    #[doc(hidden)]
+    pub async fn migrate_through(&self, version: u32) -> Result<u32, StoreError> {
+        self.migrate_node(MIGRATIONS, version).await
+    }
+
+    /// Applies `migrations` up to `through` on this node.
+    async fn migrate_node(
+        &self,
+        migrations: &[Migration],
+        through: u32,
+    ) -> Result<u32, StoreError> {
         let database = Identifier(&self.config.database);
         self.server_client
             .query("CREATE DATABASE IF NOT EXISTS ?")
@@ -184,7 +196,10 @@ impl Store {
                 known: latest_version(),
             });
         }
-        for migration in migrations.iter().filter(|m| m.version > current) {
+        for migration in migrations
+            .iter()
+            .filter(|m| m.version > current && m.version <= through)
+        {
             for statement in migration.statements {
                 match statement.strip_prefix(ADD_COLUMN) {
                     Some(spec) => self.add_column(spec).await?,
@@ -205,7 +220,7 @@ impl Store {
                 "applied migration"
             );
         }
-        Ok(latest_version())
+        Ok(through.min(latest_version()))
     }
 
     /// The newest applied migration (0 when none).
