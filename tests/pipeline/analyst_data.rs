@@ -342,14 +342,17 @@ pub(crate) async fn migrate_load_and_roll(store: &Store, data: &AnalystData) {
     let first = data
         .stored
         .iter()
-        .map(|row| {
-            DateTime::from_timestamp(row.inserted_at, 0)
-                .expect("a time")
-                .date_naive()
-        })
+        .map(|row| almaty_date(row.inserted_at))
         .min()
         .expect("rows");
     roll_and_mark(store, first, rolled_through()).await;
+    // October is rolled up completely: merged to one part per rollup, as
+    // the roller does with every completed month.
+    store.compact_month(202_610).await.expect("merge October");
+    for table in ["offence_day_rollup", "camera_day_rollup"] {
+        let parts = active_parts(store, table, 202_610).await;
+        assert_eq!(parts, 1, "October of {table} in one part");
+    }
     store
         .roll_slots(first, rolled_through())
         .await
@@ -363,6 +366,22 @@ pub(crate) async fn migrate_load_and_roll(store: &Store, data: &AnalystData) {
         Vec::new(),
         "every rolled slot counts its rows"
     );
+}
+
+/// Active parts of `month` (YYYYMM) of `table` in the store's database.
+pub(crate) async fn active_parts(store: &Store, table: &str, month: u32) -> u64 {
+    store
+        .client()
+        .query(
+            "SELECT count() FROM system.parts \
+             WHERE database = ? AND table = ? AND partition = toString(?) AND active",
+        )
+        .bind(store.config().database.as_str())
+        .bind(table)
+        .bind(month)
+        .fetch_one()
+        .await
+        .expect("parts")
 }
 
 /// Rolls up the slots `first..=last` and marks them, with the store's own

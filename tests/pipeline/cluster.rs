@@ -170,7 +170,8 @@ async fn clickhouse_replicas_killed_during_load_a_dead_shard_stalls_and_catches_
     .expect("replicas restart");
     publisher.await.expect("publisher");
     drain_stop_and_check(&stack, &load, &mut fleet).await;
-    // Each replica of a shard holds the same rows; the shards add up.
+    // Each replica of a shard holds the same rows (synced by the check); the
+    // shards add up.
     let shard_rows = [rows_on(&stack, 0, 0).await, rows_on(&stack, 1, 0).await];
     assert_eq!(rows_on(&stack, 0, 1).await, shard_rows[0]);
     assert_eq!(rows_on(&stack, 1, 1).await, shard_rows[1]);

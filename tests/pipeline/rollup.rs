@@ -158,6 +158,14 @@ async fn rolled_up_views_count_what_the_rows_hold_through_late_rows_and_repeated
         Some((report.rolled, report.rolled))
     );
     assert!(count_of(&store, "SELECT count() FROM ?.offence_day_rollup").await > 0);
+    // Every month whose last day the run rolled is merged to one part.
+    for month in &report.compacted {
+        assert!(*month / 100 >= 2026 && (1..=12).contains(&(*month % 100)));
+        for table in ["offence_day_rollup", "camera_day_rollup"] {
+            let parts = crate::analyst_data::active_parts(&store, table, *month).await;
+            assert_eq!(parts, 1, "{month} of {table} in one part");
+        }
+    }
     assert_views_equal_rows(&store, "after the first rollup").await;
 
     // The views read rolled slots from the rollups: a row landing in one

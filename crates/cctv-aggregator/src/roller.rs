@@ -59,6 +59,7 @@ pub(crate) async fn run(
                         rolled = report.rolled,
                         retaken = report.retaken,
                         through = ?report.rolled_through,
+                        months_merged = ?report.compacted,
                         "rollups updated"
                     );
                 }

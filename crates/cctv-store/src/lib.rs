@@ -38,8 +38,9 @@ pub use row::{EventRow, StreamPosition};
 /// The rollups' SQL, for tests that run every query on several servers.
 pub mod rollup_sql {
     pub use crate::rollup::{
-        CAMERA_ROLLUP_DIFFERENCES, FIRST_SLOT, LAST_CLOSED_SLOT, MARK_SLOTS,
-        OFFENCE_ROLLUP_DIFFERENCES, ROLLED_THROUGH, ROLL_CAMERAS, ROLL_OFFENCES, SLOT_AT,
+        CAMERA_ROLLUP_DIFFERENCES, COMPACT_CAMERAS, COMPACT_OFFENCES, FIRST_SLOT, LAST_CLOSED_SLOT,
+        MARK_SLOTS, OFFENCE_ROLLUP_DIFFERENCES, ROLLED_THROUGH, ROLL_CAMERAS, ROLL_OFFENCES,
+        SLOT_AT,
     };
 }
 pub use store::{ResumePoint, Store};

@@ -147,6 +147,7 @@ impl Store {
         if !self.is_cluster() {
             return Ok(());
         }
+        self.replica_has_read_the_log(table).await?;
         let sync = self
             .server_client
             .query("SYSTEM SYNC REPLICA ?.?")
@@ -163,6 +164,68 @@ impl Store {
                 ),
             }),
         }
+    }
+
+    /// Fails (transiently) unless this replica of `table` has read the
+    /// whole replication log of its shard into its queue: only then does
+    /// `SYNC REPLICA` (which waits for the queue) wait for every part. A
+    /// restarted 18.16 replica was seen for ~10 s neither read-only nor
+    /// behind in its queue, but with its log pointer far behind the log
+    /// (`last_queue_update` never set): `SYNC REPLICA` returned at once and
+    /// the counts read there missed hundreds of acknowledged rows.
+    async fn replica_has_read_the_log(&self, table: &str) -> Result<(), StoreError> {
+        #[derive(Debug, clickhouse::Row, serde::Deserialize)]
+        struct ReplicaState {
+            not_ready: u8,
+            log_pointer: u64,
+            log_max_index: u64,
+            zookeeper_path: String,
+        }
+        let behind = |detail: String| StoreError::Unavailable {
+            operation: "sync replica",
+            message: format!("the replica of {table} {detail}"),
+        };
+        let states = self
+            .server_client
+            .query(
+                "SELECT toUInt8(is_readonly OR is_session_expired) AS not_ready, \
+                 log_pointer, log_max_index, zookeeper_path \
+                 FROM system.replicas WHERE database = ? AND table = ?",
+            )
+            .bind(self.config().database.as_str())
+            .bind(table)
+            .fetch_all::<ReplicaState>()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("read the replica's state", e))?;
+        let Some(state) = states.first() else {
+            return Err(behind("is not a replica on this server".into()));
+        };
+        if state.not_ready != 0 {
+            return Err(behind(
+                "is read-only (not in a ZooKeeper session yet)".into(),
+            ));
+        }
+        if state.log_pointer > state.log_max_index {
+            return Ok(());
+        }
+        if state.log_pointer == 0 && state.log_max_index == 0 {
+            // No entry read: either the log is empty (nothing ever inserted)
+            // or its first entry is still unread.
+            let entries: u64 = self
+                .server_client
+                .query("SELECT count() FROM system.zookeeper WHERE path = ?")
+                .bind(format!("{}/log", state.zookeeper_path))
+                .fetch_one()
+                .await
+                .map_err(|e| StoreError::from_clickhouse("read the replication log", e))?;
+            if entries == 0 {
+                return Ok(());
+            }
+        }
+        Err(behind(format!(
+            "has read its shard's log up to entry {} of {}",
+            state.log_pointer, state.log_max_index
+        )))
     }
 
     /// Fenced inserts the server is still running that carry rows of

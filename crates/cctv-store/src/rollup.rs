@@ -32,7 +32,7 @@
 
 use std::time::Duration;
 
-use chrono::{Days, NaiveDate};
+use chrono::{Datelike, Days, NaiveDate};
 use clickhouse::sql::Identifier;
 use serde::Deserialize;
 
@@ -65,6 +65,16 @@ pub const MARK_SLOTS: &str = "INSERT INTO ?.rolled_days (slot, events, rolled_at
          WHERE slot >= toDate(?) AND slot <= toDate(?) \
          GROUP BY slot, day, region, offence_type \
      ) GROUP BY slot";
+
+/// Merges one month (`PARTITION` = YYYYMM) of a rollup down to one row per
+/// key (bound: database, month). `FINAL` reads merge the parts of the key
+/// range as they read: a year of camera days read from one part per month
+/// took 0.48 s against 0.77 s from the 63 parts weekly rolls leave
+/// (3.65 M rows on 18.16), and background merges leave most of them.
+pub const COMPACT_OFFENCES: &str = "OPTIMIZE TABLE ?.offence_day_rollup PARTITION ? FINAL";
+
+/// The same for `camera_day_rollup`.
+pub const COMPACT_CAMERAS: &str = "OPTIMIZE TABLE ?.camera_day_rollup PARTITION ? FINAL";
 
 /// The newest rolled slot (`0000-00-00` when none).
 pub const ROLLED_THROUGH: &str = "SELECT toString(max(slot)) FROM ?.rolled_days";
@@ -236,11 +246,38 @@ impl RollPlan {
     }
 }
 
+impl RollPlan {
+    /// The months (YYYYMM) whose last day is one of the new slots: rolled
+    /// up completely by this run (slots are rolled in order), so their
+    /// rollups can be merged to one part each.
+    pub fn completed_months(&self) -> Vec<u32> {
+        let mut months = Vec::new();
+        for (first, last) in &self.chunks {
+            let mut day = *first;
+            while day <= *last {
+                let Some(next) = day.succ_opt() else { break };
+                if next.month() != day.month() {
+                    months.push(month_of(day));
+                }
+                day = next;
+            }
+        }
+        months
+    }
+}
+
+/// YYYYMM of a day (the rollups' partition).
+fn month_of(day: NaiveDate) -> u32 {
+    u32::try_from(day.year()).unwrap_or(0) * 100 + day.month()
+}
+
 /// What one run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RollReport {
     /// Slots rolled up and marked by this run.
     pub rolled: u64,
+    /// Months (YYYYMM) whose last slot this run rolled, merged to one part.
+    pub compacted: Vec<u32>,
     /// Rolled slots taken again.
     pub retaken: u64,
     /// The newest rolled slot after the run.
@@ -370,6 +407,52 @@ impl Store {
         Ok(())
     }
 
+    /// Merges `month` (YYYYMM) of both rollups to one part each
+    /// ([`COMPACT_OFFENCES`]). Only the reads get faster: a month merged
+    /// while a retake inserts into it just keeps that part besides.
+    pub async fn compact_month(&self, month: u32) -> Result<(), StoreError> {
+        let database = Identifier(&self.config().database);
+        for (sql, operation) in [
+            (COMPACT_OFFENCES, "merge a month of offence counts"),
+            (COMPACT_CAMERAS, "merge a month of camera counts"),
+        ] {
+            self.client()
+                .query(sql)
+                .bind(database)
+                .bind(month)
+                .execute()
+                .await
+                .map_err(|e| StoreError::from_clickhouse(operation, e))?;
+        }
+        Ok(())
+    }
+
+    /// [`Store::compact_month`] on this server, or on a cluster on the first
+    /// node that takes it (18.16 merges a replicated table only on the
+    /// replica that leads it; the merge then replicates). Only reads get
+    /// faster, so a month no node merges is logged, not an error: background
+    /// merges still reduce its parts.
+    async fn compact_month_anywhere(&self, month: u32) -> bool {
+        let nodes = match self.shard_nodes() {
+            Ok(nodes) => nodes,
+            Err(error) => {
+                tracing::warn!(%error, month, "cannot list the nodes to merge a rolled-up month");
+                return false;
+            }
+        };
+        let mut last_error = None;
+        for node in nodes.iter().flatten() {
+            match node.compact_month(month).await {
+                Ok(()) => return true,
+                Err(error) => last_error = Some(error),
+            }
+        }
+        if let Some(error) = last_error {
+            tracing::warn!(%error, month, "no node merged the rolled-up month; reads of it stay slower until background merges do");
+        }
+        false
+    }
+
     /// Marks the slots `first..=last` rolled up.
     async fn mark_slots(&self, first: NaiveDate, last: NaiveDate) -> Result<(), StoreError> {
         let database = Identifier(&self.config().database);
@@ -430,6 +513,11 @@ impl Store {
             report.rolled += days_between(*first, *last);
             report.rolled_through = Some(*last);
             progress(report.rolled, total);
+        }
+        for month in plan.completed_months() {
+            if self.compact_month_anywhere(month).await {
+                report.compacted.push(month);
+            }
         }
         Ok(report)
     }
@@ -593,6 +681,35 @@ mod tests {
             closed_at(&policy, "2026-12-08 12:00:00"),
         );
         assert_eq!(plan.retake, Some((day("2026-12-07"), day("2026-12-07"))));
+    }
+
+    #[test]
+    fn a_month_is_complete_when_a_run_rolls_its_last_day() {
+        let policy = RollupPolicy::default();
+        // From Oct 25 to Dec 8: October and November end in the new slots.
+        let plan = RollPlan::new(
+            &policy,
+            None,
+            Some(day("2026-10-25")),
+            closed_at(&policy, "2026-12-09 12:00:00"),
+        );
+        assert_eq!(plan.completed_months(), vec![202_610, 202_611]);
+        // A run rolling Dec 1 to 7 completes no month; one ending on the
+        // 31st completes December.
+        let plan = RollPlan::new(
+            &policy,
+            Some(day("2026-11-30")),
+            None,
+            closed_at(&policy, "2026-12-08 12:00:00"),
+        );
+        assert!(plan.completed_months().is_empty(), "{plan:?}");
+        let plan = RollPlan::new(
+            &policy,
+            Some(day("2026-12-30")),
+            None,
+            closed_at(&policy, "2027-01-01 12:00:00"),
+        );
+        assert_eq!(plan.completed_months(), vec![202_612]);
     }
 
     #[test]
