@@ -22,7 +22,21 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = u64>,
 {
-    let progress = &progress;
+    wait_for_with(what, fleet, at_least, progress, String::new).await;
+}
+
+/// [`wait_for`], with `servers()` (servers' log tails) in the failure.
+async fn wait_for_with<F, Fut>(
+    what: &str,
+    fleet: &Fleet,
+    at_least: u64,
+    progress: F,
+    servers: impl Fn() -> String,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    let (progress, servers) = (&progress, &servers);
     cctv_testkit::poll(
         what,
         PROGRESS_TIMEOUT,
@@ -32,7 +46,11 @@ where
             if now >= at_least {
                 Ok(())
             } else {
-                Err(format!("{now} of {at_least}\n{}", fleet.logs()))
+                Err(format!(
+                    "{now} of {at_least}\n{}\n{}",
+                    fleet.logs(),
+                    servers()
+                ))
             }
         },
     )
@@ -92,11 +110,12 @@ async fn a_nats_node_killed_during_load_and_restarted_later_changes_no_count() {
     assert!(!node.is_running());
     // Two nodes of three carry on: rows keep coming.
     let two_thirds = 2 * load.count / 3;
-    wait_for(
+    wait_for_with(
         "two thirds of the rows with a node down",
         &fleet,
         two_thirds,
         || stack.rows(),
+        || stack.nats.log_tail(),
     )
     .await;
     let Nats::Cluster(cluster) = &mut stack.nats else {
