@@ -128,9 +128,24 @@ pub async fn run(
             };
             client = new_client;
             js = jetstream::new(client.clone());
-            match create_consumer(&js, &config).await {
-                Ok(found) => consumer = found,
-                Err(error) => tracing::warn!(%error, "raw consumer not available yet"),
+            // The old consumer handle pulls through the closed connection
+            // and never yields again (seen: the ingest silent for minutes
+            // after a NATS node died): get one on the new connection first.
+            loop {
+                match create_consumer(&js, &config).await {
+                    Ok(found) => {
+                        consumer = found;
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "raw consumer not available yet");
+                        tokio::select! {
+                            biased;
+                            () = shutdown.cancelled() => break 'outer,
+                            () = tokio::time::sleep(RETRY_PAUSE) => {}
+                        }
+                    }
+                }
             }
             let publisher = match cctv_bus::AckedPublisher::new(client.clone()).await {
                 Ok(publisher) => publisher,
