@@ -640,13 +640,7 @@ pub(crate) async fn drain_stop_and_check(stack: &FaultStack, load: &Load, fleet:
             continue;
         }
         // A service restarted a moment ago may not handle signals yet.
-        let starting = &*service;
-        // As long as a drain: a service restarted during a NATS failover
-        // starts once JetStream answers again (40 s was too short in CI).
-        poll_until("the service to start", DRAIN_TIMEOUT, || async move {
-            starting.started()
-        })
-        .await;
+        wait_started(service).await;
         service.terminate();
         let status = service.wait_exit(EXIT_TIMEOUT).await;
         assert!(
@@ -662,6 +656,31 @@ pub(crate) async fn drain_stop_and_check(stack: &FaultStack, load: &Load, fleet:
         fleet.logs()
     );
     check_exact(stack, load).await;
+}
+
+/// Waits until the service's current run has logged that it started (its
+/// signal handlers are installed from then on). A run that exited instead,
+/// or is still not started after the drain's time, fails the test with its
+/// exit status and log.
+async fn wait_started(service: &mut ServiceProcess) {
+    // As long as a drain: a service restarted during a NATS failover starts
+    // once JetStream answers again (40 s was too short in CI).
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while !service.started() {
+        if let Some(status) = service.exited() {
+            panic!(
+                "a service exited before it started: {status:?}\n{}",
+                service.log_tail()
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a service not started after {DRAIN_TIMEOUT:?} (pid {:?})\n{}",
+            service.pid(),
+            service.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Partition leases in the lease bucket.

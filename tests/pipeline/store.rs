@@ -7,6 +7,7 @@ use cctv_event::{OffenceEvent, RegionSource, EVENT_SCHEMA_VERSION};
 use cctv_store::{ClickHouseConfig, EncodedRows, EventRow, Store, StreamPosition};
 use cctv_testkit::{shared_clickhouse, unique_name};
 use chrono::DateTime;
+use clickhouse::sql::Identifier;
 
 async fn fresh_store(prefix: &str) -> Store {
     let clickhouse = shared_clickhouse().expect("clickhouse-server must start");
@@ -269,4 +270,107 @@ async fn an_insert_sent_again_to_any_replica_of_a_shard_writes_nothing_more() {
         create.contains("replicated_deduplication_window = 10000"),
         "{create}"
     );
+}
+
+/// The tables, views and their definitions in `store`'s database.
+async fn schema_of(store: &Store) -> Vec<(String, String)> {
+    store
+        .client()
+        .query(
+            "SELECT name, create_table_query FROM system.tables \
+             WHERE database = ? ORDER BY name",
+        )
+        .bind(store.config().database.as_str())
+        .fetch_all::<(String, String)>()
+        .await
+        .expect("list tables")
+        .into_iter()
+        // The definitions name their database; compare them without it.
+        .map(|(name, query)| (name, query.replace(&store.config().database, "db")))
+        .collect()
+}
+
+/// Four instances migrating one fresh database at the same moment (several
+/// aggregators started together with `migrate_on_start`): each succeeds, one
+/// after another, and the schema is exactly the one a lone migration makes,
+/// with no lock left behind. Without the lock they interleave: seen in CI,
+/// one instance's migration 4 dropped the tables another's migration 3 was
+/// still using ("Table ... camera_rollup doesn't exist").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_migrating_one_database_at_once_take_turns() {
+    let alone = fresh_store("migrate_alone").await;
+    let clickhouse = shared_clickhouse().expect("clickhouse-server must start");
+    let config = ClickHouseConfig {
+        url: clickhouse.http_url(),
+        database: unique_name("migrate_together"),
+        ..ClickHouseConfig::default()
+    };
+    let migrations = (0..4).map(|_| {
+        let store = Store::new(&config).expect("settings");
+        tokio::spawn(async move { store.migrate().await })
+    });
+    for migration in futures::future::join_all(migrations).await {
+        assert_eq!(migration.expect("task").expect("migrate"), 4);
+    }
+    let together = Store::new(&config).expect("settings");
+    together
+        .check_schema()
+        .await
+        .expect("the schema is current");
+    let (expected, found) = (schema_of(&alone).await, schema_of(&together).await);
+    assert!(
+        expected.iter().any(|(name, _)| name == "camera_day_rollup"),
+        "{expected:?}"
+    );
+    assert_eq!(found, expected);
+}
+
+/// A migrator that died holding the lock (its table left, no heartbeat for
+/// an hour) does not block the next one, which drops the dead lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_migrators_lock_is_taken_over() {
+    let clickhouse = shared_clickhouse().expect("clickhouse-server must start");
+    let config = ClickHouseConfig {
+        url: clickhouse.http_url(),
+        database: unique_name("migrate_dead_lock"),
+        ..ClickHouseConfig::default()
+    };
+    let store = Store::new(&config).expect("settings");
+    let server = Store::new(&ClickHouseConfig {
+        database: "default".into(),
+        ..config.clone()
+    })
+    .expect("settings");
+    let database = Identifier(config.database.as_str());
+    let dead = Identifier("schema_migration_lock_dead");
+    let client = server.client();
+    client
+        .query("CREATE DATABASE ?")
+        .bind(database)
+        .execute()
+        .await
+        .expect("create database");
+    for statement in [
+        "CREATE TABLE ?.? (holder String, at DateTime) ENGINE = MergeTree() ORDER BY at",
+        "INSERT INTO ?.? (holder, at) VALUES ('gone:1', now() - 3600)",
+    ] {
+        client
+            .query(statement)
+            .bind(database)
+            .bind(dead)
+            .execute()
+            .await
+            .expect("a dead migrator's lock");
+    }
+    let migrated = tokio::time::timeout(std::time::Duration::from_secs(60), store.migrate())
+        .await
+        .expect("the dead lock does not block the migration");
+    assert_eq!(migrated.expect("migrate"), 4);
+    let left = schema_of(&store).await;
+    assert!(
+        left.iter()
+            .all(|(name, _)| !name.starts_with("schema_migration_lock")),
+        "{left:?}"
+    );
+    store.check_schema().await.expect("the schema is current");
 }

@@ -15,6 +15,7 @@ mod audit;
 mod config;
 mod encoded;
 mod error;
+mod migration_lock;
 mod migrations;
 mod partitions;
 mod queries;

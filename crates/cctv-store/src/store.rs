@@ -7,6 +7,7 @@ use clickhouse::sql::Identifier;
 use clickhouse::Client;
 use serde::Deserialize;
 
+use crate::migration_lock::MigrationLock;
 use crate::migrations::{latest_version, Migration, ADD_COLUMN, CLUSTER_MIGRATIONS, MIGRATIONS};
 use crate::{ClickHouseConfig, EventRow, StoreError};
 
@@ -180,6 +181,23 @@ impl Store {
             .execute()
             .await
             .map_err(|e| StoreError::from_clickhouse("create database", e))?;
+        // One migrator at a time: interleaved migrations break each other.
+        let lock = MigrationLock::acquire(self).await?;
+        let migrated = self.migrate_locked(migrations, through).await;
+        // A failed release leaves a lock that goes stale by itself.
+        if let Err(error) = lock.release().await {
+            tracing::warn!(%error, "could not drop the migration lock; it expires by itself");
+        }
+        migrated
+    }
+
+    /// [`Store::migrate_node`] under the migration lock.
+    async fn migrate_locked(
+        &self,
+        migrations: &[Migration],
+        through: u32,
+    ) -> Result<u32, StoreError> {
+        let database = Identifier(&self.config.database);
         self.client
             .query(
                 "CREATE TABLE IF NOT EXISTS ?.schema_migrations \
