@@ -20,9 +20,9 @@
 
 use std::borrow::Cow;
 
+use crate::json::{Map, Value};
 use cctv_event::NameMatch;
 use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
-use serde_json::{Map, Value};
 
 use crate::decode::{DecodeContext, Decoded};
 use crate::detection::{Confidence, Detection};
@@ -91,14 +91,14 @@ struct EventFields<'a> {
     /// `index`/`Index`, the channel.
     index: Option<ChannelValue<'a>>,
     /// `data`/`Data`, always an object when present.
-    data: Option<&'a Value>,
+    data: Option<&'a Value<'a>>,
 }
 
 /// A channel index as sent: text in stream parts, JSON in RPC events.
 #[derive(Clone, Copy)]
 enum ChannelValue<'a> {
     Text(&'a str),
-    Json(&'a Value),
+    Json(&'a Value<'a>),
 }
 
 /// The lifecycle step of an event.
@@ -226,7 +226,7 @@ fn decode_event(
 fn offence_verdict<'a>(
     context: &DecodeContext<'_>,
     code: &'a str,
-    data: Option<&'a Value>,
+    data: Option<&'a Value<'a>>,
 ) -> OffenceVerdict<'a> {
     if code.eq_ignore_ascii_case(GENERIC_CAPTURE_CODE) {
         return generic_capture_verdict(context, data);
@@ -246,7 +246,7 @@ fn offence_verdict<'a>(
 /// name is a plate read; any other name passes through as unknown.
 fn generic_capture_verdict<'a>(
     context: &DecodeContext<'_>,
-    data: Option<&'a Value>,
+    data: Option<&'a Value<'a>>,
 ) -> OffenceVerdict<'a> {
     let traffic_car = data.and_then(|data| field(data, "TrafficCar"));
     let violation_name = traffic_car
@@ -361,7 +361,7 @@ fn capture_time(data: Option<&Value>) -> Result<CaptureTime, Rejection> {
 }
 
 /// `UTCMS`: an integer 0..=999, returned with its text.
-fn utc_milliseconds(value: &Value) -> Result<(i64, Cow<'_, str>), Rejection> {
+fn utc_milliseconds<'a>(value: &'a Value<'a>) -> Result<(i64, Cow<'a, str>), Rejection> {
     let milliseconds = json::number(Some(value))
         .filter(|ms| (0.0..1000.0).contains(ms) && ms.fract() == 0.0)
         .ok_or_else(|| {
@@ -384,7 +384,10 @@ fn parse_locale_time(text: &str) -> Option<DateTime<Utc>> {
 }
 
 /// The plate: `TrafficCar.PlateNumber`, else `Object.Text` of a plate object.
-fn plate<'a>(traffic_car: Option<&'a Value>, object: Option<&'a Value>) -> Option<Cow<'a, str>> {
+fn plate<'a>(
+    traffic_car: Option<&'a Value<'a>>,
+    object: Option<&'a Value<'a>>,
+) -> Option<Cow<'a, str>> {
     if let Some(plate) = traffic_car.and_then(|car| json::text(field(car, "PlateNumber"))) {
         return Some(trim_cow(plate));
     }
@@ -399,7 +402,7 @@ fn plate<'a>(traffic_car: Option<&'a Value>, object: Option<&'a Value>) -> Optio
 }
 
 /// `GroupID` as text (number or string); absent when null or empty.
-fn group_id(data: Option<&Value>) -> Result<Option<Cow<'_, str>>, Rejection> {
+fn group_id<'a>(data: Option<&'a Value<'a>>) -> Result<Option<Cow<'a, str>>, Rejection> {
     let Some(value) = present(data.and_then(|data| field(data, "GroupID"))) else {
         return Ok(None);
     };
@@ -512,7 +515,7 @@ fn decode_rpc(context: &DecodeContext<'_>, body: &str) -> Result<Decoded, Reject
 }
 
 /// Reads `Code`, `Action`, `Index` and `Data` of one RPC event.
-fn rpc_event_fields(event: &Value) -> Result<EventFields<'_>, Rejection> {
+fn rpc_event_fields<'a>(event: &'a Value<'a>) -> Result<EventFields<'a>, Rejection> {
     let Some(event) = event.as_object() else {
         return Err(Rejection::new(
             RejectReason::InvalidField,
@@ -538,7 +541,7 @@ fn rpc_event_fields(event: &Value) -> Result<EventFields<'_>, Rejection> {
 }
 
 /// A text field: `None` when absent, null or blank; an error for other types.
-fn text_field<'a>(object: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, Rejection> {
+fn text_field<'a>(object: &'a Map<'a>, key: &str) -> Result<Option<&'a str>, Rejection> {
     match present_in(object, key) {
         None => Ok(None),
         Some(Value::String(text)) => Ok(Some(text.trim())),
@@ -737,11 +740,11 @@ fn check_event_count(context: &DecodeContext<'_>, count: usize) -> Result<(), Re
 
 /// A field of a JSON object: exact key first, then any ASCII case (firmware
 /// differs in the case of `Code`/`code`, `Action`/`action`, ...).
-fn field<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+fn field<'a>(value: &'a Value<'a>, key: &str) -> Option<&'a Value<'a>> {
     value.as_object().and_then(|object| field_in(object, key))
 }
 
-fn field_in<'a>(object: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+fn field_in<'a>(object: &'a Map<'a>, key: &str) -> Option<&'a Value<'a>> {
     if let Some(value) = object.get(key) {
         return Some(value);
     }
@@ -752,12 +755,12 @@ fn field_in<'a>(object: &'a Map<String, Value>, key: &str) -> Option<&'a Value> 
 }
 
 /// A field of an object unless it is null or blank text.
-fn present_in<'a>(object: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+fn present_in<'a>(object: &'a Map<'a>, key: &str) -> Option<&'a Value<'a>> {
     present(field_in(object, key))
 }
 
 /// `value` unless it is null or blank text.
-fn present(value: Option<&Value>) -> Option<&Value> {
+fn present<'a>(value: Option<&'a Value<'a>>) -> Option<&'a Value<'a>> {
     match value? {
         Value::Null => None,
         Value::String(text) if text.trim().is_empty() => None,

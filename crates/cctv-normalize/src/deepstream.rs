@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 
-use serde_json::Value;
+use crate::json::Value;
 
 use crate::decode::{DecodeContext, Decoded};
 use crate::detection::{Confidence, Detection};

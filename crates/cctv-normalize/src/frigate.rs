@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 
-use serde_json::Value;
+use crate::json::Value;
 
 use crate::decode::{DecodeContext, Decoded};
 use crate::detection::{Confidence, Detection};
@@ -39,7 +39,7 @@ pub(crate) fn decode(context: &DecodeContext<'_>) -> Result<Decoded, Rejection> 
     }
     let message_type = match message.get("type") {
         None | Some(Value::Null) => return Err(missing_field("type")),
-        Some(Value::String(message_type)) => message_type.as_str(),
+        Some(Value::String(message_type)) => message_type.as_ref(),
         Some(_) => {
             return Err(Rejection::new(
                 RejectReason::InvalidField,
@@ -118,7 +118,7 @@ pub(crate) fn decode(context: &DecodeContext<'_>) -> Result<Decoded, Rejection> 
 
 /// The object state to read: `after`, else `before` when `after` is absent
 /// or null.
-fn tracked_object(message: &Value) -> Result<&Value, Rejection> {
+fn tracked_object<'a>(message: &'a Value<'a>) -> Result<&'a Value<'a>, Rejection> {
     let present = |key: &str| message.get(key).filter(|value| !value.is_null());
     let (field, tracked) = match (present("after"), present("before")) {
         (Some(after), _) => ("after", after),
@@ -140,7 +140,7 @@ fn tracked_object(message: &Value) -> Result<&Value, Rejection> {
 /// the `sub_label`, else the `label`. `None` when nothing maps to an offence.
 fn offence_name<'v>(
     context: &DecodeContext<'_>,
-    tracked: &'v Value,
+    tracked: &'v Value<'v>,
 ) -> Result<Option<&'v str>, Rejection> {
     for field in ["entered_zones", "current_zones"] {
         for zone in zone_names(tracked.get(field), field)? {
@@ -150,7 +150,7 @@ fn offence_name<'v>(
         }
     }
     let sub_label = match tracked.get("sub_label") {
-        Some(Value::String(name)) => Some(name.as_str()),
+        Some(Value::String(name)) => Some(name.as_ref()),
         // Newer versions send `[name, score]`.
         Some(Value::Array(parts)) => parts.first().and_then(Value::as_str),
         _ => None,
@@ -164,7 +164,7 @@ fn offence_name<'v>(
 
 /// The zone names of a zone list; non-text entries are skipped.
 fn zone_names<'v>(
-    value: Option<&'v Value>,
+    value: Option<&'v Value<'v>>,
     field: &str,
 ) -> Result<impl Iterator<Item = &'v str>, Rejection> {
     let zones: &[Value] = match value {
@@ -181,7 +181,7 @@ fn zone_names<'v>(
 }
 
 /// `recognized_license_plate`: a plate, or `[plate, score]`.
-fn plate(value: Option<&Value>) -> Result<Option<Cow<'_, str>>, Rejection> {
+fn plate<'a>(value: Option<&'a Value<'a>>) -> Result<Option<Cow<'a, str>>, Rejection> {
     match value {
         Some(Value::Array(parts)) => optional_text(parts.first(), "recognized_license_plate"),
         other => optional_text(other, "recognized_license_plate"),

@@ -14,9 +14,9 @@
 
 use std::borrow::Cow;
 
+use crate::json::Value;
 use cctv_event::{alias_key, NameMatch};
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
 use crate::decode::{DecodeContext, Decoded};
 use crate::detection::{Confidence, Detection};
@@ -75,7 +75,7 @@ enum Node<'a> {
     /// An element of the XML tree.
     Xml(&'a xml::XmlElement),
     /// A value of the JSON document.
-    Json(&'a Value),
+    Json(&'a Value<'a>),
 }
 
 impl<'a> Node<'a> {

@@ -25,9 +25,9 @@
 
 use std::borrow::Cow;
 
+use crate::json::{Map, Value};
 use cctv_event::NameMatch;
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
 
 use crate::decode::{DecodeContext, Decoded};
 use crate::detection::{Confidence, Detection};
@@ -98,7 +98,7 @@ enum Items<'a> {
     /// An XML element whose `SimpleItem` children are the items.
     Xml(&'a XmlElement),
     /// A JSON object whose members are the items.
-    Json(&'a Map<String, Value>),
+    Json(&'a Map<'a>),
 }
 
 /// One item's value.
@@ -107,7 +107,7 @@ enum ItemValue<'a> {
     /// An XML `Value` attribute.
     Text(&'a str),
     /// A JSON member (never null).
-    Json(&'a Value),
+    Json(&'a Value<'a>),
 }
 
 impl<'a> Items<'a> {
@@ -282,14 +282,11 @@ fn decode_json(context: &DecodeContext<'_>, text: &str) -> Result<Decoded, Rejec
 }
 
 /// Reads one onvif-ej object, refusing members of the wrong type.
-fn json_notification(
-    object: &Map<String, Value>,
-    index: usize,
-) -> Result<Notification<'_>, Rejection> {
+fn json_notification<'a>(object: &'a Map<'a>, index: usize) -> Result<Notification<'a>, Rejection> {
     let text_member = |name: &str| -> Result<Option<&str>, Rejection> {
         match object.get(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(text)) => Ok(Some(text.as_str())),
+            Some(Value::String(text)) => Ok(Some(text.as_ref())),
             Some(_) => Err(Rejection::new(
                 RejectReason::InvalidField,
                 format!("notification {}: {name} is not a string", index + 1),
