@@ -69,7 +69,7 @@ impl IdValue {
 }
 
 /// Decodes one canonical message into exactly one detection.
-pub(crate) fn decode(raw: &RawMessage<'_>) -> Result<Detection, Rejection> {
+pub(crate) fn decode(raw: &RawMessage<'_>, text: &str) -> Result<Detection, Rejection> {
     let first = raw.payload.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(Rejection::new(
@@ -77,8 +77,7 @@ pub(crate) fn decode(raw: &RawMessage<'_>) -> Result<Detection, Rejection> {
             "canonical payload is not a JSON object",
         ));
     }
-    let payload: CanonicalPayload<'_> =
-        serde_json::from_slice(raw.payload).map_err(json_rejection)?;
+    let payload: CanonicalPayload<'_> = serde_json::from_str(text).map_err(json_rejection)?;
 
     let camera_id = non_empty(payload.camera_id).ok_or_else(|| missing_field("camera_id"))?;
     let offence_name =

@@ -440,7 +440,7 @@ fn optional_number(
 
 /// Decodes `{"method":..,"params":{"eventList":[..]}}`.
 fn decode_rpc(context: &DecodeContext<'_>, body: &str) -> Result<Decoded, Rejection> {
-    let message = json::parse_value(body.as_bytes(), context.limits)?;
+    let message = json::parse_value(body, context.limits)?;
     let Some(message) = message.as_object() else {
         return Err(Rejection::new(
             RejectReason::Malformed,
@@ -696,9 +696,11 @@ fn decode_part(context: &DecodeContext<'_>, part: &str) -> Result<Decoded, Rejec
     }
     let data = match data_text {
         None => None,
-        Some(text) => Some(json::parse_value(text.as_bytes(), context.limits).map_err(
-            |rejection| Rejection::new(rejection.reason, format!("data: {}", rejection.detail)),
-        )?),
+        Some(text) => Some(
+            json::parse_value(text, context.limits).map_err(|rejection| {
+                Rejection::new(rejection.reason, format!("data: {}", rejection.detail))
+            })?,
+        ),
     };
     if data.as_ref().is_some_and(|data| !data.is_object()) {
         return Err(Rejection::new(

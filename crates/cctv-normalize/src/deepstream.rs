@@ -41,7 +41,7 @@ const UNTRACKED_OBJECT_ID_SIGNED: &str = "-1";
 
 /// Decodes one `deepstream` message.
 pub(crate) fn decode(context: &DecodeContext<'_>) -> Result<Decoded, Rejection> {
-    let message = parse_value(context.text.as_bytes(), context.limits)?;
+    let message = parse_value(context.text, context.limits)?;
     if !message.is_object() {
         return Err(Rejection::new(
             RejectReason::Malformed,

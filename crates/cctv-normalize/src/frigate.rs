@@ -30,7 +30,7 @@ const MESSAGE_TYPES: [&str; 3] = ["new", "update", "end"];
 
 /// Decodes one `frigate` message.
 pub(crate) fn decode(context: &DecodeContext<'_>) -> Result<Decoded, Rejection> {
-    let message = parse_value(context.text.as_bytes(), context.limits)?;
+    let message = parse_value(context.text, context.limits)?;
     if !message.is_object() {
         return Err(Rejection::new(
             RejectReason::Malformed,

@@ -52,7 +52,7 @@ pub(crate) fn decode(context: &DecodeContext<'_>) -> Result<Decoded, Rejection> 
             decode_alert(context, Node::Xml(&root))
         }
         Some(b'{') => {
-            let value = json::parse_value(text.as_bytes(), context.limits)?;
+            let value = json::parse_value(text, context.limits)?;
             let alert = value.get(ROOT_NAME).unwrap_or(&value);
             if !alert.is_object() {
                 return Err(Rejection::new(

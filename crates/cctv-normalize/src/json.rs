@@ -219,15 +219,17 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-/// Parses a JSON payload after the depth check; classifies errors.
-pub(crate) fn parse_value<'a>(payload: &'a [u8], limits: &Limits) -> Result<Value<'a>, Rejection> {
-    if json_too_deep(payload, limits.max_json_depth) {
+/// Parses a JSON payload after the depth check; classifies errors. The text
+/// is UTF-8 already (the normaliser checked it), so strings are not checked
+/// again as `from_slice` would.
+pub(crate) fn parse_value<'a>(payload: &'a str, limits: &Limits) -> Result<Value<'a>, Rejection> {
+    if json_too_deep(payload.as_bytes(), limits.max_json_depth) {
         return Err(Rejection::new(
             RejectReason::TooDeep,
             format!("JSON nests deeper than {} levels", limits.max_json_depth),
         ));
     }
-    serde_json::from_slice(payload).map_err(json_rejection)
+    serde_json::from_str(payload).map_err(json_rejection)
 }
 
 /// Follows a path of object keys.

@@ -120,7 +120,7 @@ impl Normalizer {
                         ),
                     ));
                 }
-                Decoded::Detections(vec![canonical::decode(raw)?])
+                Decoded::Detections(vec![canonical::decode(raw, text)?])
             }
             Format::Hikvision => hikvision::decode(&context)?,
             Format::Dahua => dahua::decode(&context)?,

@@ -247,7 +247,7 @@ fn xml_notification(message: &XmlElement, index: usize) -> Result<Notification<'
 
 /// Decodes an onvif-ej object or an array of them.
 fn decode_json(context: &DecodeContext<'_>, text: &str) -> Result<Decoded, Rejection> {
-    let value = parse_value(text.as_bytes(), context.limits)?;
+    let value = parse_value(text, context.limits)?;
     match &value {
         Value::Object(object) => {
             let notification = json_notification(object, 0)?;
