@@ -2,16 +2,30 @@
 //! event encoding (JSON and binary), the aggregator's event-to-row step, and every vendor decoder on
 //! its fixture files (`crates/cctv-normalize/fixtures/<format>/`, the same
 //! files the snapshot tests check; throughput is fixtures per second, each
-//! normalised with that format's fixture registry).
+//! normalised with that format's fixture registry), and the ingest's work on
+//! a gateway batch of every format's fixtures (split, then each item
+//! normalised).
 
 use std::sync::Arc;
 
 use cctv_event::{CameraRegistry, EventView, OffenceEvent, Regions, Taxonomy};
-use cctv_normalize::{Limits, Normalizer, Outcome, RawMessage};
+use cctv_normalize::{
+    parse_batch, BatchBuilder, BatchEntry, Limits, Normalizer, Outcome, RawMessage,
+};
 use cctv_store::{EncodedRows, EventRow, StreamPosition};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const SAMPLE: &str = r#"{"camera_id":"AST-0412","offence_type":"traffic.speeding","detected_at":"2026-11-27T08:15:05.250+05:00","confidence":0.97,"plate":"404ZXC16","speed_kmh":97,"speed_limit_kmh":70,"source_event_id":"gw7-000184223"}"#;
+
+/// Every vendor format with a fixture directory.
+const FORMATS: [&str; 6] = [
+    "canonical",
+    "hikvision",
+    "dahua",
+    "onvif",
+    "deepstream",
+    "frigate",
+];
 
 fn normalizer() -> Normalizer {
     Normalizer::new(
@@ -121,14 +135,7 @@ fn vendor_fixtures(c: &mut Criterion) {
     let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T00:00:00Z")
         .unwrap_or_else(|e| panic!("{e}"))
         .with_timezone(&chrono::Utc);
-    for format in [
-        "canonical",
-        "hikvision",
-        "dahua",
-        "onvif",
-        "deepstream",
-        "frigate",
-    ] {
+    for format in FORMATS {
         let (payloads, registry_csv) = fixtures(format);
         let regions = Regions::builtin().unwrap_or_else(|e| panic!("{e}"));
         let registry = registry_csv
@@ -161,5 +168,36 @@ fn vendor_fixtures(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, canonical, vendor_fixtures);
+/// What the ingest does with a gateway batch before publishing: split it
+/// into its items and normalise each. The batch holds every fixture of every
+/// format, as a mixed fleet's gateway would send them.
+fn mixed_batch(c: &mut Criterion) {
+    let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T00:00:00Z")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_timezone(&chrono::Utc);
+    let mut builder = BatchBuilder::new("gw-bench");
+    for format in FORMATS {
+        for (n, payload) in fixtures(format).0.iter().enumerate() {
+            builder.push(format, &format!("{format}-{n}"), None, None, payload);
+        }
+    }
+    let items = builder.len();
+    let batch = builder.finish();
+    let normalizer = normalizer();
+    let mut group = c.benchmark_group("batch");
+    group.throughput(Throughput::Elements(items as u64));
+    group.bench_function("mixed_fixtures", |b| {
+        b.iter(|| {
+            let entries = parse_batch(&batch, "gw-bench").unwrap_or_else(|e| panic!("{e:?}"));
+            for entry in &entries {
+                if let BatchEntry::Item(item) = entry {
+                    std::hint::black_box(normalizer.normalize(&item.raw("gw-bench", None), now));
+                }
+            }
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, canonical, vendor_fixtures, mixed_batch);
 criterion_main!(benches);

@@ -170,6 +170,32 @@ struct WireItem<'a> {
     data_base64: Option<Text<'a>>,
 }
 
+/// A [`WireItem`] read only from a JSON object (serde would also read a
+/// struct from an array of its fields, which [`parse_item`] refuses).
+struct ObjectItem<'a>(WireItem<'a>);
+
+impl<'de> Deserialize<'de> for ObjectItem<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> serde::de::Visitor<'de> for ObjectVisitor {
+            type Value = ObjectItem<'de>;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("a CloudEvent object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ObjectItem<'de>, A::Error> {
+                WireItem::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ObjectItem)
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
 /// A JSON string borrowed from the batch unless it holds escapes (serde
 /// borrows a `Cow` only as a field of its own, not inside an `Option`).
 #[derive(Deserialize)]
@@ -214,6 +240,24 @@ pub fn parse_batch<'a>(
             format!("batch JSON nests deeper than {max_depth} levels"),
         ));
     }
+    let source = format!("{SOURCE_PREFIX}{gateway_id}");
+    // One pass when every item is a usable CloudEvent (the common case);
+    // else the items are read one by one below, so that each broken one is
+    // dead-lettered alone with its own text.
+    if let Ok(wires) = serde_json::from_str::<Vec<ObjectItem<'a>>>(text) {
+        if wires.len() <= MAX_BATCH_ITEMS {
+            let items: Result<Vec<BatchEntry<'a>>, Rejection> = wires
+                .into_iter()
+                .enumerate()
+                .map(|(index, ObjectItem(wire))| {
+                    item_from_wire(index, wire, &source).map(BatchEntry::Item)
+                })
+                .collect();
+            if let Ok(items) = items {
+                return Ok(items);
+            }
+        }
+    }
     // The size limit bounds this vector (an item takes at least two bytes),
     // so the item count is checked after parsing.
     let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|error| {
@@ -231,7 +275,6 @@ pub fn parse_batch<'a>(
             ),
         ));
     }
-    let source = format!("{SOURCE_PREFIX}{gateway_id}");
     Ok(items
         .into_iter()
         .enumerate()
@@ -260,6 +303,15 @@ fn parse_item<'a>(index: usize, text: &'a str, source: &str) -> Result<BatchItem
     }
     let wire: WireItem<'_> = serde_json::from_str(text)
         .map_err(|error| invalid_item(format!("item {index} is not a CloudEvent: {error}")))?;
+    item_from_wire(index, wire, source)
+}
+
+/// Checks one item's attributes and takes its body.
+fn item_from_wire<'a>(
+    index: usize,
+    wire: WireItem<'a>,
+    source: &str,
+) -> Result<BatchItem<'a>, Rejection> {
     if wire.specversion.as_deref() != Some(SPEC_VERSION) {
         return Err(invalid_item(format!(
             "item {index}: specversion {:?} is not \"{SPEC_VERSION}\"",
@@ -627,6 +679,45 @@ mod tests {
                 *as_value
             );
         }
+    }
+
+    /// A batch of good items is read in one pass; one broken item makes
+    /// every item read on its own. Both give the good items alike.
+    #[test]
+    fn the_one_pass_reading_gives_what_the_item_by_item_reading_gives() {
+        let mut builder = BatchBuilder::new(GATEWAY);
+        let bodies: [&[u8]; 6] = [
+            CANONICAL,
+            HIKVISION_XML,
+            HIKVISION_JSON,
+            br#"{"a":[1,"b"]}"#,
+            b"",
+            b"\xff<",
+        ];
+        for (n, body) in bodies.iter().enumerate() {
+            let camera = format!("CAM \"{n}\"");
+            builder.push(
+                "hikvision",
+                &format!("m-{n}"),
+                Some("t"),
+                Some(&camera),
+                body,
+            );
+        }
+        let good = builder.finish();
+        let one_pass = parse_batch(&good, GATEWAY).unwrap();
+        let mut with_broken = good[..good.len() - 1].to_vec();
+        with_broken.extend_from_slice(b",42]");
+        let by_item = parse_batch(&with_broken, GATEWAY).unwrap();
+        assert_eq!(by_item.len(), bodies.len() + 1);
+        assert_eq!(
+            broken(&by_item[bodies.len()]),
+            RejectReason::InvalidBatchItem
+        );
+        assert_eq!(one_pass[..], by_item[..bodies.len()]);
+        // Escaped texts are decoded alike, borrowed texts borrowed alike.
+        assert_eq!(item(&one_pass[1]).subject.as_deref(), Some("CAM \"1\""));
+        assert!(matches!(item(&one_pass[3]).body, Cow::Borrowed(_)));
     }
 
     #[test]

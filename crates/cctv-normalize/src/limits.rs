@@ -44,6 +44,12 @@ impl Default for Limits {
 /// one pass and no recursion. An unterminated string ends the scan: the
 /// parser rejects it.
 pub(crate) fn json_too_deep(bytes: &[u8], limit: usize) -> bool {
+    // Nesting deeper than `limit` needs more than `limit` openers, counted
+    // inside strings too: most payloads have fewer, and counting two byte
+    // values is much cheaper than following the strings.
+    if memchr::memchr2_iter(b'{', b'[', bytes).nth(limit).is_none() {
+        return false;
+    }
     let mut depth = 0usize;
     let mut at = 0usize;
     while let Some(&byte) = bytes.get(at) {
@@ -84,6 +90,24 @@ pub(crate) fn json_too_deep(bytes: &[u8], limit: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shortcut (at most `limit` openers) and the scan agree: payloads
+    /// just under, at and over the limit, with openers in strings or not.
+    #[test]
+    fn the_opener_count_shortcut_never_changes_the_answer() {
+        for limit in [1, 2, 3, 5] {
+            for depth in 0..=limit + 2 {
+                let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+                assert_eq!(json_too_deep(nested.as_bytes(), limit), depth > limit);
+                // Openers in a string count for the shortcut, not the depth.
+                let with_text = format!(r#"[{{"a":"{}"}}]"#, "[{".repeat(depth));
+                assert_eq!(json_too_deep(with_text.as_bytes(), limit), 2 > limit);
+                // Many openers side by side, never deeper than 1.
+                let flat = format!("[{}1]", "[],".repeat(depth + limit));
+                assert_eq!(json_too_deep(flat.as_bytes(), limit), 2 > limit);
+            }
+        }
+    }
 
     #[test]
     fn nesting_is_measured_outside_strings() {
