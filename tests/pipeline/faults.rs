@@ -549,6 +549,8 @@ pub(crate) fn load(count: usize) -> Load {
 pub(crate) async fn publish_all(js: jetstream::Context, messages: Vec<(String, Vec<u8>)>) {
     let subject = cctv_bus::subjects::raw("canonical", "gw-faults");
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    let mut js = js;
+    let mut failed_rounds = 0u32;
     for chunk in messages.chunks(500) {
         let mut remaining: Vec<&(String, Vec<u8>)> = chunk.iter().collect();
         while !remaining.is_empty() {
@@ -559,30 +561,71 @@ pub(crate) async fn publish_all(js: jetstream::Context, messages: Vec<(String, V
                 let sent = js
                     .publish_with_headers(subject.clone(), headers, item.1.clone().into())
                     .await;
-                acks.push((*item, sent.ok()));
+                acks.push((*item, sent.map_err(|error| error.to_string())));
             }
             let mut failed = Vec::new();
+            let mut first_error = None;
             for (item, ack) in acks {
                 let acknowledged = match ack {
-                    Some(ack) => ack.await.is_ok(),
-                    None => false,
+                    Ok(ack) => ack.await.map_err(|error| error.to_string()),
+                    Err(error) => Err(error),
                 };
-                if !acknowledged {
+                if let Err(error) = acknowledged {
+                    first_error.get_or_insert(error);
                     failed.push(item);
                 }
             }
             remaining = failed;
-            if !remaining.is_empty() {
+            if remaining.is_empty() {
+                failed_rounds = 0;
+            } else {
+                failed_rounds += 1;
+                // Shown with a failing test's output.
+                println!(
+                    "publish round {failed_rounds}: {} not acknowledged ({})",
+                    remaining.len(),
+                    first_error.unwrap_or_default()
+                );
                 assert!(
                     tokio::time::Instant::now() < deadline,
                     "{} raw messages still not acknowledged by JetStream",
                     remaining.len()
                 );
+                // A client whose publishes stay unanswered after a server
+                // of a cluster died is not trusted to heal itself (the
+                // ingest does the same): a gateway connects anew.
+                if failed_rounds.is_multiple_of(3) {
+                    if let Some(fresh) = fresh_connection(&js).await {
+                        println!("publisher connected anew");
+                        js = fresh;
+                    }
+                }
                 // Back off before retrying; not a synchronisation.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
+}
+
+/// A new connection to the server `js` is on and the servers it advertises
+/// (a cluster's other nodes).
+async fn fresh_connection(js: &jetstream::Context) -> Option<jetstream::Context> {
+    let info = js.client().server_info();
+    let with_scheme = |url: &str| {
+        if url.contains("://") {
+            url.to_string()
+        } else {
+            format!("nats://{url}")
+        }
+    };
+    let mut urls = vec![format!("nats://{}:{}", info.host, info.port)];
+    urls.extend(info.connect_urls.iter().map(|url| with_scheme(url)));
+    let config = NatsConfig {
+        url: urls.join(","),
+        ..NatsConfig::default()
+    };
+    let client = cctv_bus::connect(&config, "fault-test").await.ok()?;
+    Some(jetstream::new(client))
 }
 
 pub(crate) use cctv_testkit::poll_until;
