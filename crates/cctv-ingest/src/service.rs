@@ -39,6 +39,8 @@ use crate::{IngestConfig, IngestError, IngestStats};
 /// How long a batch waits for the acks of its event and dead-letter
 /// publishes; raw messages whose publishes went unanswered are redelivered.
 const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// A pull that delivers nothing for this long is replaced by a new one.
+const IDLE_REPULL: Duration = Duration::from_secs(15);
 /// Pause after a failed fetch or lost consumer before trying again.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Batches in a row whose every publish went unacknowledged after which the
@@ -192,6 +194,7 @@ pub async fn run(
             }
         };
         let mut messages = messages;
+        let mut idle = false;
         loop {
             // Bound the batches in flight before taking more messages.
             while in_flight.len() >= config.ingest.max_in_flight_batches {
@@ -200,7 +203,11 @@ pub async fn run(
             let first = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break 'outer,
-                first = messages.next() => first,
+                first = tokio::time::timeout(IDLE_REPULL, messages.next()) => first,
+            };
+            let Ok(first) = first else {
+                idle = true;
+                break;
             };
             let Some(first) = first else { break };
             let mut batch = Vec::with_capacity(config.ingest.batch_size);
@@ -246,6 +253,17 @@ pub async fn run(
                 // Deliveries of the old one are acked by their batches or
                 // redelivered after ack_wait.
                 break;
+            }
+        }
+        if idle {
+            // Nothing delivered for a while: pull anew through a fresh look
+            // at the consumer. A pull whose consumer lost its leader (its
+            // NATS node died) can wait without delivering or reporting a
+            // missed heartbeat (seen in the NATS-cluster test: the ingests
+            // silent for minutes while raw messages waited).
+            match create_consumer(&js, &config).await {
+                Ok(found) => consumer = found,
+                Err(error) => tracing::warn!(%error, "raw consumer not available yet"),
             }
         }
     }
