@@ -877,14 +877,22 @@ async fn crashes_between_write_and_ack_in_both_services_lose_and_double_nothing(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     publisher.await.expect("publisher");
-    assert!(fleet
-        .aggregators
-        .iter()
-        .any(|(process, _)| process.log_contains("fault injected at after_insert")));
-    assert!(fleet
-        .ingests
-        .iter()
-        .any(|process| process.log_contains("fault injected at after_publish")));
+    assert!(
+        fleet
+            .aggregators
+            .iter()
+            .any(|(process, _)| process.log_contains("fault injected at after_insert")),
+        "no aggregator reached its fault point ({aggregator_aborts} aborts)\n{}",
+        fleet.logs()
+    );
+    assert!(
+        fleet
+            .ingests
+            .iter()
+            .any(|process| process.log_contains("fault injected at after_publish")),
+        "no ingest reached its fault point ({ingest_aborts} aborts)\n{}",
+        fleet.logs()
+    );
     assert!(
         aggregator_aborts >= 2,
         "aggregators aborted {aggregator_aborts} times"

@@ -258,7 +258,7 @@ impl ServiceProcess {
 
     /// The last lines of the service's log.
     pub(crate) fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let text = self.log_text();
         let lines: Vec<&str> = text.lines().collect();
         let first = lines.len().saturating_sub(LOG_TAIL_LINES);
         format!(
@@ -270,7 +270,15 @@ impl ServiceProcess {
 
     /// Whether the log contains `needle` (e.g. a fault point's message).
     pub(crate) fn log_contains(&self, needle: &str) -> bool {
-        std::fs::read_to_string(&self.log_path).is_ok_and(|text| text.contains(needle))
+        self.log_text().contains(needle)
+    }
+
+    /// The whole log; a line an abort cut short is not valid UTF-8 and must
+    /// not hide the rest.
+    fn log_text(&self) -> String {
+        std::fs::read(&self.log_path)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
     }
 }
 

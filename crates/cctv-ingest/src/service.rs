@@ -41,6 +41,15 @@ use crate::{IngestConfig, IngestError, IngestStats};
 const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// A pull that delivers nothing for this long is replaced by a new one.
 const IDLE_REPULL: Duration = Duration::from_secs(15);
+/// A batch task still running after this long is abandoned (its raw
+/// messages are redelivered) and the connection replaced: every step of a
+/// batch is bounded (normalising, publishing, at most
+/// [`PUBLISH_ACK_TIMEOUT`] for the acks, the raw acks), so only a client
+/// that stopped taking commands can hold one this long.
+const BATCH_DEADLINE: Duration = Duration::from_secs(60);
+/// Bound on each JetStream request of the loop itself (a pull, a consumer
+/// look-up, the ack subscription): none may hold the loop forever.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(15);
 /// Pause after a failed fetch or lost consumer before trying again.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Batches in a row whose every publish went unacknowledged after which the
@@ -122,7 +131,7 @@ pub async fn run(
             );
             health.set_problem("publishes not acknowledged; reconnecting");
             // Their raw messages stay unacked and are redelivered.
-            while in_flight.join_next().await.is_some() {}
+            drain(&mut in_flight, BATCH_DEADLINE).await;
             let Some(new_client) =
                 cctv_bus::connect_with_retry(&config.nats, "cctv-ingest", &shutdown).await?
             else {
@@ -149,7 +158,7 @@ pub async fn run(
                     }
                 }
             }
-            let publisher = match cctv_bus::AckedPublisher::new(client.clone()).await {
+            let publisher = match bounded(cctv_bus::AckedPublisher::new(client.clone())).await {
                 Ok(publisher) => publisher,
                 Err(error) => {
                     tracing::warn!(%error, "cannot subscribe to publish acks; retrying");
@@ -172,8 +181,12 @@ pub async fn run(
             .ingest
             .max_batch_bytes
             .max(client.server_info().max_payload.saturating_mul(2));
-        let messages =
-            cctv_bus::pull_raw(&consumer, config.ingest.batch_size, max_batch_bytes).await;
+        let messages = bounded(cctv_bus::pull_raw(
+            &consumer,
+            config.ingest.batch_size,
+            max_batch_bytes,
+        ))
+        .await;
         let messages = match messages {
             Ok(messages) => messages,
             Err(error) => {
@@ -200,6 +213,7 @@ pub async fn run(
             while in_flight.len() >= config.ingest.max_in_flight_batches {
                 let _ = in_flight.join_next().await;
             }
+            // (each task ends within BATCH_DEADLINE, see `spawn_batch`)
             let first = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break 'outer,
@@ -241,8 +255,7 @@ pub async fn run(
                 health.set_ok();
             }
             if !batch.is_empty() {
-                let context = context.clone();
-                in_flight.spawn(async move { context.process(batch).await });
+                spawn_batch(&mut in_flight, &context, batch);
             }
             if context.failed_batches.load(Ordering::Relaxed) >= RECONNECT_AFTER_FAILED_BATCHES {
                 break;
@@ -272,13 +285,8 @@ pub async fn run(
         in_flight = in_flight.len(),
         "shutting down: finishing batches in flight"
     );
-    let drained = tokio::time::timeout(config.ingest.shutdown_grace, async {
-        while in_flight.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
+    if !drain(&mut in_flight, config.ingest.shutdown_grace).await {
         tracing::warn!("grace period over; unfinished raw messages will be redelivered");
-        in_flight.abort_all();
     }
     // Acks are fire-and-forget publishes: push the last ones out before the
     // connection is dropped, so a clean stop leaves no handled message unacked.
@@ -296,6 +304,64 @@ pub async fn run(
         "ingest stopped"
     );
     Ok(())
+}
+
+/// Runs one batch as a task that ends within [`BATCH_DEADLINE`]. A batch
+/// that overran counts as failed publishes enough to replace the connection:
+/// the raw messages it did not settle are redelivered after `ack_wait`.
+fn spawn_batch(
+    in_flight: &mut JoinSet<()>,
+    context: &Arc<BatchContext>,
+    batch: Vec<jetstream::Message>,
+) {
+    let context = context.clone();
+    in_flight.spawn(async move {
+        let messages = batch.len();
+        if tokio::time::timeout(BATCH_DEADLINE, context.process(batch))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                messages,
+                deadline = ?BATCH_DEADLINE,
+                "batch not settled in time; abandoned, its raw messages will be redelivered"
+            );
+            context
+                .failed_batches
+                .fetch_max(RECONNECT_AFTER_FAILED_BATCHES, Ordering::Relaxed);
+        }
+    });
+}
+
+/// Waits up to `deadline` for the batches in flight; aborts what is left
+/// (their raw messages are redelivered). True when all finished.
+async fn drain(in_flight: &mut JoinSet<()>, deadline: Duration) -> bool {
+    let finished = tokio::time::timeout(deadline, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await
+    .is_ok();
+    if !finished {
+        in_flight.abort_all();
+        while in_flight.join_next().await.is_some() {}
+    }
+    finished
+}
+
+/// A JetStream request of the loop, bounded by [`REQUEST_DEADLINE`].
+async fn bounded<T, E>(
+    request: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, IngestError>
+where
+    IngestError: From<E>,
+{
+    match tokio::time::timeout(REQUEST_DEADLINE, request).await {
+        Ok(result) => result.map_err(IngestError::from),
+        Err(_) => Err(IngestError::Bus(cctv_bus::BusError::jetstream(
+            "request",
+            format_args!("no answer within {REQUEST_DEADLINE:?}"),
+        ))),
+    }
 }
 
 /// Moves one delivery into `batch`, adding its payload's size to `bytes`;
@@ -364,7 +430,7 @@ async fn create_consumer(
         ack_wait: config.ingest.ack_wait,
         max_ack_pending: config.ingest.max_ack_pending,
     };
-    Ok(cctv_bus::raw_consumer(js, &config.streams.raw.name, &settings).await?)
+    bounded(cctv_bus::raw_consumer(js, &config.streams.raw.name, &settings)).await
 }
 
 /// What every batch task needs.

@@ -363,6 +363,28 @@ impl ClickHouseCluster {
     ) -> Result<ClickHouseCluster, TestkitError> {
         let binary = find_binary(CLICKHOUSE_BINARY, CLICKHOUSE_BINARY_ENV)?;
         let zookeeper = ZooKeeperServer::start()?;
+        // Every node names every other's port, so a port taken by another
+        // process between choosing and binding restarts the whole set.
+        let mut attempt = 1;
+        let shards = loop {
+            match Self::start_nodes(&binary, &zookeeper, shards, replicas, users_xml) {
+                Err(error) if error.is_port_conflict() && attempt < START_ATTEMPTS => {
+                    attempt += 1;
+                }
+                result => break result?,
+            }
+        };
+        Ok(ClickHouseCluster { shards, zookeeper })
+    }
+
+    /// One attempt at starting the nodes on freshly chosen ports.
+    fn start_nodes(
+        binary: &Path,
+        zookeeper: &ZooKeeperServer,
+        shards: usize,
+        replicas: usize,
+        users_xml: Option<&str>,
+    ) -> Result<Vec<Vec<ClickHouseServer>>, TestkitError> {
         let ports: Vec<Vec<Ports>> = (0..shards)
             .map(|_| (0..replicas).map(|_| Ports::free(true)).collect())
             .collect::<Result<_, _>>()?;
@@ -392,15 +414,12 @@ impl ClickHouseCluster {
                 );
                 let users = users_xml.map_or(UsersFile::Default, UsersFile::Document);
                 replicas_of_shard.push(ClickHouseServer::start_once(
-                    &binary, users, *replica, &extra, None,
+                    binary, users, *replica, &extra, None,
                 )?);
             }
             servers.push(replicas_of_shard);
         }
-        Ok(ClickHouseCluster {
-            shards: servers,
-            zookeeper,
-        })
+        Ok(servers)
     }
 
     /// The cluster's name in `remote_servers`.
