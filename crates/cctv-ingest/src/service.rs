@@ -430,7 +430,12 @@ async fn create_consumer(
         ack_wait: config.ingest.ack_wait,
         max_ack_pending: config.ingest.max_ack_pending,
     };
-    bounded(cctv_bus::raw_consumer(js, &config.streams.raw.name, &settings)).await
+    bounded(cctv_bus::raw_consumer(
+        js,
+        &config.streams.raw.name,
+        &settings,
+    ))
+    .await
 }
 
 /// What every batch task needs.
