@@ -232,19 +232,31 @@ pub fn parse_batch<'a>(
             format!("batch is not UTF-8: {error}"),
         )
     })?;
-    // Before any parser, so that a nesting bomb costs one linear pass.
     let max_depth = Limits::default().max_json_depth + BATCH_NESTING;
-    if json_too_deep(payload, max_depth) {
-        return Err(Rejection::new(
+    let too_deep = || {
+        Rejection::new(
             RejectReason::TooDeep,
             format!("batch JSON nests deeper than {max_depth} levels"),
-        ));
-    }
+        )
+    };
     let source = format!("{SOURCE_PREFIX}{gateway_id}");
     // One pass when every item is a usable CloudEvent (the common case);
     // else the items are read one by one below, so that each broken one is
-    // dead-lettered alone with its own text.
+    // dead-lettered alone with its own text. This pass recurses no deeper
+    // than an item: serde_json skips `data` and unknown attributes without
+    // recursion, so a nesting bomb costs it one linear pass. A `data` value
+    // nested deeper than a message may be makes the batch too deep, as the
+    // scan of the whole batch below would find; each body's check is a count
+    // of its openers for most bodies, where the whole batch's scan follows
+    // every string (XML bodies are strings full of escapes).
     if let Ok(wires) = serde_json::from_str::<Vec<ObjectItem<'a>>>(text) {
+        let body_too_deep = |ObjectItem(wire): &ObjectItem<'_>| {
+            wire.data
+                .is_some_and(|data| json_too_deep(data.get().as_bytes(), max_depth - BATCH_NESTING))
+        };
+        if wires.iter().any(body_too_deep) {
+            return Err(too_deep());
+        }
         if wires.len() <= MAX_BATCH_ITEMS {
             let items: Result<Vec<BatchEntry<'a>>, Rejection> = wires
                 .into_iter()
@@ -257,6 +269,11 @@ pub fn parse_batch<'a>(
                 return Ok(items);
             }
         }
+    }
+    // Before the items are parsed one by one, so that a nesting bomb costs
+    // one linear pass.
+    if json_too_deep(payload, max_depth) {
+        return Err(too_deep());
     }
     // The size limit bounds this vector (an item takes at least two bytes),
     // so the item count is checked after parsing.
@@ -935,6 +952,33 @@ mod tests {
             whole_batch_reason(items(MAX_BATCH_ITEMS + 1).as_bytes()),
             RejectReason::TooManyEvents
         );
+    }
+
+    /// The one-pass reading checks each `data` value's depth instead of
+    /// scanning the whole batch: a batch of usable items is refused as too
+    /// deep exactly when one's `data` nests deeper than a message may.
+    #[test]
+    fn a_batch_of_usable_items_is_too_deep_when_one_body_is() {
+        let depth = Limits::default().max_json_depth;
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let batch = |data: &str| {
+            format!(
+                r#"[{{"specversion":"1.0","type":"kz.cctv.raw.canonical","source":"/gateways/gw-7","id":"a","data":{{}}}},{{"specversion":"1.0","type":"kz.cctv.raw.canonical","source":"/gateways/gw-7","id":"b","data":{data}}}]"#
+            )
+        };
+        let deepest = batch(&nested(depth));
+        let entries = parse_batch(deepest.as_bytes(), GATEWAY).unwrap();
+        assert_eq!(item(&entries[1]).body.as_ref(), nested(depth).as_bytes());
+        assert!(!json_too_deep(deepest.as_bytes(), depth + BATCH_NESTING));
+        let too_deep = batch(&nested(depth + 1));
+        assert!(json_too_deep(too_deep.as_bytes(), depth + BATCH_NESTING));
+        assert_eq!(
+            whole_batch_reason(too_deep.as_bytes()),
+            RejectReason::TooDeep
+        );
+        // A string full of brackets is no nesting.
+        let in_string = batch(&format!("\"{}\"", nested(depth + 1)));
+        assert_eq!(parse_batch(in_string.as_bytes(), GATEWAY).unwrap().len(), 2);
     }
 
     #[test]
