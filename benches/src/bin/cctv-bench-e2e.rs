@@ -268,7 +268,33 @@ impl Rig {
         };
         rig.start_services(registry, events_window, instances)
             .await?;
+        rig.wait_balanced().await?;
         Ok(rig)
+    }
+
+    /// Waits until the aggregators own every partition, evenly: several
+    /// instances started together first race for the partitions and then
+    /// hand the surplus over, and a run measured during that handover
+    /// measures the start, not the instances at work.
+    async fn wait_balanced(&self) -> anyhow::Result<()> {
+        let partitions = f64::from(cctv_bus::subjects::DEFAULT_PARTITIONS);
+        #[allow(clippy::cast_precision_loss)]
+        let fair = (partitions / self.aggregator_ports.len() as f64).floor();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let owned: Vec<f64> = self
+                .aggregator_ports
+                .iter()
+                .map(|port| scrape_sum(*port, "cctv_aggregator_partitions_owned").unwrap_or(0.0))
+                .collect();
+            if owned.iter().sum::<f64>() >= partitions && owned.iter().all(|own| *own >= fair) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("partitions not spread over the aggregators after 120 s: {owned:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     async fn start_services(
