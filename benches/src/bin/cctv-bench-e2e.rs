@@ -622,6 +622,12 @@ async fn throughput(
     let raw_messages = expectation.raw.map_or(events, |raw| raw.published);
     let stream_bytes = rig.stream_bytes().await?;
     let seen = rig.seen_bytes()?;
+    let inserts: f64 = rig
+        .aggregator_ports
+        .iter()
+        .filter_map(|port| scrape_sum(*port, "cctv_aggregator_inserts_total").ok())
+        .sum();
+    println!("  {inserts:.0} inserts into ClickHouse over {instances} aggregator(s)");
     let peaks = rig.aggregator_peaks();
     let (seen_mib, aggregator_rss_without_seen_mib) = seen
         .iter()
