@@ -197,6 +197,12 @@ impl EventBatchWriter {
         self.count += 1;
     }
 
+    /// Makes room for at least `additional` more bytes, so that a batch
+    /// expected to grow large is not copied at every doubling.
+    pub fn reserve(&mut self, additional: usize) {
+        self.buffer.reserve(additional);
+    }
+
     /// Events so far.
     pub fn len(&self) -> usize {
         self.count as usize

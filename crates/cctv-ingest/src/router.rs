@@ -8,6 +8,10 @@ use bytes::Bytes;
 use cctv_bus::{subjects, EventBatchWriter};
 use cctv_event::OffenceEvent;
 
+/// Room a partition's batch reserves for its first event and those after
+/// (most batches of a busy pull reach tens of KiB).
+const FIRST_RESERVE: usize = 32 * 1024;
+
 /// An event batch ready to publish.
 #[derive(Debug)]
 pub(crate) struct Sealed {
@@ -58,6 +62,10 @@ impl Router {
             && self.writers[index].bytes_len() + self.encoded.len() + 4 > self.max_bytes
         {
             self.seal(index);
+        }
+        if self.writers[index].is_empty() {
+            // A fresh writer would double its way up from a few bytes.
+            self.writers[index].reserve(self.max_bytes.min(FIRST_RESERVE));
         }
         self.writers[index].push_encoded(&self.encoded);
         if self.members[index].last() != Some(&member) {

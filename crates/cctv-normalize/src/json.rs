@@ -174,7 +174,9 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value<'de>, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        // serde_json gives no size hint: start with room for a typical
+        // vendor array or object rather than growing from nothing.
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(4).min(64));
         while let Some(item) = seq.next_element()? {
             items.push(item);
         }
@@ -182,7 +184,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value<'de>, A::Error> {
-        let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+        let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
         while let Some(Key(key)) = map.next_key()? {
             members.push((key, map.next_value()?));
         }
