@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::detection::{Confidence, Detection};
+use crate::detection::{identity_key, Confidence, Detection};
 use crate::json::json_rejection;
 use crate::outcome::{clip, missing_field, RejectReason, Rejection};
 use crate::raw::RawMessage;
@@ -133,11 +133,11 @@ pub(crate) fn decode(raw: &RawMessage<'_>, text: &str) -> Result<Detection, Reje
     // offence is (camera, type, instant, plate). A republished message yields
     // the same key in each case.
     let identity_key = if let Some(source_id) = &source_event_id {
-        format!("canonical|src|{camera_id}|{source_id}")
+        identity_key!("canonical|src|{camera_id}|{source_id}")
     } else if let Some(msg_id) = raw.msg_id {
-        format!("canonical|msg|{msg_id}")
+        identity_key!("canonical|msg|{msg_id}")
     } else {
-        format!(
+        identity_key!(
             "canonical|fp|{camera_id}|{}|{}|{}",
             cctv_event::alias_key(&offence_name),
             detected_at.timestamp_millis(),

@@ -25,7 +25,7 @@ use cctv_event::NameMatch;
 use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 
 use crate::decode::{DecodeContext, Decoded};
-use crate::detection::{Confidence, Detection};
+use crate::detection::{identity_key, Confidence, Detection};
 use crate::json;
 use crate::outcome::{clip, IgnoreReason, RejectReason, Rejection};
 use crate::time::epoch_to_utc;
@@ -199,8 +199,8 @@ fn decode_event(
     // anything that differs between them (IndexInGroup, EventID, UTCMS of a
     // later picture). Without a GroupID, the capture time and plate stand in.
     let identity_key = match group_id.as_deref() {
-        Some(group) => format!("dahua|{device}|{channel}|{group}|{code}"),
-        None => format!(
+        Some(group) => identity_key!("dahua|{device}|{channel}|{group}|{code}"),
+        None => identity_key!(
             "dahua|{device}|{channel}|t{}:{}|{code}",
             capture_time.detected_at.timestamp_millis(),
             plate.as_deref().unwrap_or("")

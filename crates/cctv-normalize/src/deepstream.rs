@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use crate::json::Value;
 
 use crate::decode::{DecodeContext, Decoded};
-use crate::detection::{Confidence, Detection};
+use crate::detection::{identity_key, Confidence, Detection};
 use crate::json::{optional_number, optional_text, parse_value, path, required_text};
 use crate::outcome::{clip, IgnoreReason, RejectReason, Rejection};
 use crate::time::parse_rfc3339;
@@ -97,11 +97,11 @@ pub(crate) fn decode(context: &DecodeContext<'_>) -> Result<Decoded, Rejection> 
     // Without a tracker the instant and the plate are all that tell two
     // objects apart.
     let identity_key = match &tracker_id {
-        Some(tracker_id) => format!(
+        Some(tracker_id) => identity_key!(
             "deepstream|{sensor_id}|{}|{trimmed_type}",
             tracker_id.trim()
         ),
-        None => format!(
+        None => identity_key!(
             "deepstream|{sensor_id}|untracked|{trimmed_type}|{}|{}",
             detected_at.timestamp_millis(),
             plate.as_deref().unwrap_or("")

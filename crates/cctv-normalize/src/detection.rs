@@ -4,6 +4,22 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+/// Room an identity key is written into: the key and the `|<code>` the
+/// normaliser appends to it fit without a reallocation (`format!` starts
+/// from the length of its literal pieces and doubles from there).
+pub(crate) const IDENTITY_KEY_CAPACITY: usize = 128;
+
+/// `format!` into a string with [`IDENTITY_KEY_CAPACITY`] bytes of room.
+macro_rules! identity_key {
+    ($($arg:tt)*) => {{
+        let mut key = String::with_capacity($crate::detection::IDENTITY_KEY_CAPACITY);
+        // Writing into a String cannot fail.
+        let _ = std::fmt::Write::write_fmt(&mut key, format_args!($($arg)*));
+        key
+    }};
+}
+pub(crate) use identity_key;
+
 /// A confidence as reported, with the scale it was reported on.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Confidence {

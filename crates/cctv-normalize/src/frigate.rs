@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use crate::json::Value;
 
 use crate::decode::{DecodeContext, Decoded};
-use crate::detection::{Confidence, Detection};
+use crate::detection::{identity_key, Confidence, Detection};
 use crate::json::{boolean, number, optional_number, optional_text, parse_value, required_text};
 use crate::outcome::{clip, missing_field, IgnoreReason, RejectReason, Rejection};
 use crate::time::epoch_to_utc;
@@ -98,7 +98,7 @@ pub(crate) fn decode(context: &DecodeContext<'_>) -> Result<Decoded, Rejection> 
         offence_name: offence_name.to_string(),
         // The same for every message of the track, whatever its type or the
         // object's current state: the later messages are duplicates.
-        identity_key: format!("frigate|{gateway_id}|{camera}|{track_id}"),
+        identity_key: identity_key!("frigate|{gateway_id}|{camera}|{track_id}"),
         explicit_event_id: None,
         camera_id: None,
         device_identity: Some(format!("frigate:{gateway_id}/{camera}")),

@@ -19,7 +19,7 @@ use cctv_event::{alias_key, NameMatch};
 use chrono::{DateTime, Utc};
 
 use crate::decode::{DecodeContext, Decoded};
-use crate::detection::{Confidence, Detection};
+use crate::detection::{identity_key, Confidence, Detection};
 use crate::outcome::{clip, missing_field, IgnoreReason, RejectReason, Rejection};
 use crate::time::parse_rfc3339;
 use crate::{json, xml};
@@ -221,7 +221,7 @@ fn decode_alert(context: &DecodeContext<'_>, alert: Node<'_>) -> Result<Decoded,
         .offence_names
         .into_iter()
         .map(|offence_name| Detection {
-            identity_key: format!("{identity_prefix}|{}", alias_key(&offence_name)),
+            identity_key: identity_key!("{identity_prefix}|{}", alias_key(&offence_name)),
             offence_name,
             explicit_event_id: None,
             camera_id: None,

@@ -30,7 +30,7 @@ use cctv_event::NameMatch;
 use chrono::{DateTime, Utc};
 
 use crate::decode::{DecodeContext, Decoded};
-use crate::detection::{Confidence, Detection};
+use crate::detection::{identity_key, Confidence, Detection};
 use crate::json::{self, parse_value};
 use crate::outcome::{clip, IgnoreReason, RejectReason, Rejection};
 use crate::time::parse_rfc3339;
@@ -449,7 +449,7 @@ fn detection(
         .filter(|id| !id.is_empty())
         .unwrap_or(&device_identity);
     let object_id = notification.data.text("ObjectId");
-    let identity_key = format!(
+    let identity_key = identity_key!(
         "onvif|{camera}|{rule}|{}|{}",
         object_id.as_deref().unwrap_or(""),
         detected_at.timestamp_millis()
