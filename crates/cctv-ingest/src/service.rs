@@ -355,11 +355,22 @@ async fn bounded<T, E>(
 where
     IngestError: From<E>,
 {
-    match tokio::time::timeout(REQUEST_DEADLINE, request).await {
+    bounded_by(REQUEST_DEADLINE, request).await
+}
+
+/// `request`'s result, or a transient JetStream error after `deadline`.
+async fn bounded_by<T, E>(
+    deadline: Duration,
+    request: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, IngestError>
+where
+    IngestError: From<E>,
+{
+    match tokio::time::timeout(deadline, request).await {
         Ok(result) => result.map_err(IngestError::from),
         Err(_) => Err(IngestError::Bus(cctv_bus::BusError::jetstream(
             "request",
-            format_args!("no answer within {REQUEST_DEADLINE:?}"),
+            format_args!("no answer within {deadline:?}"),
         ))),
     }
 }
@@ -907,4 +918,63 @@ fn clean_header(text: &str) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(512)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request that never answers ends as a transient error (retried by
+    /// the loop), one that answers passes its result through.
+    #[tokio::test]
+    async fn a_request_without_answer_ends_at_its_deadline() {
+        let deadline = Duration::from_millis(50);
+        let started = Instant::now();
+        let never = std::future::pending::<Result<(), cctv_bus::BusError>>();
+        // Unbounded, the request would hang the test: fail it instead.
+        let error = tokio::time::timeout(Duration::from_secs(5), bounded_by(deadline, never))
+            .await
+            .expect("bounded")
+            .unwrap_err();
+        assert!(started.elapsed() >= deadline);
+        assert!(
+            matches!(&error, IngestError::Bus(bus) if bus.is_transient()),
+            "{error}"
+        );
+        let answered = bounded_by(deadline, async { Ok::<_, cctv_bus::BusError>(7) }).await;
+        assert_eq!(answered.unwrap(), 7);
+    }
+
+    /// Batches that finish are waited for; one that never does is aborted
+    /// at the deadline and the set is left empty.
+    #[tokio::test]
+    async fn a_stuck_batch_is_aborted_at_the_drain_deadline() {
+        let mut in_flight = JoinSet::new();
+        in_flight.spawn(async { tokio::time::sleep(Duration::from_millis(10)).await });
+        assert!(drain(&mut in_flight, Duration::from_secs(5)).await);
+        assert!(in_flight.is_empty());
+
+        let (finished_sender, mut finished) = tokio::sync::mpsc::unbounded_channel();
+        let quick = finished_sender.clone();
+        in_flight.spawn(async move {
+            let _ = quick.send("quick");
+        });
+        in_flight.spawn(async move {
+            std::future::pending::<()>().await;
+            let _ = finished_sender.send("stuck");
+        });
+        let started = Instant::now();
+        let drained = tokio::time::timeout(
+            Duration::from_secs(5),
+            drain(&mut in_flight, Duration::from_millis(50)),
+        )
+        .await
+        .expect("the drain ends at its deadline");
+        assert!(!drained);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(in_flight.is_empty());
+        assert_eq!(finished.recv().await, Some("quick"));
+        // The stuck one was aborted: its sender is dropped unsent.
+        assert_eq!(finished.recv().await, None);
+    }
 }
