@@ -248,7 +248,9 @@ pub fn parse_batch<'a>(
     // nested deeper than a message may be makes the batch too deep, as the
     // scan of the whole batch below would find; each body's check is a count
     // of its openers for most bodies, where the whole batch's scan follows
-    // every string (XML bodies are strings full of escapes).
+    // every string (XML bodies are strings full of escapes). The content of
+    // an unknown attribute is skipped unread here, however deep: only the
+    // item-by-item path below refuses it as too deep.
     if let Ok(wires) = serde_json::from_str::<Vec<ObjectItem<'a>>>(text) {
         let body_too_deep = |ObjectItem(wire): &ObjectItem<'_>| {
             wire.data
