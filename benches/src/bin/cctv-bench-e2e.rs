@@ -82,7 +82,10 @@ const USAGE: &str = "usage: cctv-bench-e2e [--events N] [--latency-rate N] [--la
 [--events-duplicate-window DURATION] [--seen-ids N] [--analyst-rows N] [--ingest-settings TOML] [--aggregator-settings TOML]
 
 --ingest-settings and --aggregator-settings add lines to the services' [ingest] and
-[aggregator] tables, e.g. --ingest-settings 'batch_linger = \"0ms\"' (A/B runs of a setting).";
+[aggregator] tables, e.g. --ingest-settings 'batch_linger = \"0ms\"' (A/B runs of a setting).
+With CCTV_BENCH_KEEP=1 each run keeps its services' configs and logs (the path is printed);
+CCTV_LOG=info,cctv_aggregator::inserter=debug,cctv_ingest::service=debug logs every insert
+and every ingest batch with its duration (a timeline of the run).";
 
 /// Extra lines of the services' `[ingest]` and `[aggregator]` tables.
 static SERVICE_SETTINGS: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
@@ -424,7 +427,12 @@ impl Rig {
             .zip([&streams.raw.name, &streams.events.name])
         {
             let mut stream = js.get_stream(name).await?;
-            *slot = stream.info().await?.state.bytes;
+            let state = &stream.info().await?.state;
+            *slot = state.bytes;
+            println!(
+                "  {name}: {} messages, {} bytes",
+                state.messages, state.bytes
+            );
         }
         Ok(bytes)
     }
@@ -456,6 +464,10 @@ impl Rig {
                 .arg(child.id().to_string())
                 .status();
             let _ = child.wait();
+        }
+        if std::env::var_os("CCTV_BENCH_KEEP").is_some() {
+            let dir = self.dir.keep();
+            println!("  logs kept in {}", dir.display());
         }
     }
 }

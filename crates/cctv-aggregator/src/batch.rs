@@ -78,6 +78,11 @@ impl Batcher {
         BatchDecision::Wait
     }
 
+    /// Changes the row limit (at least 1), for the buffer being filled too.
+    pub fn set_max_rows(&mut self, max_rows: usize) {
+        self.max_rows = max_rows.max(1);
+    }
+
     /// When the age limit falls due, if anything is buffered.
     pub fn deadline(&self) -> Option<Instant> {
         self.opened_at.map(|opened_at| opened_at + self.max_age)
@@ -116,6 +121,13 @@ mod tests {
         assert_eq!(batcher.decide(start), BatchDecision::Wait);
         assert_eq!(batcher.room(), 1);
         batcher.add(1, start);
+        assert_eq!(batcher.decide(start), BatchDecision::FlushFull);
+        // A larger limit (this instance's share of the partitions shrank)
+        // applies to the open buffer.
+        batcher.set_max_rows(20);
+        assert_eq!(batcher.decide(start), BatchDecision::Wait);
+        assert_eq!(batcher.room(), 10);
+        batcher.set_max_rows(0);
         assert_eq!(batcher.decide(start), BatchDecision::FlushFull);
     }
 

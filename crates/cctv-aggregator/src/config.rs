@@ -57,7 +57,9 @@ pub struct AggregatorSettings {
     /// Unacknowledged messages (event batches) per partition consumer.
     pub max_ack_pending: usize,
     /// Flush a partition's batch at this many rows (whole messages: a batch
-    /// may exceed it by one message's events).
+    /// may exceed it by one message's events), times f while the instance
+    /// owns 1/f of its shard's partitions (f at most 4): inserts keep their
+    /// size however many instances share the work.
     pub batch_max_rows: usize,
     /// Flush a batch when its first row is this old.
     #[serde(with = "humantime_serde")]
@@ -65,7 +67,9 @@ pub struct AggregatorSettings {
     /// Messages (event batches) requested per pull.
     pub fetch_batch: usize,
     /// How long the instance's insert waits after the first partition batch
-    /// for others to join it (group commit); 0 sends what is queued at once.
+    /// for others to join it (group commit), times f as above; it goes at
+    /// once when a batch of every owned partition is in. 0 sends what is
+    /// queued at once.
     #[serde(with = "humantime_serde")]
     pub insert_linger: Duration,
     /// Rows decoded and not yet written that one instance holds, over all

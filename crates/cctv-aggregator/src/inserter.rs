@@ -6,14 +6,21 @@
 //! per insert, not per row (`cctv-bench-e2e --scenarios store-floor`), so
 //! under load fewer, larger inserts cost it several times less. An insert
 //! waits at most `aggregator.insert_linger` (100 ms) after its first batch
-//! for others to join; under light load a batch goes alone after that.
+//! for others to join; under light load a batch goes alone after that. It
+//! goes at once when a batch of every partition the instance owns in the
+//! shard is in ([`Linger::complete_group`]): a partition's writer has one
+//! batch in the group commit at a time, so nothing more can join. Without
+//! that, an aggregator catching up waited out the linger before every
+//! insert (100 ms of every 320 ms cycle in a timeline of the bench,
+//! `benches/profile/timeline.py`).
 //!
-//! The linger grows as the instance owns fewer of its shard's partitions
-//! ([`Linger`]): with one instance an insert carries about `insert_linger`
-//! of every partition's events; with two, each owning half, each lingers
-//! twice as long, so ClickHouse receives as many inserts per second, of the
-//! same size, however many aggregators share the work (up to four times
-//! the base, to bound the latency).
+//! Inserts keep their size however many aggregators share the work: as the
+//! instance owns fewer of its shard's partitions ([`Linger::factor`]: 2
+//! when it owns half), each partition's batch may hold that many times
+//! `batch_max_rows` rows and the linger grows as much (up to four times
+//! the base, to bound the latency). With two instances, each owning half,
+//! an insert still carries about as many rows as one instance's, so
+//! ClickHouse receives as many inserts, not twice as many.
 //!
 //! Each partition's writer keeps its own retry logic: a failed group fails
 //! every batch in it, and each writer then asks ClickHouse what of its own
@@ -62,6 +69,27 @@ impl Linger {
         self.owned.store(owned, Ordering::Relaxed);
     }
 
+    /// How many batches make a group complete: one per partition of the
+    /// shard this instance owns (a partition's writer has at most one batch
+    /// in the group commit at a time), or every partition of the shard
+    /// while it owns none.
+    pub(crate) fn complete_group(&self) -> usize {
+        match self.owned.load(Ordering::Relaxed) {
+            0 => self.partitions,
+            owned => owned,
+        }
+        .max(1)
+    }
+
+    /// How many times `aggregator.batch_max_rows` a partition's batch may
+    /// hold now: with two instances each owning half of the partitions,
+    /// each partition's batch grows twice as large, so that an insert that
+    /// carries one batch of every owned partition keeps the size it has
+    /// with one instance (ClickHouse's cost is mostly per insert).
+    pub(crate) fn factor(&self) -> u32 {
+        share_factor(self.partitions, self.owned.load(Ordering::Relaxed))
+    }
+
     /// The linger now.
     pub(crate) fn current(&self) -> Duration {
         linger_for(
@@ -72,16 +100,20 @@ impl Linger {
     }
 }
 
-/// `base x partitions / owned`, at least `base` and at most
-/// [`MAX_LINGER_FACTOR`] times it.
+/// `base x` [`share_factor`].
 fn linger_for(base: Duration, partitions: usize, owned: usize) -> Duration {
+    base * share_factor(partitions, owned)
+}
+
+/// `partitions / owned` rounded up, at least 1 and at most
+/// [`MAX_LINGER_FACTOR`]; 1 while the instance owns none (nothing to write).
+fn share_factor(partitions: usize, owned: usize) -> u32 {
     if owned == 0 || owned >= partitions {
-        return base;
+        return 1;
     }
-    let factor = u32::try_from(partitions.div_ceil(owned))
+    u32::try_from(partitions.div_ceil(owned))
         .unwrap_or(MAX_LINGER_FACTOR)
-        .min(MAX_LINGER_FACTOR);
-    base * factor
+        .min(MAX_LINGER_FACTOR)
 }
 
 /// One partition's batch waiting to be inserted.
@@ -141,7 +173,9 @@ async fn run(
         let deadline = tokio::time::Instant::now() + linger.current();
         let mut rows = first.rows.len();
         let mut group = vec![first];
-        while rows < max_rows {
+        // Every owned partition's batch is in: nothing more can join, so
+        // the group goes at once instead of waiting out the linger.
+        while rows < max_rows && group.len() < linger.complete_group() {
             let next = match requests.try_recv() {
                 Ok(request) => Some(request),
                 Err(TryRecvError::Empty) => tokio::time::timeout_at(deadline, requests.recv())
@@ -187,7 +221,14 @@ async fn insert_group(replicas: &Replicas, group: &[Request]) -> Result<(), Stor
     let give_up = tokio::time::Instant::now() + SAME_BYTES_RETRY;
     loop {
         let (index, store) = replicas.current();
+        let started = std::time::Instant::now();
         let result = store.insert_fenced(&batches).await;
+        tracing::debug!(
+            partitions = batches.len(),
+            rows = batches.iter().map(|(_, rows)| rows.len()).sum::<usize>(),
+            millis = started.elapsed().as_millis(),
+            "insert"
+        );
         let Err(error) = result else {
             return Ok(());
         };
@@ -229,5 +270,27 @@ mod tests {
         assert_eq!(linger.current(), base);
         linger.set_owned(4);
         assert_eq!(linger.current(), base * 4);
+        assert_eq!(linger.factor(), 4);
+    }
+
+    #[test]
+    fn batches_grow_with_the_share_owned_by_others_and_groups_end_when_all_are_in() {
+        let linger = Linger::new(Duration::from_millis(100), 16);
+        // Before ownership is known: every partition of the shard.
+        assert_eq!(linger.factor(), 1);
+        assert_eq!(linger.complete_group(), 16);
+        linger.set_owned(16);
+        assert_eq!((linger.factor(), linger.complete_group()), (1, 16));
+        linger.set_owned(8);
+        assert_eq!((linger.factor(), linger.complete_group()), (2, 8));
+        linger.set_owned(5);
+        assert_eq!((linger.factor(), linger.complete_group()), (4, 5));
+        linger.set_owned(3);
+        assert_eq!(
+            (linger.factor(), linger.complete_group()),
+            (MAX_LINGER_FACTOR, 3)
+        );
+        linger.set_owned(0);
+        assert_eq!((linger.factor(), linger.complete_group()), (1, 16));
     }
 }

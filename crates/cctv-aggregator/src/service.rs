@@ -912,6 +912,13 @@ async fn run_session(
         // Over the instance's row budget: hand the open batch over (its
         // writer frees rows), then read nothing more until there is room.
         let over_budget = shard.budget.over();
+        // The fewer of the shard's partitions this instance owns, the larger
+        // each partition's batch (`Linger::factor`): inserts keep their size.
+        reader.batcher.set_max_rows(
+            settings
+                .batch_max_rows
+                .saturating_mul(shard.linger.factor() as usize),
+        );
         if reader.batcher.decide(Instant::now()) != BatchDecision::Wait
             || (over_budget && reader.batcher.deadline().is_some())
         {

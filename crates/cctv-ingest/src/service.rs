@@ -505,6 +505,11 @@ impl BatchContext {
         // Crash tests: the events are in JetStream, the raw messages unacked.
         cctv_runtime::fault_point("after_publish");
         self.settle(&batch, pending, &batch_acks, &acks).await;
+        tracing::debug!(
+            messages = batch.len(),
+            millis = started.elapsed().as_millis(),
+            "batch settled"
+        );
         if let Some(last) = batch.last() {
             if let Ok(info) = last.info() {
                 #[allow(clippy::cast_precision_loss)]
