@@ -79,6 +79,31 @@ async fn rows_on(stack: &FaultStack, shard: usize, replica: usize) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_node_killed_during_load_and_restarted_later_changes_no_count() {
+    // The node that leads the events stream: its loss moves the leader.
+    kill_a_leading_nats_node_during_load(Leading::EventsStream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_leading_the_raw_consumer_killed_during_load_changes_no_count() {
+    // The ingests' pulls wait on this consumer's leader: when its node dies
+    // they must find the new leader by themselves (a pull can wait without
+    // delivering or reporting a missed heartbeat; the ingest re-pulls after
+    // `IDLE_REPULL`).
+    kill_a_leading_nats_node_during_load(Leading::RawConsumer).await;
+}
+
+/// What the killed node leads.
+#[derive(Debug, Clone, Copy)]
+enum Leading {
+    EventsStream,
+    RawConsumer,
+}
+
+/// Two of each service on a 3-node NATS cluster under load: the node that
+/// leads `leading` is killed with SIGKILL a third of the way in, the rest
+/// of the cluster carries on to two thirds, the node comes back, and the
+/// totals are exact.
+async fn kill_a_leading_nats_node_during_load(leading: Leading) {
     let mut stack = FaultStack::start_with(3, ClickHouseSide::Shared).await;
     let load = load(LOAD_EVENTS);
     let mut fleet = stack.start_fleet(&[], &[]);
@@ -86,19 +111,31 @@ async fn a_nats_node_killed_during_load_and_restarted_later_changes_no_count() {
     let publisher = paced_publisher(&stack, &load);
     let third = load.count / 3;
     wait_for("a third of the rows", &fleet, third, || stack.rows()).await;
-    // The node that leads the events stream: its loss moves the leader.
-    let leader = stack
-        .js
-        .get_stream(&stack.streams.events.name)
-        .await
-        .expect("events stream")
-        .info()
-        .await
-        .expect("stream info")
-        .cluster
-        .clone()
+    let cluster_info = match leading {
+        Leading::EventsStream => stack
+            .js
+            .get_stream(&stack.streams.events.name)
+            .await
+            .expect("events stream")
+            .info()
+            .await
+            .expect("stream info")
+            .cluster
+            .clone(),
+        Leading::RawConsumer => stack
+            .js
+            .get_stream(&stack.streams.raw.name)
+            .await
+            .expect("raw stream")
+            .consumer_info("cctv-ingest")
+            .await
+            .expect("raw consumer info")
+            .cluster
+            .clone(),
+    };
+    let leader = cluster_info
         .and_then(|cluster| cluster.leader)
-        .expect("the stream has a leader");
+        .unwrap_or_else(|| panic!("the {leading:?} has a leader"));
     let index = leader
         .trim_start_matches('n')
         .parse::<usize>()
