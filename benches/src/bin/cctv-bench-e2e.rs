@@ -9,6 +9,11 @@
 //!   counted in ClickHouse, loss (expected minus counted, must be 0), CPU
 //!   seconds per million events of each service and server, peak RSS;
 //! - `mixed`: the same with every vendor format (`simulate --format mixed`);
+//! - `canonical-batch-x2`: `canonical-batch` with two instances of each
+//!   service; with `--pairs N` (default 5) it and `canonical-batch` then run
+//!   N more times back to back, and the scaling target compares the median
+//!   of the pairs' differences with 0 (the machine's speed moves more
+//!   between two minutes than the difference measured);
 //! - `canonical-batch-tls`: `canonical-batch` with TLS on every hop:
 //!   nats-server with a certificate and client certificates required (the
 //!   publisher and both services present theirs), ClickHouse over HTTPS, all
@@ -79,7 +84,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
 
 const USAGE: &str = "usage: cctv-bench-e2e [--events N] [--latency-rate N] [--latency-seconds N] \
 [--scenarios floor,store-floor,canonical,mixed,canonical-batch,mixed-batch,canonical-batch-x2,canonical-batch-tls,seen,latency,gateway,analyst] [--output FILE | --no-output] \
-[--events-duplicate-window DURATION] [--seen-ids N] [--analyst-rows N] [--ingest-settings TOML] [--aggregator-settings TOML]
+[--events-duplicate-window DURATION] [--seen-ids N] [--analyst-rows N] [--ingest-settings TOML] [--aggregator-settings TOML] [--pairs N]
+
+--pairs N (default 5): when canonical-batch and canonical-batch-x2 are both among the scenarios,
+N more back-to-back pairs of them; the x2 target compares the median difference with 0.
 
 --ingest-settings and --aggregator-settings add lines to the services' [ingest] and
 [aggregator] tables, e.g. --ingest-settings 'batch_linger = \"0ms\"' (A/B runs of a setting).
@@ -107,6 +115,9 @@ struct Options {
     ingest_settings: String,
     /// Extra `[aggregator]` lines.
     aggregator_settings: String,
+    /// Back-to-back pairs of `canonical-batch` and `canonical-batch-x2`
+    /// run after the scenarios when both are among them (0: none).
+    pairs: usize,
 }
 
 fn parse_options() -> anyhow::Result<Options> {
@@ -134,6 +145,7 @@ fn parse_options() -> anyhow::Result<Options> {
         analyst_rows: 100_000_000,
         ingest_settings: String::new(),
         aggregator_settings: String::new(),
+        pairs: 5,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -152,6 +164,7 @@ fn parse_options() -> anyhow::Result<Options> {
             "--events-duplicate-window" => options.events_duplicate_window = Some(value()?),
             "--ingest-settings" => options.ingest_settings = value()?,
             "--aggregator-settings" => options.aggregator_settings = value()?,
+            "--pairs" => options.pairs = value()?.parse()?,
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -555,6 +568,73 @@ struct Throughput {
     aggregator_rss_without_seen_mib: f64,
     /// Instances of each service.
     instances: usize,
+}
+
+/// One back-to-back pair: offences/s with one instance of each service,
+/// then with two.
+struct Pair {
+    one: f64,
+    two: f64,
+    lost: i64,
+}
+
+impl Pair {
+    /// Two instances against one, in per cent.
+    fn difference(&self) -> f64 {
+        (self.two / self.one - 1.0) * 100.0
+    }
+}
+
+/// The median of the pairs' differences (the mean of the middle two for an
+/// even count).
+fn median_difference(pairs: &[Pair]) -> f64 {
+    let mut differences: Vec<f64> = pairs.iter().map(Pair::difference).collect();
+    differences.sort_by(f64::total_cmp);
+    let middle = differences.len() / 2;
+    match differences.len() {
+        0 => 0.0,
+        count if count % 2 == 1 => differences[middle],
+        _ => (differences[middle - 1] + differences[middle]) / 2.0,
+    }
+}
+
+/// `--pairs` back-to-back runs of `canonical-batch` and `canonical-batch-x2`,
+/// when both are among the scenarios.
+async fn scaling_pairs(options: &Options, registry: &Path) -> anyhow::Result<Vec<Pair>> {
+    let wants = |name: &str| options.scenarios.iter().any(|s| s == name);
+    let mut pairs = Vec::new();
+    if !wants("canonical-batch") || !wants("canonical-batch-x2") {
+        return Ok(pairs);
+    }
+    for pair in 1..=options.pairs {
+        println!(
+            "pair {pair} of {}: canonical-batch, then canonical-batch-x2",
+            options.pairs
+        );
+        let mut rates = [0.0; 2];
+        let mut lost = 0;
+        for (slot, scenario) in ["canonical-batch", "canonical-batch-x2"].iter().enumerate() {
+            let result = throughput(
+                scenario,
+                options.events,
+                registry,
+                options.events_duplicate_window.as_deref(),
+            )
+            .await?;
+            rates[slot] = result.offences as f64 / result.seconds;
+            lost += result.lost;
+            println!(
+                "  {scenario}: {:.0} offences/s, lost {}",
+                rates[slot], result.lost
+            );
+        }
+        pairs.push(Pair {
+            one: rates[0],
+            two: rates[1],
+            lost,
+        });
+    }
+    Ok(pairs)
 }
 
 async fn throughput(
@@ -1277,6 +1357,7 @@ async fn main() -> anyhow::Result<()> {
         );
         throughputs.push(result);
     }
+    let pairs = scaling_pairs(&options, &registry).await?;
     if !throughputs.is_empty() {
         writeln!(
             report,
@@ -1328,6 +1409,36 @@ async fn main() -> anyhow::Result<()> {
             )?;
         }
         writeln!(report)?;
+    }
+    if !pairs.is_empty() {
+        writeln!(
+            report,
+            "## Scaling out: two instances of each service against one, in pairs\n\n\
+             The machine's speed moves by ±15 % from one minute to the next, more than the \
+             difference measured, so after the scenarios above `canonical-batch` and \
+             `canonical-batch-x2` ran {} more times back to back (each pair within about a \
+             minute, fresh servers for each run). The target compares the median of the \
+             pairs' differences with 0.\n\n\
+             | pair | 1 instance of each, offences/s | 2 instances of each, offences/s | difference | lost |\n\
+             | ---: | ---: | ---: | ---: | ---: |",
+            pairs.len()
+        )?;
+        for (index, pair) in pairs.iter().enumerate() {
+            writeln!(
+                report,
+                "| {} | {:.0} | {:.0} | {:+.1} % | {} |",
+                index + 1,
+                pair.one,
+                pair.two,
+                pair.difference(),
+                pair.lost
+            )?;
+        }
+        writeln!(
+            report,
+            "\nMedian difference: {:+.1} %.\n",
+            median_difference(&pairs)
+        )?;
     }
     if options.scenarios.iter().any(|s| s == "store-floor") {
         println!("scenario store-floor: {} rows per way", options.events);
@@ -1511,7 +1622,24 @@ async fn main() -> anyhow::Result<()> {
                 if result.lost == 0 { "yes" } else { "no" }
             )?;
         }
-        if result.scenario == "canonical-batch-x2" {
+        if result.scenario == "canonical-batch-x2" && !pairs.is_empty() {
+            let median = median_difference(&pairs);
+            let lost: i64 = pairs.iter().map(|pair| pair.lost).sum::<i64>() + result.lost;
+            let differences: Vec<String> = pairs
+                .iter()
+                .map(|pair| format!("{:+.1}", pair.difference()))
+                .collect();
+            let single = rate_of("canonical-batch").map_or(String::new(), |one| {
+                format!("; the scenarios above: {one:.0}/s with 1, {rate:.0}/s with 2")
+            });
+            writeln!(
+                report,
+                "| 2 instances of each service not slower than 1 (median of {} back-to-back pairs) | {median:+.1} % (pairs: {} %){single}, {lost} lost | {} |",
+                pairs.len(),
+                differences.join(", "),
+                if median >= 0.0 && lost == 0 { "yes" } else { "no" }
+            )?;
+        } else if result.scenario == "canonical-batch-x2" {
             if let Some(one) = rate_of("canonical-batch") {
                 writeln!(
                     report,
@@ -1608,4 +1736,28 @@ async fn main() -> anyhow::Result<()> {
         print!("{report}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(one: f64, two: f64) -> Pair {
+        Pair { one, two, lost: 0 }
+    }
+
+    #[test]
+    fn the_median_difference_is_the_middle_pair_or_the_mean_of_the_middle_two() {
+        assert!((pair(100.0, 110.0).difference() - 10.0).abs() < 1e-9);
+        let odd = [pair(100.0, 90.0), pair(100.0, 130.0), pair(100.0, 102.0)];
+        assert!((median_difference(&odd) - 2.0).abs() < 1e-9);
+        let even = [
+            pair(100.0, 90.0),
+            pair(100.0, 130.0),
+            pair(100.0, 102.0),
+            pair(100.0, 96.0),
+        ];
+        assert!((median_difference(&even) - (-1.0)).abs() < 1e-9);
+        assert!(median_difference(&[]).abs() < 1e-9);
+    }
 }
