@@ -307,7 +307,20 @@ impl Rig {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("partitions not spread over the aggregators after 120 s: {owned:?}");
+                let logs: String = (0..self.aggregator_ports.len())
+                    .map(|instance| {
+                        let path = self
+                            .dir
+                            .path()
+                            .join(format!("cctv-aggregator-{instance}.log"));
+                        let text = std::fs::read(&path).unwrap_or_default();
+                        let text = String::from_utf8_lossy(&text);
+                        let lines: Vec<&str> = text.lines().collect();
+                        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                        format!("--- {}:\n{tail}\n", path.display())
+                    })
+                    .collect();
+                bail!("partitions not spread over the aggregators after 120 s: {owned:?}\n{logs}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -17,6 +17,38 @@ pub enum BatchDecision {
     FlushMessages,
 }
 
+/// What the reader does with its buffer now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handover {
+    /// Keep filling.
+    Keep,
+    /// Hand it to the writer, waiting for room if need be: it is full, or
+    /// the instance is over its row budget (backpressure).
+    Wait,
+    /// Hand it to the writer, which has room now.
+    Now,
+}
+
+/// Whether to hand the buffer over: at once when it must go (full, or over
+/// the budget) or when it is old enough and the writer has room. A buffer
+/// old enough whose writer still holds the previous batch (inserting, or
+/// queued behind the insert) keeps filling until the writer has room, up to
+/// its limits: a slow insert makes the next one larger instead of leaving
+/// the rows in NATS, so inserts keep pace with ClickHouse.
+pub(crate) fn handover(
+    decision: BatchDecision,
+    over_budget: bool,
+    writer_has_room: bool,
+) -> Handover {
+    match decision {
+        BatchDecision::FlushFull | BatchDecision::FlushMessages => Handover::Wait,
+        BatchDecision::FlushAge if over_budget => Handover::Wait,
+        BatchDecision::FlushAge if writer_has_room => Handover::Now,
+        BatchDecision::FlushAge => Handover::Keep,
+        BatchDecision::Wait => Handover::Keep,
+    }
+}
+
 /// Decides when a buffer is flushed: at `max_rows` rows, at `max_messages`
 /// messages, or when its first row has waited `max_age`. Time is passed in,
 /// so tests need no clock.
@@ -104,6 +136,24 @@ impl Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_old_buffer_waits_for_a_free_writer_and_a_full_one_waits_for_room() {
+        use BatchDecision::{FlushAge, FlushFull, FlushMessages, Wait};
+        // Old enough: goes when the writer has room, else keeps filling;
+        // over the budget it goes whatever the writer holds.
+        assert_eq!(handover(FlushAge, false, true), Handover::Now);
+        assert_eq!(handover(FlushAge, false, false), Handover::Keep);
+        assert_eq!(handover(FlushAge, true, false), Handover::Wait);
+        // Full: waits for room (the backpressure), room or not.
+        for room in [false, true] {
+            for budget in [false, true] {
+                assert_eq!(handover(FlushFull, budget, room), Handover::Wait);
+                assert_eq!(handover(FlushMessages, budget, room), Handover::Wait);
+            }
+            assert_eq!(handover(Wait, false, room), Handover::Keep);
+        }
+    }
 
     #[test]
     fn empty_buffers_never_flush() {

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::{handover, Handover};
 use crate::budget::{RowBudget, RowsHeld};
 use crate::delivery::{Delivery, DeliveryOrder};
 use crate::inserter::{Inserter, Linger};
@@ -866,10 +867,24 @@ async fn run_session(
             .batcher
             .deadline()
             .map(tokio::time::Instant::from_std);
+        // A batch old enough to go whose writer still holds the previous
+        // one keeps filling until the writer has room (`batch::handover`):
+        // wait for messages or for that room, not for the passed deadline.
+        let waiting_for_room = deadline
+            .is_some_and(|deadline| deadline <= tokio::time::Instant::now())
+            && batch_sender.capacity() == 0;
         let chunk = tokio::select! {
             biased;
             () = drain.cancelled() => break SessionEnd::Shutdown,
-            () = sleep_until_or_forever(deadline) => None,
+            () = sleep_until_or_forever(deadline), if !waiting_for_room => None,
+            permit = batch_sender.reserve(), if waiting_for_room => {
+                let Ok(permit) = permit else {
+                    break SessionEnd::Reset("writer stopped");
+                };
+                permit.send(reader.take_batch());
+                reader.maybe_prune();
+                None
+            }
             _ = watchdog.tick() => {
                 if cctv_bus::connection_generation() != generation {
                     break SessionEnd::Reset("NATS reconnected");
@@ -919,9 +934,14 @@ async fn run_session(
                 .batch_max_rows
                 .saturating_mul(shard.linger.factor() as usize),
         );
-        if reader.batcher.decide(Instant::now()) != BatchDecision::Wait
-            || (over_budget && reader.batcher.deadline().is_some())
-        {
+        // Over the budget, an open batch goes however young it is.
+        let decision = match reader.batcher.decide(Instant::now()) {
+            BatchDecision::Wait if over_budget && reader.batcher.deadline().is_some() => {
+                BatchDecision::FlushAge
+            }
+            decision => decision,
+        };
+        if handover(decision, over_budget, batch_sender.capacity() > 0) != Handover::Keep {
             // Waiting for room in the queue is the backpressure: while the
             // writer retries (ClickHouse down) nothing more is read.
             let permit = tokio::select! {
