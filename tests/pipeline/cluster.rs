@@ -149,14 +149,22 @@ async fn kill_a_leading_nats_node_during_load(leading: Leading) {
     assert!(!node.is_running());
     // Two nodes of three carry on: rows keep coming.
     let two_thirds = 2 * load.count / 3;
-    wait_for_with(
-        "two thirds of the rows with a node down",
-        &fleet,
-        two_thirds,
-        || stack.rows(),
-        || stack.nats.log_tail(),
-    )
-    .await;
+    let deadline = tokio::time::Instant::now() + PROGRESS_TIMEOUT;
+    loop {
+        let rows = stack.rows().await;
+        if rows >= two_thirds {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {PROGRESS_TIMEOUT:?} waiting for two thirds of the rows with \
+             the {leading:?} leader's node down: {rows} of {two_thirds}\n{}\n{}\n{}",
+            stack.nats_state().await,
+            fleet.logs(),
+            stack.nats.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let Nats::Cluster(cluster) = &mut stack.nats else {
         panic!("a NATS cluster");
     };

@@ -430,6 +430,56 @@ impl FaultStack {
         self.store().count_events().await.unwrap_or(0)
     }
 
+    /// Where the messages stand in NATS, for a failing wait: the streams'
+    /// last sequences, the raw consumer's and the aggregators' consumers'
+    /// positions (which stage stopped: the publisher, the ingests or the
+    /// aggregators).
+    pub(crate) async fn nats_state(&self) -> String {
+        let mut state = String::new();
+        for name in ["CCTV_RAW", "CCTV_EVENTS"] {
+            let mut stream = match self.js.get_stream(name).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    state.push_str(&format!("{name}: {error}\n"));
+                    continue;
+                }
+            };
+            match stream.info().await.cloned() {
+                Ok(info) => state.push_str(&format!(
+                    "{name}: {} messages, last sequence {}, leader {:?}\n",
+                    info.state.messages,
+                    info.state.last_sequence,
+                    info.cluster.and_then(|cluster| cluster.leader)
+                )),
+                Err(error) => state.push_str(&format!("{name}: {error}\n")),
+            }
+        }
+        match self.raw_consumer().await {
+            Some(info) => state.push_str(&format!(
+                "raw consumer: delivered {}, ack floor {}, pending {}, ack pending {}, waiting pulls {}, leader {:?}\n",
+                info.delivered.stream_sequence,
+                info.ack_floor.stream_sequence,
+                info.num_pending,
+                info.num_ack_pending,
+                info.num_waiting,
+                info.cluster.and_then(|cluster| cluster.leader)
+            )),
+            None => state.push_str("raw consumer: no answer\n"),
+        }
+        for info in self.aggregator_consumers().await {
+            state.push_str(&format!(
+                "{}: delivered {}, ack floor {}, pending {}, ack pending {}, waiting pulls {}\n",
+                info.name,
+                info.delivered.stream_sequence,
+                info.ack_floor.stream_sequence,
+                info.num_pending,
+                info.num_ack_pending,
+                info.num_waiting
+            ));
+        }
+        state
+    }
+
     /// The ingests' shared raw consumer, when NATS answers.
     async fn raw_consumer(&self) -> Option<jetstream::consumer::Info> {
         let stream = self.js.get_stream("CCTV_RAW").await.ok()?;
@@ -544,6 +594,9 @@ pub(crate) fn load(count: usize) -> Load {
     }
 }
 
+/// Longest wait for one publish to go out, and for its ack.
+const PUBLISH_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Publishes `messages` through JetStream, retrying what fails (NATS down or
 /// restarting) with the same `Nats-Msg-Id`, so a retry is never a second event.
 pub(crate) async fn publish_all(js: jetstream::Context, messages: Vec<(String, Vec<u8>)>) {
@@ -555,19 +608,52 @@ pub(crate) async fn publish_all(js: jetstream::Context, messages: Vec<(String, V
         let mut remaining: Vec<&(String, Vec<u8>)> = chunk.iter().collect();
         while !remaining.is_empty() {
             let mut acks = Vec::with_capacity(remaining.len());
+            let mut stuck = false;
             for item in &remaining {
+                if stuck {
+                    // One publish did not go out: the client is not taking
+                    // any, so the rest of the round fails at once instead
+                    // of waiting its timeout each.
+                    acks.push((
+                        *item,
+                        Err("not sent: the client took no publish".to_string()),
+                    ));
+                    continue;
+                }
                 let mut headers = HeaderMap::new();
                 headers.insert(cctv_bus::headers::NATS_MSG_ID, item.0.as_str());
-                let sent = js
-                    .publish_with_headers(subject.clone(), headers, item.1.clone().into())
-                    .await;
-                acks.push((*item, sent.map_err(|error| error.to_string())));
+                // Bounded: after a node of a cluster died, this publisher
+                // was seen to stop (the NATS-cluster test at 16:39 on
+                // 2026-12-06: CCTV_RAW held 8,500 of 20,000 messages, every
+                // one of them counted, and the publisher printed nothing for
+                // 180 s). A publish that does not go out in time fails its
+                // round like an unanswered one, and three such rounds
+                // replace the connection.
+                let sent = match tokio::time::timeout(
+                    PUBLISH_SEND_TIMEOUT,
+                    js.publish_with_headers(subject.clone(), headers, item.1.clone().into()),
+                )
+                .await
+                {
+                    Ok(sent) => sent.map_err(|error| error.to_string()),
+                    Err(_) => {
+                        stuck = true;
+                        Err(format!("not sent within {PUBLISH_SEND_TIMEOUT:?}"))
+                    }
+                };
+                acks.push((*item, sent));
             }
+            // The acks of a round share one deadline: a client whose acks
+            // stopped coming fails the round once, not once per message.
+            let round_deadline = tokio::time::Instant::now() + PUBLISH_SEND_TIMEOUT;
             let mut failed = Vec::new();
             let mut first_error = None;
             for (item, ack) in acks {
                 let acknowledged = match ack {
-                    Ok(ack) => ack.await.map_err(|error| error.to_string()),
+                    Ok(ack) => match tokio::time::timeout_at(round_deadline, ack).await {
+                        Ok(acked) => acked.map(|_| ()).map_err(|error| error.to_string()),
+                        Err(_) => Err(format!("no ack within {PUBLISH_SEND_TIMEOUT:?}")),
+                    },
                     Err(error) => Err(error),
                 };
                 if let Err(error) = acknowledged {
