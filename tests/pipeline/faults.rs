@@ -264,19 +264,37 @@ impl FaultStack {
         let Some(cluster) = &self.clickhouse_cluster else {
             return;
         };
-        for shard in cluster.shard_urls() {
-            for url in shard {
+        for (shard_index, shard) in cluster.shard_urls().into_iter().enumerate() {
+            for (replica_index, url) in shard.into_iter().enumerate() {
                 let node = Store::new(&ClickHouseConfig {
                     url,
                     ..self.cli_config().clickhouse
                 })
                 .expect("node store");
                 let node = &node;
+                let server = cluster.replica(shard_index, replica_index);
                 cctv_testkit::poll(
-                    "a replica in sync",
+                    &format!("replica {replica_index} of shard {shard_index} in sync"),
                     DRAIN_TIMEOUT,
                     Duration::from_millis(200),
-                    || async move { node.sync_replica().await.map_err(|error| error.to_string()) },
+                    || async move {
+                        node.sync_replica().await.map_err(|error| {
+                            // What the replica still waits for (seen once in
+                            // 4 runs on 2026-12-06: no catching up in 240 s).
+                            let queue = server
+                                .and_then(|server| {
+                                    server
+                                        .query(
+                                            "SELECT database, table, type, new_part_name, \
+                                             num_tries, last_exception \
+                                             FROM system.replication_queue FORMAT TSV",
+                                        )
+                                        .ok()
+                                })
+                                .unwrap_or_default();
+                            format!("{error}\nreplication queue:\n{queue}")
+                        })
+                    },
                 )
                 .await;
             }
