@@ -883,6 +883,7 @@ async fn run_session(
                 };
                 permit.send(reader.take_batch());
                 reader.maybe_prune();
+                report_rows_in_memory(context);
                 None
             }
             _ = watchdog.tick() => {
@@ -954,10 +955,7 @@ async fn run_session(
             };
             permit.send(reader.take_batch());
             reader.maybe_prune();
-            #[allow(clippy::cast_precision_loss)]
-            #[allow(clippy::cast_precision_loss)]
-            let held: usize = context.shards.iter().map(|shard| shard.budget.held()).sum();
-            metrics::gauge!(names::ROWS_IN_MEMORY).set(held as f64);
+            report_rows_in_memory(context);
         }
         if over_budget {
             metrics::counter!(names::BUDGET_WAITS).increment(1);
@@ -984,6 +982,14 @@ async fn run_session(
             "writer task failed: {join_error}"
         ))),
     }
+}
+
+/// Sets `cctv_aggregator_rows_in_memory` from every shard's row budget
+/// (after each handover of a batch to its writer).
+fn report_rows_in_memory(context: &Context) {
+    let held: usize = context.shards.iter().map(|shard| shard.budget.held()).sum();
+    #[allow(clippy::cast_precision_loss)]
+    metrics::gauge!(names::ROWS_IN_MEMORY).set(held as f64);
 }
 
 fn now_secs() -> u32 {
