@@ -22,6 +22,19 @@
 //! an insert still carries about as many rows as one instance's, so
 //! ClickHouse receives as many inserts, not twice as many.
 //!
+//! The instances also share the shard's insert time: one that owns 1/f of
+//! the shard's partitions waits (f - 1) times its previous insert's duration
+//! after that insert before it sends the next ([`pace`]), unless the group
+//! is nearly as large as it may grow (its batches are full, as while it
+//! catches up: waiting would only leave rows in NATS). The batches keep
+//! filling meanwhile, so each instance inserts less often with more rows.
+//! Without it two instances under load each sent an insert every cycle, as
+//! one does, with half the rows: 33 inserts per million offences against
+//! 17 (bench timeline, 2026-12-06), and ClickHouse spends ~20-25 ms of CPU
+//! per insert whatever its size (`store-floor` with 4,000 to 100,000 rows
+//! per insert; a third of it creating the part's files). Under light load
+//! an insert takes tens of milliseconds, so the wait is that long too.
+//!
 //! Each partition's writer keeps its own retry logic: a failed group fails
 //! every batch in it, and each writer then asks ClickHouse what of its own
 //! batch was written before trying again, exactly as for an insert of its
@@ -43,6 +56,8 @@ use crate::replicas::Replicas;
 const QUEUE: usize = 1024;
 /// The longest linger, in multiples of the configured one.
 const MAX_LINGER_FACTOR: u32 = 4;
+/// The longest wait between two inserts of one instance ([`pace`]).
+const MAX_PACE: Duration = Duration::from_secs(1);
 
 /// How long an insert waits for more batches: `base` scaled by the share of
 /// the shard's partitions this instance does not own.
@@ -51,17 +66,33 @@ pub(crate) struct Linger {
     base: Duration,
     /// Partitions that write to this shard.
     partitions: usize,
+    /// `aggregator.batch_max_rows`: a partition batch's rows at most, times
+    /// [`Linger::factor`].
+    batch_max_rows: usize,
     /// Of those, the ones this instance owns now.
     owned: AtomicUsize,
 }
 
 impl Linger {
-    pub(crate) fn new(base: Duration, partitions: usize) -> Self {
+    pub(crate) fn new(base: Duration, partitions: usize, batch_max_rows: usize) -> Self {
         Self {
             base,
             partitions,
+            batch_max_rows,
             owned: AtomicUsize::new(partitions),
         }
+    }
+
+    /// Whether a group of `rows` rows is nearly as large as a group of full
+    /// batches ([`Linger::complete_group`] batches of `factor x
+    /// batch_max_rows` rows): three quarters of that or more. Such a group
+    /// goes without waiting for its [`pace`].
+    pub(crate) fn nearly_full(&self, rows: usize) -> bool {
+        let full = self
+            .complete_group()
+            .saturating_mul(self.factor() as usize)
+            .saturating_mul(self.batch_max_rows);
+        rows.saturating_mul(4) >= full.saturating_mul(3)
     }
 
     /// Records how many of the shard's partitions the instance owns.
@@ -103,6 +134,16 @@ impl Linger {
 /// `base x` [`share_factor`].
 fn linger_for(base: Duration, partitions: usize, owned: usize) -> Duration {
     base * share_factor(partitions, owned)
+}
+
+/// How long after an insert that took `insert` the next one waits (unless
+/// its group is [`Linger::nearly_full`]), for an instance whose
+/// [`Linger::factor`] is `factor`: `(factor - 1) x insert`, at most
+/// [`MAX_PACE`]. With one instance, no wait; with f instances each spends
+/// about 1/f of its time inserting, so the shard receives about as many
+/// inserts as from one.
+fn pace(insert: Duration, factor: u32) -> Duration {
+    (insert * factor.saturating_sub(1)).min(MAX_PACE)
 }
 
 /// `partitions / owned` rounded up, at least 1 and at most
@@ -169,16 +210,31 @@ async fn run(
     max_rows: usize,
     linger: Arc<Linger>,
 ) {
+    // No insert before this (unless its group is nearly full): see `pace`.
+    let mut paced_until = tokio::time::Instant::now();
     while let Some(first) = requests.recv().await {
         let deadline = tokio::time::Instant::now() + linger.current();
         let mut rows = first.rows.len();
         let mut group = vec![first];
-        // Every owned partition's batch is in: nothing more can join, so
-        // the group goes at once instead of waiting out the linger.
-        while rows < max_rows && group.len() < linger.complete_group() {
+        while rows < max_rows {
+            // Every owned partition's batch is in: nothing more can join, so
+            // the group goes at once instead of waiting out the linger;
+            // unless it is early and has room to grow.
+            let complete = group.len() >= linger.complete_group();
+            let held = tokio::time::Instant::now() < paced_until && !linger.nearly_full(rows);
+            if complete && !held {
+                break;
+            }
+            let until = if complete {
+                paced_until
+            } else if held {
+                deadline.max(paced_until)
+            } else {
+                deadline
+            };
             let next = match requests.try_recv() {
                 Ok(request) => Some(request),
-                Err(TryRecvError::Empty) => tokio::time::timeout_at(deadline, requests.recv())
+                Err(TryRecvError::Empty) => tokio::time::timeout_at(until, requests.recv())
                     .await
                     .ok()
                     .flatten(),
@@ -190,15 +246,27 @@ async fn run(
                 group.push(request);
             } else {
                 // Too large to join: it opens the next group.
-                let result = insert_group(&replicas, &group).await;
-                answer(group, &result);
+                paced_until = insert_and_answer(&replicas, group, &linger).await;
                 rows = request.rows.len();
                 group = vec![request];
             }
         }
-        let result = insert_group(&replicas, &group).await;
-        answer(group, &result);
+        paced_until = insert_and_answer(&replicas, group, &linger).await;
     }
+}
+
+/// Inserts `group`, answers its writers, and returns when the next insert
+/// may go ([`pace`]).
+async fn insert_and_answer(
+    replicas: &Replicas,
+    group: Vec<Request>,
+    linger: &Linger,
+) -> tokio::time::Instant {
+    let started = tokio::time::Instant::now();
+    let result = insert_group(replicas, &group).await;
+    answer(group, &result);
+    let ended = tokio::time::Instant::now();
+    ended + pace(ended - started, linger.factor())
 }
 
 /// How long the same group is sent again to the shard's replicas (cluster
@@ -266,7 +334,7 @@ mod tests {
         assert_eq!(linger_for(base, 16, 1), base * MAX_LINGER_FACTOR);
         // Owning nothing (yet): nothing to insert; keep the base.
         assert_eq!(linger_for(base, 16, 0), base);
-        let linger = Linger::new(base, 16);
+        let linger = Linger::new(base, 16, 5_000);
         assert_eq!(linger.current(), base);
         linger.set_owned(4);
         assert_eq!(linger.current(), base * 4);
@@ -274,8 +342,30 @@ mod tests {
     }
 
     #[test]
+    fn an_instance_with_a_share_of_the_partitions_takes_that_share_of_the_insert_time() {
+        let insert = Duration::from_millis(300);
+        // Alone: the next insert may go at once.
+        assert_eq!(pace(insert, 1), Duration::ZERO);
+        // One of two: as long again; one of four: three times as long.
+        assert_eq!(pace(insert, 2), insert);
+        assert_eq!(pace(insert, 4), insert * 3);
+        // Bounded, however slow the insert was.
+        assert_eq!(pace(Duration::from_secs(5), 2), MAX_PACE);
+        // A group of full batches does not wait: 8 owned of 16, so batches
+        // of 2 x 1,000 rows, 16,000 rows when all are full.
+        let linger = Linger::new(Duration::from_millis(100), 16, 1_000);
+        linger.set_owned(8);
+        assert!(!linger.nearly_full(11_999));
+        assert!(linger.nearly_full(12_000));
+        assert!(linger.nearly_full(16_000));
+        linger.set_owned(16);
+        assert!(!linger.nearly_full(11_999));
+        assert!(linger.nearly_full(12_000));
+    }
+
+    #[test]
     fn batches_grow_with_the_share_owned_by_others_and_groups_end_when_all_are_in() {
-        let linger = Linger::new(Duration::from_millis(100), 16);
+        let linger = Linger::new(Duration::from_millis(100), 16, 5_000);
         // Before ownership is known: every partition of the shard.
         assert_eq!(linger.factor(), 1);
         assert_eq!(linger.complete_group(), 16);

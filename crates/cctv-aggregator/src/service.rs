@@ -32,8 +32,12 @@ use crate::replicas::Replicas;
 use crate::seen::SeenSet;
 use crate::{AggregatorConfig, AggregatorError, AggregatorStats, BatchDecision, Batcher};
 
-/// Batches queued between a partition's reader and its writer.
-const WRITE_QUEUE: usize = 1;
+/// Batches a partition's writer holds at a time (being inserted, or in
+/// the group commit's queue): one. The next keeps filling in the reader
+/// until the writer is done with it, so an instance holds two cycles of
+/// rows per partition (the batch inserted and the one filling), not three
+/// (with one more queued, closed by its age, between them).
+const WRITER_SLOTS: usize = 1;
 /// Pause after a failed session before the next.
 const SESSION_RETRY: Duration = Duration::from_millis(500);
 /// How often a partition's lag gauge is refreshed from its consumer.
@@ -117,7 +121,11 @@ pub async fn run(
             let in_shard = (0..partitions)
                 .filter(|partition| usize::from(*partition) % shard_count == index)
                 .count();
-            let linger = Arc::new(Linger::new(config.aggregator.insert_linger, in_shard));
+            let linger = Arc::new(Linger::new(
+                config.aggregator.insert_linger,
+                in_shard,
+                config.aggregator.batch_max_rows,
+            ));
             let inserter = Inserter::start(replicas.clone(), INSERT_GROUP_MAX_ROWS, linger.clone());
             // Each shard its share of the row budget: a shard that cannot be
             // written holds at most its share, and the others go on.
@@ -828,7 +836,10 @@ async fn run_session(
     let mut watchdog = tokio::time::interval(STALL_CHECK);
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    let (batch_sender, batch_receiver) = mpsc::channel::<Batch>(WRITE_QUEUE);
+    let (batch_sender, batch_receiver) = mpsc::channel::<Batch>(WRITER_SLOTS);
+    // A batch takes a slot when handed over and gives it back once written
+    // (or given up on): the writer has room when a slot is free.
+    let slots = Arc::new(tokio::sync::Semaphore::new(WRITER_SLOTS));
     // Aborted with the session: a term stopped at once (lease lost) must not
     // leave a writer behind that waits for its gate for ever, holding its
     // batches and their share of the row budget.
@@ -872,16 +883,18 @@ async fn run_session(
         // wait for messages or for that room, not for the passed deadline.
         let waiting_for_room = deadline
             .is_some_and(|deadline| deadline <= tokio::time::Instant::now())
-            && batch_sender.capacity() == 0;
+            && slots.available_permits() == 0;
         let chunk = tokio::select! {
             biased;
             () = drain.cancelled() => break SessionEnd::Shutdown,
             () = sleep_until_or_forever(deadline), if !waiting_for_room => None,
-            permit = batch_sender.reserve(), if waiting_for_room => {
-                let Ok(permit) = permit else {
+            slot = slots.clone().acquire_owned(), if waiting_for_room => {
+                let Ok(slot) = slot else {
                     break SessionEnd::Reset("writer stopped");
                 };
-                permit.send(reader.take_batch());
+                if batch_sender.send(reader.take_batch(slot)).await.is_err() {
+                    break SessionEnd::Reset("writer stopped");
+                }
                 reader.maybe_prune();
                 report_rows_in_memory(context);
                 None
@@ -942,18 +955,20 @@ async fn run_session(
             }
             decision => decision,
         };
-        if handover(decision, over_budget, batch_sender.capacity() > 0) != Handover::Keep {
-            // Waiting for room in the queue is the backpressure: while the
+        if handover(decision, over_budget, slots.available_permits() > 0) != Handover::Keep {
+            // Waiting for the writer's slot is the backpressure: while the
             // writer retries (ClickHouse down) nothing more is read.
-            let permit = tokio::select! {
+            let slot = tokio::select! {
                 biased;
                 () = drain.cancelled() => break SessionEnd::Shutdown,
-                permit = batch_sender.reserve() => permit,
+                slot = slots.clone().acquire_owned() => slot,
             };
-            let Ok(permit) = permit else {
+            let Ok(slot) = slot else {
                 break SessionEnd::Reset("writer stopped");
             };
-            permit.send(reader.take_batch());
+            if batch_sender.send(reader.take_batch(slot)).await.is_err() {
+                break SessionEnd::Reset("writer stopped");
+            }
             reader.maybe_prune();
             report_rows_in_memory(context);
         }
@@ -972,7 +987,9 @@ async fn run_session(
     drop(chunks);
     lag_refresh.abort();
     if reader.batcher.deadline().is_some() {
-        let _ = batch_sender.send(reader.take_batch()).await;
+        if let Ok(slot) = slots.clone().acquire_owned().await {
+            let _ = batch_sender.send(reader.take_batch(slot)).await;
+        }
     }
     drop(batch_sender);
     match writer_task.await {
@@ -1052,6 +1069,8 @@ struct Batch {
     last_message: Option<jetstream::Message>,
     /// The rows' share of the instance's budget, given back when written.
     held: RowsHeld,
+    /// The writer's slot, given back when written (`WRITER_SLOTS`).
+    slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The reading half of a session: checks delivery order, drops repeats of
@@ -1146,7 +1165,7 @@ impl Reader<'_> {
         tracing::error!(stream_sequence, %error, "undecodable event; not written");
     }
 
-    fn take_batch(&mut self) -> Batch {
+    fn take_batch(&mut self, slot: tokio::sync::OwnedSemaphorePermit) -> Batch {
         self.batcher.reset();
         let next = EncodedRows::new_in(self.chunks.clone());
         Batch {
@@ -1154,6 +1173,7 @@ impl Reader<'_> {
             source_stream: self.source_stream.to_string(),
             last_message: self.last_message.take(),
             held: self.held.take(),
+            slot,
         }
     }
 
@@ -1265,6 +1285,7 @@ impl Writer {
             source_stream,
             last_message,
             held: _held,
+            slot: _slot,
         } = batch;
         let mut pause = Duration::from_millis(100);
         let mut attempt = 0u32;
