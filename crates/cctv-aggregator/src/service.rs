@@ -873,11 +873,19 @@ async fn run_session(
     };
     reader.report_seen();
     let mut chunks = messages.ready_chunks(settings.fetch_batch);
+    // The group commit's calls for batches (`Linger::call`): a call heard
+    // while this partition has rows hands them over however young they are.
+    let mut calls = shard.linger.calls();
+    let mut called = false;
     let end = loop {
         let deadline = reader
             .batcher
             .deadline()
             .map(tokio::time::Instant::from_std);
+        if deadline.is_none() {
+            // A call is for the rows held when it is made.
+            calls.borrow_and_update();
+        }
         // A batch old enough to go whose writer still holds the previous
         // one keeps filling until the writer has room (`batch::handover`):
         // wait for messages or for that room, not for the passed deadline.
@@ -897,6 +905,11 @@ async fn run_session(
                 }
                 reader.maybe_prune();
                 report_rows_in_memory(context);
+                None
+            }
+            // (The sender lives as long as the shard's `Linger`.)
+            _ = calls.changed(), if deadline.is_some() && !waiting_for_room => {
+                called = true;
                 None
             }
             _ = watchdog.tick() => {
@@ -948,13 +961,17 @@ async fn run_session(
                 .batch_max_rows
                 .saturating_mul(shard.linger.factor() as usize),
         );
-        // Over the budget, an open batch goes however young it is.
+        // Over the budget, or called by the group commit, an open batch
+        // goes however young it is.
         let decision = match reader.batcher.decide(Instant::now()) {
-            BatchDecision::Wait if over_budget && reader.batcher.deadline().is_some() => {
+            BatchDecision::Wait
+                if (over_budget || called) && reader.batcher.deadline().is_some() =>
+            {
                 BatchDecision::FlushAge
             }
             decision => decision,
         };
+        called = false;
         if handover(decision, over_budget, slots.available_permits() > 0) != Handover::Keep {
             // Waiting for the writer's slot is the backpressure: while the
             // writer retries (ClickHouse down) nothing more is read.
