@@ -77,9 +77,9 @@ impl Batcher {
     }
 
     /// The message limit for a consumer allowed `max_ack_pending` unacked
-    /// deliveries: a quarter of it, so that while up to two batches are
-    /// queued or being written (all unacked) the consumer still delivers the
-    /// next one.
+    /// deliveries: a quarter of it, so that while the writer's batch and
+    /// the one filling are unacked the consumer still delivers the next
+    /// messages.
     pub fn messages_for(max_ack_pending: usize) -> usize {
         (max_ack_pending / 4).max(1)
     }
