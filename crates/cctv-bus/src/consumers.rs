@@ -7,7 +7,9 @@
 //!   partition's subject ([`partition_consumer`]), starting at the sequence
 //!   ClickHouse says comes next, acked with `AckPolicy::All` after each
 //!   insert. Its name carries the lease epoch, so two owners' terms never
-//!   share one.
+//!   share one. Its state is kept in the server's memory (`mem_storage`):
+//!   a restarted server forgets it, and the owner's next session makes a
+//!   new one from ClickHouse's resume point, as it does anyway.
 //!
 //! Both pull with heartbeats, so a pull lost with a connection (a server
 //! restart) shows as a missed heartbeat instead of a silent stall.
@@ -141,6 +143,11 @@ pub async fn partition_consumer(
             max_ack_pending: settings.max_ack_pending,
             filter_subject: subjects::event_partition(settings.partition),
             inactive_threshold: settings.inactive_threshold,
+            // Its state (delivered, acked) lives in the server's memory only:
+            // where a session reads from is ClickHouse's to say, so nothing
+            // needs it after a restart. A file-backed consumer rewrites a
+            // state file up to ten times a second.
+            memory_storage: true,
             ..Default::default()
         })
         .await
