@@ -1385,8 +1385,9 @@ async fn main() -> anyhow::Result<()> {
         writeln!(
             report,
             "## Throughput (burst, published as fast as possible)\n\n\
-             Every message is generated in memory first (`cctvctl simulate --pregenerate`), \
-             so the generator's work is not counted; the clock runs from the first publish \
+             Every message is generated in memory first, and packed into its gateway batch \
+             in the batch scenarios (`cctvctl simulate --pregenerate`), so the generator's \
+             work is not counted; the clock runs from the first publish \
              to the last row in ClickHouse, the publisher sharing the cores with the pipeline.\n"
         )?;
         writeln!(
