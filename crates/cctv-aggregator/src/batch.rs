@@ -57,7 +57,10 @@ pub struct Batcher {
     max_rows: usize,
     max_messages: usize,
     max_age: Duration,
+    /// While rows keep coming, the buffer may grow this old ([`Batcher::set_busy_age`]).
+    busy_age: Duration,
     opened_at: Option<Instant>,
+    last_added_at: Option<Instant>,
     rows: usize,
     messages: usize,
 }
@@ -70,7 +73,9 @@ impl Batcher {
             max_rows: max_rows.max(1),
             max_messages: max_messages.max(1),
             max_age,
+            busy_age: max_age,
             opened_at: None,
+            last_added_at: None,
             rows: 0,
             messages: 0,
         }
@@ -89,13 +94,14 @@ impl Batcher {
         if self.opened_at.is_none() {
             self.opened_at = Some(now);
         }
+        self.last_added_at = Some(now);
         self.rows += rows;
         self.messages += 1;
     }
 
     /// Whether to flush at `now`.
     pub fn decide(&self, now: Instant) -> BatchDecision {
-        let Some(opened_at) = self.opened_at else {
+        let Some(due) = self.deadline() else {
             return BatchDecision::Wait;
         };
         if self.rows >= self.max_rows {
@@ -104,10 +110,19 @@ impl Batcher {
         if self.messages >= self.max_messages {
             return BatchDecision::FlushMessages;
         }
-        if now.duration_since(opened_at) >= self.max_age {
+        if now >= due {
             return BatchDecision::FlushAge;
         }
         BatchDecision::Wait
+    }
+
+    /// Lets the buffer grow `busy_age` old (never less than `max_age`) as
+    /// long as rows keep coming: it goes at that age, or once nothing was
+    /// added for `max_age`, whichever comes first, so the end of a burst
+    /// waits no longer than before. `max_age` turns it off. Applies to the
+    /// buffer being filled too.
+    pub fn set_busy_age(&mut self, busy_age: Duration) {
+        self.busy_age = busy_age.max(self.max_age);
     }
 
     /// Changes the row limit (at least 1), for the buffer being filled too.
@@ -115,9 +130,14 @@ impl Batcher {
         self.max_rows = max_rows.max(1);
     }
 
-    /// When the age limit falls due, if anything is buffered.
+    /// When the age limit falls due, if anything is buffered: `max_age`
+    /// after the first row, or with a busy age ([`Batcher::set_busy_age`])
+    /// `busy_age` after it or `max_age` after the last message, whichever
+    /// is sooner.
     pub fn deadline(&self) -> Option<Instant> {
-        self.opened_at.map(|opened_at| opened_at + self.max_age)
+        let opened_at = self.opened_at?;
+        let last_added_at = self.last_added_at.unwrap_or(opened_at);
+        Some((opened_at + self.busy_age).min(last_added_at + self.max_age))
     }
 
     /// Room left before the row limit.
@@ -128,6 +148,7 @@ impl Batcher {
     /// Starts a new, empty buffer.
     pub fn reset(&mut self) {
         self.opened_at = None;
+        self.last_added_at = None;
         self.rows = 0;
         self.messages = 0;
     }
@@ -179,6 +200,35 @@ mod tests {
         assert_eq!(batcher.room(), 10);
         batcher.set_max_rows(0);
         assert_eq!(batcher.decide(start), BatchDecision::FlushFull);
+    }
+
+    #[test]
+    fn a_busy_buffer_grows_older_while_rows_keep_coming() {
+        let ms = Duration::from_millis;
+        let start = Instant::now();
+        let mut batcher = Batcher::new(100, 100, ms(300));
+        batcher.add(1, start);
+        batcher.add(1, start + ms(250));
+        assert_eq!(batcher.decide(start + ms(300)), BatchDecision::FlushAge);
+        // Busy: rows keep coming, so it waits up to the busy age...
+        batcher.set_busy_age(ms(1_000));
+        assert_eq!(batcher.deadline(), Some(start + ms(550)));
+        assert_eq!(batcher.decide(start + ms(300)), BatchDecision::Wait);
+        for at in [500, 750, 900] {
+            batcher.add(1, start + ms(at));
+        }
+        assert_eq!(batcher.decide(start + ms(999)), BatchDecision::Wait);
+        assert_eq!(batcher.deadline(), Some(start + ms(1_000)));
+        assert_eq!(batcher.decide(start + ms(1_000)), BatchDecision::FlushAge);
+        // ...but not when they stop: max_age after the last one.
+        batcher.reset();
+        batcher.add(1, start);
+        batcher.add(1, start + ms(100));
+        assert_eq!(batcher.deadline(), Some(start + ms(400)));
+        assert_eq!(batcher.decide(start + ms(400)), BatchDecision::FlushAge);
+        // Never shorter than max_age.
+        batcher.set_busy_age(ms(100));
+        assert_eq!(batcher.deadline(), Some(start + ms(300)));
     }
 
     #[test]

@@ -121,11 +121,14 @@ pub async fn run(
             let in_shard = (0..partitions)
                 .filter(|partition| usize::from(*partition) % shard_count == index)
                 .count();
-            let linger = Arc::new(Linger::new(
-                config.aggregator.insert_linger,
-                in_shard,
-                config.aggregator.batch_max_rows,
-            ));
+            let linger = Arc::new(
+                Linger::new(
+                    config.aggregator.insert_linger,
+                    in_shard,
+                    config.aggregator.batch_max_rows,
+                )
+                .busy_from(config.aggregator.busy_rows_per_second),
+            );
             let inserter = Inserter::start(replicas.clone(), INSERT_GROUP_MAX_ROWS, linger.clone());
             // Each shard its share of the row budget: a shard that cannot be
             // written holds at most its share, and the others go on.
@@ -961,6 +964,13 @@ async fn run_session(
                 .batch_max_rows
                 .saturating_mul(shard.linger.factor() as usize),
         );
+        // A busy shard's batches wait longer while rows keep coming, for
+        // fewer, larger inserts.
+        reader.batcher.set_busy_age(if shard.linger.busy() {
+            settings.batch_max_age_busy
+        } else {
+            settings.batch_max_age
+        });
         // Over the budget, or called by the group commit, an open batch
         // goes however young it is.
         let decision = match reader.batcher.decide(Instant::now()) {
