@@ -35,6 +35,13 @@
 //! per insert; a third of it creating the part's files). Under light load
 //! an insert takes tens of milliseconds, so the wait is that long too.
 //!
+//! Under load the batches themselves grow: while this instance's last
+//! insert cycle into the shard carried `aggregator.busy_rows_per_second`
+//! or more, times f ([`Linger::busy`]), its partitions' batches may wait
+//! `batch_max_age_busy` instead of `batch_max_age` as long as rows keep
+//! coming (`Batcher::set_busy_age`), so the inserts become fewer and
+//! larger; a steady 10,000 offences/s keeps the short age.
+//!
 //! Each partition's writer keeps its own retry logic: a failed group fails
 //! every batch in it, and each writer then asks ClickHouse what of its own
 //! batch was written before trying again, exactly as for an insert of its
