@@ -123,6 +123,9 @@ pub(crate) struct FaultStack {
     /// Stream and lease bucket settings (replicas 3 on a NATS cluster).
     pub(crate) streams: StreamsConfig,
     pub(crate) js: jetstream::Context,
+    /// More lines of the aggregators' `[aggregator]` table (empty: the
+    /// suite's settings).
+    pub(crate) aggregator_settings: String,
 }
 
 impl FaultStack {
@@ -219,6 +222,7 @@ impl FaultStack {
             registry_path,
             streams,
             js,
+            aggregator_settings: String::new(),
         };
         if stack.clickhouse_cluster.is_some() {
             // What `cctvctl setup` does: the cluster schema on every node, once.
@@ -351,13 +355,14 @@ impl FaultStack {
              [aggregator]\nbatch_max_rows = {BATCH_MAX_ROWS}\nbatch_max_age = \"200ms\"\n\
              fetch_batch = {FETCH_BATCH}\nmax_ack_pending = {MAX_ACK_PENDING}\n\
              max_rows_in_memory = {budget}\nmigrate_on_start = {migrate}\n\
-             lease_ttl = \"{}s\"\nretry_max_backoff = \"1s\"\nshutdown_grace = \"20s\"\n\n\
+             lease_ttl = \"{}s\"\nretry_max_backoff = \"1s\"\nshutdown_grace = \"20s\"\n{}\n\
              [telemetry]\nlisten = \"127.0.0.1:{metrics_port}\"\n{}",
             self.nats.url(),
             self.clickhouse_url,
             self.database,
             self.clickhouse_cluster_toml(),
             LEASE_TTL.as_secs(),
+            self.aggregator_settings,
             self.streams_toml(),
         )
     }

@@ -133,6 +133,23 @@ async fn two_aggregators_and_two_ingests_with_identical_configs_count_exactly() 
     drain_stop_and_check(&stack, &load, &mut fleet).await;
 }
 
+/// Kills the fleet's first aggregator with SIGKILL and waits until the one
+/// on metrics port `survivor` owns every partition (within the takeover
+/// bound).
+async fn kill_the_first_and_wait_for_the_survivor(fleet: &mut Fleet, survivor: u16) {
+    let status = fleet.aggregators[0].0.kill9();
+    assert!(killed_by(status, SIGKILL), "{status:?}");
+    let killed_at = tokio::time::Instant::now();
+    poll_until(
+        "the survivor owning every partition",
+        TAKEOVER_BOUND,
+        || async { owned(survivor) == PARTITIONS },
+    )
+    .await;
+    let takeover = killed_at.elapsed();
+    println!("takeover of a killed aggregator's partitions: {takeover:?}");
+}
+
 /// One of two aggregators killed with SIGKILL during load: the survivor
 /// owns every partition within the takeover bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,21 +166,50 @@ async fn one_of_two_aggregators_killed_the_survivor_takes_every_partition_over()
     })
     .await;
 
-    let status = fleet.aggregators[0].0.kill9();
-    assert!(killed_by(status, SIGKILL), "{status:?}");
-    let killed_at = tokio::time::Instant::now();
-    let survivor = ports[1];
-    poll_until(
-        "the survivor owning every partition",
-        TAKEOVER_BOUND,
-        || async { owned(survivor) == PARTITIONS },
-    )
-    .await;
-    let takeover = killed_at.elapsed();
-    println!("takeover of a killed aggregator's partitions: {takeover:?}");
+    kill_the_first_and_wait_for_the_survivor(&mut fleet, ports[1]).await;
     let owners = lease_owners(&stack).await;
     assert_eq!(owners.len(), 1, "{owners:?}");
     assert_eq!(owners.values().sum::<usize>(), PARTITIONS, "{owners:?}");
+
+    publisher.await.expect("publisher");
+    drain_stop_and_check(&stack, &load, &mut fleet).await;
+}
+
+/// One of two aggregators killed with SIGKILL while their shard is busy
+/// (`busy_rows_per_second` low enough for this load, so the partition
+/// batches are allowed to wait `batch_max_age_busy`, 1 s, instead of 200 ms):
+/// the batches the killed one held are read again by the survivor, and
+/// nothing is lost or counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_aggregators_killed_while_their_shard_is_busy_counts_exactly() {
+    let mut stack = FaultStack::start(false).await;
+    stack.aggregator_settings =
+        "busy_rows_per_second = 500\nbatch_max_age_busy = \"1s\"\n".to_string();
+    // About 15 s of load at the paced publisher's 4,000 events/s.
+    let load = load(2 * LOAD_EVENTS);
+    let mut fleet = stack.start_fleet(&[], &[]);
+    let publisher = paced_publisher(&stack, &load);
+    let ports: Vec<u16> = fleet.aggregators.iter().map(|(_, port)| *port).collect();
+    wait_for_even_spread(&stack, &fleet, SETTLE_TIMEOUT).await;
+    let ports_ref = &ports;
+    poll_until(
+        "both aggregators finding the shard busy",
+        SETTLE_TIMEOUT,
+        || async move {
+            ports_ref
+                .iter()
+                .all(|port| scrape_metric(*port, "cctv_aggregator_shard_busy") == Some(1.0))
+        },
+    )
+    .await;
+    assert!(
+        stack.rows().await < load.count,
+        "the load ended before the kill: {} rows of {}",
+        stack.rows().await,
+        load.count
+    );
+
+    kill_the_first_and_wait_for_the_survivor(&mut fleet, ports[1]).await;
 
     publisher.await.expect("publisher");
     drain_stop_and_check(&stack, &load, &mut fleet).await;

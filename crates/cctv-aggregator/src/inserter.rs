@@ -84,6 +84,8 @@ pub(crate) struct Linger {
     busy_from: usize,
     /// Rows per second of this instance's last insert cycle into the shard.
     rate: AtomicUsize,
+    /// The shard's index, the label of [`names::SHARD_BUSY`].
+    shard: String,
 }
 
 impl Linger {
@@ -96,6 +98,15 @@ impl Linger {
             calls: tokio::sync::watch::Sender::new(0),
             busy_from: 0,
             rate: AtomicUsize::new(0),
+            shard: "0".into(),
+        }
+    }
+
+    /// For shard `index` (the label of its metric; 0 by default).
+    pub(crate) fn for_shard(self, index: usize) -> Self {
+        Self {
+            shard: index.to_string(),
+            ..self
         }
     }
 
@@ -112,6 +123,11 @@ impl Linger {
     pub(crate) fn record_cycle(&self, rows: usize, cycle: Duration) {
         self.rate
             .store(rows_per_second(rows, cycle), Ordering::Relaxed);
+        metrics::gauge!(names::SHARD_BUSY, "shard" => self.shard.clone()).set(if self.busy() {
+            1.0
+        } else {
+            0.0
+        });
     }
 
     /// Whether the shard is busy: this instance's last insert cycle carried

@@ -42,6 +42,11 @@ pub(crate) const ROWS_IN_MEMORY: &str = "cctv_aggregator_rows_in_memory";
 /// Times a partition's reader stopped reading because the instance held
 /// more than `aggregator.max_rows_in_memory` rows.
 pub(crate) const BUDGET_WAITS: &str = "cctv_aggregator_budget_waits_total";
+/// 1 while a ClickHouse shard (`shard`, from 0) is busy for this instance:
+/// its last insert cycle carried `aggregator.busy_rows_per_second` or more
+/// (times the instances sharing it), so its partitions' batches may wait
+/// `aggregator.batch_max_age_busy`; else 0.
+pub(crate) const SHARD_BUSY: &str = "cctv_aggregator_shard_busy";
 /// Partition batches per ClickHouse insert (group commit).
 pub(crate) const INSERT_GROUP: &str = "cctv_aggregator_insert_group_batches";
 /// Roller runs by `outcome` (`ok`, `error`).

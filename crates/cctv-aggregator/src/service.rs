@@ -127,7 +127,8 @@ pub async fn run(
                     in_shard,
                     config.aggregator.batch_max_rows,
                 )
-                .busy_from(config.aggregator.busy_rows_per_second),
+                .busy_from(config.aggregator.busy_rows_per_second)
+                .for_shard(index),
             );
             let inserter = Inserter::start(replicas.clone(), INSERT_GROUP_MAX_ROWS, linger.clone());
             // Each shard its share of the row budget: a shard that cannot be
