@@ -95,7 +95,8 @@ target compares the median difference with 0.
 [aggregator] tables, e.g. --ingest-settings 'batch_linger = \"0ms\"' (A/B runs of a setting).
 With CCTV_BENCH_KEEP=1 each run keeps its services' configs and logs (the path is printed);
 CCTV_LOG=info,cctv_aggregator::inserter=debug,cctv_ingest::service=debug logs every insert
-and every ingest batch with its duration (a timeline of the run).";
+and every ingest batch with its duration (a timeline of the run). A run that fails stops its
+services, says which had exited, and keeps their configs and logs whatever CCTV_BENCH_KEEP says.";
 
 /// Extra lines of the services' `[ingest]` and `[aggregator]` tables.
 static SERVICE_SETTINGS: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
@@ -214,6 +215,9 @@ struct Rig {
     database: String,
     /// With TLS: the run's CA and the publisher's client certificate.
     tls: Option<RigTls>,
+    /// Set by [`Rig::stop`]; a rig dropped without it belongs to a run that
+    /// failed ([`Rig::drop`]).
+    stopped: bool,
 }
 
 /// The certificates of a scenario with TLS on every hop.
@@ -283,6 +287,7 @@ impl Rig {
             aggregator_ports: Vec::with_capacity(instances),
             database,
             tls,
+            stopped: false,
         };
         rig.start_services(registry, events_window, instances)
             .await?;
@@ -432,7 +437,10 @@ impl Rig {
     fn seen_bytes(&self) -> anyhow::Result<Vec<f64>> {
         self.aggregator_ports
             .iter()
-            .map(|port| scrape_sum(*port, "cctv_aggregator_seen_bytes"))
+            .map(|port| {
+                scrape_sum(*port, "cctv_aggregator_seen_bytes")
+                    .with_context(|| format!("no metrics from the aggregator on port {port}"))
+            })
             .collect()
     }
 
@@ -486,6 +494,7 @@ impl Rig {
     }
 
     fn stop(mut self) {
+        self.stopped = true;
         for child in self.ingests.iter_mut().chain(self.aggregators.iter_mut()) {
             let _ = Command::new("kill")
                 .arg("-TERM")
@@ -494,9 +503,41 @@ impl Rig {
             let _ = child.wait();
         }
         if std::env::var_os("CCTV_BENCH_KEEP").is_some() {
-            let dir = self.dir.keep();
-            println!("  logs kept in {}", dir.display());
+            self.dir.disable_cleanup(true);
+            println!("  logs kept in {}", self.dir.path().display());
         }
+    }
+}
+
+impl Drop for Rig {
+    /// A run that failed: its services must not outlive it (they would
+    /// load the next runs), and their logs say why it failed, so they stay.
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        let services = [
+            ("cctv-ingest", &mut self.ingests),
+            ("cctv-aggregator", &mut self.aggregators),
+        ];
+        for (name, children) in services {
+            for (instance, child) in children.iter_mut().enumerate() {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        eprintln!("  {name} {instance} had exited during the run: {status}");
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                }
+            }
+        }
+        self.dir.disable_cleanup(true);
+        eprintln!(
+            "  the failed run's configs and logs are kept in {}",
+            self.dir.path().display()
+        );
     }
 }
 
