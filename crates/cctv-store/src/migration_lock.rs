@@ -37,6 +37,10 @@ const STALE: Duration = Duration::from_secs(30);
 const WAIT: Duration = Duration::from_millis(500);
 /// How often a waiting migrator says so in the log.
 const WAIT_LOG_EVERY: u32 = 20;
+/// Looks at `system.tables` a listing of the locks may take while tables
+/// of the database are being dropped, and the pause between them.
+const LIST_TRIES: u32 = 50;
+const LIST_PAUSE: Duration = Duration::from_millis(20);
 
 /// A held migration lock; [`MigrationLock::release`] drops it. Dropped
 /// without release (a failed migration), the heartbeat stops and the lock
@@ -128,13 +132,7 @@ async fn lock_tables(
     database: &str,
     mine: Option<&str>,
 ) -> Result<(usize, Vec<String>), StoreError> {
-    let names: Vec<String> = client
-        .query("SELECT name FROM system.tables WHERE database = ? AND startsWith(name, ?)")
-        .bind(database)
-        .bind(LOCK_PREFIX)
-        .fetch_all()
-        .await
-        .map_err(|e| StoreError::from_clickhouse("list migration locks", e))?;
+    let names = list_lock_tables(client, database).await?;
     let mut live = 0;
     let mut stale = Vec::new();
     for name in names {
@@ -142,8 +140,10 @@ async fn lock_tables(
             continue;
         }
         match lock_age(client, database, &name).await {
-            Ok(age) if age >= STALE => stale.push(name),
-            Ok(_) => live += 1,
+            Ok(Some(age)) if age >= STALE => stale.push(name),
+            Ok(Some(_)) => live += 1,
+            // Dropped between the listing and the look.
+            Ok(None) => {}
             // Dropped (released) between the listing and the look: unknown
             // table (60), or dropped while the query opened it (218, seen in
             // CI with four migrators on 18.16).
@@ -157,9 +157,44 @@ async fn lock_tables(
     Ok((live, stale))
 }
 
+/// The names of the database's lock tables.
+///
+/// A table of the database dropped while ClickHouse reads `system.tables`
+/// (another migrator's lock, released or backed off; a table a migration
+/// replaces) fails the listing on 18.16 with unknown table (60) or 218, as
+/// in [`lock_tables`]. Seen in the bench: one of two aggregators started
+/// together exited with it. The listing is tried again: the drops that
+/// cause it are few and quick.
+async fn list_lock_tables(client: &Client, database: &str) -> Result<Vec<String>, StoreError> {
+    let mut tries = 1;
+    loop {
+        let listed = client
+            .query("SELECT name FROM system.tables WHERE database = ? AND startsWith(name, ?)")
+            .bind(database)
+            .bind(LOCK_PREFIX)
+            .fetch_all()
+            .await
+            .map_err(|e| StoreError::from_clickhouse("list migration locks", e));
+        match listed {
+            Err(StoreError::Server {
+                code: Some(60 | 218),
+                ..
+            }) if tries < LIST_TRIES => {
+                tries += 1;
+                tokio::time::sleep(LIST_PAUSE).await;
+            }
+            listed => return listed,
+        }
+    }
+}
+
 /// Time since the lock's newest heartbeat, or since its creation before the
-/// first, by the server's clock.
-async fn lock_age(client: &Client, database: &str, table: &str) -> Result<Duration, StoreError> {
+/// first, by the server's clock; `None` when the table is gone.
+async fn lock_age(
+    client: &Client,
+    database: &str,
+    table: &str,
+) -> Result<Option<Duration>, StoreError> {
     let beats: u64 = client
         .query("SELECT count() FROM ?.?")
         .bind(Identifier(database))
@@ -167,9 +202,13 @@ async fn lock_age(client: &Client, database: &str, table: &str) -> Result<Durati
         .fetch_one()
         .await
         .map_err(|e| StoreError::from_clickhouse("read migration lock", e))?;
-    let seconds: i64 = if beats > 0 {
+    // (seconds, tables): the table's own row when it has heartbeats, else
+    // its entry in `system.tables`, which a table dropped since the count
+    // no longer has: over no row, `max` is 0, the epoch, and such a lock
+    // looked decades stale (seen in the bench as a "stopped" migrator).
+    let (seconds, tables): (i64, u64) = if beats > 0 {
         client
-            .query("SELECT toInt64(now()) - toInt64(max(at)) FROM ?.?")
+            .query("SELECT toInt64(now()) - toInt64(max(at)), toUInt64(1) FROM ?.?")
             .bind(Identifier(database))
             .bind(Identifier(table))
             .fetch_one()
@@ -177,7 +216,7 @@ async fn lock_age(client: &Client, database: &str, table: &str) -> Result<Durati
     } else {
         client
             .query(
-                "SELECT toInt64(now()) - toInt64(max(metadata_modification_time)) \
+                "SELECT toInt64(now()) - toInt64(max(metadata_modification_time)), count() \
                  FROM system.tables WHERE database = ? AND name = ?",
             )
             .bind(database)
@@ -186,7 +225,7 @@ async fn lock_age(client: &Client, database: &str, table: &str) -> Result<Durati
             .await
     }
     .map_err(|e| StoreError::from_clickhouse("read migration lock", e))?;
-    Ok(Duration::from_secs(u64::try_from(seconds).unwrap_or(0)))
+    Ok((tables > 0).then(|| Duration::from_secs(u64::try_from(seconds).unwrap_or(0))))
 }
 
 /// Creates the lock table under its unique name, with a first heartbeat.
