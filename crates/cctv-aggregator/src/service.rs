@@ -239,7 +239,7 @@ async fn prepare_store(
             Ok(()) => return Ok(true),
             Err(error) if error.is_transient() => {
                 health.set_problem("clickhouse unreachable");
-                tracing::warn!(%error, "ClickHouse not ready; retrying");
+                tracing::warn!(url = %store.config().url, %error, "ClickHouse not ready; retrying");
             }
             Err(error) => return Err(error.into()),
         }
