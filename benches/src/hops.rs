@@ -87,6 +87,20 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Minor page faults of process `pid` so far (0 when it is gone): pages
+/// it touched for the first time, which this VM's balloon makes dear.
+#[must_use]
+pub fn minor_faults(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    // minflt: the 10th field of the whole line, the 8th after the name.
+    after_name
+        .split_whitespace()
+        .nth(7)
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Measures the four operations with `messages` messages each against the
 /// server at `url` (pid `server_pid`), whose streams are created here.
 ///

@@ -444,6 +444,41 @@ impl Rig {
             .collect()
     }
 
+    /// ClickHouse's counters now (see [`ClickHouseCounters`]).
+    fn clickhouse_counters(&self) -> ClickHouseCounters {
+        let mut counters = ClickHouseCounters::default();
+        let names = CLICKHOUSE_EVENTS
+            .iter()
+            .map(|name| format!("'{name}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let events = self.clickhouse.query(&format!(
+            "SELECT event, value FROM system.events WHERE event IN ({names}) FORMAT TabSeparated"
+        ));
+        for line in events.unwrap_or_default().lines() {
+            if let Some((name, value)) = line.split_once('\t') {
+                if let Some(slot) = CLICKHOUSE_EVENTS.iter().position(|event| *event == name) {
+                    counters.events[slot] = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        counters.minor_faults = self
+            .clickhouse
+            .pid()
+            .map_or(0, cctv_benches::hops::minor_faults);
+        // `cctv_bench`, the rig's own constant: no data in this SQL.
+        counters.active_parts = self
+            .clickhouse
+            .query(&format!(
+                "SELECT count() FROM system.parts WHERE database = '{}' AND active",
+                self.database
+            ))
+            .ok()
+            .and_then(|body| body.trim().parse().ok())
+            .unwrap_or(0);
+        counters
+    }
+
     /// Each aggregator's peak RSS in MiB.
     fn aggregator_peaks(&self) -> Vec<f64> {
         self.aggregators
@@ -589,7 +624,11 @@ fn spawn_service(
     config: &str,
     env: &[(&str, String)],
 ) -> anyhow::Result<Child> {
-    let config_path = dir.join(format!("{name}.toml"));
+    // One file per instance, though the text is the same: rewriting one
+    // shared file for the next instance truncated it while the one before
+    // was reading it, which then ran on the built-in defaults (seen: an
+    // aggregator retrying ClickHouse at the default URL for two minutes).
+    let config_path = dir.join(format!("{name}-{instance}.toml"));
     std::fs::write(&config_path, config)?;
     let log = std::fs::File::create(dir.join(format!("{name}-{instance}.log")))?;
     Command::new(release_binary(name)?)
@@ -605,6 +644,45 @@ fn spawn_service(
         .stderr(log)
         .spawn()
         .with_context(|| format!("failed to start {name}"))
+}
+
+/// The counters of `system.events` a run reports for clickhouse-server.
+const CLICKHOUSE_EVENTS: [&str; 7] = [
+    "Query",
+    "SelectQuery",
+    "InsertQuery",
+    "InsertedRows",
+    "Merge",
+    "MergedRows",
+    "SelectedRows",
+];
+
+/// What clickhouse-server had done at one moment: its `system.events`
+/// counters ([`CLICKHOUSE_EVENTS`]), its minor page faults and the active
+/// parts of the run's database. Printed per run, so that a slow run shows
+/// whether ClickHouse merged, read or faulted in more than a fast one.
+#[derive(Default)]
+struct ClickHouseCounters {
+    events: [u64; CLICKHOUSE_EVENTS.len()],
+    minor_faults: u64,
+    active_parts: u64,
+}
+
+impl ClickHouseCounters {
+    /// The counters' growth since `before`, and the parts now, as one line.
+    fn since(&self, before: &ClickHouseCounters) -> String {
+        let mut line: Vec<String> = CLICKHOUSE_EVENTS
+            .iter()
+            .zip(self.events.iter().zip(&before.events))
+            .map(|(name, (now, then))| format!("{name} {}", now.saturating_sub(*then)))
+            .collect();
+        line.push(format!(
+            "minor faults {}",
+            self.minor_faults.saturating_sub(before.minor_faults)
+        ));
+        line.push(format!("active parts {}", self.active_parts));
+        line.join(", ")
+    }
 }
 
 /// What one throughput scenario measured.
@@ -712,6 +790,7 @@ async fn throughput(
     let tls = scenario.ends_with("-tls");
     let rig = Rig::start(registry, events_window, instances, tls).await?;
     let before = rig.usages();
+    let clickhouse_before = rig.clickhouse_counters();
     let format = if scenario.starts_with("mixed") {
         FormatChoice::Mixed
     } else {
@@ -784,6 +863,18 @@ async fn throughput(
         .filter_map(|port| scrape_sum(*port, "cctv_aggregator_inserts_total").ok())
         .sum();
     println!("  {inserts:.0} inserts into ClickHouse over {instances} aggregator(s)");
+    println!(
+        "  clickhouse-server: {}",
+        rig.clickhouse_counters().since(&clickhouse_before)
+    );
+    let per_million = |usage: &Usage| usage.cpu_seconds * 1e6 / expectation.count.max(1) as f64;
+    println!(
+        "  CPU-s per million offences: ingest {:.2}, aggregator {:.2}, nats-server {:.2}, clickhouse-server {:.2}",
+        per_million(&usage[0]),
+        per_million(&usage[1]),
+        per_million(&usage[2]),
+        per_million(&usage[3]),
+    );
     let peaks = rig.aggregator_peaks();
     let (seen_mib, aggregator_rss_without_seen_mib) = seen
         .iter()
