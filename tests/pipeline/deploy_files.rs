@@ -1505,3 +1505,62 @@ fn the_cluster_configs_name_the_layouts_nodes_and_replicate_three_times() {
     check(&cli.streams, &cli.nats.url, "cctvctl.toml");
     check_clickhouse(&cli.clickhouse, "cctvctl.toml");
 }
+
+/// Every program given a config file without a single setting (empty, or
+/// comments only: truncated, or not yet written) refuses to start and names
+/// the file, instead of running on the built-in defaults. Seen in the bench:
+/// an aggregator that read its file while it was being rewritten retried
+/// the default ClickHouse URL for two minutes.
+#[test]
+fn a_config_file_without_a_setting_is_refused_by_every_program() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "# written later\n\n").expect("write the file");
+    let test_executable = std::env::current_exe().expect("path of the test executable");
+    let profile_dir = test_executable
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable inside target/<profile>/deps");
+    for (program, args) in [
+        ("cctv-ingest", &[][..]),
+        ("cctv-aggregator", &[][..]),
+        ("cctv-gateway", &[][..]),
+        ("cctvctl", &["status"][..]),
+    ] {
+        let binary = profile_dir.join(program);
+        assert!(
+            binary.is_file(),
+            "{} is missing: build the binaries first (make test does)",
+            binary.display()
+        );
+        let mut child = std::process::Command::new(&binary)
+            .arg("--config")
+            .arg(&empty)
+            .args(args)
+            .env_remove("CCTV_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the program");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{program} kept running on an empty config file");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr piped"), &mut stderr)
+            .expect("read stderr");
+        assert!(!status.success(), "{program} exited with {status}");
+        assert!(
+            stderr.contains("holds no setting") && stderr.contains(&*empty.to_string_lossy()),
+            "{program}: {stderr}"
+        );
+    }
+}

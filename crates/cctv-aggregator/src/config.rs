@@ -133,9 +133,7 @@ impl AggregatorConfig {
     pub fn load(path: Option<&Path>) -> Result<Self, AggregatorError> {
         let mut config = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    AggregatorError::Config(format!("cannot read {}: {e}", path.display()))
-                })?;
+                let text = cctv_runtime::read_config_file(path).map_err(AggregatorError::Config)?;
                 Self::from_toml(&text)?
             }
             None => Self::default(),

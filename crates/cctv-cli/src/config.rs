@@ -38,8 +38,7 @@ impl CliConfig {
     ) -> anyhow::Result<Self> {
         let mut config = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("failed to read config file {}", path.display()))?;
+                let text = cctv_runtime::read_config_file(path).map_err(anyhow::Error::msg)?;
                 Self::from_toml(&text)
                     .with_context(|| format!("failed to parse config file {}", path.display()))?
             }

@@ -282,9 +282,7 @@ impl GatewayConfig {
     pub fn load(path: Option<&Path>) -> Result<Self, GatewayError> {
         let mut config = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    GatewayError::Config(format!("cannot read {}: {e}", path.display()))
-                })?;
+                let text = cctv_runtime::read_config_file(path).map_err(GatewayError::Config)?;
                 Self::from_toml(&text)?
             }
             None => Self::default(),

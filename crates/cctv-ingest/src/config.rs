@@ -246,9 +246,7 @@ impl IngestConfig {
     pub fn load(path: Option<&Path>) -> Result<Self, IngestError> {
         let mut config = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    IngestError::Config(format!("cannot read {}: {e}", path.display()))
-                })?;
+                let text = cctv_runtime::read_config_file(path).map_err(IngestError::Config)?;
                 Self::from_toml(&text)?
             }
             None => Self::default(),

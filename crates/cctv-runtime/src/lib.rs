@@ -8,7 +8,7 @@ mod health;
 mod http;
 mod signals;
 
-pub use config::{LogFormat, TelemetryConfig};
+pub use config::{read_config_file, LogFormat, TelemetryConfig};
 pub use fault::{fault_point, FAULT_AFTER_ENV, FAULT_ENV, FAULT_INJECTION_COMPILED};
 pub use health::Health;
 pub use http::{install_metrics, serve};
