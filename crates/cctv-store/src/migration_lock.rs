@@ -37,8 +37,8 @@ const STALE: Duration = Duration::from_secs(30);
 const WAIT: Duration = Duration::from_millis(500);
 /// How often a waiting migrator says so in the log.
 const WAIT_LOG_EVERY: u32 = 20;
-/// Looks at `system.tables` a listing of the locks may take while tables
-/// of the database are being dropped, and the pause between them.
+/// Tries a read of `system.tables` may take while tables of the database
+/// are being dropped (`read_system_tables`), and the pause between them.
 const LIST_TRIES: u32 = 50;
 const LIST_PAUSE: Duration = Duration::from_millis(20);
 
@@ -158,24 +158,37 @@ async fn lock_tables(
 }
 
 /// The names of the database's lock tables.
-///
-/// A table of the database dropped while ClickHouse reads `system.tables`
-/// (another migrator's lock, released or backed off; a table a migration
-/// replaces) fails the listing on 18.16 with unknown table (60) or 218, as
-/// in [`lock_tables`]. Seen in the bench: one of two aggregators started
-/// together exited with it. The listing is tried again: the drops that
-/// cause it are few and quick.
 async fn list_lock_tables(client: &Client, database: &str) -> Result<Vec<String>, StoreError> {
-    let mut tries = 1;
-    loop {
-        let listed = client
+    read_system_tables(|| async {
+        client
             .query("SELECT name FROM system.tables WHERE database = ? AND startsWith(name, ?)")
             .bind(database)
             .bind(LOCK_PREFIX)
             .fetch_all()
             .await
-            .map_err(|e| StoreError::from_clickhouse("list migration locks", e));
-        match listed {
+            .map_err(|e| StoreError::from_clickhouse("list migration locks", e))
+    })
+    .await
+}
+
+/// Runs `read`, a query of `system.tables`, until it does not meet a table
+/// dropped mid-read.
+///
+/// A table of the database dropped while ClickHouse reads `system.tables`
+/// (another migrator's lock, released or backed off; a table a migration
+/// replaces) fails the read on 18.16 with unknown table (60) or 218, even
+/// when the read asks about other tables only. Seen in the bench: one of
+/// two aggregators started together exited with it. Taken as an answer,
+/// it would also make a live lock look dropped. The drops that cause it
+/// are few and quick, so the read is tried again.
+async fn read_system_tables<T, F, Fut>(mut read: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut tries = 1;
+    loop {
+        match read().await {
             Err(StoreError::Server {
                 code: Some(60 | 218),
                 ..
@@ -183,7 +196,7 @@ async fn list_lock_tables(client: &Client, database: &str) -> Result<Vec<String>
                 tries += 1;
                 tokio::time::sleep(LIST_PAUSE).await;
             }
-            listed => return listed,
+            answer => return answer,
         }
     }
 }
@@ -213,18 +226,22 @@ async fn lock_age(
             .bind(Identifier(table))
             .fetch_one()
             .await
+            .map_err(|e| StoreError::from_clickhouse("read migration lock", e))?
     } else {
-        client
-            .query(
-                "SELECT toInt64(now()) - toInt64(max(metadata_modification_time)), count() \
-                 FROM system.tables WHERE database = ? AND name = ?",
-            )
-            .bind(database)
-            .bind(table)
-            .fetch_one()
-            .await
-    }
-    .map_err(|e| StoreError::from_clickhouse("read migration lock", e))?;
+        read_system_tables(|| async {
+            client
+                .query(
+                    "SELECT toInt64(now()) - toInt64(max(metadata_modification_time)), count() \
+                     FROM system.tables WHERE database = ? AND name = ?",
+                )
+                .bind(database)
+                .bind(table)
+                .fetch_one()
+                .await
+                .map_err(|e| StoreError::from_clickhouse("read migration lock", e))
+        })
+        .await?
+    };
     Ok((tables > 0).then(|| Duration::from_secs(u64::try_from(seconds).unwrap_or(0))))
 }
 
