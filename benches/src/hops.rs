@@ -70,18 +70,22 @@ impl Hop {
     }
 }
 
+/// The fields of `/proc/<pid>/stat` after the process name (empty when
+/// the process is gone): index 0 is the 3rd field of the whole line.
+fn stat_fields(pid: u32) -> Vec<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_name
+        .split_whitespace()
+        .map(|value| value.parse::<f64>().unwrap_or(0.0))
+        .collect()
+}
+
 /// CPU seconds (user + system) of a process from `/proc/<pid>/stat`.
 #[must_use]
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let fields = stat_fields(pid);
+    let ticks = |index: usize| fields.get(index).copied().unwrap_or(0.0);
     // utime and stime: the 14th and 15th fields of the whole line, in clock
     // ticks of 1/100 s (`getconf CLK_TCK` on Linux).
     (ticks(11) + ticks(12)) / 100.0
@@ -91,14 +95,9 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 /// it touched for the first time, which this VM's balloon makes dear.
 #[must_use]
 pub fn minor_faults(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     // minflt: the 10th field of the whole line, the 8th after the name.
-    after_name
-        .split_whitespace()
-        .nth(7)
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0)
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    stat_fields(pid).get(7).map_or(0, |faults| *faults as u64)
 }
 
 /// Measures the four operations with `messages` messages each against the
