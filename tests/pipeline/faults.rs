@@ -854,7 +854,13 @@ async fn check_exact(stack: &FaultStack, load: &Load) {
     let report = cctv_cli::audit_pipeline(&stack.cli_config())
         .await
         .expect("audit runs");
-    assert!(report.is_clean(), "{}", cctv_cli::render_audit(&report));
+    assert!(
+        report.is_clean(),
+        "{}\n{}\n--- nats-server log ---\n{}",
+        cctv_cli::render_audit(&report),
+        stack.nats_state().await,
+        stack.nats.log_tail()
+    );
     assert_eq!(report.streams.len(), 1);
     assert_eq!(report.streams[0].rows, load.count);
     let store = stack.store();

@@ -66,7 +66,14 @@ impl NatsServer {
         extra_config: &str,
         env: &[(&str, &str)],
     ) -> Result<NatsServer, TestkitError> {
-        Self::start_configured(None, extra_config, env)
+        Self::start_configured(None, None, extra_config, env)
+    }
+
+    /// Like [`NatsServer::start`], with `jetstream_lines` in the
+    /// `jetstream { .. }` block instead of [`NATS_JETSTREAM_ENV`]'s, e.g.
+    /// `sync_interval: always`.
+    pub fn start_with_jetstream(jetstream_lines: &str) -> Result<NatsServer, TestkitError> {
+        Self::start_configured(None, Some(jetstream_lines), "", &[])
     }
 
     /// Like [`NatsServer::start_with_config_and_env`], with TLS on the client
@@ -79,11 +86,13 @@ impl NatsServer {
         extra_config: &str,
         env: &[(&str, &str)],
     ) -> Result<NatsServer, TestkitError> {
-        Self::start_configured(Some(tls), extra_config, env)
+        Self::start_configured(Some(tls), None, extra_config, env)
     }
 
+    /// `jetstream_lines`: see [`nats_config`].
     fn start_configured(
         tls: Option<&NatsTls<'_>>,
+        jetstream_lines: Option<&str>,
         extra_config: &str,
         env: &[(&str, &str)],
     ) -> Result<NatsServer, TestkitError> {
@@ -94,7 +103,7 @@ impl NatsServer {
             .collect();
         let mut attempt = 1;
         loop {
-            match Self::start_once(&binary, tls, extra_config, &envs) {
+            match Self::start_once(&binary, tls, jetstream_lines, extra_config, &envs) {
                 Err(error) if error.is_port_conflict() && attempt < START_ATTEMPTS => {
                     attempt += 1;
                 }
@@ -107,6 +116,7 @@ impl NatsServer {
     fn start_once(
         binary: &Path,
         tls: Option<&NatsTls<'_>>,
+        jetstream_lines: Option<&str>,
         extra_config: &str,
         envs: &[(OsString, OsString)],
     ) -> Result<NatsServer, TestkitError> {
@@ -117,7 +127,7 @@ impl NatsServer {
         };
         let extra = format!("{tls_block}{extra_config}");
         Self::start_node(binary, port, envs, &files, |store_dir| {
-            nats_config(port, store_dir, &extra)
+            nats_config(port, store_dir, jetstream_lines, &extra)
         })
     }
 
@@ -315,7 +325,7 @@ impl NatsCluster {
                 *port,
                 &[],
                 &files,
-                |store_dir| nats_config(*port, store_dir, &cluster),
+                |store_dir| nats_config(*port, store_dir, None, &cluster),
             )?);
         }
         Ok(NatsCluster { nodes })
@@ -398,12 +408,41 @@ impl NatsTls<'_> {
     }
 }
 
-/// The generated config file; `extra_config` comes last so it may add blocks.
-fn nats_config(port: u16, store_dir: &Path, extra_config: &str) -> String {
+/// Lines added to the `jetstream { .. }` block of every server the testkit
+/// starts, e.g. `sync_interval: always` to run tests or a bench with every
+/// write fsynced (a second `jetstream` block in `extra_config` would replace
+/// the first, store dir and all).
+pub const NATS_JETSTREAM_ENV: &str = "CCTV_TESTKIT_NATS_JETSTREAM";
+
+/// The generated config file; `extra_config` comes last so it may add
+/// blocks. `jetstream_lines` go into the `jetstream` block; without them,
+/// [`NATS_JETSTREAM_ENV`]'s do.
+fn nats_config(
+    port: u16,
+    store_dir: &Path,
+    jetstream_lines: Option<&str>,
+    extra_config: &str,
+) -> String {
+    let from_env = std::env::var(NATS_JETSTREAM_ENV).unwrap_or_default();
+    nats_config_with(
+        port,
+        store_dir,
+        jetstream_lines.unwrap_or(&from_env),
+        extra_config,
+    )
+}
+
+/// [`nats_config`] with the extra JetStream lines given.
+fn nats_config_with(
+    port: u16,
+    store_dir: &Path,
+    jetstream_extra: &str,
+    extra_config: &str,
+) -> String {
     format!(
         "listen: 127.0.0.1:{port}\n\
          max_payload: 8MB\n\
-         jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n}}\n\
+         jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 4GB\n  {jetstream_extra}\n}}\n\
          {extra_config}\n",
         store_dir.display()
     )
@@ -438,11 +477,43 @@ mod tests {
         let config = nats_config(
             4222,
             Path::new("/tmp/x/js"),
+            None,
             "authorization { token: s3cret }",
         );
         assert!(config.contains("listen: 127.0.0.1:4222"));
         assert!(config.contains("store_dir: \"/tmp/x/js\""));
         assert!(config.ends_with("authorization { token: s3cret }\n"));
+    }
+
+    #[test]
+    fn jetstream_lines_go_inside_the_jetstream_block() {
+        let config = nats_config_with(
+            4222,
+            Path::new("/tmp/x/js"),
+            "sync_interval: always",
+            "cluster { name: c }",
+        );
+        let block = config
+            .split("jetstream {")
+            .nth(1)
+            .and_then(|rest| rest.split('}').next())
+            .expect("a jetstream block");
+        assert!(block.contains("store_dir: \"/tmp/x/js\""), "{config}");
+        assert!(block.contains("sync_interval: always"), "{config}");
+        assert_eq!(config.matches("jetstream {").count(), 1, "{config}");
+    }
+
+    #[test]
+    fn a_server_runs_with_the_jetstream_lines_given() -> Result<(), TestkitError> {
+        let mut server = NatsServer::start_with_jetstream("sync_interval: always")?;
+        assert!(server.is_running());
+        let config = std::fs::read_to_string(server.temp_dir().join("nats.conf"))
+            .map_err(|source| TestkitError::io("read nats.conf", source))?;
+        assert!(config.contains("sync_interval: always"), "{config}");
+        // The lines reach the server: one it cannot parse stops it.
+        let refused = NatsServer::start_with_jetstream("sync_interval: bogus");
+        assert!(refused.is_err(), "a bad sync_interval was accepted");
+        Ok(())
     }
 
     #[test]

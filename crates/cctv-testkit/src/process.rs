@@ -266,10 +266,17 @@ fn open_append(path: &Path) -> Result<File, TestkitError> {
         .map_err(|source| TestkitError::io(format!("open {}", path.display()), source))
 }
 
-/// Creates a fresh temp directory `cctv-testkit-<kind>-XXXX` under the system temp dir.
+/// Set to `1` to keep every server's temp directory (its logs, config and
+/// data) after the test, to look into a failure.
+pub const KEEP_DIRS_ENV: &str = "CCTV_TESTKIT_KEEP";
+
+/// Creates a fresh temp directory `cctv-testkit-<kind>-XXXX` under the system
+/// temp dir, removed on drop unless [`KEEP_DIRS_ENV`] is `1`.
 pub(crate) fn create_temp_dir(kind: &str) -> Result<tempfile::TempDir, TestkitError> {
+    let keep = std::env::var(KEEP_DIRS_ENV).is_ok_and(|value| value == "1");
     tempfile::Builder::new()
         .prefix(&format!("cctv-testkit-{kind}-"))
+        .disable_cleanup(keep)
         .tempdir_in(std::env::temp_dir())
         .map_err(|source| TestkitError::io("create temp dir", source))
 }
