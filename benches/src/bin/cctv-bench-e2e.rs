@@ -20,6 +20,9 @@
 //!   publisher and both services present theirs), ClickHouse over HTTPS, all
 //!   checked against a CA made for the run; the report sets its rate beside
 //!   the plain-text one;
+//! - `canonical-batch-sync`: `canonical-batch` with nats-server fsyncing
+//!   every write (`sync_interval: always`, what survives a power cut); the
+//!   report sets its rate beside the default's;
 //! - `latency`: canonical events at a fixed rate; publish -> queryable
 //!   latency of every event, p50/p99/max;
 //! - `gateway`: the release `cctv-gateway` between load generators here
@@ -55,7 +58,7 @@ use cctv_testkit::{
 /// How often ClickHouse is asked for progress.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Every scenario `--scenarios` takes.
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "floor",
     "store-floor",
     "seen",
@@ -65,6 +68,7 @@ const SCENARIOS: [&str; 12] = [
     "mixed-batch",
     "canonical-batch-x2",
     "canonical-batch-tls",
+    "canonical-batch-sync",
     "latency",
     "gateway",
     "analyst",
@@ -72,19 +76,23 @@ const SCENARIOS: [&str; 12] = [
 /// The throughput scenarios: one vendor message per NATS message, or
 /// (`-batch`) gateway batches of 100.
 /// `-x2`: two instances of each service. `-tls`: TLS on every hop.
-const THROUGHPUT_SCENARIOS: [&str; 6] = [
+/// `-sync`: nats-server fsyncs every write.
+const THROUGHPUT_SCENARIOS: [&str; 7] = [
     "canonical",
     "mixed",
     "canonical-batch",
     "mixed-batch",
     "canonical-batch-x2",
     "canonical-batch-tls",
+    "canonical-batch-sync",
 ];
+/// The JetStream line of the `-sync` scenarios.
+const SYNC_ALWAYS: &str = "sync_interval: always";
 /// Longest a scenario may take to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
 
 const USAGE: &str = "usage: cctv-bench-e2e [--events N] [--latency-rate N] [--latency-seconds N] \
-[--scenarios floor,store-floor,canonical,mixed,canonical-batch,mixed-batch,canonical-batch-x2,canonical-batch-tls,seen,latency,gateway,analyst] [--output FILE | --no-output] \
+[--scenarios floor,store-floor,canonical,mixed,canonical-batch,mixed-batch,canonical-batch-x2,canonical-batch-tls,canonical-batch-sync,seen,latency,gateway,analyst] [--output FILE | --no-output] \
 [--events-duplicate-window DURATION] [--seen-ids N] [--analyst-rows N] [--ingest-settings TOML] [--aggregator-settings TOML] [--pairs N]
 
 --pairs N (default 5): when canonical-batch and canonical-batch-x2 are both among the scenarios,
@@ -93,6 +101,8 @@ target compares the median difference with 0.
 
 --ingest-settings and --aggregator-settings add lines to the services' [ingest] and
 [aggregator] tables, e.g. --ingest-settings 'batch_linger = \"0ms\"' (A/B runs of a setting).
+CCTV_TESTKIT_NATS_JETSTREAM adds lines to every nats-server's jetstream block, e.g.
+'sync_interval: always' (every write fsynced); the machine description names them.
 With CCTV_BENCH_KEEP=1 each run keeps its services' configs and logs (the path is printed);
 CCTV_LOG=info,cctv_aggregator::inserter=debug,cctv_ingest::service=debug logs every insert
 and every ingest batch with its duration (a timeline of the run). A run that fails stops its
@@ -137,6 +147,7 @@ fn parse_options() -> anyhow::Result<Options> {
             "mixed-batch".into(),
             "canonical-batch-x2".into(),
             "canonical-batch-tls".into(),
+            "canonical-batch-sync".into(),
             "seen".into(),
             "latency".into(),
             "gateway".into(),
@@ -251,11 +262,17 @@ impl Rig {
         events_window: Option<&str>,
         instances: usize,
         tls: bool,
+        sync: bool,
     ) -> anyhow::Result<Rig> {
         let tls = if tls { Some(RigTls::new()?) } else { None };
         let (nats, clickhouse) = match &tls {
             None => (
-                NatsServer::start().context("failed to start nats-server")?,
+                if sync {
+                    NatsServer::start_with_jetstream(SYNC_ALWAYS)
+                } else {
+                    NatsServer::start()
+                }
+                .context("failed to start nats-server")?,
                 ClickHouseServer::start().context("failed to start clickhouse-server")?,
             ),
             Some(tls) => {
@@ -788,7 +805,8 @@ async fn throughput(
     // `-x2` scenarios: two instances of each service with one config.
     let instances = if scenario.ends_with("-x2") { 2 } else { 1 };
     let tls = scenario.ends_with("-tls");
-    let rig = Rig::start(registry, events_window, instances, tls).await?;
+    let sync = scenario.ends_with("-sync");
+    let rig = Rig::start(registry, events_window, instances, tls, sync).await?;
     let before = rig.usages();
     let clickhouse_before = rig.clickhouse_counters();
     let format = if scenario.starts_with("mixed") {
@@ -1106,7 +1124,7 @@ async fn seen(ids: u64) -> anyhow::Result<Vec<SeenRebuild>> {
 
 /// Publish -> queryable latencies in milliseconds, sorted.
 async fn latency(rate: u64, seconds: u64, registry: &Path) -> anyhow::Result<Vec<f64>> {
-    let rig = Rig::start(registry, None, 1, false).await?;
+    let rig = Rig::start(registry, None, 1, false, false).await?;
     let client = async_nats::connect(rig.nats.url()).await?;
     let js = async_nats::jetstream::new(client);
     let total = rate * seconds;
@@ -1404,13 +1422,19 @@ fn machine_description() -> String {
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     format!(
         "- CPU: {model}, {cores} cores available\n- memory: {memory}\n- kernel: {}\n\
-         - nats-server: {}\n- clickhouse-server: {}\n- rustc: {}\n- commit: {}\n- date: {}\n",
+         - nats-server: {}{}\n- clickhouse-server: {}\n- rustc: {}\n- commit: {}\n- date: {}\n",
         command_output("uname", &["-r"]),
         // The nats-server the testkit runs (the pinned release), not the one on PATH.
         cctv_testkit::nats_server_binary().map_or_else(
             |error| format!("unavailable ({error})"),
             |binary| command_output(&binary.to_string_lossy(), &["--version"]),
         ),
+        // Extra JetStream settings (e.g. `sync_interval: always`) change what
+        // the figures mean: say so.
+        std::env::var(cctv_testkit::NATS_JETSTREAM_ENV)
+            .ok()
+            .filter(|lines| !lines.trim().is_empty())
+            .map_or_else(String::new, |lines| format!(", with JetStream `{lines}`")),
         command_output("dpkg-query", &["-W", "-f=${Version}", "clickhouse-server"]),
         command_output("rustc", &["--version"]),
         command_output("git", &["rev-parse", "--short", "HEAD"]),
@@ -1765,16 +1789,29 @@ async fn main() -> anyhow::Result<()> {
                 }
             )?;
         }
-        if result.scenario == "canonical-batch-tls" {
+        // Variants of canonical-batch, each beside the plain run's rate.
+        let variant = match result.scenario.as_str() {
+            "canonical-batch-tls" => Some((
+                "TLS on every hop (NATS with client certificates, ClickHouse over HTTPS)"
+                    .to_string(),
+                "in plain text",
+            )),
+            "canonical-batch-sync" => Some((
+                format!("every NATS write fsynced (`{SYNC_ALWAYS}`)"),
+                "with the default `sync_interval`",
+            )),
+            _ => None,
+        };
+        if let Some((what, plain_is)) = variant {
             let plain = rate_of("canonical-batch").map_or("not run".to_string(), |one| {
                 format!(
-                    "{one:.0}/s in plain text ({:+.0} %)",
+                    "{one:.0}/s {plain_is} ({:+.0} %)",
                     (rate / one - 1.0) * 100.0
                 )
             });
             writeln!(
                 report,
-                "| TLS on every hop (NATS with client certificates, ClickHouse over HTTPS), 0 lost | {rate:.0}/s vs {plain}, {} lost | {} |",
+                "| {what}, 0 lost | {rate:.0}/s vs {plain}, {} lost | {} |",
                 result.lost,
                 if result.lost == 0 { "yes" } else { "no" }
             )?;
