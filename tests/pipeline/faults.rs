@@ -756,14 +756,17 @@ pub(crate) async fn drain_stop_and_check(stack: &FaultStack, load: &Load, fleet:
         if settled && rows >= load.count {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not drained after {DRAIN_TIMEOUT:?}: raw settled {settled}, {rows} rows \
-             of {}\n{}\n--- nats-server log ---\n{}",
-            load.count,
-            fleet.logs(),
-            stack.nats.log_tail()
-        );
+        if tokio::time::Instant::now() >= deadline {
+            // `rows()` counts a failed query as 0: say which it was.
+            let count = stack.store().count_events().await;
+            panic!(
+                "not drained after {DRAIN_TIMEOUT:?}: raw settled {settled}, {rows} rows \
+                 of {} (the count now: {count:?})\n{}\n--- nats-server log ---\n{}",
+                load.count,
+                fleet.logs(),
+                stack.nats.log_tail()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Leases of instances killed shortly before may still wait out their
