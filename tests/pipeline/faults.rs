@@ -851,6 +851,17 @@ pub(crate) async fn leases_held(stack: &FaultStack) -> usize {
         .len()
 }
 
+/// Per partition (`writer`), the highest stream sequence ClickHouse holds.
+async fn highest_written(stack: &FaultStack) -> Vec<(String, u64)> {
+    stack
+        .store()
+        .client()
+        .query("SELECT writer, max(stream_seq) FROM offence_events GROUP BY writer")
+        .fetch_all()
+        .await
+        .unwrap()
+}
+
 /// A clean audit, then exact totals per region x type, the contract's query
 /// agreeing.
 async fn check_exact(stack: &FaultStack, load: &Load) {
@@ -1165,12 +1176,7 @@ async fn rows_clickhouse_lost_at_the_head_of_partitions_are_written_again_by_the
 
     // The newest event batch of every partition goes.
     let store = stack.store();
-    let heads: Vec<(String, u64)> = store
-        .client()
-        .query("SELECT writer, max(stream_seq) FROM offence_events GROUP BY writer")
-        .fetch_all()
-        .await
-        .unwrap();
+    let heads = highest_written(&stack).await;
     assert!(heads.len() > 1, "{heads:?}");
     for (writer, sequence) in &heads {
         store
@@ -1243,13 +1249,7 @@ async fn sigterm_during_load_exits_cleanly_and_leaves_nothing_written_unacked() 
     // Every row ClickHouse holds was acked: per partition, some consumer's
     // ack floor reaches the highest stored sequence (AckPolicy::All), so
     // nothing written is redelivered.
-    let written: Vec<(String, u64)> = stack
-        .store()
-        .client()
-        .query("SELECT writer, max(stream_seq) FROM offence_events GROUP BY writer")
-        .fetch_all()
-        .await
-        .unwrap();
+    let written = highest_written(&stack).await;
     assert!(!written.is_empty());
     let consumers = stack.aggregator_consumers().await;
     for (writer, max_written) in &written {
