@@ -853,13 +853,78 @@ pub(crate) async fn leases_held(stack: &FaultStack) -> usize {
 
 /// Per partition (`writer`), the highest stream sequence ClickHouse holds.
 async fn highest_written(stack: &FaultStack) -> Vec<(String, u64)> {
+    written_edge(
+        stack,
+        "SELECT writer, max(stream_seq) FROM offence_events GROUP BY writer",
+    )
+    .await
+}
+
+/// Per partition (`writer`), the lowest stream sequence ClickHouse holds.
+async fn lowest_written(stack: &FaultStack) -> Vec<(String, u64)> {
+    written_edge(
+        stack,
+        "SELECT writer, min(stream_seq) FROM offence_events GROUP BY writer",
+    )
+    .await
+}
+
+async fn written_edge(stack: &FaultStack, query: &str) -> Vec<(String, u64)> {
     stack
         .store()
         .client()
-        .query("SELECT writer, max(stream_seq) FROM offence_events GROUP BY writer")
+        .query(query)
         .fetch_all()
         .await
         .unwrap()
+}
+
+/// Deletes the rows of these `(writer, stream sequence)` batches, as a
+/// power cut takes parts not yet on disk, and waits until they are gone;
+/// the audit must then name exactly those sequences as missing.
+async fn lose_batches(stack: &FaultStack, batches: &[(String, u64)], events: u64) {
+    let store = stack.store();
+    for (writer, sequence) in batches {
+        store
+            .client()
+            .query("ALTER TABLE offence_events DELETE WHERE writer = ? AND stream_seq = ?")
+            .bind(writer)
+            .bind(sequence)
+            .execute()
+            .await
+            .unwrap();
+    }
+    let database = stack.cli_config().clickhouse.database;
+    poll_until("the deletions done", DRAIN_TIMEOUT, || async {
+        store
+            .client()
+            .query(
+                "SELECT count() FROM system.mutations \
+                 WHERE database = ? AND table = 'offence_events' AND is_done = 0",
+            )
+            .bind(&database)
+            .fetch_one::<u64>()
+            .await
+            .is_ok_and(|running| running == 0)
+    })
+    .await;
+    let left = stack.rows().await;
+    assert!(left < events, "{left} rows of {events} left");
+    let report = cctv_cli::audit_pipeline(&stack.cli_config())
+        .await
+        .expect("audit runs");
+    let mut lost: Vec<u64> = batches.iter().map(|(_, sequence)| *sequence).collect();
+    lost.sort_unstable();
+    let mut expected = cctv_cli::SequenceRanges::new();
+    for sequence in lost {
+        expected.push(sequence);
+    }
+    assert_eq!(
+        report.streams[0].missing,
+        expected,
+        "{}",
+        cctv_cli::render_audit(&report)
+    );
 }
 
 /// A clean audit, then exact totals per region x type, the contract's query
@@ -1174,55 +1239,94 @@ async fn rows_clickhouse_lost_at_the_head_of_partitions_are_written_again_by_the
         assert!(status.success(), "exit {status:?}\n{}", service.log_tail());
     }
 
-    // The newest event batch of every partition goes.
-    let store = stack.store();
+    // The newest event batch of every partition goes; the audit names
+    // exactly those.
     let heads = highest_written(&stack).await;
     assert!(heads.len() > 1, "{heads:?}");
-    for (writer, sequence) in &heads {
-        store
-            .client()
-            .query("ALTER TABLE offence_events DELETE WHERE writer = ? AND stream_seq = ?")
-            .bind(writer)
-            .bind(sequence)
-            .execute()
-            .await
-            .unwrap();
-    }
-    let database = stack.cli_config().clickhouse.database;
-    poll_until("the deletions done", DRAIN_TIMEOUT, || async {
-        store
-            .client()
-            .query(
-                "SELECT count() FROM system.mutations \
-                 WHERE database = ? AND table = 'offence_events' AND is_done = 0",
-            )
-            .bind(&database)
-            .fetch_one::<u64>()
-            .await
-            .is_ok_and(|running| running == 0)
-    })
-    .await;
-    let left = stack.rows().await;
-    assert!(left < load.count, "{left} rows of {} left", load.count);
-    // The audit names exactly the lost batches.
-    let report = cctv_cli::audit_pipeline(&stack.cli_config())
-        .await
-        .expect("audit runs");
-    let mut lost: Vec<u64> = heads.iter().map(|(_, sequence)| *sequence).collect();
-    lost.sort_unstable();
-    let mut expected = cctv_cli::SequenceRanges::new();
-    for sequence in lost {
-        expected.push(sequence);
-    }
-    assert_eq!(
-        report.streams[0].missing,
-        expected,
-        "{}",
-        cctv_cli::render_audit(&report)
-    );
+    lose_batches(&stack, &heads, load.count).await;
 
     for (service, _) in &mut fleet.aggregators {
         service.restart();
+    }
+    drain_stop_and_check(&stack, &load, &mut fleet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_clickhouse_lost_below_what_it_holds_are_written_again_after_audit_repair() {
+    lost_below_and_repaired(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_insert_that_failed_unsent_is_written_on_retry() {
+    // Below the resume point a retry cannot tell from sequences what was
+    // written: it asks by event id. Here the first replay insert of each
+    // aggregator fails before it is sent; its rows must still be written.
+    lost_below_and_repaired(Some("replay_insert_lost")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_insert_written_but_reported_failed_is_not_written_twice() {
+    // The first replay insert of each aggregator is written, then reported
+    // failed (a timeout after the server committed); the retry must find
+    // its ids and write nothing more.
+    lost_below_and_repaired(Some("replay_insert_unanswered")).await;
+}
+
+/// Lost rows below a partition's resume point are not written again by
+/// themselves (a session starts after the highest sequence ClickHouse
+/// holds). `cctvctl audit --repair` asks the owners, running, to read those
+/// partitions again from the first message with a missing event; they skip
+/// every id ClickHouse holds, so the totals come out exact, nothing doubled
+/// (the load carries repeats of offences, too). With `fault`, each
+/// aggregator's first replay insert fails that way once.
+async fn lost_below_and_repaired(fault: Option<&str>) {
+    let stack = FaultStack::start(false).await;
+    let load = load(LOAD_EVENTS);
+    let armed = fault.map(|point| [("CCTV_FAULT", point)]);
+    let mut fleet = stack.start_fleet(&[], armed.as_ref().map_or(&[], |env| &env[..]));
+    publish_all(stack.js.clone(), load.messages.clone()).await;
+    poll_until("every row", DRAIN_TIMEOUT, || async {
+        stack.rows().await >= load.count
+    })
+    .await;
+    // The oldest event batch of every partition goes.
+    let oldest = lowest_written(&stack).await;
+    assert!(oldest.len() > 1, "{oldest:?}");
+    lose_batches(&stack, &oldest, load.count).await;
+
+    let report = cctv_cli::audit_pipeline_with(&stack.cli_config(), true)
+        .await
+        .expect("audit --repair runs");
+    let mut asked: Vec<(String, u64)> = report
+        .rewinds_requested
+        .iter()
+        .map(|rewind| (format!("p{}", rewind.partition), rewind.from))
+        .collect();
+    asked.sort_unstable();
+    let mut expected = oldest.clone();
+    expected.sort_unstable();
+    assert_eq!(asked, expected, "{}", cctv_cli::render_audit(&report));
+
+    let bucket = cctv_bus::LeaseBucket::open(&stack.js, &stack.streams.leases)
+        .await
+        .expect("lease bucket");
+    poll_until(
+        "every row written again and every rewind request done",
+        DRAIN_TIMEOUT,
+        || async {
+            stack.rows().await >= load.count
+                && bucket
+                    .entries(cctv_bus::REWIND_PREFIX)
+                    .await
+                    .is_ok_and(|left| left.is_empty())
+        },
+    )
+    .await;
+    let logs = fleet.logs();
+    assert!(logs.contains("rewind done"), "{logs}");
+    if let Some(point) = fault {
+        let fired = format!("fault injected at {point}: failing once");
+        assert_eq!(logs.matches(&fired).count(), 2, "{logs}");
     }
     drain_stop_and_check(&stack, &load, &mut fleet).await;
 }

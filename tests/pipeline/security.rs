@@ -477,6 +477,40 @@ async fn the_pipeline_runs_end_to_end_with_least_privilege_users() {
         .expect("cctvctl audit as cctv_operator");
     assert!(report.is_clean(), "{}", cctv_cli::render_audit(&report));
 
+    // The operator asks for a partition to be read again (what `audit
+    // --repair` does); the aggregator reads it, writes nothing more (every
+    // id is in ClickHouse) and deletes the request.
+    let (operator, mut operator_errors) = nats.connect_as("cctv_operator").await;
+    let leases = cctv_bus::LeaseBucket::open(
+        &impatient_jetstream(operator),
+        &StreamsConfig::default().leases,
+    )
+    .await
+    .expect("the operator opens the lease bucket");
+    for partition in 0..8 {
+        leases
+            .request_rewind(partition, 1)
+            .await
+            .expect("the operator writes a rewind request");
+    }
+    let leases_ref = &leases;
+    cctv_testkit::poll_until(
+        "the aggregator to carry out every rewind request",
+        DRAIN_TIMEOUT,
+        || async move {
+            leases_ref
+                .entries(cctv_bus::REWIND_PREFIX)
+                .await
+                .is_ok_and(|left| left.is_empty())
+        },
+    )
+    .await;
+    let totals = analyst
+        .totals(&TotalsFilter::default())
+        .await
+        .expect("analyst reads totals");
+    assert_eq!(totals.iter().map(|row| row.events).sum::<u64>(), OFFENCES);
+
     // Both services stop cleanly, and the server refused nothing they asked:
     // the permissions are exactly enough.
     ingest.stop().await;
@@ -486,6 +520,10 @@ async fn the_pipeline_runs_end_to_end_with_least_privilege_users() {
         !server_log.contains("Violation"),
         "the server refused a call of the pipeline:\n{server_log}"
     );
+
+    // The operator writes rewind requests, not leases.
+    assert!(leases.create("lease.p0", "cctv_operator").await.is_err());
+    expect_violation(&mut operator_errors, "$KV.CCTV_LEASES.lease.p0").await;
 }
 
 /// A query as `user` on the shipped-users server, with per-query settings.

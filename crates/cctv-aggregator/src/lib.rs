@@ -24,6 +24,7 @@ mod error;
 mod inserter;
 mod metrics;
 mod ownership;
+mod replay;
 mod replicas;
 mod roller;
 mod seen;

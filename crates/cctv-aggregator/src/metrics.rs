@@ -55,3 +55,9 @@ pub(crate) const ROLLUP_RUNS: &str = "cctv_aggregator_rollup_runs_total";
 pub(crate) const ROLLUP_SLOTS: &str = "cctv_aggregator_rollup_slots_total";
 /// Slots taken again by a writer after a batch landed late in them.
 pub(crate) const ROLLUP_LATE_SLOTS: &str = "cctv_aggregator_rollup_late_slots_total";
+/// Rows written again by a rewind (`cctvctl audit --repair`): events whose
+/// rows ClickHouse had lost.
+pub(crate) const REPLAYED_ROWS: &str = "cctv_aggregator_replayed_rows_total";
+/// Messages a rewind did not read again: stored too close to the dedup
+/// horizon's start for their ids to be surely in the seen-set.
+pub(crate) const REPLAY_TOO_OLD: &str = "cctv_aggregator_replay_too_old_total";

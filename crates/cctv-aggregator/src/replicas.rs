@@ -122,6 +122,20 @@ impl Replicas {
         Ok(())
     }
 
+    /// The ids `writer` wrote since `since` (UTC seconds), on any replica.
+    pub(crate) async fn written_ids_since(
+        &self,
+        writer: &str,
+        since: u32,
+    ) -> Result<std::collections::HashSet<[u8; 16]>, StoreError> {
+        let mut ids = std::collections::HashSet::new();
+        self.for_each_written_id(writer, since, |id, _| {
+            ids.insert(id);
+        })
+        .await?;
+        Ok(ids)
+    }
+
     /// Fenced inserts of `writer` still running on any replica. A replica
     /// that refuses the connection runs none; any other failure is returned
     /// (the caller waits and asks again).

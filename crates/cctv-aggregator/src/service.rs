@@ -6,9 +6,11 @@
 //! stream error after a reconnect); the next starts again from what
 //! ClickHouse holds, so an anomaly costs a re-read, never a row. A term ends
 //! when the lease is handed over or lost; a lost lease stops it at once, and
-//! whatever it still sends is dropped by the fence.
+//! whatever it still sends is dropped by the fence. A rewind request
+//! (`rewind.p<k>`) ends the session too, and the next one reads the
+//! partition again from the requested sequence (`replay.rs`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +20,7 @@ use cctv_bus::{LeaseBucket, LeaseWriteError, StreamKind};
 use cctv_runtime::Health;
 use cctv_store::{ChunkPool, EncodedRows, ResumePoint, RollupPolicy, Store, StoreError};
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +30,7 @@ use crate::delivery::{Delivery, DeliveryOrder};
 use crate::inserter::{Inserter, Linger};
 use crate::metrics as names;
 use crate::ownership::{Action, Ownership};
+use crate::replay::{Replay, ReplayPlan, Replayed, Rewind};
 use crate::replicas::Replicas;
 use crate::seen::SeenSet;
 use crate::{AggregatorConfig, AggregatorError, AggregatorStats, BatchDecision, Batcher};
@@ -162,6 +165,7 @@ pub async fn run(
         stats: stats.clone(),
         health,
         instance: instance.clone(),
+        bucket: bucket.clone(),
     });
     let result = LeaseLoop::new(context, bucket, partitions)
         .run(&shutdown)
@@ -268,6 +272,8 @@ struct Context {
     stats: AggregatorStats,
     health: Health,
     instance: String,
+    /// The lease bucket (a session deletes the rewind request it carried out).
+    bucket: LeaseBucket,
 }
 
 /// One ClickHouse shard as the instance uses it.
@@ -327,6 +333,8 @@ struct Term {
     /// Cancelled to drain (handover, shutdown): flush, ack, end.
     drain: CancellationToken,
     gate: Arc<LeaseGate>,
+    /// The partition's rewind request as last read from the bucket.
+    rewind: watch::Sender<Option<Rewind>>,
 }
 
 /// Reads the lease bucket, acts on [`Ownership`]'s plan, starts and stops terms.
@@ -336,6 +344,8 @@ struct LeaseLoop {
     partitions: u16,
     ownership: Ownership,
     terms: HashMap<u16, Term>,
+    /// Rewind requests by partition, as last read.
+    rewinds: BTreeMap<u16, Rewind>,
     member_revision: Option<u64>,
     member_written: Option<Instant>,
     ttl: Duration,
@@ -351,6 +361,7 @@ impl LeaseLoop {
             partitions,
             ownership,
             terms: HashMap::new(),
+            rewinds: BTreeMap::new(),
             member_revision: None,
             member_written: None,
             ttl,
@@ -488,30 +499,46 @@ impl LeaseLoop {
         }
     }
 
+    /// Reads the whole bucket once: leases, members, rewind requests.
     async fn observe(&mut self, now: Instant) -> Result<(), cctv_bus::BusError> {
-        let leases: Vec<(u16, String, u64)> = self
-            .bucket
-            .entries(cctv_bus::LEASE_PREFIX)
-            .await?
-            .into_iter()
-            .filter_map(|entry| {
-                let partition = cctv_bus::parse_lease_key(&entry.key)?;
-                let owner = String::from_utf8_lossy(&entry.value).into_owned();
-                Some((partition, owner, entry.revision))
-            })
-            .filter(|(partition, _, _)| *partition < self.partitions)
-            .collect();
-        let members: Vec<(String, u64)> = self
-            .bucket
-            .entries(cctv_bus::MEMBER_PREFIX)
-            .await?
-            .into_iter()
-            .filter_map(|entry| {
-                let id = entry.key.strip_prefix(cctv_bus::MEMBER_PREFIX)?.to_string();
-                Some((id, entry.revision))
-            })
-            .collect();
+        let mut leases: Vec<(u16, String, u64)> = Vec::new();
+        let mut members: Vec<(String, u64)> = Vec::new();
+        let mut rewinds = BTreeMap::new();
+        for entry in self.bucket.entries("").await? {
+            if let Some(partition) = cctv_bus::parse_lease_key(&entry.key) {
+                if partition < self.partitions {
+                    let owner = String::from_utf8_lossy(&entry.value).into_owned();
+                    leases.push((partition, owner, entry.revision));
+                }
+            } else if let Some(id) = entry.key.strip_prefix(cctv_bus::MEMBER_PREFIX) {
+                members.push((id.to_string(), entry.revision));
+            } else if let Some(partition) = cctv_bus::parse_rewind_key(&entry.key) {
+                match cctv_bus::parse_rewind_value(&entry.value) {
+                    Some(from) => {
+                        rewinds.insert(
+                            partition,
+                            Rewind {
+                                from,
+                                revision: entry.revision,
+                            },
+                        );
+                    }
+                    None => {
+                        tracing::warn!(key = %entry.key, "rewind request without a sequence; ignored")
+                    }
+                }
+            }
+        }
         self.ownership.observe(now, &leases, &members);
+        for (partition, term) in &self.terms {
+            let wanted = rewinds.get(partition).copied();
+            term.rewind.send_if_modified(|current| {
+                let changed = *current != wanted;
+                *current = wanted;
+                changed
+            });
+        }
+        self.rewinds = rewinds;
         Ok(())
     }
 
@@ -581,12 +608,14 @@ impl LeaseLoop {
         let valid_until = self.ownership.valid_until(partition).unwrap_or(sent_at);
         let gate = Arc::new(LeaseGate::new(valid_until));
         let drain = CancellationToken::new();
+        let (rewind, rewinds) = watch::channel(self.rewinds.get(&partition).copied());
         let handle = tokio::spawn(run_term(
             self.context.clone(),
             partition,
             epoch,
             drain.clone(),
             gate.clone(),
+            rewinds,
         ));
         tracing::info!(
             partition,
@@ -601,6 +630,7 @@ impl LeaseLoop {
                 handle,
                 drain,
                 gate,
+                rewind,
             },
         );
     }
@@ -690,7 +720,10 @@ async fn run_term(
     epoch: u64,
     drain: CancellationToken,
     gate: Arc<LeaseGate>,
+    mut rewinds: watch::Receiver<Option<Rewind>>,
 ) -> Result<(), AggregatorError> {
+    // The revision of the last rewind request this term carried out.
+    let replayed = Arc::new(AtomicU64::new(0));
     let writer_name = format!("p{partition}");
     let shard = context.shard_for(partition);
     let mut pause = Duration::from_millis(100);
@@ -726,7 +759,16 @@ async fn run_term(
         gate,
     };
     while !drain.is_cancelled() {
-        match run_session(&context, partition, epoch, &writer, &drain).await {
+        let session = run_session(
+            &context,
+            partition,
+            epoch,
+            &writer,
+            &drain,
+            &mut rewinds,
+            &replayed,
+        );
+        match session.await {
             Ok(SessionEnd::Shutdown) => break,
             Ok(SessionEnd::Reset(reason)) => {
                 context.stats.add_reset();
@@ -765,6 +807,8 @@ async fn run_session(
     epoch: u64,
     writer: &Writer,
     drain: &CancellationToken,
+    rewinds: &mut watch::Receiver<Option<Rewind>>,
+    replayed: &Arc<AtomicU64>,
 ) -> Result<SessionEnd, AggregatorError> {
     let settings = &context.config.aggregator;
     let shard = context.shard_for(partition);
@@ -784,15 +828,49 @@ async fn run_session(
         SeenSet::new(u32::try_from(settings.dedup_horizon.as_secs()).unwrap_or(u32::MAX));
     let resume = writer.read_position(&source_stream, &mut seen).await?;
     metrics::histogram!(names::REBUILD_SECONDS).record(rebuild_started.elapsed().as_secs_f64());
-    let start_sequence = resume.written_through + 1;
-    if resume.written_through > 0 && info.state.first_sequence > start_sequence {
+    if resume.written_through > 0 && info.state.first_sequence > resume.written_through + 1 {
         tracing::error!(
             partition,
             first_in_stream = info.state.first_sequence,
-            next_needed = start_sequence,
+            next_needed = resume.written_through + 1,
             "events expired from the stream before they were written; run `cctvctl audit`"
         );
     }
+    // A rewind request not carried out yet: read again from its sequence.
+    let plan = ReplayPlan::new(
+        *rewinds.borrow_and_update(),
+        replayed.load(Ordering::Acquire),
+        &resume,
+        info.state.first_sequence,
+        u64::from(now_secs()),
+        settings.dedup_horizon.as_secs(),
+    );
+    let start_sequence = plan.start_sequence(&resume);
+    let resume = plan.order_from(resume);
+    let mut replay = match plan {
+        ReplayPlan::None => None,
+        ReplayPlan::Nothing(request) => {
+            // Nothing written at or after the request: done as asked.
+            ReplayDone {
+                bucket: context.bucket.clone(),
+                partition,
+                replay: Replay::nothing(request),
+                replayed: replayed.clone(),
+            }
+            .finish()
+            .await;
+            None
+        }
+        ReplayPlan::Replay(replay) => {
+            tracing::info!(
+                partition,
+                from = replay.request.from,
+                through = replay.end,
+                "rewind requested: reading the partition again; ids ClickHouse holds are skipped"
+            );
+            Some(replay)
+        }
+    };
 
     let stream = context
         .js
@@ -869,6 +947,7 @@ async fn run_session(
         ),
         stats: &context.stats,
         lag,
+        replay: replay.take(),
         seen,
         seen_gauge: metrics::gauge!(names::SEEN_IDS, "partition" => label.clone()),
         seen_bytes: metrics::gauge!(names::SEEN_BYTES, "partition" => label),
@@ -881,6 +960,17 @@ async fn run_session(
     // while this partition has rows hands them over however young they are.
     let mut calls = shard.linger.calls();
     let mut called = false;
+    let mut rewinds_open = true;
+    let under_way = reader.replay.as_ref().map(|replay| replay.request.revision);
+    let mut break_end: Option<SessionEnd> = None;
+    let replay_end = ReplayHandover {
+        context,
+        partition,
+        replayed,
+        slots: &slots,
+        sender: &batch_sender,
+        drain,
+    };
     let end = loop {
         let deadline = reader
             .batcher
@@ -916,6 +1006,19 @@ async fn run_session(
                 called = true;
                 None
             }
+            changed = rewinds.changed(), if rewinds_open => {
+                if changed.is_err() {
+                    rewinds_open = false;
+                } else {
+                    let wanted = rewinds.borrow_and_update().map(|request| request.revision);
+                    let done = replayed.load(Ordering::Acquire);
+                    // A request neither carried out nor under way in this session.
+                    if wanted.is_some_and(|revision| revision != done && Some(revision) != under_way) {
+                        break SessionEnd::Reset("rewind requested");
+                    }
+                }
+                None
+            }
             _ = watchdog.tick() => {
                 if cctv_bus::connection_generation() != generation {
                     break SessionEnd::Reset("NATS reconnected");
@@ -939,9 +1042,27 @@ async fn run_session(
             for item in chunk {
                 match item {
                     Ok(message) => {
+                        // A replay's batches never carry what follows it: its
+                        // last batch goes before the first later message.
+                        let after_replay = reader.replay.as_ref().is_some_and(|replay| {
+                            let sequence = message.info().map_or(0, |info| info.stream_sequence);
+                            replay.ends_before(sequence)
+                        });
+                        if after_replay {
+                            if let Err(end) = replay_end.hand_over(&mut reader).await {
+                                break_end = Some(end);
+                                break;
+                            }
+                        }
                         if let Err(reason) = reader.accept(message) {
                             anomaly = Some(reason);
                             break;
+                        }
+                        if reader.replay.as_ref().is_some_and(|replay| replay.ended) {
+                            if let Err(end) = replay_end.hand_over(&mut reader).await {
+                                break_end = Some(end);
+                                break;
+                            }
                         }
                     }
                     Err(error) => {
@@ -950,6 +1071,9 @@ async fn run_session(
                         break;
                     }
                 }
+            }
+            if let Some(end) = break_end.take() {
+                break end;
             }
             if let Some(reason) = anomaly {
                 break SessionEnd::Reset(reason);
@@ -1029,6 +1153,14 @@ async fn run_session(
     }
 }
 
+/// The error a failure point reports (see `cctv_runtime::fault_fails`).
+fn injected_failure() -> StoreError {
+    StoreError::Unavailable {
+        operation: "insert",
+        message: "failure injected for a test".into(),
+    }
+}
+
 /// Sets `cctv_aggregator_rows_in_memory` from every shard's row budget
 /// (after each handover of a batch to its writer).
 fn report_rows_in_memory(context: &Context) {
@@ -1099,6 +1231,95 @@ struct Batch {
     held: RowsHeld,
     /// The writer's slot, given back when written (`WRITER_SLOTS`).
     slot: tokio::sync::OwnedSemaphorePermit,
+    /// Whether its rows are read again by a replay (sequences below the
+    /// resume point: a failed insert is checked by event id).
+    replay: bool,
+    /// Set on a replay's last batch: once written, the request is done.
+    replay_done: Option<ReplayDone>,
+}
+
+/// A replay's end, carried out once its last batch is written.
+struct ReplayDone {
+    bucket: LeaseBucket,
+    partition: u16,
+    replay: Replay,
+    /// The term's record of the last request carried out.
+    replayed: Arc<AtomicU64>,
+}
+
+impl ReplayDone {
+    /// Records the request as carried out and deletes it (unless a newer
+    /// one replaced it: that one is carried out next).
+    async fn finish(self) {
+        let Replay {
+            request,
+            rows,
+            too_old,
+            ..
+        } = self.replay;
+        self.replayed.store(request.revision, Ordering::Release);
+        metrics::counter!(names::REPLAYED_ROWS).increment(rows);
+        let key = cctv_bus::rewind_key(self.partition);
+        let deleted = self.bucket.delete(&key, request.revision).await;
+        tracing::info!(
+            partition = self.partition,
+            from = request.from,
+            rows_written_again = rows,
+            messages_too_old = too_old,
+            request_deleted = deleted.is_ok(),
+            "rewind done"
+        );
+        if too_old > 0 {
+            tracing::warn!(
+                partition = self.partition,
+                messages_too_old = too_old,
+                "a rewind left out messages stored close to the dedup horizon's start (their ids may have left the seen-set); `cctvctl audit` still names what they miss"
+            );
+        }
+    }
+}
+
+/// What a session needs to hand a replay's last batch to its writer.
+struct ReplayHandover<'a> {
+    context: &'a Context,
+    partition: u16,
+    replayed: &'a Arc<AtomicU64>,
+    slots: &'a Arc<tokio::sync::Semaphore>,
+    sender: &'a mpsc::Sender<Batch>,
+    drain: &'a CancellationToken,
+}
+
+impl ReplayHandover<'_> {
+    /// Hands the open batch (maybe empty) to the writer as the replay's
+    /// last: once it is written, after every batch before it, the request
+    /// is done.
+    async fn hand_over(&self, reader: &mut Reader<'_>) -> Result<(), SessionEnd> {
+        let Some(replay) = reader.replay.take() else {
+            return Ok(());
+        };
+        let slot = tokio::select! {
+            biased;
+            () = self.drain.cancelled() => return Err(SessionEnd::Shutdown),
+            slot = self.slots.clone().acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else {
+            return Err(SessionEnd::Reset("writer stopped"));
+        };
+        let mut batch = reader.take_batch(slot);
+        batch.replay = true;
+        batch.replay_done = Some(ReplayDone {
+            bucket: self.context.bucket.clone(),
+            partition: self.partition,
+            replay,
+            replayed: self.replayed.clone(),
+        });
+        if self.sender.send(batch).await.is_err() {
+            return Err(SessionEnd::Reset("writer stopped"));
+        }
+        reader.maybe_prune();
+        report_rows_in_memory(self.context);
+        Ok(())
+    }
 }
 
 /// The reading half of a session: checks delivery order, drops repeats of
@@ -1117,6 +1338,8 @@ struct Reader<'a> {
     batcher: Batcher,
     stats: &'a AggregatorStats,
     lag: metrics::Gauge,
+    /// The replay under way (a rewind request), until its last batch goes.
+    replay: Option<Replay>,
     seen: SeenSet,
     seen_gauge: metrics::Gauge,
     seen_bytes: metrics::Gauge,
@@ -1127,8 +1350,13 @@ struct Reader<'a> {
 impl Reader<'_> {
     /// Takes one delivery. `Err` names an anomaly that ends the session.
     fn accept(&mut self, message: jetstream::Message) -> Result<(), &'static str> {
-        let (stream_sequence, consumer_sequence, pending) = match message.info() {
-            Ok(info) => (info.stream_sequence, info.consumer_sequence, info.pending),
+        let (stream_sequence, consumer_sequence, pending, stored_secs) = match message.info() {
+            Ok(info) => (
+                info.stream_sequence,
+                info.consumer_sequence,
+                info.pending,
+                u64::try_from(info.published.timestamp()).unwrap_or(0),
+            ),
             Err(_) => return Err("message without JetStream metadata"),
         };
         let now = Instant::now();
@@ -1140,7 +1368,21 @@ impl Reader<'_> {
         }
         #[allow(clippy::cast_precision_loss)]
         self.lag.set(pending as f64);
-        if delivery == Delivery::AlreadyHandled {
+        let replayed = match self.replay.as_mut() {
+            Some(replay) if delivery == Delivery::New => {
+                replay.judge(stream_sequence, stored_secs, pending)
+            }
+            Some(replay) => {
+                replay.passed(stream_sequence, pending);
+                Replayed::No
+            }
+            None => Replayed::No,
+        };
+        if replayed == Replayed::TooOld {
+            // Its ids may have left the seen-set: writing them could double them.
+            metrics::counter!(names::REPLAY_TOO_OLD).increment(1);
+        }
+        if delivery == Delivery::AlreadyHandled || replayed == Replayed::TooOld {
             // A redelivery of something held or written: only its ack matters.
             self.stats.add_skipped(1);
             metrics::counter!(names::SKIPPED).increment(1);
@@ -1181,6 +1423,11 @@ impl Reader<'_> {
             }
             Err(error) => self.undecodable(stream_sequence, &error.to_string()),
         }
+        if replayed == Replayed::Yes {
+            if let Some(replay) = self.replay.as_mut() {
+                replay.rows += added as u64;
+            }
+        }
         self.batcher.add(added, now);
         self.held.add(added);
         self.last_message = Some(message);
@@ -1202,6 +1449,8 @@ impl Reader<'_> {
             last_message: self.last_message.take(),
             held: self.held.take(),
             slot,
+            replay: self.replay.is_some(),
+            replay_done: None,
         }
     }
 
@@ -1314,9 +1563,12 @@ impl Writer {
             last_message,
             held: _held,
             slot: _slot,
+            replay,
+            replay_done,
         } = batch;
         let mut pause = Duration::from_millis(100);
         let mut attempt = 0u32;
+        let mut first_sealed_at = None;
         while !rows.is_empty() {
             // Never send an insert on a lease not known to be valid; if it is
             // lost, the lease loop aborts this task.
@@ -1338,37 +1590,70 @@ impl Writer {
                     self.pause_after(error, &mut pause).await?;
                     continue;
                 }
-                match self.resume_point(&source_stream).await {
-                    Ok(resume) => {
-                        let before = rows.len();
-                        rows.retain(|sequence| {
-                            sequence > resume.written_through
-                                && !resume.already_written.contains(&sequence)
-                        });
-                        if rows.len() < before {
-                            tracing::info!(
-                                already = before - rows.len(),
-                                "part of the batch was already written"
-                            );
+                if replay {
+                    // Below the resume point the sequences say nothing: ask
+                    // which of the rows' ids were written since the first try.
+                    let since = first_sealed_at.unwrap_or_else(now_secs).saturating_sub(1);
+                    match self
+                        .replicas
+                        .written_ids_since(&self.writer_name, since)
+                        .await
+                    {
+                        Ok(present) => {
+                            rows.retain_rows(|_, id| !present.contains(&id));
+                            if rows.is_empty() {
+                                break;
+                            }
                         }
-                        if rows.is_empty() {
-                            break;
+                        Err(error) => {
+                            self.pause_after(error, &mut pause).await?;
+                            continue;
                         }
                     }
-                    Err(error) => {
-                        self.pause_after(error, &mut pause).await?;
-                        continue;
+                } else {
+                    match self.resume_point(&source_stream).await {
+                        Ok(resume) => {
+                            let before = rows.len();
+                            rows.retain(|sequence| {
+                                sequence > resume.written_through
+                                    && !resume.already_written.contains(&sequence)
+                            });
+                            if rows.len() < before {
+                                tracing::info!(
+                                    already = before - rows.len(),
+                                    "part of the batch was already written"
+                                );
+                            }
+                            if rows.is_empty() {
+                                break;
+                            }
+                        }
+                        Err(error) => {
+                            self.pause_after(error, &mut pause).await?;
+                            continue;
+                        }
                     }
                 }
             }
             let sealed_at = now_secs();
+            first_sealed_at.get_or_insert(sealed_at);
             rows.seal(sealed_at, self.epoch);
             let started = Instant::now();
             let shared = Arc::new(std::mem::take(&mut rows));
-            let inserted = self
-                .inserter
-                .insert(&self.writer_name, shared.clone())
-                .await;
+            // Fault tests: a replay's insert reported failed, not sent or sent.
+            let inserted = if replay && cctv_runtime::fault_fails("replay_insert_lost") {
+                Err(injected_failure())
+            } else {
+                self.inserter
+                    .insert(&self.writer_name, shared.clone())
+                    .await
+                    .and_then(|()| {
+                        if replay && cctv_runtime::fault_fails("replay_insert_unanswered") {
+                            return Err(injected_failure());
+                        }
+                        Ok(())
+                    })
+            };
             rows = Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone());
             match inserted {
                 Ok(()) => {
@@ -1399,6 +1684,9 @@ impl Writer {
             if let Err(error) = message.ack().await {
                 tracing::debug!(%error, "ack failed; the redelivery will be skipped");
             }
+        }
+        if let Some(done) = replay_done {
+            done.finish().await;
         }
         Ok(())
     }

@@ -1,6 +1,9 @@
 //! The lease bucket: a NATS KV bucket (`CCTV_LEASES`) holding the partition
 //! count chosen at setup, one `member.<instance>` key per live aggregator
-//! (rewritten as a heartbeat) and one `lease.p<k>` key per owned partition.
+//! (rewritten as a heartbeat), one `lease.p<k>` key per owned partition,
+//! and a `rewind.p<k>` key while an operator has asked the owner of
+//! partition `k` to read it again from a stream sequence (`cctvctl audit
+//! --repair`, after ClickHouse lost rows; see [`LeaseBucket::request_rewind`]).
 //!
 //! Every write is a compare-and-set on the key's revision, so of two
 //! instances racing for one partition exactly one wins. Revisions only grow
@@ -26,6 +29,8 @@ pub const PARTITIONS_KEY: &str = "config.partitions";
 pub const LEASE_PREFIX: &str = "lease.p";
 /// Prefix of member keys.
 pub const MEMBER_PREFIX: &str = "member.";
+/// Prefix of rewind requests.
+pub const REWIND_PREFIX: &str = "rewind.p";
 
 /// Settings of the lease bucket.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -54,6 +59,27 @@ pub fn lease_key(partition: u16) -> String {
 /// The partition of a lease key.
 pub fn parse_lease_key(key: &str) -> Option<u16> {
     key.strip_prefix(LEASE_PREFIX)?.parse().ok()
+}
+
+/// The key of partition `partition`'s rewind request.
+pub fn rewind_key(partition: u16) -> String {
+    format!("{REWIND_PREFIX}{partition}")
+}
+
+/// The partition of a rewind key.
+pub fn parse_rewind_key(key: &str) -> Option<u16> {
+    key.strip_prefix(REWIND_PREFIX)?.parse().ok()
+}
+
+/// The stream sequence a rewind request asks to read from (a decimal
+/// number, at least 1).
+pub fn parse_rewind_value(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|sequence| *sequence > 0)
 }
 
 /// The key of a member.
@@ -270,6 +296,40 @@ impl LeaseBucket {
             .map_err(|e| LeaseWriteError::Failed(e.to_string()))
     }
 
+    /// Asks the owner of `partition` to read it again from stream sequence
+    /// `from` (see `cctv-aggregator`'s replay): writes `rewind.p<k>`, or
+    /// lowers a request already there; a request from an earlier sequence
+    /// stays. Returns the sequence requested now.
+    pub async fn request_rewind(&self, partition: u16, from: u64) -> Result<u64, BusError> {
+        if from == 0 {
+            return Err(BusError::Invalid(
+                "a rewind starts at sequence 1 or later".into(),
+            ));
+        }
+        let key = rewind_key(partition);
+        let value = from.to_string();
+        loop {
+            let existing = self.entry(&key).await?;
+            let written = match &existing {
+                None => self.create(&key, &value).await,
+                Some(entry) => match parse_rewind_value(&entry.value) {
+                    Some(earlier) if earlier <= from => return Ok(earlier),
+                    _ => self.update(&key, &value, entry.revision).await,
+                },
+            };
+            match written {
+                Ok(_) => return Ok(from),
+                // Changed meanwhile (the owner finished, or another request): read again.
+                Err(LeaseWriteError::Conflict) => {}
+                Err(LeaseWriteError::Failed(error)) => {
+                    return Err(BusError::Invalid(format!(
+                        "cannot write {key} in the lease bucket: {error}"
+                    )))
+                }
+            }
+        }
+    }
+
     /// The server time of a fresh write, read back (for the first epoch).
     pub async fn entry(&self, key: &str) -> Result<Option<LeaseEntry>, BusError> {
         let entry = self
@@ -298,6 +358,18 @@ mod tests {
         assert_eq!(parse_lease_key("lease.p7"), Some(7));
         assert_eq!(parse_lease_key("lease.px"), None);
         assert_eq!(member_key("a-1"), "member.a-1");
+    }
+
+    #[test]
+    fn rewind_keys_and_values_round_trip() {
+        assert_eq!(rewind_key(3), "rewind.p3");
+        assert_eq!(parse_rewind_key("rewind.p3"), Some(3));
+        assert_eq!(parse_rewind_key("lease.p3"), None);
+        assert_eq!(parse_rewind_value(b"1234"), Some(1234));
+        assert_eq!(parse_rewind_value(b" 7\n"), Some(7));
+        assert_eq!(parse_rewind_value(b"0"), None, "sequences start at 1");
+        assert_eq!(parse_rewind_value(b"-1"), None);
+        assert_eq!(parse_rewind_value(b"x"), None);
     }
 
     #[test]

@@ -32,8 +32,9 @@ pub use event_batch::{
     EventBatchWriter, EventEncoding, EventError, EVENT_BATCH_CONTENT_TYPE,
 };
 pub use leases::{
-    lease_epoch, lease_key, member_key, parse_lease_key, LeaseBucket, LeaseBucketSettings,
-    LeaseEntry, LeaseWriteError, LEASE_PREFIX, MEMBER_PREFIX, PARTITIONS_KEY,
+    lease_epoch, lease_key, member_key, parse_lease_key, parse_rewind_key, parse_rewind_value,
+    rewind_key, LeaseBucket, LeaseBucketSettings, LeaseEntry, LeaseWriteError, LEASE_PREFIX,
+    MEMBER_PREFIX, PARTITIONS_KEY, REWIND_PREFIX,
 };
 pub use publish::{AckBatch, AckedPublisher, PublishOutcome};
 pub use streams::{ensure_stream, ensure_streams, stream_identity, StreamKind};

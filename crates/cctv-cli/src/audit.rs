@@ -18,6 +18,14 @@
 //! `offence_totals` and `camera_totals` with the rows of that slot (a full
 //! read of the rows up to the newest rolled slot); `--repair` first takes
 //! every differing slot into the rollups again, from the rows.
+//!
+//! Events missing in ClickHouse below rows it holds (ClickHouse lost a part,
+//! e.g. in a power cut) are not written again by themselves: an owner
+//! resumes after the highest sequence written. `--repair` therefore also
+//! asks the owner of every partition with missing events to read it again
+//! from the first message carrying one (a rewind request in the lease
+//! bucket, `rewind.p<k>`); the owner skips every id ClickHouse holds, so
+//! only what is missing is written (the aggregator's `replay.rs`).
 
 use std::fmt::{self, Write as _};
 use std::process::ExitCode;
@@ -53,9 +61,11 @@ pub struct AuditArgs {
     /// e.g. while a pipeline drains; the last audit decides the exit code.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub wait: Option<Duration>,
-    /// Before auditing, count every rolled-up slot whose rollups differ from
-    /// its rows into them again (the rows are the truth; safe while the
-    /// pipeline runs).
+    /// Count every rolled-up slot whose rollups differ from its rows into
+    /// them again (the rows are the truth), and ask the owners of partitions
+    /// with missing events to read them again from the first such event
+    /// (only what ClickHouse lacks is written). Safe while the pipeline runs;
+    /// combine with `--wait` to wait for the result.
     #[arg(long)]
     pub repair: bool,
 }
@@ -281,6 +291,8 @@ pub struct AuditReport {
     pub streams: Vec<StreamAudit>,
     /// The rollups compared with the rows.
     pub rollups: RollupAudit,
+    /// Partitions asked to be read again (`--repair`), with the sequence.
+    pub rewinds_requested: Vec<RewindRequested>,
     /// Whether every stream and the rollups are clean.
     pub clean: bool,
 }
@@ -290,6 +302,16 @@ impl AuditReport {
     pub fn is_clean(&self) -> bool {
         self.streams.iter().all(StreamAudit::is_clean) && self.rollups.differences.is_empty()
     }
+}
+
+/// A partition whose owner `--repair` asked to read it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RewindRequested {
+    /// The partition.
+    pub partition: u16,
+    /// The stream sequence it is read again from (an earlier request may
+    /// have asked for less).
+    pub from: u64,
 }
 
 /// The rollups behind `offence_totals` and `camera_totals` against the rows.
@@ -433,6 +455,25 @@ impl IdFold {
         }
     }
 
+    /// Whether every id of the stream was found stored (so far).
+    pub(crate) fn is_complete(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Per partition (of `partitions`), the lowest sequence of a message
+    /// carrying an event still pending (missing so far).
+    pub(crate) fn first_missing(&self, partitions: u16) -> std::collections::BTreeMap<u16, u64> {
+        let mut first = std::collections::BTreeMap::new();
+        for (id, sequence) in &self.pending {
+            let partition = cctv_bus::subjects::partition_of(id, partitions);
+            first
+                .entry(partition)
+                .and_modify(|lowest: &mut u64| *lowest = (*lowest).min(*sequence))
+                .or_insert(*sequence);
+        }
+        first
+    }
+
     /// The audit: what is still pending is missing.
     pub(crate) fn finish(self, source_stream: &str) -> StreamAudit {
         // Ids come in no particular order; ranges need ascending input.
@@ -490,12 +531,15 @@ pub async fn audit_pipeline_with(config: &CliConfig, repair: bool) -> anyhow::Re
         .await
         .with_context(|| format!("failed to read the events of stream {name}"))?;
 
-    let mut report = AuditReport::default();
     let mut fold = IdFold::new(Some((extent, listed.ids)));
     store
         .for_each_stored_id(&current, |id, seq, copies| fold.add(id, seq, copies))
         .await
         .with_context(|| format!("failed to audit {current}"))?;
+    let mut report = AuditReport::default();
+    if repair && !fold.is_complete() {
+        report.rewinds_requested = request_rewinds(&js, config, &fold).await?;
+    }
     let mut audit = fold.finish(&current);
     audit.events_in_stream = listed.events;
     audit.undecodable = listed.undecodable;
@@ -515,6 +559,32 @@ pub async fn audit_pipeline_with(config: &CliConfig, repair: bool) -> anyhow::Re
     report.rollups = audit_rollups(&store, repair).await?;
     report.clean = report.is_clean();
     Ok(report)
+}
+
+/// Asks the owner of every partition with missing events to read it again
+/// from the first message carrying one.
+async fn request_rewinds(
+    js: &jetstream::Context,
+    config: &CliConfig,
+    fold: &IdFold,
+) -> anyhow::Result<Vec<RewindRequested>> {
+    let bucket = config.lease_bucket(js).await?;
+    let Some(partitions) = bucket
+        .partitions()
+        .await
+        .context("failed to read the partition count")?
+    else {
+        anyhow::bail!("the lease bucket holds no partition count: run `cctvctl setup` first");
+    };
+    let mut requested = Vec::new();
+    for (partition, first) in fold.first_missing(partitions) {
+        let from = bucket
+            .request_rewind(partition, first)
+            .await
+            .with_context(|| format!("failed to ask for partition {partition} to be read again"))?;
+        requested.push(RewindRequested { partition, from });
+    }
+    Ok(requested)
 }
 
 fn extent_of(state: &stream::State) -> StreamExtent {
@@ -686,6 +756,18 @@ pub fn render_audit(report: &AuditReport) -> String {
         );
     }
     render_rollups(&mut text, &report.rollups);
+    if !report.rewinds_requested.is_empty() {
+        let asked: Vec<String> = report
+            .rewinds_requested
+            .iter()
+            .map(|rewind| format!("p{} from {}", rewind.partition, rewind.from))
+            .collect();
+        let _ = writeln!(
+            text,
+            "partitions asked to be read again (--repair; their owners write only what is missing): {}",
+            asked.join(", ")
+        );
+    }
     let _ = writeln!(
         text,
         "audit: {}",
@@ -763,11 +845,13 @@ pub async fn run_audit(config: &CliConfig, args: &AuditArgs) -> anyhow::Result<E
     let deadline = tokio::time::Instant::now() + args.wait.unwrap_or_default();
     let mut repair = args.repair;
     let mut repaired = Vec::new();
+    let mut rewinds = Vec::new();
     let mut report = loop {
         let report = audit_pipeline_with(config, repair).await?;
         if repair {
             // One repair is enough; waiting audits only look.
             repaired.clone_from(&report.rollups.repaired);
+            rewinds.clone_from(&report.rewinds_requested);
             repair = false;
         }
         if report.is_clean() || tokio::time::Instant::now() >= deadline {
@@ -776,6 +860,7 @@ pub async fn run_audit(config: &CliConfig, args: &AuditArgs) -> anyhow::Result<E
         tokio::time::sleep(WAIT_POLL_INTERVAL).await;
     };
     report.rollups.repaired = repaired;
+    report.rewinds_requested = rewinds;
     match args.format {
         AuditFormat::Text => print!("{}", render_audit(&report)),
         AuditFormat::Json => println!(
@@ -875,6 +960,12 @@ mod tests {
         fold.add(id(9), 25, 1); // beyond the last sequence
         fold.add(id(8), 3, 1); // expired from the stream
         fold.add(id(7), 13, 1); // no message carries it
+
+        // Ids 3 (at 12) and 5 (at 15) are missing: partitions 3 and 1 of 4,
+        // both partition 1 of 2.
+        assert!(!fold.is_complete());
+        assert_eq!(fold.first_missing(4), [(1, 15), (3, 12)].into());
+        assert_eq!(fold.first_missing(2), [(1, 12)].into());
         let audit = fold.finish("CCTV_EVENTS@1");
         assert_eq!(audit.missing, ranges(&[(12, 12), (15, 15)]));
         assert_eq!(audit.doubled, ranges(&[(14, 14)]));
@@ -955,8 +1046,22 @@ mod tests {
                 }],
                 repaired: Vec::new(),
             },
+            rewinds_requested: vec![
+                RewindRequested {
+                    partition: 3,
+                    from: 40,
+                },
+                RewindRequested {
+                    partition: 9,
+                    from: 77,
+                },
+            ],
             clean: false,
         });
+        assert!(
+            text.contains("partitions asked to be read again (--repair; their owners write only what is missing): p3 from 40, p9 from 77\n"),
+            "{text}"
+        );
         assert!(
             text.contains("  missing in ClickHouse: 3 sequences (of messages with unwritten events): 40-41, 77\n"),
             "{text}"

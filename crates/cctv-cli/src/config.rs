@@ -25,6 +25,21 @@ pub struct CliConfig {
 }
 
 impl CliConfig {
+    /// Opens (or creates) the deployment's lease bucket.
+    pub async fn lease_bucket(
+        &self,
+        js: &async_nats::jetstream::Context,
+    ) -> anyhow::Result<cctv_bus::LeaseBucket> {
+        cctv_bus::LeaseBucket::open(js, &self.streams.leases)
+            .await
+            .with_context(|| {
+                format!(
+                    "failed to open the lease bucket {}",
+                    self.streams.leases.name
+                )
+            })
+    }
+
     /// Parses a configuration document (no environment overrides applied).
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)

@@ -51,14 +51,7 @@ pub async fn run_setup(config: &CliConfig, args: &SetupArgs) -> anyhow::Result<(
                 humantime::format_duration(info.config.duplicate_window),
             );
         }
-        let bucket = cctv_bus::LeaseBucket::open(&js, &config.streams.leases)
-            .await
-            .with_context(|| {
-                format!(
-                    "failed to open the lease bucket {}",
-                    config.streams.leases.name
-                )
-            })?;
+        let bucket = config.lease_bucket(&js).await?;
         let partitions = match args.partitions {
             Some(count) => bucket.set_partitions(count).await,
             None => bucket.partitions_or_init().await,

@@ -230,14 +230,7 @@ pub async fn pipeline_status(
         .await
         .context("failed to connect to NATS")?;
     let js = jetstream::new(client);
-    let bucket = cctv_bus::LeaseBucket::open(&js, &config.streams.leases)
-        .await
-        .with_context(|| {
-            format!(
-                "failed to open the lease bucket {}",
-                config.streams.leases.name
-            )
-        })?;
+    let bucket = config.lease_bucket(&js).await?;
     let partitions = bucket.partitions().await?;
     let leases = bucket.entries(cctv_bus::LEASE_PREFIX).await?;
     let members = bucket.entries(cctv_bus::MEMBER_PREFIX).await?;

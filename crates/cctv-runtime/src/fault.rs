@@ -10,6 +10,12 @@
 //! of `run`), `after_insert` (aggregator: a batch is in ClickHouse, not yet
 //! acked) and `after_publish` (ingest: a batch's events are acknowledged by
 //! JetStream, its raw messages not yet acked).
+//!
+//! A failure point ([`fault_fails`]) does not abort: on its armed pass, and
+//! only then, it tells the caller to act as if an operation failed. The
+//! aggregator has `replay_insert_lost` (an insert of a replay is not sent,
+//! and reported failed) and `replay_insert_unanswered` (it is sent and
+//! written, and reported failed, as a timeout after the server committed).
 
 /// Environment variable naming the armed fault point.
 pub const FAULT_ENV: &str = "CCTV_FAULT";
@@ -20,9 +26,10 @@ pub const FAULT_AFTER_ENV: &str = "CCTV_FAULT_AFTER_BATCHES";
 /// Whether fault points are compiled into this build.
 pub const FAULT_INJECTION_COMPILED: bool = cfg!(feature = "fault-injection");
 
-/// Aborts the process if `name` is the armed point and this is its armed pass.
+/// The pass `name` is at (from 1), if it is the armed point; and the pass
+/// it is armed for.
 #[cfg(feature = "fault-injection")]
-pub fn fault_point(name: &'static str) {
+fn armed_pass(name: &'static str) -> Option<(u64, u64)> {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
 
@@ -37,16 +44,41 @@ pub fn fault_point(name: &'static str) {
             .max(1);
         Some((point, after))
     });
-    let Some((point, after)) = armed else { return };
+    let (point, after) = armed.as_ref()?;
     if point != name {
-        return;
+        return None;
     }
-    let pass = PASSES.fetch_add(1, Ordering::SeqCst) + 1;
-    if pass >= *after {
-        // Straight to stderr: the log pipeline may buffer and never flush.
-        eprintln!("fault injected at {name} (pass {pass}); aborting");
-        std::process::abort();
+    Some((PASSES.fetch_add(1, Ordering::SeqCst) + 1, *after))
+}
+
+/// Aborts the process if `name` is the armed point and this is its armed pass.
+#[cfg(feature = "fault-injection")]
+pub fn fault_point(name: &'static str) {
+    if let Some((pass, after)) = armed_pass(name) {
+        if pass >= after {
+            // Straight to stderr: the log pipeline may buffer and never flush.
+            eprintln!("fault injected at {name} (pass {pass}); aborting");
+            std::process::abort();
+        }
     }
+}
+
+/// Whether the caller should fail here: `name` is the armed point and this
+/// is exactly its armed pass (so it fails once per process).
+#[cfg(feature = "fault-injection")]
+pub fn fault_fails(name: &'static str) -> bool {
+    let fails = armed_pass(name).is_some_and(|(pass, after)| pass == after);
+    if fails {
+        eprintln!("fault injected at {name}: failing once");
+    }
+    fails
+}
+
+/// Failure points never fail without the `fault-injection` feature.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn fault_fails(_name: &'static str) -> bool {
+    false
 }
 
 /// Fault points compile to nothing without the `fault-injection` feature.

@@ -9,7 +9,7 @@ mod http;
 mod signals;
 
 pub use config::{read_config_file, LogFormat, TelemetryConfig};
-pub use fault::{fault_point, FAULT_AFTER_ENV, FAULT_ENV, FAULT_INJECTION_COMPILED};
+pub use fault::{fault_fails, fault_point, FAULT_AFTER_ENV, FAULT_ENV, FAULT_INJECTION_COMPILED};
 pub use health::Health;
 pub use http::{install_metrics, serve};
 pub use signals::shutdown_on_signals;

@@ -291,7 +291,31 @@ impl EncodedRows {
     /// Keeps only the rows whose stream sequence `keep` accepts (after a
     /// failed insert, the rows ClickHouse does not hold yet).
     pub fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) {
-        if self.rows.iter().all(|row| keep(row.sequence)) {
+        self.retain_rows(|sequence, _| keep(sequence));
+    }
+
+    /// The event id of row `index`, as [`uuid::Uuid::as_bytes`] gives it
+    /// (the row holds the UUID's two halves little-endian, as RowBinary does).
+    fn event_id(&self, index: usize) -> [u8; 16] {
+        let row = self.rows[index];
+        let at = row.start + SEALED_PREFIX + 8;
+        let bytes = &self.chunks[row.chunk][at..at + 16];
+        let half = |range: std::ops::Range<usize>| {
+            u64::from_le_bytes(bytes[range].try_into().unwrap_or([0; 8])).to_be_bytes()
+        };
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&half(0..8));
+        id[8..].copy_from_slice(&half(8..16));
+        id
+    }
+
+    /// Keeps only the rows `keep` accepts, given each row's stream sequence
+    /// and event id.
+    pub fn retain_rows(&mut self, mut keep: impl FnMut(u64, [u8; 16]) -> bool) {
+        let verdicts: Vec<bool> = (0..self.rows.len())
+            .map(|index| keep(self.rows[index].sequence, self.event_id(index)))
+            .collect();
+        if verdicts.iter().all(|kept| *kept) {
             return;
         }
         let mut kept = EncodedRows {
@@ -299,11 +323,11 @@ impl EncodedRows {
             chunks: Vec::new(),
             rows: Vec::with_capacity(self.rows.len()),
         };
-        for index in 0..self.rows.len() {
-            let sequence = self.rows[index].sequence;
-            if !keep(sequence) {
+        for (index, kept_row) in verdicts.into_iter().enumerate() {
+            if !kept_row {
                 continue;
             }
+            let sequence = self.rows[index].sequence;
             let bytes = self.row_bytes(index);
             let chunk = kept.room_for(bytes.len());
             let out = &mut kept.chunks[chunk];
@@ -438,6 +462,27 @@ mod tests {
         rows.seal(1_800_000_001, 43);
         assert_eq!(rows.to_vec().len(), before);
         assert_eq!(&rows.to_vec()[..4], &1_800_000_001u32.to_le_bytes());
+    }
+
+    #[test]
+    fn retain_rows_sees_each_rows_event_id_as_the_uuid_gives_it() {
+        let mut rows = EncodedRows::new();
+        let ids = [0x0123_4567_89ab_cdef_fedc_ba98_7654_3210_u128, 2, 3];
+        for (sequence, id) in (1u64..).zip(ids) {
+            rows.push(&event(id).view(), "CCTV_EVENTS@1", "p3", sequence);
+        }
+        let mut seen = Vec::new();
+        let drop = *uuid::Uuid::from_u128(2).as_bytes();
+        rows.retain_rows(|sequence, id| {
+            seen.push((sequence, id));
+            id != drop
+        });
+        let expected: Vec<(u64, [u8; 16])> = (1u64..)
+            .zip(ids)
+            .map(|(sequence, id)| (sequence, *uuid::Uuid::from_u128(id).as_bytes()))
+            .collect();
+        assert_eq!(seen, expected);
+        assert_eq!(rows.stream_sequences().collect::<Vec<_>>(), vec![1, 3]);
     }
 
     #[test]

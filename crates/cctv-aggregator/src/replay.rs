@@ -1,0 +1,312 @@
+//! Reading a partition again from an earlier sequence (a rewind), kept pure.
+//!
+//! A session normally starts after the highest sequence ClickHouse holds for
+//! its partition. Rows lost *below* that point (ClickHouse lost a part, e.g.
+//! in a power cut before the part reached the disk) would never be written
+//! again. `cctvctl audit --repair` names the first sequence that carries a
+//! missing event of each partition and writes it as a rewind request
+//! (`rewind.p<k>` in the lease bucket); the owner's next session starts
+//! there instead, and the part from there through the old resume point is
+//! the replay.
+//!
+//! Why a replay writes nothing twice: every id the partition wrote within
+//! the dedup horizon is in the session's seen-set (rebuilt from ClickHouse at
+//! its start), so a replayed event that ClickHouse holds is dropped as a
+//! repeat, and only what is missing is written. An id written longer ago
+//! than the horizon is no longer in the set, so a message stored in the
+//! stream before `now - horizon + REPLAY_MARGIN` is not replayed: its events
+//! were written (if at all) after it was stored, and might have left the
+//! set. The margin covers clocks of the NATS servers and the aggregators
+//! that disagree by less than it.
+//!
+//! A replay ends with the first delivery at or after its end sequence, or
+//! the consumer's last pending message; the batch that holds it goes to the
+//! writer at once, so no batch spans the replay and what follows, and once
+//! that batch is written the request is deleted (compare-and-set on the
+//! revision read, so a newer request stays). A session that ends before
+//! that leaves the request, and the next session replays again, which the
+//! seen-set makes harmless.
+
+use std::time::Duration;
+
+use cctv_store::ResumePoint;
+
+/// Messages stored less than this before the horizon's start are not
+/// replayed either (clock differences between machines).
+pub(crate) const REPLAY_MARGIN: Duration = Duration::from_secs(3600);
+
+/// A rewind request as read from the lease bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rewind {
+    /// The stream sequence to read from.
+    pub from: u64,
+    /// The request key's revision.
+    pub revision: u64,
+}
+
+/// What a session does about the request it found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReplayPlan {
+    /// No request, or one this term already carried out.
+    None,
+    /// The request starts after what is written, or what is written has
+    /// left the stream: nothing to read again. The request is done.
+    Nothing(Rewind),
+    /// Read again from `from` through `end`.
+    Replay(Replay),
+}
+
+impl ReplayPlan {
+    /// The plan for a session that found `request` and the partition at
+    /// `resume`, the stream starting at `first_in_stream`, at `now_secs`
+    /// (UTC) with a dedup horizon of `horizon_secs`. `done_revision` is the
+    /// request this term completed last (0: none).
+    pub(crate) fn new(
+        request: Option<Rewind>,
+        done_revision: u64,
+        resume: &ResumePoint,
+        first_in_stream: u64,
+        now_secs: u64,
+        horizon_secs: u64,
+    ) -> Self {
+        let Some(request) = request.filter(|request| request.revision != done_revision) else {
+            return ReplayPlan::None;
+        };
+        if request.from > resume.written_through || resume.written_through < first_in_stream {
+            return ReplayPlan::Nothing(request);
+        }
+        let floor_secs = now_secs
+            .saturating_sub(horizon_secs)
+            .saturating_add(REPLAY_MARGIN.as_secs());
+        ReplayPlan::Replay(Replay {
+            request,
+            end: resume.written_through,
+            floor_secs,
+            rows: 0,
+            too_old: 0,
+            ended: false,
+        })
+    }
+
+    /// The sequence the session's consumer starts at.
+    pub(crate) fn start_sequence(&self, resume: &ResumePoint) -> u64 {
+        match self {
+            ReplayPlan::Replay(replay) => replay.request.from,
+            _ => resume.written_through + 1,
+        }
+    }
+
+    /// The resume point the session's delivery order starts from: before
+    /// the replay, with what a cut-short batch wrote beyond it.
+    pub(crate) fn order_from(&self, resume: ResumePoint) -> ResumePoint {
+        match self {
+            ReplayPlan::Replay(replay) => ResumePoint {
+                written_through: replay.request.from - 1,
+                already_written: resume.already_written,
+            },
+            _ => resume,
+        }
+    }
+}
+
+/// One delivery as the replay sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replayed {
+    /// Not part of the replay (after its end): as in any session.
+    No,
+    /// Part of the replay: written where its ids are not in the seen-set.
+    Yes,
+    /// Part of the replay but stored too long ago: acked, not written.
+    TooOld,
+}
+
+/// A replay under way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Replay {
+    /// The request being carried out.
+    pub request: Rewind,
+    /// The last sequence read again (the resume point at the session's start).
+    pub end: u64,
+    /// Messages stored before this (UTC seconds) are not replayed.
+    pub floor_secs: u64,
+    /// Rows written again so far (ids the seen-set did not hold).
+    pub rows: u64,
+    /// Messages not replayed because they were stored too long ago.
+    pub too_old: u64,
+    /// Whether the last delivery of the replay was seen.
+    pub ended: bool,
+}
+
+impl Replay {
+    /// A request that needs no reading (see [`ReplayPlan::Nothing`]).
+    pub(crate) fn nothing(request: Rewind) -> Self {
+        Replay {
+            request,
+            end: 0,
+            floor_secs: 0,
+            rows: 0,
+            too_old: 0,
+            ended: true,
+        }
+    }
+
+    /// Notes a delivery of `stream_sequence` with `pending` messages after
+    /// it for the consumer; whether it is part of the replay.
+    pub(crate) fn passed(&mut self, stream_sequence: u64, pending: u64) -> bool {
+        if self.ended || stream_sequence > self.end {
+            self.ended = true;
+            return false;
+        }
+        if stream_sequence == self.end || pending == 0 {
+            self.ended = true;
+        }
+        true
+    }
+
+    /// Judges a new delivery of `stream_sequence`, stored at `stored_secs`
+    /// (UTC), with `pending` messages after it for the consumer.
+    pub(crate) fn judge(
+        &mut self,
+        stream_sequence: u64,
+        stored_secs: u64,
+        pending: u64,
+    ) -> Replayed {
+        if !self.passed(stream_sequence, pending) {
+            return Replayed::No;
+        }
+        if stored_secs < self.floor_secs {
+            self.too_old += 1;
+            return Replayed::TooOld;
+        }
+        Replayed::Yes
+    }
+
+    /// Whether a delivery of `stream_sequence` comes after the replay, which
+    /// has not ended yet: the batch read so far must go first.
+    pub(crate) fn ends_before(&self, stream_sequence: u64) -> bool {
+        !self.ended && stream_sequence > self.end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 24 * 3600;
+    const NOW: u64 = 1_800_000_000;
+
+    fn resume(written_through: u64) -> ResumePoint {
+        ResumePoint {
+            written_through,
+            already_written: Default::default(),
+        }
+    }
+
+    fn request(from: u64, revision: u64) -> Option<Rewind> {
+        Some(Rewind { from, revision })
+    }
+
+    fn replay(plan: ReplayPlan) -> Replay {
+        match plan {
+            ReplayPlan::Replay(replay) => replay,
+            other => panic!("expected a replay, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_request_or_a_done_one_changes_nothing() {
+        let at = resume(100);
+        assert_eq!(ReplayPlan::new(None, 0, &at, 1, NOW, DAY), ReplayPlan::None);
+        let done = ReplayPlan::new(request(10, 7), 7, &at, 1, NOW, DAY);
+        assert_eq!(done, ReplayPlan::None);
+        assert_eq!(done.start_sequence(&at), 101);
+        assert_eq!(done.order_from(at.clone()), at);
+    }
+
+    #[test]
+    fn a_request_after_what_is_written_is_done_at_once() {
+        let plan = ReplayPlan::new(request(101, 3), 0, &resume(100), 1, NOW, DAY);
+        assert_eq!(
+            plan,
+            ReplayPlan::Nothing(Rewind {
+                from: 101,
+                revision: 3
+            })
+        );
+        assert_eq!(plan.start_sequence(&resume(100)), 101);
+        // Everything written has expired from the stream: nothing to read.
+        let gone = ReplayPlan::new(request(5, 3), 0, &resume(100), 101, NOW, DAY);
+        assert_eq!(
+            gone,
+            ReplayPlan::Nothing(Rewind {
+                from: 5,
+                revision: 3
+            })
+        );
+        // Partly expired: the consumer starts at the stream's first message.
+        let part = ReplayPlan::new(request(5, 3), 0, &resume(100), 60, NOW, DAY);
+        assert_eq!(replay(part).end, 100);
+    }
+
+    #[test]
+    fn a_replay_starts_at_the_request_and_ends_at_the_resume_point() {
+        let at = ResumePoint {
+            written_through: 100,
+            already_written: [104, 105].into_iter().collect(),
+        };
+        let plan = ReplayPlan::new(request(40, 3), 0, &at, 1, NOW, DAY);
+        assert_eq!(plan.start_sequence(&at), 40);
+        let order = plan.order_from(at.clone());
+        assert_eq!(order.written_through, 39);
+        assert_eq!(
+            order.already_written, at.already_written,
+            "a cut-short batch stays known"
+        );
+        let replay = replay(plan);
+        assert_eq!(replay.end, 100);
+        assert_eq!(replay.floor_secs, NOW - DAY + REPLAY_MARGIN.as_secs());
+    }
+
+    #[test]
+    fn messages_stored_near_or_beyond_the_horizon_are_not_replayed() {
+        let mut old = replay(ReplayPlan::new(request(1, 1), 0, &resume(50), 1, NOW, DAY));
+        // Stored 23 h 30 min ago: its ids may be older than the horizon
+        // by another machine's clock.
+        assert_eq!(old.judge(1, NOW - DAY + 1800, 40), Replayed::TooOld);
+        // Stored 22 h ago: every id it carries is in the seen-set.
+        assert_eq!(old.judge(2, NOW - 22 * 3600, 39), Replayed::Yes);
+        assert_eq!(old.too_old, 1);
+        // A horizon shorter than the margin replays nothing.
+        let mut short = replay(ReplayPlan::new(request(1, 1), 0, &resume(50), 1, NOW, 600));
+        assert_eq!(short.judge(1, NOW, 10), Replayed::TooOld);
+    }
+
+    #[test]
+    fn a_replay_ends_at_its_end_sequence_or_the_last_pending_message() {
+        let mut at_end = replay(ReplayPlan::new(request(10, 1), 0, &resume(30), 1, NOW, DAY));
+        assert!(!at_end.ends_before(12));
+        assert_eq!(at_end.judge(12, NOW, 9), Replayed::Yes);
+        assert!(!at_end.ended);
+        assert_eq!(at_end.judge(30, NOW, 5), Replayed::Yes);
+        assert!(at_end.ended, "the resume point's own message is the last");
+        assert!(
+            !at_end.ends_before(31),
+            "ended already: nothing to hand over"
+        );
+        assert_eq!(at_end.judge(31, NOW, 4), Replayed::No);
+
+        // The resume point's message is not this partition's (a cut-short
+        // batch): the first later delivery ends the replay, after the batch
+        // read so far has gone.
+        let mut past = replay(ReplayPlan::new(request(10, 1), 0, &resume(30), 1, NOW, DAY));
+        assert_eq!(past.judge(20, NOW, 9), Replayed::Yes);
+        assert!(past.ends_before(33));
+        assert_eq!(past.judge(33, NOW, 8), Replayed::No);
+        assert!(past.ended);
+
+        // Nothing more pending: the replay is over whatever its end says.
+        let mut drained = replay(ReplayPlan::new(request(10, 1), 0, &resume(30), 1, NOW, DAY));
+        assert_eq!(drained.judge(25, NOW, 0), Replayed::Yes);
+        assert!(drained.ended);
+    }
+}
