@@ -1,7 +1,8 @@
 //! `cctvctl status`: the partitions of the event stream, which aggregator
 //! instance owns each (its lease in the lease bucket), how long ago each
 //! lease and each instance's heartbeat was written, and the backlog of each
-//! partition (events batches not yet acknowledged by its owner's consumer).
+//! partition (events batches not yet acknowledged by its owner's consumer),
+//! and the rewind requests not yet carried out (`cctvctl audit --repair`).
 //!
 //! [`assemble_status`] is the pure core: it joins what the bucket and the
 //! stream report into one [`StatusReport`]; [`pipeline_status`] reads them.
@@ -53,6 +54,9 @@ pub struct PartitionStatus {
     /// Event batches of the partition not yet acknowledged by that consumer
     /// (undelivered plus delivered and unacknowledged).
     pub backlog: Option<u64>,
+    /// The sequence a rewind request asks the owner to read the partition
+    /// again from, until it is carried out.
+    pub rewind_from: Option<u64>,
 }
 
 /// One aggregator instance that announced itself in the bucket.
@@ -118,10 +122,20 @@ pub fn assemble_status(
     partitions: Option<u16>,
     leases: &[LeaseEntry],
     members: &[LeaseEntry],
+    rewinds: &[LeaseEntry],
     consumers: &[ConsumerBacklog],
     consumer_prefix: &str,
     now: DateTime<Utc>,
 ) -> StatusReport {
+    let rewind_from: BTreeMap<u16, u64> = rewinds
+        .iter()
+        .filter_map(|entry| {
+            Some((
+                cctv_bus::parse_rewind_key(&entry.key)?,
+                cctv_bus::parse_rewind_value(&entry.value)?,
+            ))
+        })
+        .collect();
     let mut newest: BTreeMap<u16, (u64, &ConsumerBacklog)> = BTreeMap::new();
     for consumer in consumers {
         if let Some((partition, epoch)) = parse_consumer_name(consumer_prefix, &consumer.name) {
@@ -146,6 +160,7 @@ pub fn assemble_status(
                 lease_age_seconds: lease.map(|entry| age_seconds(now, entry.created)),
                 consumer: consumer.map(|c| c.name.clone()),
                 backlog: consumer.map(|c| c.backlog),
+                rewind_from: rewind_from.get(&partition).copied(),
             }
         })
         .collect();
@@ -218,6 +233,18 @@ pub fn render_status(report: &StatusReport) -> String {
                 .map_or_else(|| "-".to_string(), |backlog| backlog.to_string()),
         );
     }
+    let rewinds: Vec<String> = report
+        .rows
+        .iter()
+        .filter_map(|row| Some(format!("p{} from {}", row.partition, row.rewind_from?)))
+        .collect();
+    if !rewinds.is_empty() {
+        let _ = writeln!(
+            out,
+            "being read again (audit --repair): {}",
+            rewinds.join(", ")
+        );
+    }
     out
 }
 
@@ -234,6 +261,7 @@ pub async fn pipeline_status(
     let partitions = bucket.partitions().await?;
     let leases = bucket.entries(cctv_bus::LEASE_PREFIX).await?;
     let members = bucket.entries(cctv_bus::MEMBER_PREFIX).await?;
+    let rewinds = bucket.entries(cctv_bus::REWIND_PREFIX).await?;
     let stream = js
         .get_stream(&config.streams.events.name)
         .await
@@ -253,6 +281,7 @@ pub async fn pipeline_status(
         partitions,
         &leases,
         &members,
+        &rewinds,
         &consumers,
         consumer_prefix,
         Utc::now(),
@@ -332,10 +361,12 @@ mod tests {
                 backlog: 1,
             },
         ];
+        let rewinds = [entry("rewind.p2", "40", now)];
         let report = assemble_status(
             Some(3),
             &leases,
             &members,
+            &rewinds,
             &consumers,
             "cctv-aggregator",
             now,
@@ -351,6 +382,10 @@ mod tests {
         assert_eq!(report.rows[1].owner, None);
         assert_eq!(report.rows[1].backlog, None);
         assert_eq!(report.rows[2].owner.as_deref(), Some("agg-b"));
+        assert_eq!(
+            (report.rows[0].rewind_from, report.rows[2].rewind_from),
+            (None, Some(40))
+        );
         assert_eq!(report.unowned(), 1);
         let members: Vec<(&str, usize)> = report
             .members
@@ -364,11 +399,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("p1         -"), "{text}");
+        assert!(
+            text.ends_with("being read again (audit --repair): p2 from 40\n"),
+            "{text}"
+        );
     }
 
     #[test]
     fn an_unset_deployment_says_so() {
-        let report = assemble_status(None, &[], &[], &[], "cctv-aggregator", Utc::now());
+        let report = assemble_status(None, &[], &[], &[], &[], "cctv-aggregator", Utc::now());
         assert!(report.rows.is_empty());
         assert!(render_status(&report).contains("not set"));
     }
