@@ -879,6 +879,26 @@ async fn written_edge(stack: &FaultStack, query: &str) -> Vec<(String, u64)> {
         .unwrap()
 }
 
+/// Waits until ClickHouse holds `events` rows and no rewind request is
+/// left in the lease bucket (every one carried out).
+async fn rows_written_and_rewinds_done(stack: &FaultStack, events: u64) {
+    let bucket = cctv_bus::LeaseBucket::open(&stack.js, &stack.streams.leases)
+        .await
+        .expect("lease bucket");
+    poll_until(
+        "every row written and every rewind request done",
+        DRAIN_TIMEOUT,
+        || async {
+            stack.rows().await >= events
+                && bucket
+                    .entries(cctv_bus::REWIND_PREFIX)
+                    .await
+                    .is_ok_and(|left| left.is_empty())
+        },
+    )
+    .await;
+}
+
 /// Deletes the rows of these `(writer, stream sequence)` batches, as a
 /// power cut takes parts not yet on disk, and waits until they are gone;
 /// the audit must then name exactly those sequences as missing.
@@ -1272,6 +1292,35 @@ async fn a_replay_insert_written_but_reported_failed_is_not_written_twice() {
     lost_below_and_repaired(Some("replay_insert_unanswered")).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_repair_during_load_changes_no_count() {
+    // An operator runs `cctvctl audit --repair` while the pipeline is busy:
+    // events not yet written show as missing, so it asks their partitions'
+    // owners to read them again. An owner that has not written that far
+    // yet just deletes the request; one that has reads again and skips what
+    // ClickHouse holds. Either way no count changes and no request is left.
+    let stack = FaultStack::start(false).await;
+    let load = load(LOAD_EVENTS);
+    let mut fleet = stack.start_fleet(&[], &[]);
+    let publisher = tokio::spawn(publish_all(stack.js.clone(), load.messages.clone()));
+    let tenth = load.count / 10;
+    poll_until("a tenth of the rows", DRAIN_TIMEOUT, || async {
+        stack.rows().await >= tenth
+    })
+    .await;
+    let mut asked = 0;
+    for _ in 0..3 {
+        let report = cctv_cli::audit_pipeline_with(&stack.cli_config(), true)
+            .await
+            .expect("audit --repair runs");
+        asked += report.rewinds_requested.len();
+    }
+    publisher.await.expect("publisher");
+    rows_written_and_rewinds_done(&stack, load.count).await;
+    assert!(asked > 0, "no audit ran while events were still missing");
+    drain_stop_and_check(&stack, &load, &mut fleet).await;
+}
+
 /// Lost rows below a partition's resume point are not written again by
 /// themselves (a session starts after the highest sequence ClickHouse
 /// holds). `cctvctl audit --repair` asks the owners, running, to read those
@@ -1307,21 +1356,7 @@ async fn lost_below_and_repaired(fault: Option<&str>) {
     expected.sort_unstable();
     assert_eq!(asked, expected, "{}", cctv_cli::render_audit(&report));
 
-    let bucket = cctv_bus::LeaseBucket::open(&stack.js, &stack.streams.leases)
-        .await
-        .expect("lease bucket");
-    poll_until(
-        "every row written again and every rewind request done",
-        DRAIN_TIMEOUT,
-        || async {
-            stack.rows().await >= load.count
-                && bucket
-                    .entries(cctv_bus::REWIND_PREFIX)
-                    .await
-                    .is_ok_and(|left| left.is_empty())
-        },
-    )
-    .await;
+    rows_written_and_rewinds_done(&stack, load.count).await;
     let logs = fleet.logs();
     assert!(logs.contains("rewind done"), "{logs}");
     if let Some(point) = fault {

@@ -45,6 +45,12 @@ impl DeliveryOrder {
         }
     }
 
+    /// Whether a delivery as `consumer_sequence` follows the last without a
+    /// gap.
+    pub(crate) fn is_next(&self, consumer_sequence: u64) -> bool {
+        consumer_sequence == self.next_consumer_sequence
+    }
+
     /// Judges the delivery of `stream_sequence` as consumer sequence
     /// `consumer_sequence`. After a [`Delivery::Gap`] the session ends and
     /// this check is not used again.
@@ -85,7 +91,9 @@ mod tests {
     #[test]
     fn a_missing_consumer_sequence_is_a_gap() {
         let mut order = DeliveryOrder::after(resume(0, &[]));
+        assert!(order.is_next(1));
         assert_eq!(order.judge(3, 1), Delivery::New);
+        assert!(!order.is_next(3));
         assert_eq!(order.judge(7, 3), Delivery::Gap);
         let mut order = DeliveryOrder::after(resume(0, &[]));
         assert_eq!(

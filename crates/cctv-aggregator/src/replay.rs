@@ -9,23 +9,30 @@
 //! there instead, and the part from there through the old resume point is
 //! the replay.
 //!
-//! Why a replay writes nothing twice: every id the partition wrote within
-//! the dedup horizon is in the session's seen-set (rebuilt from ClickHouse at
-//! its start), so a replayed event that ClickHouse holds is dropped as a
-//! repeat, and only what is missing is written. An id written longer ago
-//! than the horizon is no longer in the set, so a message stored in the
-//! stream before `now - horizon + REPLAY_MARGIN` is not replayed: its events
-//! were written (if at all) after it was stored, and might have left the
-//! set. The margin covers clocks of the NATS servers and the aggregators
-//! that disagree by less than it.
+//! Why a replay writes nothing twice. When a message was first read, each
+//! event it carries was written unless its id had been written within the
+//! horizon before (a repeat). A replaying session loads every id the
+//! partition wrote within *two* horizons into its seen-set (from ClickHouse,
+//! at its start) and prunes nothing while it replays; it replays only
+//! messages stored after `now - horizon + REPLAY_MARGIN`. So for each
+//! replayed message, every id written in the horizon before it is in the
+//! set: an event ClickHouse holds, and a repeat that was dropped the first
+//! time, are dropped again, and only what is missing is written. Older
+//! messages are not read again (their events stay missing; the audit keeps
+//! naming them). The margin covers clocks of the NATS servers (a message's
+//! stored time) and of the aggregators (a row's insert time) that disagree
+//! by less than it.
 //!
 //! A replay ends with the first delivery at or after its end sequence, or
-//! the consumer's last pending message; the batch that holds it goes to the
-//! writer at once, so no batch spans the replay and what follows, and once
-//! that batch is written the request is deleted (compare-and-set on the
-//! revision read, so a newer request stays). A session that ends before
-//! that leaves the request, and the next session replays again, which the
-//! seen-set makes harmless.
+//! the consumer's last pending message (never on a gap in deliveries: the
+//! missing ones may be its last); the batch that holds it goes to the
+//! writer at once, so no batch spans the replay and what follows. Once
+//! that batch is written, and the owner checked that no newer owner has
+//! fenced the partition (a stale owner's inserts are dropped, so its replay
+//! proves nothing), the request is deleted (compare-and-set on the revision
+//! read, so a newer request stays). A session that ends before that leaves
+//! the request, and the next session replays again, which the seen-set
+//! makes harmless.
 
 use std::time::Duration;
 
@@ -86,6 +93,21 @@ impl ReplayPlan {
             too_old: 0,
             ended: false,
         })
+    }
+
+    /// From when (UTC seconds) the session loads the ids written into its
+    /// seen-set: the horizon, or for a replay two. A replayed message was
+    /// first judged against the ids of the horizon before it was stored,
+    /// and it is stored at most `horizon - REPLAY_MARGIN` ago; a repeat it
+    /// carries of an id written just within that earlier window must still
+    /// be dropped. The session does not prune the set while it replays.
+    pub(crate) fn ids_since(&self, now_secs: u64, horizon_secs: u64) -> u32 {
+        let horizons = match self {
+            ReplayPlan::Replay(_) => 2,
+            _ => 1,
+        };
+        u32::try_from(now_secs.saturating_sub(horizon_secs.saturating_mul(horizons)))
+            .unwrap_or(u32::MAX)
     }
 
     /// The sequence the session's consumer starts at.
@@ -220,6 +242,7 @@ mod tests {
         let done = ReplayPlan::new(request(10, 7), 7, &at, 1, NOW, DAY);
         assert_eq!(done, ReplayPlan::None);
         assert_eq!(done.start_sequence(&at), 101);
+        assert_eq!(done.ids_since(NOW, DAY), u32::try_from(NOW - DAY).unwrap());
         assert_eq!(done.order_from(at.clone()), at);
     }
 
@@ -261,6 +284,10 @@ mod tests {
         assert_eq!(
             order.already_written, at.already_written,
             "a cut-short batch stays known"
+        );
+        assert_eq!(
+            plan.ids_since(NOW, DAY),
+            u32::try_from(NOW - 2 * DAY).unwrap()
         );
         let replay = replay(plan);
         assert_eq!(replay.end, 100);

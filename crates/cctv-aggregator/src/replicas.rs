@@ -122,6 +122,15 @@ impl Replicas {
         Ok(())
     }
 
+    /// The newest epoch fenced for `writer` on any replica (0: none).
+    pub(crate) async fn newest_fence(&self, writer: &str) -> Result<u64, StoreError> {
+        let mut newest = 0;
+        for node in &self.nodes {
+            newest = newest.max(node.newest_fence(writer).await?);
+        }
+        Ok(newest)
+    }
+
     /// The ids `writer` wrote since `since` (UTC seconds), on any replica.
     pub(crate) async fn written_ids_since(
         &self,

@@ -826,8 +826,7 @@ async fn run_session(
     let rebuild_started = Instant::now();
     let mut seen =
         SeenSet::new(u32::try_from(settings.dedup_horizon.as_secs()).unwrap_or(u32::MAX));
-    let resume = writer.read_position(&source_stream, &mut seen).await?;
-    metrics::histogram!(names::REBUILD_SECONDS).record(rebuild_started.elapsed().as_secs_f64());
+    let resume = writer.resume_point(&source_stream).await?;
     if resume.written_through > 0 && info.state.first_sequence > resume.written_through + 1 {
         tracing::error!(
             partition,
@@ -837,28 +836,37 @@ async fn run_session(
         );
     }
     // A rewind request not carried out yet: read again from its sequence.
+    let now = u64::from(now_secs());
     let plan = ReplayPlan::new(
         *rewinds.borrow_and_update(),
         replayed.load(Ordering::Acquire),
         &resume,
         info.state.first_sequence,
-        u64::from(now_secs()),
+        now,
         settings.dedup_horizon.as_secs(),
     );
+    // The ids written within the horizon (within two for a replay: the
+    // windows its messages were first judged in).
+    let ids_since = plan.ids_since(now, settings.dedup_horizon.as_secs());
+    writer.load_written_ids(&mut seen, ids_since).await?;
+    metrics::histogram!(names::REBUILD_SECONDS).record(rebuild_started.elapsed().as_secs_f64());
     let start_sequence = plan.start_sequence(&resume);
+    // How far the partition is known written: moved on by the writer.
+    let written_mark = Arc::new(AtomicU64::new(
+        resume
+            .already_written
+            .iter()
+            .copied()
+            .fold(resume.written_through, u64::max),
+    ));
     let resume = plan.order_from(resume);
     let mut replay = match plan {
         ReplayPlan::None => None,
         ReplayPlan::Nothing(request) => {
             // Nothing written at or after the request: done as asked.
-            ReplayDone {
-                bucket: context.bucket.clone(),
-                partition,
-                replay: Replay::nothing(request),
-                replayed: replayed.clone(),
-            }
-            .finish()
-            .await;
+            ReplayDone::unread(context, partition, request, replayed, writer)
+                .finish()
+                .await;
             None
         }
         ReplayPlan::Replay(replay) => {
@@ -948,6 +956,7 @@ async fn run_session(
         stats: &context.stats,
         lag,
         replay: replay.take(),
+        written_mark: written_mark.clone(),
         seen,
         seen_gauge: metrics::gauge!(names::SEEN_IDS, "partition" => label.clone()),
         seen_bytes: metrics::gauge!(names::SEEN_BYTES, "partition" => label),
@@ -965,6 +974,7 @@ async fn run_session(
     let mut break_end: Option<SessionEnd> = None;
     let replay_end = ReplayHandover {
         context,
+        writer,
         partition,
         replayed,
         slots: &slots,
@@ -1010,11 +1020,23 @@ async fn run_session(
                 if changed.is_err() {
                     rewinds_open = false;
                 } else {
-                    let wanted = rewinds.borrow_and_update().map(|request| request.revision);
+                    let wanted = *rewinds.borrow_and_update();
                     let done = replayed.load(Ordering::Acquire);
                     // A request neither carried out nor under way in this session.
-                    if wanted.is_some_and(|revision| revision != done && Some(revision) != under_way) {
-                        break SessionEnd::Reset("rewind requested");
+                    if let Some(request) = wanted.filter(|request| {
+                        request.revision != done && Some(request.revision) != under_way
+                    }) {
+                        if request.from <= written_mark.load(Ordering::Acquire) {
+                            break SessionEnd::Reset("rewind requested");
+                        }
+                        // Nothing from there is known written: this session
+                        // writes it in due course (or, if it fails, the next
+                        // session, which starts from what ClickHouse holds).
+                        // Done as asked, without reading again: an audit
+                        // under load names the events not yet written.
+                        ReplayDone::unread(context, partition, request, replayed, writer)
+                            .finish()
+                            .await;
                     }
                 }
                 None
@@ -1044,9 +1066,13 @@ async fn run_session(
                     Ok(message) => {
                         // A replay's batches never carry what follows it: its
                         // last batch goes before the first later message.
+                        // (Not on a gap: the missing deliveries may be the
+                        // replay's last; `accept` ends the session.)
                         let after_replay = reader.replay.as_ref().is_some_and(|replay| {
-                            let sequence = message.info().map_or(0, |info| info.stream_sequence);
-                            replay.ends_before(sequence)
+                            message.info().is_ok_and(|info| {
+                                replay.ends_before(info.stream_sequence)
+                                    && reader.order.is_next(info.consumer_sequence)
+                            })
                         });
                         if after_replay {
                             if let Err(end) = replay_end.hand_over(&mut reader).await {
@@ -1236,6 +1262,8 @@ struct Batch {
     replay: bool,
     /// Set on a replay's last batch: once written, the request is done.
     replay_done: Option<ReplayDone>,
+    /// Moved to the last message's sequence once the batch is written.
+    written_mark: Arc<AtomicU64>,
 }
 
 /// A replay's end, carried out once its last batch is written.
@@ -1245,9 +1273,28 @@ struct ReplayDone {
     replay: Replay,
     /// The term's record of the last request carried out.
     replayed: Arc<AtomicU64>,
+    /// The term's writer (to check it still owns the partition).
+    owner: Writer,
 }
 
 impl ReplayDone {
+    /// A request carried out without reading anything again.
+    fn unread(
+        context: &Context,
+        partition: u16,
+        request: Rewind,
+        replayed: &Arc<AtomicU64>,
+        owner: &Writer,
+    ) -> Self {
+        ReplayDone {
+            bucket: context.bucket.clone(),
+            partition,
+            replay: Replay::nothing(request),
+            replayed: replayed.clone(),
+            owner: owner.clone(),
+        }
+    }
+
     /// Records the request as carried out and deletes it (unless a newer
     /// one replaced it: that one is carried out next).
     async fn finish(self) {
@@ -1257,14 +1304,28 @@ impl ReplayDone {
             too_old,
             ..
         } = self.replay;
+        match self.owner.still_owns().await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    partition = self.partition,
+                    "rewind not marked done: this instance no longer owns the partition (its next owner reads the request)"
+                );
+                return;
+            }
+            Err(error) => {
+                // The request stays; the next session carries it out again.
+                tracing::warn!(partition = self.partition, %error, "rewind not marked done: cannot read the partition's fence");
+                return;
+            }
+        }
         self.replayed.store(request.revision, Ordering::Release);
-        metrics::counter!(names::REPLAYED_ROWS).increment(rows);
         let key = cctv_bus::rewind_key(self.partition);
         let deleted = self.bucket.delete(&key, request.revision).await;
         tracing::info!(
             partition = self.partition,
             from = request.from,
-            rows_written_again = rows,
+            missing_rows_found = rows,
             messages_too_old = too_old,
             request_deleted = deleted.is_ok(),
             "rewind done"
@@ -1282,6 +1343,7 @@ impl ReplayDone {
 /// What a session needs to hand a replay's last batch to its writer.
 struct ReplayHandover<'a> {
     context: &'a Context,
+    writer: &'a Writer,
     partition: u16,
     replayed: &'a Arc<AtomicU64>,
     slots: &'a Arc<tokio::sync::Semaphore>,
@@ -1294,9 +1356,11 @@ impl ReplayHandover<'_> {
     /// last: once it is written, after every batch before it, the request
     /// is done.
     async fn hand_over(&self, reader: &mut Reader<'_>) -> Result<(), SessionEnd> {
-        let Some(replay) = reader.replay.take() else {
+        if reader.replay.is_none() {
             return Ok(());
-        };
+        }
+        // The slot first: a session ended meanwhile flushes the open batch
+        // still marked as a replay's.
         let slot = tokio::select! {
             biased;
             () = self.drain.cancelled() => return Err(SessionEnd::Shutdown),
@@ -1305,6 +1369,9 @@ impl ReplayHandover<'_> {
         let Ok(slot) = slot else {
             return Err(SessionEnd::Reset("writer stopped"));
         };
+        let Some(replay) = reader.replay.take() else {
+            return Ok(());
+        };
         let mut batch = reader.take_batch(slot);
         batch.replay = true;
         batch.replay_done = Some(ReplayDone {
@@ -1312,6 +1379,7 @@ impl ReplayHandover<'_> {
             partition: self.partition,
             replay,
             replayed: self.replayed.clone(),
+            owner: self.writer.clone(),
         });
         if self.sender.send(batch).await.is_err() {
             return Err(SessionEnd::Reset("writer stopped"));
@@ -1340,6 +1408,8 @@ struct Reader<'a> {
     lag: metrics::Gauge,
     /// The replay under way (a rewind request), until its last batch goes.
     replay: Option<Replay>,
+    /// The highest sequence known written (given to every batch).
+    written_mark: Arc<AtomicU64>,
     seen: SeenSet,
     seen_gauge: metrics::Gauge,
     seen_bytes: metrics::Gauge,
@@ -1451,12 +1521,14 @@ impl Reader<'_> {
             slot,
             replay: self.replay.is_some(),
             replay_done: None,
+            written_mark: self.written_mark.clone(),
         }
     }
 
     /// Drops expired ids about once a minute and reports the set's size.
     fn maybe_prune(&mut self) {
-        if self.last_prune.elapsed() < Duration::from_secs(60) {
+        // A replay needs every id it loaded (`ReplayPlan::ids_since`).
+        if self.replay.is_some() || self.last_prune.elapsed() < Duration::from_secs(60) {
             self.report_seen();
             return;
         }
@@ -1532,20 +1604,23 @@ impl Writer {
             .await
     }
 
-    /// The resume point, and every id written within the horizon into `seen`.
-    async fn read_position(
-        &self,
-        source_stream: &str,
-        seen: &mut SeenSet,
-    ) -> Result<ResumePoint, StoreError> {
-        let cutoff = seen.cutoff(now_secs());
-        let resume = self.resume_point(source_stream).await?;
+    /// Every id written since `since` (UTC seconds) into `seen`.
+    async fn load_written_ids(&self, seen: &mut SeenSet, since: u32) -> Result<(), StoreError> {
         self.replicas
-            .for_each_written_id(&self.writer_name, cutoff, |id, at| {
+            .for_each_written_id(&self.writer_name, since, |id, at| {
                 seen.insert(id, at);
             })
-            .await?;
-        Ok(resume)
+            .await
+    }
+
+    /// Whether this term may still act for the partition: its lease is
+    /// trusted and no newer owner has fenced it (a stale owner's inserts
+    /// were dropped by the fence, so what it did proves nothing).
+    async fn still_owns(&self) -> Result<bool, StoreError> {
+        if !self.gate.is_valid(Instant::now()) {
+            return Ok(false);
+        }
+        Ok(self.replicas.newest_fence(&self.writer_name).await? <= self.epoch)
     }
 
     async fn write_all(&self, mut batches: mpsc::Receiver<Batch>) -> Result<(), StoreError> {
@@ -1565,6 +1640,7 @@ impl Writer {
             slot: _slot,
             replay,
             replay_done,
+            written_mark,
         } = batch;
         let mut pause = Duration::from_millis(100);
         let mut attempt = 0u32;
@@ -1664,6 +1740,9 @@ impl Writer {
                     #[allow(clippy::cast_precision_loss)]
                     metrics::histogram!(names::BATCH_ROWS).record(rows.len() as f64);
                     metrics::counter!(names::ROWS_WRITTEN).increment(rows.len() as u64);
+                    if replay {
+                        metrics::counter!(names::REPLAYED_ROWS).increment(rows.len() as u64);
+                    }
                     metrics::counter!(names::EVENTS, "outcome" => "new")
                         .increment(rows.len() as u64);
                     metrics::counter!(names::BATCHES).increment(1);
@@ -1679,6 +1758,9 @@ impl Writer {
             }
         }
         if let Some(message) = last_message {
+            if let Ok(info) = message.info() {
+                written_mark.fetch_max(info.stream_sequence, Ordering::AcqRel);
+            }
             // `AckPolicy::All`: this acks every earlier delivery too. A lost
             // ack only causes a redelivery that the resume point skips.
             if let Err(error) = message.ack().await {

@@ -298,8 +298,9 @@ impl LeaseBucket {
 
     /// Asks the owner of `partition` to read it again from stream sequence
     /// `from` (see `cctv-aggregator`'s replay): writes `rewind.p<k>`, or
-    /// lowers a request already there; a request from an earlier sequence
-    /// stays. Returns the sequence requested now.
+    /// writes a request already there again, from the lower of the two
+    /// sequences. Always a new revision: a replay under way may have passed
+    /// a loss found since, so it starts over. Returns the sequence requested.
     pub async fn request_rewind(&self, partition: u16, from: u64) -> Result<u64, BusError> {
         if from == 0 {
             return Err(BusError::Invalid(
@@ -310,15 +311,17 @@ impl LeaseBucket {
         let value = from.to_string();
         loop {
             let existing = self.entry(&key).await?;
-            let written = match &existing {
-                None => self.create(&key, &value).await,
-                Some(entry) => match parse_rewind_value(&entry.value) {
-                    Some(earlier) if earlier <= from => return Ok(earlier),
-                    _ => self.update(&key, &value, entry.revision).await,
-                },
+            let (written, asked) = match &existing {
+                None => (self.create(&key, &value).await, from),
+                Some(entry) => {
+                    let asked =
+                        parse_rewind_value(&entry.value).map_or(from, |earlier| earlier.min(from));
+                    let written = self.update(&key, &asked.to_string(), entry.revision).await;
+                    (written, asked)
+                }
             };
             match written {
-                Ok(_) => return Ok(from),
+                Ok(_) => return Ok(asked),
                 // Changed meanwhile (the owner finished, or another request): read again.
                 Err(LeaseWriteError::Conflict) => {}
                 Err(LeaseWriteError::Failed(error)) => {
