@@ -12,12 +12,13 @@
 //! Why a replay writes nothing twice. When a message was first read, each
 //! event it carries was written unless its id had been written within the
 //! horizon before (a repeat). A replaying session loads every id the
-//! partition wrote within *two* horizons into its seen-set (from ClickHouse,
-//! at its start) and prunes nothing while it replays; it replays only
-//! messages stored after `now - horizon + REPLAY_MARGIN`. So for each
-//! replayed message, every id written in the horizon before it is in the
-//! set: an event ClickHouse holds, and a repeat that was dropped the first
-//! time, are dropped again, and only what is missing is written. Older
+//! partition wrote since the horizon before its first replayed message was
+//! stored (less the margin; at most two horizons back) into its seen-set
+//! (from ClickHouse, at its start) and prunes nothing while it replays; it
+//! replays only messages stored after `now - horizon + REPLAY_MARGIN`. So
+//! for each replayed message, every id written in the horizon before it is
+//! in the set: an event ClickHouse holds, and a repeat that was dropped the
+//! first time, are dropped again, and only what is missing is written. Older
 //! messages are not read again (their events stay missing; the audit keeps
 //! naming them). The margin covers clocks of the NATS servers (a message's
 //! stored time) and of the aggregators (a row's insert time) that disagree
@@ -79,7 +80,8 @@ impl ReplayPlan {
         let Some(request) = request.filter(|request| request.revision != done_revision) else {
             return ReplayPlan::None;
         };
-        if request.from > resume.written_through || resume.written_through < first_in_stream {
+        let end = resume.highest_written();
+        if request.from > end || end < first_in_stream {
             return ReplayPlan::Nothing(request);
         }
         let floor_secs = now_secs
@@ -87,7 +89,7 @@ impl ReplayPlan {
             .saturating_add(REPLAY_MARGIN.as_secs());
         ReplayPlan::Replay(Replay {
             request,
-            end: resume.written_through,
+            end,
             floor_secs,
             rows: 0,
             too_old: 0,
@@ -96,18 +98,33 @@ impl ReplayPlan {
     }
 
     /// From when (UTC seconds) the session loads the ids written into its
-    /// seen-set: the horizon, or for a replay two. A replayed message was
-    /// first judged against the ids of the horizon before it was stored,
-    /// and it is stored at most `horizon - REPLAY_MARGIN` ago; a repeat it
-    /// carries of an id written just within that earlier window must still
-    /// be dropped. The session does not prune the set while it replays.
-    pub(crate) fn ids_since(&self, now_secs: u64, horizon_secs: u64) -> u32 {
-        let horizons = match self {
-            ReplayPlan::Replay(_) => 2,
-            _ => 1,
+    /// seen-set: the horizon; for a replay also the horizon before its
+    /// first message was stored (`from_stored_secs`, when known), and never
+    /// more than two horizons. A replayed message was first judged against
+    /// the ids of the horizon before it was stored; a repeat it carries of
+    /// an id written early in that window must still be dropped. The margin
+    /// covers clocks that disagree. The session does not prune the set
+    /// while it replays.
+    pub(crate) fn ids_since(
+        &self,
+        now_secs: u64,
+        horizon_secs: u64,
+        from_stored_secs: Option<u64>,
+    ) -> u32 {
+        let one = now_secs.saturating_sub(horizon_secs);
+        let since = match self {
+            ReplayPlan::Replay(_) => {
+                let two = now_secs.saturating_sub(horizon_secs.saturating_mul(2));
+                from_stored_secs.map_or(two, |stored| {
+                    stored
+                        .saturating_sub(horizon_secs)
+                        .saturating_sub(REPLAY_MARGIN.as_secs())
+                        .clamp(two, one)
+                })
+            }
+            _ => one,
         };
-        u32::try_from(now_secs.saturating_sub(horizon_secs.saturating_mul(horizons)))
-            .unwrap_or(u32::MAX)
+        u32::try_from(since).unwrap_or(u32::MAX)
     }
 
     /// The sequence the session's consumer starts at.
@@ -119,12 +136,13 @@ impl ReplayPlan {
     }
 
     /// The resume point the session's delivery order starts from: before
-    /// the replay, with what a cut-short batch wrote beyond it.
+    /// the replay, which judges every message it reads again as new (the
+    /// seen-set drops what is written, also of a cut-short batch).
     pub(crate) fn order_from(&self, resume: ResumePoint) -> ResumePoint {
         match self {
             ReplayPlan::Replay(replay) => ResumePoint {
                 written_through: replay.request.from - 1,
-                already_written: resume.already_written,
+                already_written: Default::default(),
             },
             _ => resume,
         }
@@ -242,7 +260,10 @@ mod tests {
         let done = ReplayPlan::new(request(10, 7), 7, &at, 1, NOW, DAY);
         assert_eq!(done, ReplayPlan::None);
         assert_eq!(done.start_sequence(&at), 101);
-        assert_eq!(done.ids_since(NOW, DAY), u32::try_from(NOW - DAY).unwrap());
+        assert_eq!(
+            done.ids_since(NOW, DAY, Some(NOW - 7200)),
+            u32::try_from(NOW - DAY).unwrap()
+        );
         assert_eq!(done.order_from(at.clone()), at);
     }
 
@@ -257,6 +278,13 @@ mod tests {
             })
         );
         assert_eq!(plan.start_sequence(&resume(100)), 101);
+        // Pointing into a cut-short batch beyond the resume point: read again.
+        let cut = ResumePoint {
+            written_through: 100,
+            already_written: [104, 105].into_iter().collect(),
+        };
+        let into_cut = ReplayPlan::new(request(104, 3), 0, &cut, 1, NOW, DAY);
+        assert_eq!(replay(into_cut).end, 105);
         // Everything written has expired from the stream: nothing to read.
         let gone = ReplayPlan::new(request(5, 3), 0, &resume(100), 101, NOW, DAY);
         assert_eq!(
@@ -281,16 +309,25 @@ mod tests {
         assert_eq!(plan.start_sequence(&at), 40);
         let order = plan.order_from(at.clone());
         assert_eq!(order.written_through, 39);
-        assert_eq!(
-            order.already_written, at.already_written,
-            "a cut-short batch stays known"
+        assert!(
+            order.already_written.is_empty(),
+            "a replay judges by id, also a cut-short batch's messages"
         );
+        let secs = |at: u64| u32::try_from(at).unwrap();
+        assert_eq!(plan.ids_since(NOW, DAY, None), secs(NOW - 2 * DAY));
+        // Its first message stored 2 h ago: the horizon before it, and the margin.
         assert_eq!(
-            plan.ids_since(NOW, DAY),
-            u32::try_from(NOW - 2 * DAY).unwrap()
+            plan.ids_since(NOW, DAY, Some(NOW - 7200)),
+            secs(NOW - 7200 - DAY - REPLAY_MARGIN.as_secs())
+        );
+        // Stored just now: never less than the horizon; long ago: never more than two.
+        assert_eq!(plan.ids_since(NOW, DAY, Some(NOW + 9999)), secs(NOW - DAY));
+        assert_eq!(
+            plan.ids_since(NOW, DAY, Some(NOW - 3 * DAY)),
+            secs(NOW - 2 * DAY)
         );
         let replay = replay(plan);
-        assert_eq!(replay.end, 100);
+        assert_eq!(replay.end, 105, "through the cut-short batch's highest");
         assert_eq!(replay.floor_secs, NOW - DAY + REPLAY_MARGIN.as_secs());
     }
 

@@ -61,6 +61,12 @@ impl SeenSet {
         now.saturating_sub(self.horizon_secs)
     }
 
+    /// Gives back the table's room beyond what it holds (after a replay,
+    /// which held two horizons of ids, is pruned to one).
+    pub fn compact(&mut self) {
+        self.ids.shrink_to_fit();
+    }
+
     /// Ids held.
     pub fn len(&self) -> usize {
         self.ids.len()
@@ -113,5 +119,22 @@ mod tests {
         assert!(seen.contains(&id(2)));
         assert_eq!(seen.cutoff(1_101), 1_001);
         assert!(seen.heap_bytes() >= 21);
+    }
+
+    #[test]
+    fn a_set_pruned_to_a_few_ids_gives_its_room_back_when_compacted() {
+        let mut seen = SeenSet::new(100);
+        for n in 0..10_000u32 {
+            let mut key = [0u8; 16];
+            key[..4].copy_from_slice(&n.to_le_bytes());
+            // Half of them a horizon older.
+            seen.insert(key, if n % 2 == 0 { 1_000 } else { 1_200 });
+        }
+        let full = seen.heap_bytes();
+        seen.prune(1_250);
+        assert_eq!(seen.len(), 5_000);
+        seen.compact();
+        assert!(seen.heap_bytes() < full, "{} of {full}", seen.heap_bytes());
+        assert_eq!(seen.len(), 5_000);
     }
 }

@@ -57,6 +57,9 @@ const STALL_AFTER: Duration = Duration::from_secs(15);
 const SETTLE_POLL: Duration = Duration::from_millis(100);
 /// Bytes of free row chunks an instance keeps for reuse (`cctv_store::ChunkPool`).
 const FREE_CHUNK_BYTES: usize = 32 << 20;
+/// Tries to confirm ownership before a rewind is marked done (200 ms
+/// doubling: about 6 s in all).
+const OWNERSHIP_CHECKS: usize = 5;
 /// How long an idle consumer of a dead term survives on the server.
 const CONSUMER_INACTIVE: Duration = Duration::from_secs(120);
 
@@ -845,20 +848,29 @@ async fn run_session(
         now,
         settings.dedup_horizon.as_secs(),
     );
-    // The ids written within the horizon (within two for a replay: the
-    // windows its messages were first judged in).
-    let ids_since = plan.ids_since(now, settings.dedup_horizon.as_secs());
+    let stream = context
+        .js
+        .get_stream(&context.config.streams.events.name)
+        .await
+        .map_err(|e| cctv_bus::BusError::jetstream("get events stream", e))?;
+    // The ids written within the horizon; for a replay also within the
+    // horizon before its first message was stored (the window that message
+    // was first judged in).
+    let from_stored_secs = match &plan {
+        ReplayPlan::Replay(replay) => stream
+            .get_raw_message(replay.request.from.max(info.state.first_sequence))
+            .await
+            .ok()
+            .and_then(|message| u64::try_from(message.time.timestamp()).ok()),
+        _ => None,
+    };
+    let ids_since = plan.ids_since(now, settings.dedup_horizon.as_secs(), from_stored_secs);
     writer.load_written_ids(&mut seen, ids_since).await?;
     metrics::histogram!(names::REBUILD_SECONDS).record(rebuild_started.elapsed().as_secs_f64());
     let start_sequence = plan.start_sequence(&resume);
-    // How far the partition is known written: moved on by the writer.
-    let written_mark = Arc::new(AtomicU64::new(
-        resume
-            .already_written
-            .iter()
-            .copied()
-            .fold(resume.written_through, u64::max),
-    ));
+    // The highest sequence sent to ClickHouse (or written before this
+    // session): moved on by the writer before each batch's first insert.
+    let sent_mark = Arc::new(AtomicU64::new(resume.highest_written()));
     let resume = plan.order_from(resume);
     let mut replay = match plan {
         ReplayPlan::None => None,
@@ -880,11 +892,6 @@ async fn run_session(
         }
     };
 
-    let stream = context
-        .js
-        .get_stream(&context.config.streams.events.name)
-        .await
-        .map_err(|e| cctv_bus::BusError::jetstream("get events stream", e))?;
     // A fresh consumer per session, starting where ClickHouse says.
     let consumer_settings = cctv_bus::PartitionConsumerSettings {
         prefix: settings.consumer.clone(),
@@ -955,8 +962,9 @@ async fn run_session(
         ),
         stats: &context.stats,
         lag,
+        replayed_ids: replay.is_some(),
         replay: replay.take(),
-        written_mark: written_mark.clone(),
+        sent_mark: sent_mark.clone(),
         seen,
         seen_gauge: metrics::gauge!(names::SEEN_IDS, "partition" => label.clone()),
         seen_bytes: metrics::gauge!(names::SEEN_BYTES, "partition" => label),
@@ -1026,10 +1034,10 @@ async fn run_session(
                     if let Some(request) = wanted.filter(|request| {
                         request.revision != done && Some(request.revision) != under_way
                     }) {
-                        if request.from <= written_mark.load(Ordering::Acquire) {
+                        if request.from <= sent_mark.load(Ordering::Acquire) {
                             break SessionEnd::Reset("rewind requested");
                         }
-                        // Nothing from there is known written: this session
+                        // Nothing from there was ever sent: this session
                         // writes it in due course (or, if it fails, the next
                         // session, which starts from what ClickHouse holds).
                         // Done as asked, without reading again: an audit
@@ -1262,8 +1270,8 @@ struct Batch {
     replay: bool,
     /// Set on a replay's last batch: once written, the request is done.
     replay_done: Option<ReplayDone>,
-    /// Moved to the last message's sequence once the batch is written.
-    written_mark: Arc<AtomicU64>,
+    /// Moved to the last message's sequence before the batch's first insert.
+    sent_mark: Arc<AtomicU64>,
 }
 
 /// A replay's end, carried out once its last batch is written.
@@ -1304,18 +1312,29 @@ impl ReplayDone {
             too_old,
             ..
         } = self.replay;
-        match self.owner.still_owns().await {
+        // A few tries: a lease renewal late, ClickHouse away for a moment.
+        let mut pause = Duration::from_millis(200);
+        let mut owns = Ok(false);
+        for _ in 0..OWNERSHIP_CHECKS {
+            owns = self.owner.still_owns().await;
+            if matches!(owns, Ok(true)) {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        match owns {
             Ok(true) => {}
             Ok(false) => {
+                // The request stays for the partition's next session.
                 tracing::warn!(
                     partition = self.partition,
-                    "rewind not marked done: this instance no longer owns the partition (its next owner reads the request)"
+                    "rewind not marked done: this instance's lease is not trusted or a newer owner fenced the partition"
                 );
                 return;
             }
             Err(error) => {
-                // The request stays; the next session carries it out again.
-                tracing::warn!(partition = self.partition, %error, "rewind not marked done: cannot read the partition's fence");
+                tracing::warn!(partition = self.partition, %error, "rewind not marked done: cannot read the partition's fence; the next session carries it out again");
                 return;
             }
         }
@@ -1408,8 +1427,10 @@ struct Reader<'a> {
     lag: metrics::Gauge,
     /// The replay under way (a rewind request), until its last batch goes.
     replay: Option<Replay>,
-    /// The highest sequence known written (given to every batch).
-    written_mark: Arc<AtomicU64>,
+    /// Whether the seen-set holds a replay's ids (two horizons) still.
+    replayed_ids: bool,
+    /// The highest sequence sent to ClickHouse (given to every batch).
+    sent_mark: Arc<AtomicU64>,
     seen: SeenSet,
     seen_gauge: metrics::Gauge,
     seen_bytes: metrics::Gauge,
@@ -1521,19 +1542,27 @@ impl Reader<'_> {
             slot,
             replay: self.replay.is_some(),
             replay_done: None,
-            written_mark: self.written_mark.clone(),
+            sent_mark: self.sent_mark.clone(),
         }
     }
 
     /// Drops expired ids about once a minute and reports the set's size.
     fn maybe_prune(&mut self) {
-        // A replay needs every id it loaded (`ReplayPlan::ids_since`).
-        if self.replay.is_some() || self.last_prune.elapsed() < Duration::from_secs(60) {
+        // A replay needs every id it loaded (`ReplayPlan::ids_since`); once
+        // it is over, the set goes back to one horizon at once.
+        let replay_over = self.replay.is_none() && self.replayed_ids;
+        if !replay_over
+            && (self.replay.is_some() || self.last_prune.elapsed() < Duration::from_secs(60))
+        {
             self.report_seen();
             return;
         }
         self.last_prune = Instant::now();
         self.seen.prune(now_secs());
+        if replay_over {
+            self.replayed_ids = false;
+            self.seen.compact();
+        }
         self.report_seen();
     }
 
@@ -1640,8 +1669,16 @@ impl Writer {
             slot: _slot,
             replay,
             replay_done,
-            written_mark,
+            sent_mark,
         } = batch;
+        // Before anything is sent: a rewind request from a sequence above
+        // this mark needs no reading again (`run_session`).
+        if let Some(info) = last_message
+            .as_ref()
+            .and_then(|message| message.info().ok())
+        {
+            sent_mark.fetch_max(info.stream_sequence, Ordering::AcqRel);
+        }
         let mut pause = Duration::from_millis(100);
         let mut attempt = 0u32;
         let mut first_sealed_at = None;
@@ -1758,9 +1795,6 @@ impl Writer {
             }
         }
         if let Some(message) = last_message {
-            if let Ok(info) = message.info() {
-                written_mark.fetch_max(info.stream_sequence, Ordering::AcqRel);
-            }
             // `AckPolicy::All`: this acks every earlier delivery too. A lost
             // ack only causes a redelivery that the resume point skips.
             if let Err(error) = message.ack().await {

@@ -298,9 +298,10 @@ impl LeaseBucket {
 
     /// Asks the owner of `partition` to read it again from stream sequence
     /// `from` (see `cctv-aggregator`'s replay): writes `rewind.p<k>`, or
-    /// writes a request already there again, from the lower of the two
-    /// sequences. Always a new revision: a replay under way may have passed
-    /// a loss found since, so it starts over. Returns the sequence requested.
+    /// lowers a request already there. A request from the same or an
+    /// earlier sequence stays as it is, so a replay under way is not started
+    /// over (a loss it passed already is named by the next audit, and asked
+    /// for once this replay is done). Returns the sequence requested.
     pub async fn request_rewind(&self, partition: u16, from: u64) -> Result<u64, BusError> {
         if from == 0 {
             return Err(BusError::Invalid(
@@ -311,17 +312,15 @@ impl LeaseBucket {
         let value = from.to_string();
         loop {
             let existing = self.entry(&key).await?;
-            let (written, asked) = match &existing {
-                None => (self.create(&key, &value).await, from),
-                Some(entry) => {
-                    let asked =
-                        parse_rewind_value(&entry.value).map_or(from, |earlier| earlier.min(from));
-                    let written = self.update(&key, &asked.to_string(), entry.revision).await;
-                    (written, asked)
-                }
+            let written = match &existing {
+                None => self.create(&key, &value).await,
+                Some(entry) => match parse_rewind_value(&entry.value) {
+                    Some(earlier) if earlier <= from => return Ok(earlier),
+                    _ => self.update(&key, &value, entry.revision).await,
+                },
             };
             match written {
-                Ok(_) => return Ok(asked),
+                Ok(_) => return Ok(from),
                 // Changed meanwhile (the owner finished, or another request): read again.
                 Err(LeaseWriteError::Conflict) => {}
                 Err(LeaseWriteError::Failed(error)) => {

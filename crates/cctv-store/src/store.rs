@@ -21,6 +21,17 @@ pub struct ResumePoint {
     pub already_written: HashSet<u64>,
 }
 
+impl ResumePoint {
+    /// The highest sequence known written: `written_through`, or beyond it
+    /// a cut-short batch's highest.
+    pub fn highest_written(&self) -> u64 {
+        self.already_written
+            .iter()
+            .copied()
+            .fold(self.written_through, u64::max)
+    }
+}
+
 /// A ClickHouse client bound to the configured database.
 #[derive(Clone)]
 pub struct Store {
