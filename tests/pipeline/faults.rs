@@ -1360,8 +1360,11 @@ async fn lost_below_and_repaired(fault: Option<&str>) {
     let logs = fleet.logs();
     assert!(logs.contains("rewind done"), "{logs}");
     if let Some(point) = fault {
+        // Once per aggregator that replayed: usually both, one when the
+        // other did not own any of the partitions yet.
         let fired = format!("fault injected at {point}: failing once");
-        assert_eq!(logs.matches(&fired).count(), 2, "{logs}");
+        let times = logs.matches(&fired).count();
+        assert!((1..=2).contains(&times), "fired {times} times\n{logs}");
     }
     drain_stop_and_check(&stack, &load, &mut fleet).await;
 }

@@ -90,6 +90,7 @@ impl ReplayPlan {
         ReplayPlan::Replay(Replay {
             request,
             end,
+            written_through: resume.written_through,
             floor_secs,
             rows: 0,
             too_old: 0,
@@ -165,8 +166,13 @@ pub(crate) enum Replayed {
 pub(crate) struct Replay {
     /// The request being carried out.
     pub request: Rewind,
-    /// The last sequence read again (the resume point at the session's start).
+    /// The last sequence read again (the resume point at the session's
+    /// start, or beyond it a cut-short batch's highest).
     pub end: u64,
+    /// Every sequence at or below this was written once; above it, a
+    /// cut-short batch's gaps were never written, so their messages are
+    /// read again however old.
+    pub written_through: u64,
     /// Messages stored before this (UTC seconds) are not replayed.
     pub floor_secs: u64,
     /// Rows written again so far (ids the seen-set did not hold).
@@ -183,6 +189,7 @@ impl Replay {
         Replay {
             request,
             end: 0,
+            written_through: 0,
             floor_secs: 0,
             rows: 0,
             too_old: 0,
@@ -214,7 +221,7 @@ impl Replay {
         if !self.passed(stream_sequence, pending) {
             return Replayed::No;
         }
-        if stored_secs < self.floor_secs {
+        if stored_secs < self.floor_secs && stream_sequence <= self.written_through {
             self.too_old += 1;
             return Replayed::TooOld;
         }
@@ -283,8 +290,12 @@ mod tests {
             written_through: 100,
             already_written: [104, 105].into_iter().collect(),
         };
-        let into_cut = ReplayPlan::new(request(104, 3), 0, &cut, 1, NOW, DAY);
-        assert_eq!(replay(into_cut).end, 105);
+        let mut into_cut = replay(ReplayPlan::new(request(90, 3), 0, &cut, 1, NOW, DAY));
+        assert_eq!(into_cut.end, 105);
+        // Below the resume point an old message is not read again; a gap of
+        // the cut-short batch above it was never written: read, however old.
+        assert_eq!(into_cut.judge(95, NOW - DAY, 9), Replayed::TooOld);
+        assert_eq!(into_cut.judge(103, NOW - DAY, 8), Replayed::Yes);
         // Everything written has expired from the stream: nothing to read.
         let gone = ReplayPlan::new(request(5, 3), 0, &resume(100), 101, NOW, DAY);
         assert_eq!(

@@ -25,10 +25,36 @@ impl SeenSet {
         }
     }
 
-    /// Records an id written at `at` (UTC seconds); false when it was known.
+    /// Records an id written at `at` (UTC seconds); false when it was
+    /// written within the horizon before `at` (a repeat: not written, so its
+    /// time stays that of the write, as ClickHouse holds it). An id held but
+    /// written longer ago (not pruned yet) is written again.
     pub fn insert(&mut self, id: [u8; 16], at: u32) -> bool {
+        match self.ids.entry(id) {
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(at);
+                self.oldest = self.oldest.min(at);
+                true
+            }
+            std::collections::hash_map::Entry::Occupied(mut held) => {
+                if *held.get() < at.saturating_sub(self.horizon_secs) {
+                    held.insert(at);
+                    return true;
+                }
+                false
+            }
+        }
+    }
+
+    /// Records an id ClickHouse holds as written at `at` (a rebuild): of
+    /// several writes (a repeat beyond the horizon is written again, and
+    /// every replica reports its copy), the latest counts.
+    pub fn load(&mut self, id: [u8; 16], at: u32) {
         self.oldest = self.oldest.min(at);
-        self.ids.insert(id, at).is_none()
+        self.ids
+            .entry(id)
+            .and_modify(|held| *held = (*held).max(at))
+            .or_insert(at);
     }
 
     /// Whether `id` is held.
@@ -94,6 +120,24 @@ mod tests {
 
     fn id(n: u8) -> [u8; 16] {
         [n; 16]
+    }
+
+    #[test]
+    fn a_repeat_does_not_move_the_time_of_the_write() {
+        let mut seen = SeenSet::new(100);
+        assert!(seen.insert(id(1), 1_000));
+        // Repeats within the horizon of the write are dropped ...
+        assert!(!seen.insert(id(1), 1_080));
+        assert!(!seen.insert(id(1), 1_100));
+        // ... and do not extend it: as a rebuild from ClickHouse sees it.
+        assert!(seen.insert(id(1), 1_101), "written again past the horizon");
+        assert!(!seen.insert(id(1), 1_150));
+        // A rebuild keeps an id's latest write.
+        let mut rebuilt = SeenSet::new(100);
+        rebuilt.load(id(1), 1_101);
+        rebuilt.load(id(1), 1_000);
+        assert!(!rebuilt.insert(id(1), 1_150));
+        assert!(rebuilt.insert(id(1), 1_202));
     }
 
     #[test]

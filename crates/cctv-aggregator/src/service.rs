@@ -58,7 +58,7 @@ const SETTLE_POLL: Duration = Duration::from_millis(100);
 /// Bytes of free row chunks an instance keeps for reuse (`cctv_store::ChunkPool`).
 const FREE_CHUNK_BYTES: usize = 32 << 20;
 /// Tries to confirm ownership before a rewind is marked done (200 ms
-/// doubling: about 6 s in all).
+/// doubling between them: about 3 s in all), and to delete the request.
 const OWNERSHIP_CHECKS: usize = 5;
 /// How long an idle consumer of a dead term survives on the server.
 const CONSUMER_INACTIVE: Duration = Duration::from_secs(120);
@@ -860,6 +860,9 @@ async fn run_session(
         ReplayPlan::Replay(replay) => stream
             .get_raw_message(replay.request.from.max(info.state.first_sequence))
             .await
+            .inspect_err(|error| {
+                tracing::warn!(partition, %error, "cannot read where the rewind starts; loading two horizons of ids");
+            })
             .ok()
             .and_then(|message| u64::try_from(message.time.timestamp()).ok()),
         _ => None,
@@ -1315,9 +1318,9 @@ impl ReplayDone {
         // A few tries: a lease renewal late, ClickHouse away for a moment.
         let mut pause = Duration::from_millis(200);
         let mut owns = Ok(false);
-        for _ in 0..OWNERSHIP_CHECKS {
+        for attempt in 1..=OWNERSHIP_CHECKS {
             owns = self.owner.still_owns().await;
-            if matches!(owns, Ok(true)) {
+            if matches!(owns, Ok(true)) || attempt == OWNERSHIP_CHECKS {
                 break;
             }
             tokio::time::sleep(pause).await;
@@ -1338,9 +1341,21 @@ impl ReplayDone {
                 return;
             }
         }
-        self.replayed.store(request.revision, Ordering::Release);
         let key = cctv_bus::rewind_key(self.partition);
-        let deleted = self.bucket.delete(&key, request.revision).await;
+        let mut deleted = self.bucket.delete(&key, request.revision).await;
+        for _ in 1..OWNERSHIP_CHECKS {
+            if deleted.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            deleted = self.bucket.delete(&key, request.revision).await;
+        }
+        // Only a deleted request is done: one still there (NATS away, or a
+        // newer request in its place) is carried out again by a later
+        // session, which the seen-set makes harmless.
+        if deleted.is_ok() {
+            self.replayed.store(request.revision, Ordering::Release);
+        }
         tracing::info!(
             partition = self.partition,
             from = request.from,
@@ -1637,7 +1652,7 @@ impl Writer {
     async fn load_written_ids(&self, seen: &mut SeenSet, since: u32) -> Result<(), StoreError> {
         self.replicas
             .for_each_written_id(&self.writer_name, since, |id, at| {
-                seen.insert(id, at);
+                seen.load(id, at);
             })
             .await
     }
