@@ -17,8 +17,9 @@
 //! (from ClickHouse, at its start) and prunes nothing while it replays; it
 //! replays only messages stored after `now - horizon + REPLAY_MARGIN`. So
 //! for each replayed message, every id written in the horizon before it is
-//! in the set: an event ClickHouse holds, and a repeat that was dropped the
-//! first time, are dropped again, and only what is missing is written. Older
+//! in the set, and every id held counts as a repeat to it (however old by
+//! today's clock): an event ClickHouse holds, and a repeat that was dropped
+//! the first time, are dropped again, and only what is missing is written. Older
 //! messages are not read again (their events stay missing; the audit keeps
 //! naming them). The margin covers clocks of the NATS servers (a message's
 //! stored time) and of the aggregators (a row's insert time) that disagree

@@ -46,6 +46,14 @@ impl SeenSet {
         }
     }
 
+    /// Records an id written at `at` unless it is held, however long ago it
+    /// was written (for a replayed message, first judged when it was
+    /// stored: the set holds only ids of the horizon before that, and those
+    /// were repeats to it then); false when it was held.
+    pub fn insert_unless_held(&mut self, id: [u8; 16], at: u32) -> bool {
+        !self.ids.contains_key(&id) && self.insert(id, at)
+    }
+
     /// Records an id ClickHouse holds as written at `at` (a rebuild): of
     /// several writes (a repeat beyond the horizon is written again, and
     /// every replica reports its copy), the latest counts.
@@ -138,6 +146,12 @@ mod tests {
         rebuilt.load(id(1), 1_000);
         assert!(!rebuilt.insert(id(1), 1_150));
         assert!(rebuilt.insert(id(1), 1_202));
+        // A replayed message judges every id held a repeat, however old.
+        let mut replaying = SeenSet::new(100);
+        replaying.load(id(2), 1_000);
+        assert!(!replaying.insert_unless_held(id(2), 1_500));
+        assert!(replaying.insert_unless_held(id(3), 1_500));
+        assert!(!replaying.insert_unless_held(id(3), 1_501));
     }
 
     #[test]

@@ -1504,7 +1504,15 @@ impl Reader<'_> {
                     let decoded = item.map_err(|e| e.to_string()).and_then(|event| {
                         event
                             .with_view(|view| {
-                                if !self.seen.insert(*view.event_id.as_bytes(), written_at) {
+                                let id = *view.event_id.as_bytes();
+                                // A replayed message was first judged long
+                                // ago: every id held is a repeat to it.
+                                let new = if replayed == Replayed::Yes {
+                                    self.seen.insert_unless_held(id, written_at)
+                                } else {
+                                    self.seen.insert(id, written_at)
+                                };
+                                if !new {
                                     return false;
                                 }
                                 self.rows.push(
