@@ -1245,19 +1245,7 @@ async fn rows_clickhouse_lost_at_the_head_of_partitions_are_written_again_by_the
     // "Durability"). Deleting the rows stands in for the lost parts.
     let stack = FaultStack::start(false).await;
     let load = load(LOAD_EVENTS);
-    let mut fleet = stack.start_fleet(&[], &[]);
-    publish_all(stack.js.clone(), load.messages.clone()).await;
-    poll_until("every row", DRAIN_TIMEOUT, || async {
-        stack.rows().await >= load.count
-    })
-    .await;
-    for (service, _) in &mut fleet.aggregators {
-        service.terminate();
-    }
-    for (service, _) in &mut fleet.aggregators {
-        let status = service.wait_exit(EXIT_TIMEOUT).await;
-        assert!(status.success(), "exit {status:?}\n{}", service.log_tail());
-    }
+    let mut fleet = drained_then_aggregators_stopped(&stack, &load).await;
 
     // The newest event batch of every partition goes; the audit names
     // exactly those.
@@ -1321,6 +1309,71 @@ async fn audit_repair_during_load_changes_no_count() {
     drain_stop_and_check(&stack, &load, &mut fleet).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_asked_while_no_aggregator_runs_is_carried_out_when_they_start() {
+    // The operator repairs while the aggregators are down: the requests
+    // wait in the lease bucket, and the partitions' next owners read them
+    // at their first session.
+    let stack = FaultStack::start(false).await;
+    let load = load(LOAD_EVENTS);
+    let mut fleet = drained_then_aggregators_stopped(&stack, &load).await;
+    let asked = lose_oldest_batches_and_repair(&stack, load.count).await;
+    let bucket = cctv_bus::LeaseBucket::open(&stack.js, &stack.streams.leases)
+        .await
+        .expect("lease bucket");
+    let pending = bucket
+        .entries(cctv_bus::REWIND_PREFIX)
+        .await
+        .expect("rewind requests");
+    assert_eq!(pending.len(), asked, "{pending:?}");
+    for (service, _) in &mut fleet.aggregators {
+        service.restart();
+    }
+    rows_written_and_rewinds_done(&stack, load.count).await;
+    drain_stop_and_check(&stack, &load, &mut fleet).await;
+}
+
+/// Two of each service take the whole load; the aggregators are then
+/// stopped (SIGTERM, exit 0).
+async fn drained_then_aggregators_stopped(stack: &FaultStack, load: &Load) -> Fleet {
+    let mut fleet = stack.start_fleet(&[], &[]);
+    publish_all(stack.js.clone(), load.messages.clone()).await;
+    poll_until("every row", DRAIN_TIMEOUT, || async {
+        stack.rows().await >= load.count
+    })
+    .await;
+    for (service, _) in &mut fleet.aggregators {
+        service.terminate();
+    }
+    for (service, _) in &mut fleet.aggregators {
+        let status = service.wait_exit(EXIT_TIMEOUT).await;
+        assert!(status.success(), "exit {status:?}\n{}", service.log_tail());
+    }
+    fleet
+}
+
+/// Deletes the oldest event batch of every partition (below what
+/// ClickHouse still holds), runs `audit --repair`, and checks it asked
+/// exactly those partitions from exactly those sequences; returns how many.
+async fn lose_oldest_batches_and_repair(stack: &FaultStack, events: u64) -> usize {
+    let oldest = lowest_written(stack).await;
+    assert!(oldest.len() > 1, "{oldest:?}");
+    lose_batches(stack, &oldest, events).await;
+    let report = cctv_cli::audit_pipeline_with(&stack.cli_config(), true)
+        .await
+        .expect("audit --repair runs");
+    let mut asked: Vec<(String, u64)> = report
+        .rewinds_requested
+        .iter()
+        .map(|rewind| (format!("p{}", rewind.partition), rewind.from))
+        .collect();
+    asked.sort_unstable();
+    let mut expected = oldest;
+    expected.sort_unstable();
+    assert_eq!(asked, expected, "{}", cctv_cli::render_audit(&report));
+    asked.len()
+}
+
 /// Lost rows below a partition's resume point are not written again by
 /// themselves (a session starts after the highest sequence ClickHouse
 /// holds). `cctvctl audit --repair` asks the owners, running, to read those
@@ -1338,24 +1391,7 @@ async fn lost_below_and_repaired(fault: Option<&str>) {
         stack.rows().await >= load.count
     })
     .await;
-    // The oldest event batch of every partition goes.
-    let oldest = lowest_written(&stack).await;
-    assert!(oldest.len() > 1, "{oldest:?}");
-    lose_batches(&stack, &oldest, load.count).await;
-
-    let report = cctv_cli::audit_pipeline_with(&stack.cli_config(), true)
-        .await
-        .expect("audit --repair runs");
-    let mut asked: Vec<(String, u64)> = report
-        .rewinds_requested
-        .iter()
-        .map(|rewind| (format!("p{}", rewind.partition), rewind.from))
-        .collect();
-    asked.sort_unstable();
-    let mut expected = oldest.clone();
-    expected.sort_unstable();
-    assert_eq!(asked, expected, "{}", cctv_cli::render_audit(&report));
-
+    lose_oldest_batches_and_repair(&stack, load.count).await;
     rows_written_and_rewinds_done(&stack, load.count).await;
     let logs = fleet.logs();
     assert!(logs.contains("rewind done"), "{logs}");
