@@ -1289,13 +1289,7 @@ async fn audit_repair_during_load_changes_no_count() {
     // ClickHouse holds. Either way no count changes and no request is left.
     let stack = FaultStack::start(false).await;
     let load = load(LOAD_EVENTS);
-    let mut fleet = stack.start_fleet(&[], &[]);
-    let publisher = tokio::spawn(publish_all(stack.js.clone(), load.messages.clone()));
-    let tenth = load.count / 10;
-    poll_until("a tenth of the rows", DRAIN_TIMEOUT, || async {
-        stack.rows().await >= tenth
-    })
-    .await;
+    let (mut fleet, publisher) = fleet_under_load(&stack, &load, 10).await;
     let mut asked = 0;
     for _ in 0..3 {
         let report = cctv_cli::audit_pipeline_with(&stack.cli_config(), true)
@@ -1331,6 +1325,23 @@ async fn a_rewind_asked_while_no_aggregator_runs_is_carried_out_when_they_start(
     }
     rows_written_and_rewinds_done(&stack, load.count).await;
     drain_stop_and_check(&stack, &load, &mut fleet).await;
+}
+
+/// Starts two of each service, publishes the load in the background, and
+/// waits until ClickHouse holds a `part`-th of it.
+async fn fleet_under_load(
+    stack: &FaultStack,
+    load: &Load,
+    part: u64,
+) -> (Fleet, tokio::task::JoinHandle<()>) {
+    let fleet = stack.start_fleet(&[], &[]);
+    let publisher = tokio::spawn(publish_all(stack.js.clone(), load.messages.clone()));
+    let share = load.count / part;
+    poll_until("a share of the rows", DRAIN_TIMEOUT, || async {
+        stack.rows().await >= share
+    })
+    .await;
+    (fleet, publisher)
 }
 
 /// Two of each service take the whole load; the aggregators are then
@@ -1409,13 +1420,7 @@ async fn lost_below_and_repaired(fault: Option<&str>) {
 async fn sigterm_during_load_exits_cleanly_and_leaves_nothing_written_unacked() {
     let stack = FaultStack::start(false).await;
     let load = load(LOAD_EVENTS);
-    let mut fleet = stack.start_fleet(&[], &[]);
-    let publisher = tokio::spawn(publish_all(stack.js.clone(), load.messages.clone()));
-    let third = load.count / 3;
-    poll_until("a third of the rows", DRAIN_TIMEOUT, || async {
-        stack.rows().await >= third
-    })
-    .await;
+    let (mut fleet, publisher) = fleet_under_load(&stack, &load, 3).await;
     for service in fleet.all() {
         service.terminate();
     }

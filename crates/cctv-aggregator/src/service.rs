@@ -982,7 +982,6 @@ async fn run_session(
     let mut called = false;
     let mut rewinds_open = true;
     let under_way = reader.replay.as_ref().map(|replay| replay.request.revision);
-    let mut break_end: Option<SessionEnd> = None;
     let replay_end = ReplayHandover {
         context,
         writer,
@@ -1072,6 +1071,7 @@ async fn run_session(
         };
         if let Some(chunk) = chunk {
             let mut anomaly = None;
+            let mut break_end = None;
             for item in chunk {
                 match item {
                     Ok(message) => {
@@ -1109,7 +1109,7 @@ async fn run_session(
                     }
                 }
             }
-            if let Some(end) = break_end.take() {
+            if let Some(end) = break_end {
                 break end;
             }
             if let Some(reason) = anomaly {
@@ -1289,6 +1289,23 @@ struct ReplayDone {
 }
 
 impl ReplayDone {
+    /// The end of `replay`, in partition `partition`'s term.
+    fn new(
+        context: &Context,
+        partition: u16,
+        replay: Replay,
+        replayed: &Arc<AtomicU64>,
+        owner: &Writer,
+    ) -> Self {
+        ReplayDone {
+            bucket: context.bucket.clone(),
+            partition,
+            replay,
+            replayed: replayed.clone(),
+            owner: owner.clone(),
+        }
+    }
+
     /// A request carried out without reading anything again.
     fn unread(
         context: &Context,
@@ -1297,13 +1314,13 @@ impl ReplayDone {
         replayed: &Arc<AtomicU64>,
         owner: &Writer,
     ) -> Self {
-        ReplayDone {
-            bucket: context.bucket.clone(),
+        Self::new(
+            context,
             partition,
-            replay: Replay::nothing(request),
-            replayed: replayed.clone(),
-            owner: owner.clone(),
-        }
+            Replay::nothing(request),
+            replayed,
+            owner,
+        )
     }
 
     /// Records the request as carried out and deletes it (unless a newer
@@ -1408,13 +1425,13 @@ impl ReplayHandover<'_> {
         };
         let mut batch = reader.take_batch(slot);
         batch.replay = true;
-        batch.replay_done = Some(ReplayDone {
-            bucket: self.context.bucket.clone(),
-            partition: self.partition,
+        batch.replay_done = Some(ReplayDone::new(
+            self.context,
+            self.partition,
             replay,
-            replayed: self.replayed.clone(),
-            owner: self.writer.clone(),
-        });
+            self.replayed,
+            self.writer,
+        ));
         if self.sender.send(batch).await.is_err() {
             return Err(SessionEnd::Reset("writer stopped"));
         }
@@ -1442,7 +1459,7 @@ struct Reader<'a> {
     lag: metrics::Gauge,
     /// The replay under way (a rewind request), until its last batch goes.
     replay: Option<Replay>,
-    /// Whether the seen-set holds a replay's ids (two horizons) still.
+    /// Whether the seen-set still holds a replay's ids (up to two horizons).
     replayed_ids: bool,
     /// The highest sequence sent to ClickHouse (given to every batch).
     sent_mark: Arc<AtomicU64>,
