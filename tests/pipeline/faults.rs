@@ -1327,6 +1327,101 @@ async fn a_rewind_asked_while_no_aggregator_runs_is_carried_out_when_they_start(
     drain_stop_and_check(&stack, &load, &mut fleet).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregator_killed_during_a_replay_leaves_the_rewind_to_the_next_owner() {
+    interrupted_replay(Interruption::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregator_paused_during_a_replay_loses_it_and_its_stale_insert_is_fenced() {
+    interrupted_replay(Interruption::Pause).await;
+}
+
+/// What stops the first aggregator in the middle of a replay.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Interruption {
+    /// SIGKILL, restarted once the other one has carried the replay out.
+    Kill,
+    /// SIGSTOP past its lease, SIGCONT once the other one has carried the
+    /// replay out.
+    Pause,
+}
+
+/// Rows lost below what ClickHouse holds, `audit --repair`, and the first
+/// aggregator stopped while one of its replay inserts is held between the
+/// lease check and the sending (`replay_insert_held`). The other one takes
+/// the partition over once the lease runs out and carries the request out
+/// itself. Paused, the first one's held insert is sent when it resumes, on
+/// a lease it lost: the fence must drop it, or its rows count twice.
+async fn interrupted_replay(interruption: Interruption) {
+    let stack = FaultStack::start(false).await;
+    let load = load(LOAD_EVENTS);
+    let ports = [
+        free_port().expect("free port"),
+        free_port().expect("free port"),
+    ];
+    let mut fleet = Fleet {
+        ingests: vec![stack.start_ingest("-a", &[]), stack.start_ingest("-b", &[])],
+        aggregators: vec![
+            (
+                stack.start_aggregator("-a", ports[0], &[("CCTV_FAULT", "replay_insert_held")]),
+                ports[0],
+            ),
+            (stack.start_aggregator("-b", ports[1], &[]), ports[1]),
+        ],
+    };
+    published_and_written(&stack, &load).await;
+    lose_oldest_batches_and_repair(&stack, load.count).await;
+    poll_until(
+        "the first aggregator holding a replay insert",
+        DRAIN_TIMEOUT,
+        || async {
+            fleet.aggregators[0]
+                .0
+                .log_contains("fault injected at replay_insert_held")
+        },
+    )
+    .await;
+    match interruption {
+        Interruption::Kill => {
+            fleet.aggregators[0].0.kill9();
+        }
+        Interruption::Pause => fleet.aggregators[0].0.pause(),
+    }
+    // Only the other one can finish the held partition's replay now.
+    rows_written_and_rewinds_done(&stack, load.count).await;
+    let victim = &mut fleet.aggregators[0].0;
+    assert!(
+        !victim.log_contains("held replay insert of"),
+        "the held insert went out before the stop:\n{}",
+        victim.log_tail()
+    );
+    match interruption {
+        Interruption::Kill => victim.restart(),
+        Interruption::Pause => {
+            victim.resume();
+            poll_until(
+                "the resumed aggregator sending its held insert",
+                DRAIN_TIMEOUT,
+                || async { victim.log_contains("held replay insert of") },
+            )
+            .await;
+            assert!(
+                victim.log_contains("(lease valid: false); answered ok"),
+                "the stale insert did not reach ClickHouse:\n{}",
+                victim.log_tail()
+            );
+            poll_until(
+                "the resumed aggregator logging its loss",
+                DRAIN_TIMEOUT,
+                || async { victim.log_contains("lost the lease") },
+            )
+            .await;
+        }
+    }
+    drain_stop_and_check(&stack, &load, &mut fleet).await;
+}
+
 /// Starts two of each service, publishes the load in the background, and
 /// waits until ClickHouse holds a `part`-th of it.
 async fn fleet_under_load(
@@ -1344,15 +1439,20 @@ async fn fleet_under_load(
     (fleet, publisher)
 }
 
-/// Two of each service take the whole load; the aggregators are then
-/// stopped (SIGTERM, exit 0).
-async fn drained_then_aggregators_stopped(stack: &FaultStack, load: &Load) -> Fleet {
-    let mut fleet = stack.start_fleet(&[], &[]);
+/// Publishes the whole load and waits until ClickHouse holds every row.
+async fn published_and_written(stack: &FaultStack, load: &Load) {
     publish_all(stack.js.clone(), load.messages.clone()).await;
     poll_until("every row", DRAIN_TIMEOUT, || async {
         stack.rows().await >= load.count
     })
     .await;
+}
+
+/// Two of each service take the whole load; the aggregators are then
+/// stopped (SIGTERM, exit 0).
+async fn drained_then_aggregators_stopped(stack: &FaultStack, load: &Load) -> Fleet {
+    let mut fleet = stack.start_fleet(&[], &[]);
+    published_and_written(stack, load).await;
     for (service, _) in &mut fleet.aggregators {
         service.terminate();
     }
@@ -1397,11 +1497,7 @@ async fn lost_below_and_repaired(fault: Option<&str>) {
     let load = load(LOAD_EVENTS);
     let armed = fault.map(|point| [("CCTV_FAULT", point)]);
     let mut fleet = stack.start_fleet(&[], armed.as_ref().map_or(&[], |env| &env[..]));
-    publish_all(stack.js.clone(), load.messages.clone()).await;
-    poll_until("every row", DRAIN_TIMEOUT, || async {
-        stack.rows().await >= load.count
-    })
-    .await;
+    published_and_written(&stack, &load).await;
     lose_oldest_batches_and_repair(&stack, load.count).await;
     rows_written_and_rewinds_done(&stack, load.count).await;
     let logs = fleet.logs();

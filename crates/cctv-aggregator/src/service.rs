@@ -1191,6 +1191,9 @@ async fn run_session(
 }
 
 /// The error a failure point reports (see `cctv_runtime::fault_fails`).
+/// How long a held insert (`replay_insert_held`) waits before it is sent.
+const FAULT_HOLD: Duration = Duration::from_secs(5);
+
 fn injected_failure() -> StoreError {
     StoreError::Unavailable {
         operation: "insert",
@@ -1692,6 +1695,32 @@ impl Writer {
         Ok(self.replicas.newest_fence(&self.writer_name).await? <= self.epoch)
     }
 
+    /// Fault tests (`replay_insert_held`): the insert waits [`FAULT_HOLD`]
+    /// after the lease check, as a process paused there would, and is then
+    /// sent whatever became of this task meanwhile (a lost lease aborts it):
+    /// a stale owner's insert reaching ClickHouse, which the fence must drop.
+    async fn held_insert(&self, rows: Arc<EncodedRows>) -> Result<(), StoreError> {
+        let inserter = self.inserter.clone();
+        let writer = self.writer_name.clone();
+        let gate = self.gate.clone();
+        let held = tokio::spawn(async move {
+            tokio::time::sleep(FAULT_HOLD).await;
+            let lease_valid = gate.is_valid(Instant::now());
+            let answer = inserter.insert(&writer, rows).await;
+            // Straight to stderr, as the fault points report.
+            match &answer {
+                Ok(()) => eprintln!(
+                    "held replay insert of {writer} sent (lease valid: {lease_valid}); answered ok"
+                ),
+                Err(error) => eprintln!(
+                    "held replay insert of {writer} sent (lease valid: {lease_valid}); answered {error}"
+                ),
+            }
+            answer
+        });
+        held.await.unwrap_or_else(|_| Err(injected_failure()))
+    }
+
     async fn write_all(&self, mut batches: mpsc::Receiver<Batch>) -> Result<(), StoreError> {
         while let Some(batch) = batches.recv().await {
             self.write_one(batch).await?;
@@ -1796,6 +1825,8 @@ impl Writer {
             // Fault tests: a replay's insert reported failed, not sent or sent.
             let inserted = if replay && cctv_runtime::fault_fails("replay_insert_lost") {
                 Err(injected_failure())
+            } else if replay && cctv_runtime::fault_fails("replay_insert_held") {
+                self.held_insert(shared.clone()).await
             } else {
                 self.inserter
                     .insert(&self.writer_name, shared.clone())

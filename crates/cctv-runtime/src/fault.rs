@@ -14,8 +14,11 @@
 //! A failure point ([`fault_fails`]) does not abort: on its armed pass, and
 //! only then, it tells the caller to act as if an operation failed. The
 //! aggregator has `replay_insert_lost` (an insert of a replay is not sent,
-//! and reported failed) and `replay_insert_unanswered` (it is sent and
-//! written, and reported failed, as a timeout after the server committed).
+//! and reported failed), `replay_insert_unanswered` (it is sent and
+//! written, and reported failed, as a timeout after the server committed)
+//! and `replay_insert_held` (it waits a few seconds after the lease check,
+//! then is sent even if the lease was lost meanwhile: a stale owner's
+//! insert).
 
 /// Environment variable naming the armed fault point.
 pub const FAULT_ENV: &str = "CCTV_FAULT";
