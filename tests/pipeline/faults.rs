@@ -1338,7 +1338,7 @@ async fn an_aggregator_paused_during_a_replay_loses_it_and_its_stale_insert_is_f
 }
 
 /// What stops the first aggregator in the middle of a replay.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Interruption {
     /// SIGKILL, restarted once the other one has carried the replay out.
     Kill,
@@ -1349,10 +1349,11 @@ enum Interruption {
 
 /// Rows lost below what ClickHouse holds, `audit --repair`, and the first
 /// aggregator stopped while one of its replay inserts is held between the
-/// lease check and the sending (`replay_insert_held`). The other one takes
-/// the partition over once the lease runs out and carries the request out
-/// itself. Paused, the first one's held insert is sent when it resumes, on
-/// a lease it lost: the fence must drop it, or its rows count twice.
+/// lease check and the sending (`replay_insert_held`: it is released only
+/// once the lease has lapsed). The other one takes the partition over once
+/// the lease runs out and carries the request out itself. Paused, the first
+/// one releases its held insert when it resumes, on a lease it lost: the
+/// fence must drop it, or its rows count twice.
 async fn interrupted_replay(interruption: Interruption) {
     let stack = FaultStack::start(false).await;
     let load = load(LOAD_EVENTS);
@@ -1393,15 +1394,20 @@ async fn interrupted_replay(interruption: Interruption) {
     let victim = &mut fleet.aggregators[0].0;
     assert!(
         !victim.log_contains("held replay insert of"),
-        "the held insert went out before the stop:\n{}",
+        "the held insert was released before the stop:\n{}",
         victim.log_tail()
     );
     match interruption {
-        Interruption::Kill => victim.restart(),
+        Interruption::Kill => {
+            victim.disarm();
+            victim.restart();
+        }
         Interruption::Pause => {
+            let rows = stack.rows().await;
+            let losses = victim.log_matches("lost the lease");
             victim.resume();
             poll_until(
-                "the resumed aggregator sending its held insert",
+                "the resumed aggregator releasing its held insert",
                 DRAIN_TIMEOUT,
                 || async { victim.log_contains("held replay insert of") },
             )
@@ -1411,10 +1417,16 @@ async fn interrupted_replay(interruption: Interruption) {
                 "the stale insert did not reach ClickHouse:\n{}",
                 victim.log_tail()
             );
+            // ClickHouse took the insert and wrote none of its rows.
+            assert_eq!(
+                stack.rows().await,
+                rows,
+                "the stale insert's rows were written"
+            );
             poll_until(
                 "the resumed aggregator logging its loss",
                 DRAIN_TIMEOUT,
-                || async { victim.log_contains("lost the lease") },
+                || async { victim.log_matches("lost the lease") > losses },
             )
             .await;
         }
@@ -1505,7 +1517,7 @@ async fn lost_below_and_repaired(fault: Option<&str>) {
     if let Some(point) = fault {
         // Once per aggregator that replayed: usually both, one when the
         // other did not own any of the partitions yet.
-        let fired = format!("fault injected at {point}: failing once");
+        let fired = format!("fault injected at {point}: acting once");
         let times = logs.matches(&fired).count();
         assert!((1..=2).contains(&times), "fired {times} times\n{logs}");
     }

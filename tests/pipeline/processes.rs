@@ -273,6 +273,11 @@ impl ServiceProcess {
         self.log_text().contains(needle)
     }
 
+    /// How many times the log contains `needle`.
+    pub(crate) fn log_matches(&self, needle: &str) -> usize {
+        self.log_text().matches(needle).count()
+    }
+
     /// The whole log; a line an abort cut short is not valid UTF-8 and must
     /// not hide the rest.
     fn log_text(&self) -> String {

@@ -1190,10 +1190,11 @@ async fn run_session(
     }
 }
 
-/// The error a failure point reports (see `cctv_runtime::fault_fails`).
-/// How long a held insert (`replay_insert_held`) waits before it is sent.
-const FAULT_HOLD: Duration = Duration::from_secs(5);
+/// How long a held insert (`replay_insert_held`) waits at most for its
+/// lease to lapse before it is released anyway.
+const FAULT_HOLD: Duration = Duration::from_secs(120);
 
+/// The error a failure point reports (see `cctv_runtime::fault_fails`).
 fn injected_failure() -> StoreError {
     StoreError::Unavailable {
         operation: "insert",
@@ -1695,25 +1696,30 @@ impl Writer {
         Ok(self.replicas.newest_fence(&self.writer_name).await? <= self.epoch)
     }
 
-    /// Fault tests (`replay_insert_held`): the insert waits [`FAULT_HOLD`]
-    /// after the lease check, as a process paused there would, and is then
-    /// sent whatever became of this task meanwhile (a lost lease aborts it):
-    /// a stale owner's insert reaching ClickHouse, which the fence must drop.
+    /// Fault tests (`replay_insert_held`): the insert, past the lease
+    /// check, waits until the lease has lapsed (the test pauses the process
+    /// meanwhile; at most [`FAULT_HOLD`]), as a process paused right there
+    /// would, and is then handed to the group commit whatever became of
+    /// this task (a lost lease aborts it): a stale owner's insert reaching
+    /// ClickHouse, which the fence must drop.
     async fn held_insert(&self, rows: Arc<EncodedRows>) -> Result<(), StoreError> {
         let inserter = self.inserter.clone();
         let writer = self.writer_name.clone();
         let gate = self.gate.clone();
         let held = tokio::spawn(async move {
-            tokio::time::sleep(FAULT_HOLD).await;
+            let holding = Instant::now();
+            while gate.is_valid(Instant::now()) && holding.elapsed() < FAULT_HOLD {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             let lease_valid = gate.is_valid(Instant::now());
             let answer = inserter.insert(&writer, rows).await;
             // Straight to stderr, as the fault points report.
             match &answer {
                 Ok(()) => eprintln!(
-                    "held replay insert of {writer} sent (lease valid: {lease_valid}); answered ok"
+                    "held replay insert of {writer} released (lease valid: {lease_valid}); answered ok"
                 ),
                 Err(error) => eprintln!(
-                    "held replay insert of {writer} sent (lease valid: {lease_valid}); answered {error}"
+                    "held replay insert of {writer} released (lease valid: {lease_valid}); answered {error}"
                 ),
             }
             answer

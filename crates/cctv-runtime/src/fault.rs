@@ -12,13 +12,13 @@
 //! JetStream, its raw messages not yet acked).
 //!
 //! A failure point ([`fault_fails`]) does not abort: on its armed pass, and
-//! only then, it tells the caller to act as if an operation failed. The
+//! only then, it tells the caller to act out the failure it names. The
 //! aggregator has `replay_insert_lost` (an insert of a replay is not sent,
 //! and reported failed), `replay_insert_unanswered` (it is sent and
 //! written, and reported failed, as a timeout after the server committed)
-//! and `replay_insert_held` (it waits a few seconds after the lease check,
-//! then is sent even if the lease was lost meanwhile: a stale owner's
-//! insert).
+//! and `replay_insert_held` (past the lease check it waits until the lease
+//! has lapsed, then is sent even though the writer lost its partition
+//! meanwhile: a stale owner's insert).
 
 /// Environment variable naming the armed fault point.
 pub const FAULT_ENV: &str = "CCTV_FAULT";
@@ -66,13 +66,13 @@ pub fn fault_point(name: &'static str) {
     }
 }
 
-/// Whether the caller should fail here: `name` is the armed point and this
-/// is exactly its armed pass (so it fails once per process).
+/// Whether the caller should act out its failure here: `name` is the armed
+/// point and this is exactly its armed pass (so once per process).
 #[cfg(feature = "fault-injection")]
 pub fn fault_fails(name: &'static str) -> bool {
     let fails = armed_pass(name).is_some_and(|(pass, after)| pass == after);
     if fails {
-        eprintln!("fault injected at {name}: failing once");
+        eprintln!("fault injected at {name}: acting once");
     }
     fails
 }
