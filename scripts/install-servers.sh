@@ -3,8 +3,9 @@
 # the pinned nats-server (scripts/install-nats.sh, into .local/tools/; not Debian's
 # 2.9.10, which is older than the supported 2.10), then clickhouse-server,
 # clickhouse-client and zookeeper (for replicated ClickHouse tables: the cluster
-# tests and `make cluster-up`) and mosquitto (the MQTT broker of the gateway's
-# tests) from the OS packages (apt).
+# tests and `make cluster-up`), mosquitto (the MQTT broker of the gateway's
+# tests) and `script` (bsdutils, a pseudo-terminal for one test) from the OS
+# packages (apt).
 #
 # - Idempotent and quiet when everything is already there.
 # - Uses sudo when not run as root.
@@ -54,6 +55,8 @@ if ! clickhouse_is_external; then
 fi
 # The MQTT broker the gateway's tests publish Frigate messages through.
 have_binary mosquitto || missing+=(mosquitto)
+# `script` runs `cctvctl audit` on a pseudo-terminal in a test (its progress).
+have_binary script || missing+=(bsdutils)
 for package in "$@"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
         || missing+=("$package")

@@ -2,6 +2,7 @@
 //! rows duplicated and deleted by hand in ClickHouse are reported, named by
 //! the sequences of the event batches that carried them.
 
+use std::process::Command;
 use std::time::Duration;
 
 use cctv_bus::StreamsConfig;
@@ -41,6 +42,7 @@ async fn audit_is_clean_after_a_run_and_names_doubled_and_missing_ranges() {
     let report = audit_pipeline(&config).await.unwrap();
     assert!(report.is_clean(), "{}", render_audit(&report));
     assert_eq!(report.streams.len(), 1);
+    progress_only_on_a_terminal(&config);
     let messages = stack.stream_messages("CCTV_EVENTS").await;
     let extent = report.streams[0].stream.expect("stream extent");
     assert_eq!((extent.first_seq, extent.last_seq), (1, messages));
@@ -131,4 +133,53 @@ async fn audit_is_clean_after_a_run_and_names_doubled_and_missing_ranges() {
     let text = render_audit(&report);
     assert!(text.contains("missing in ClickHouse: "), "{text}");
     assert!(text.ends_with("audit: differences found\n"), "{text}");
+}
+
+/// The binary's progress shows on a terminal only: piped, stderr holds none
+/// and stdout is the JSON report alone; under a pseudo-terminal (`script`,
+/// util-linux) both phases show.
+fn progress_only_on_a_terminal(config: &CliConfig) {
+    let binary = crate::views::cctvctl_binary();
+    let command = |program: &str| {
+        let mut command = Command::new(program);
+        command
+            .env_remove("CCTV_CONFIG")
+            .env_remove("CCTV_CLICKHOUSE_USER")
+            .env_remove("CCTV_CLICKHOUSE_PASSWORD")
+            .env_remove("CCTV_NATS_USER")
+            .env_remove("CCTV_NATS_PASSWORD")
+            .env("CCTV_NATS_URL", &config.nats.url)
+            .env("CCTV_CLICKHOUSE_URL", &config.clickhouse.url)
+            .env("CCTV_CLICKHOUSE_DATABASE", &config.clickhouse.database);
+        command
+    };
+    let piped = command(binary.to_str().expect("UTF-8 path"))
+        .args(["audit", "--format", "json"])
+        .output()
+        .expect("cctvctl runs");
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(piped.status.success(), "cctvctl audit: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&piped.stdout).expect("stdout is the JSON report alone");
+    assert_eq!(report["clean"], serde_json::Value::Bool(true), "{report}");
+    assert!(
+        !stderr.contains("messages of the stream read") && !stderr.contains("read from ClickHouse"),
+        "progress on a pipe: {stderr}"
+    );
+
+    let on_terminal = command("script")
+        .args([
+            "-q",
+            "-e",
+            "-c",
+            &format!("'{}' audit", binary.display()),
+            "/dev/null",
+        ])
+        .output()
+        .expect("`script` (util-linux) runs cctvctl on a pseudo-terminal");
+    let shown = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(on_terminal.status.success(), "{shown}");
+    assert!(shown.contains("messages of the stream read"), "{shown}");
+    assert!(shown.contains("event ids read from ClickHouse"), "{shown}");
+    assert!(shown.contains("exactly once"), "{shown}");
 }

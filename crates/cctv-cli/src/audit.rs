@@ -37,6 +37,7 @@ use std::collections::HashMap;
 
 use cctv_store::{DoubledEventId, SlotDifference, Store};
 use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::ser::SerializeStruct as _;
 use serde::Serialize;
 
@@ -531,11 +532,21 @@ pub async fn audit_pipeline_with(config: &CliConfig, repair: bool) -> anyhow::Re
         .await
         .with_context(|| format!("failed to read the events of stream {name}"))?;
 
+    // As many as the stream holds distinct ids, when the audit is clean.
+    let expected = u64::try_from(listed.ids.len()).unwrap_or(u64::MAX);
     let mut fold = IdFold::new(Some((extent, listed.ids)));
+    let reading = progress(
+        Some(expected),
+        "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} event ids read from ClickHouse",
+    );
     store
-        .for_each_stored_id(&current, |id, seq, copies| fold.add(id, seq, copies))
+        .for_each_stored_id(&current, |id, seq, copies| {
+            reading.inc(1);
+            fold.add(id, seq, copies);
+        })
         .await
         .with_context(|| format!("failed to audit {current}"))?;
+    reading.finish_and_clear();
     let mut report = AuditReport::default();
     if repair && !fold.is_complete() {
         report.rewinds_requested = request_rewinds(&js, config, &fold).await?;
@@ -638,6 +649,10 @@ async fn stream_event_ids(
         .messages()
         .await
         .context("failed to read the stream")?;
+    let reading = progress(
+        Some(extent.messages),
+        "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} messages of the stream read ({msg})",
+    );
     loop {
         let next = tokio::time::timeout(LISTING_IDLE_TIMEOUT, messages.next())
             .await
@@ -671,11 +686,26 @@ async fn stream_event_ids(
             }
             Err(_) => listed.undecodable.push(sequence),
         }
+        reading.inc(1);
+        reading.set_message(format!("{} events", listed.events));
         if last {
             break;
         }
     }
+    reading.finish_and_clear();
     Ok(listed)
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal: an
+/// audit of a week of events reads millions of them twice (the stream, then
+/// ClickHouse's ids), for minutes.
+fn progress(len: Option<u64>, template: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
 }
 
 /// Renders the report as text.
