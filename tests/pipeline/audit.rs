@@ -140,14 +140,15 @@ async fn audit_is_clean_after_a_run_and_names_doubled_and_missing_ranges() {
 /// util-linux) both phases show.
 fn progress_only_on_a_terminal(config: &CliConfig) {
     let binary = crate::views::cctvctl_binary();
+    // Nothing of the caller's environment but PATH (no CCTV_* setting of
+    // CI's may change the outcome); `script` sets no TERM, and without one
+    // nothing draws.
     let command = |program: &str| {
         let mut command = Command::new(program);
         command
-            .env_remove("CCTV_CONFIG")
-            .env_remove("CCTV_CLICKHOUSE_USER")
-            .env_remove("CCTV_CLICKHOUSE_PASSWORD")
-            .env_remove("CCTV_NATS_USER")
-            .env_remove("CCTV_NATS_PASSWORD")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("TERM", "xterm")
             .env("CCTV_NATS_URL", &config.nats.url)
             .env("CCTV_CLICKHOUSE_URL", &config.clickhouse.url)
             .env("CCTV_CLICKHOUSE_DATABASE", &config.clickhouse.database);
@@ -172,7 +173,7 @@ fn progress_only_on_a_terminal(config: &CliConfig) {
             "-q",
             "-e",
             "-c",
-            &format!("'{}' audit", binary.display()),
+            &format!("{} audit", binary.display()),
             "/dev/null",
         ])
         .output()

@@ -12,7 +12,9 @@
 //! ids read from every message (an ordered consumer), each with the lowest
 //! sequence that carries it; the ClickHouse side is streamed id by id with
 //! its copy count and folded in ([`IdFold`], pure and unit-tested). Memory
-//! grows with the events in the stream (about 40 bytes each).
+//! grows with the distinct events in the stream (a map entry of 24 bytes,
+//! about 75 MiB per million as measured with the map's growth; README,
+//! "Auditing"). `cctvctl audit` shows its progress on a terminal.
 //!
 //! It also compares every rolled-up slot of the rollups behind
 //! `offence_totals` and `camera_totals` with the rows of that slot (a full
@@ -37,7 +39,7 @@ use std::collections::HashMap;
 
 use cctv_store::{DoubledEventId, SlotDifference, Store};
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 use serde::ser::SerializeStruct as _;
 use serde::Serialize;
 
@@ -511,6 +513,23 @@ pub async fn audit_pipeline(config: &CliConfig) -> anyhow::Result<AuditReport> {
 /// [`audit_pipeline`], with `repair`: rollup slots that differ from their
 /// rows are counted again first (see [`audit_rollups`]).
 pub async fn audit_pipeline_with(config: &CliConfig, repair: bool) -> anyhow::Result<AuditReport> {
+    audit_pipeline_showing(config, repair, Progress::Hidden).await
+}
+
+/// Whether an audit draws its progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// Never (the library functions).
+    Hidden,
+    /// On stderr when it is a terminal (`cctvctl audit`).
+    Terminal,
+}
+
+async fn audit_pipeline_showing(
+    config: &CliConfig,
+    repair: bool,
+    shown: Progress,
+) -> anyhow::Result<AuditReport> {
     let store = Store::new(&config.clickhouse).context("failed to create the ClickHouse client")?;
     let client = cctv_bus::connect(&config.nats, "cctvctl-audit")
         .await
@@ -528,7 +547,7 @@ pub async fn audit_pipeline_with(config: &CliConfig, repair: bool) -> anyhow::Re
         .clone();
     let current = cctv_bus::stream_identity(&info);
     let extent = extent_of(&info.state);
-    let listed = stream_event_ids(&events, &extent)
+    let listed = stream_event_ids(&events, &extent, shown)
         .await
         .with_context(|| format!("failed to read the events of stream {name}"))?;
 
@@ -536,6 +555,7 @@ pub async fn audit_pipeline_with(config: &CliConfig, repair: bool) -> anyhow::Re
     let expected = u64::try_from(listed.ids.len()).unwrap_or(u64::MAX);
     let mut fold = IdFold::new(Some((extent, listed.ids)));
     let reading = progress(
+        shown,
         Some(expected),
         "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} event ids read from ClickHouse",
     );
@@ -626,6 +646,7 @@ struct ListedEvents {
 async fn stream_event_ids(
     events: &stream::Stream,
     extent: &StreamExtent,
+    shown: Progress,
 ) -> anyhow::Result<ListedEvents> {
     let mut listed = ListedEvents {
         ids: HashMap::new(),
@@ -650,6 +671,7 @@ async fn stream_event_ids(
         .await
         .context("failed to read the stream")?;
     let reading = progress(
+        shown,
         Some(extent.messages),
         "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} messages of the stream read ({msg})",
     );
@@ -696,14 +718,22 @@ async fn stream_event_ids(
     Ok(listed)
 }
 
-/// A progress bar on stderr, drawn only when stderr is a terminal: an
-/// audit of a week of events reads millions of them twice (the stream, then
-/// ClickHouse's ids), for minutes.
-fn progress(len: Option<u64>, template: &str) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr());
+/// A progress bar on stderr when `shown` asks for it, drawn only when
+/// stderr is a terminal (and `TERM` is set, not `dumb`): an audit of a week
+/// of events reads millions of them twice (the stream, then ClickHouse's
+/// ids), for minutes. A bar dropped unfinished (an error) is cleared, not
+/// left looking complete.
+fn progress(shown: Progress, len: Option<u64>, template: &str) -> ProgressBar {
+    if shown == Progress::Hidden {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(len, ProgressDrawTarget::stderr())
+        .with_finish(ProgressFinish::AndClear);
     if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style);
     }
+    // Drawn at once: a short phase may end before the first tick.
+    bar.tick();
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
@@ -877,7 +907,7 @@ pub async fn run_audit(config: &CliConfig, args: &AuditArgs) -> anyhow::Result<E
     let mut repaired = Vec::new();
     let mut rewinds = Vec::new();
     let mut report = loop {
-        let report = audit_pipeline_with(config, repair).await?;
+        let report = audit_pipeline_showing(config, repair, Progress::Terminal).await?;
         if repair {
             // One repair is enough; waiting audits only look.
             repaired.clone_from(&report.rollups.repaired);
