@@ -161,7 +161,11 @@ impl ServiceProcess {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
-            .env("CCTV_LOG", "info");
+            .env("CCTV_LOG", "info")
+            // An error that ends a service prints its message, not a page of
+            // backtrace that pushes the message out of the log tail.
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0");
         for name in SCRUBBED_ENV {
             command.env_remove(name);
         }

@@ -97,6 +97,10 @@ impl StoreError {
                 operation,
                 message: error.to_string(),
             },
+            Error::BadResponse(message) if body_unread(&message) => StoreError::Unavailable {
+                operation,
+                message: format!("ClickHouse answered {message}; the rest was not received"),
+            },
             Error::BadResponse(message) => {
                 let code = parse_code(&message);
                 StoreError::Server {
@@ -129,11 +133,34 @@ fn is_refused(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Reads `Code: 60` from a ClickHouse error text.
+/// Reads `Code: 60` from a ClickHouse error text; a text that is only a
+/// number is the code itself (the client's stand-in for an error body it
+/// could not read, from the `X-ClickHouse-Exception-Code` header).
 fn parse_code(message: &str) -> Option<u32> {
+    if !message.is_empty() && message.bytes().all(|byte| byte.is_ascii_digit()) {
+        return message.parse().ok();
+    }
     let rest = &message[message.find("Code: ")? + 6..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
+}
+
+/// Whether the client gave up reading an answer, so that nothing of the
+/// server's reason is known: it stands in a 5xx status line ("500 Internal
+/// Server Error") for an error body the connection lost, and names a result
+/// whose header never arrived. Whatever failed, the request may be repeated
+/// (clickhouse 0.15, `response.rs` and `cursors/row.rs`); treated as
+/// permanent, one such answer while ClickHouse was going down ended an
+/// aggregator.
+fn body_unread(message: &str) -> bool {
+    let status_line = message.len() >= 4
+        && message.as_bytes()[0] == b'5'
+        && message.as_bytes()[..3].iter().all(u8::is_ascii_digit)
+        && message.as_bytes()[3] == b' '
+        && !message.contains("Code: ");
+    status_line
+        || message == "Could not read columns header"
+        || message == "Expected at least one column in the header"
 }
 
 #[cfg(test)]
@@ -147,6 +174,9 @@ mod tests {
             Some(241)
         );
         assert_eq!(parse_code("no code here"), None);
+        // The client's stand-in when the body was lost: the header's code.
+        assert_eq!(parse_code("210"), Some(210));
+        assert_eq!(parse_code(""), None);
         let transient = StoreError::Server {
             operation: "insert",
             message: String::new(),
@@ -164,5 +194,34 @@ mod tests {
             message: String::new()
         }
         .is_transient());
+    }
+
+    #[test]
+    fn an_answer_whose_body_was_lost_is_transient() {
+        use clickhouse::error::Error;
+        for message in [
+            "500 Internal Server Error",
+            "503 Service Unavailable",
+            "Could not read columns header",
+            "Expected at least one column in the header",
+        ] {
+            let error = StoreError::from_clickhouse("insert", Error::BadResponse(message.into()));
+            assert!(error.is_transient(), "{message}: {error:?}");
+        }
+        // The code header alone: classified by the code.
+        let timeout = StoreError::from_clickhouse("insert", Error::BadResponse("159".into()));
+        assert!(timeout.is_transient(), "{timeout:?}");
+        let unknown_table = StoreError::from_clickhouse("insert", Error::BadResponse("60".into()));
+        assert!(!unknown_table.is_transient(), "{unknown_table:?}");
+        // A server's own text with a permanent code stays permanent, and a
+        // refusal without a body too.
+        for message in [
+            "Code: 62, e.displayText() = DB::Exception: Syntax error",
+            "500 Internal Server Error: Code: 60, e.displayText() = DB::Exception: Table x doesn't exist",
+            "403 Forbidden",
+        ] {
+            let error = StoreError::from_clickhouse("insert", Error::BadResponse(message.into()));
+            assert!(!error.is_transient(), "{message}: {error:?}");
+        }
     }
 }
