@@ -150,8 +150,8 @@ fn parse_code(message: &str) -> Option<u32> {
 /// Server Error") for an error body the connection lost, and names a result
 /// whose header never arrived. Whatever failed, the request may be repeated
 /// (clickhouse 0.15, `response.rs` and `cursors/row.rs`); treated as
-/// permanent, one such answer while ClickHouse was going down ended an
-/// aggregator.
+/// permanent, such an answer (a connection lost while ClickHouse goes
+/// down) would end an aggregator.
 fn body_unread(message: &str) -> bool {
     let status_line = message.len() >= 4
         && message.as_bytes()[0] == b'5'
