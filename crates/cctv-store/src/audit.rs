@@ -83,19 +83,17 @@ impl Store {
         last: u64,
         mut visit: impl FnMut(StoredSequence),
     ) -> Result<(), StoreError> {
-        let mut cursor = self
-            .client()
-            .query(
-                "SELECT stream_seq, toUInt64(count()) AS copies FROM ?.offence_events \
+        let mut cursor = crate::store::whole(self.client().query(
+            "SELECT stream_seq, toUInt64(count()) AS copies FROM ?.offence_events \
                  WHERE source_stream = ? AND stream_seq >= ? AND stream_seq <= ? \
                  GROUP BY stream_seq ORDER BY stream_seq",
-            )
-            .bind(Identifier(&self.config().database))
-            .bind(source_stream)
-            .bind(first)
-            .bind(last)
-            .fetch::<StoredSequence>()
-            .map_err(|e| StoreError::from_clickhouse("read stored sequences", e))?;
+        ))
+        .bind(Identifier(&self.config().database))
+        .bind(source_stream)
+        .bind(first)
+        .bind(last)
+        .fetch::<StoredSequence>()
+        .map_err(|e| StoreError::from_clickhouse("read stored sequences", e))?;
         while let Some(stored) = cursor
             .next()
             .await

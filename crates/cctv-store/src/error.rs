@@ -54,12 +54,13 @@ pub enum StoreError {
 }
 
 /// Server error codes that go away by themselves: memory and concurrency
-/// limits, timeouts, network trouble, too many parts, readonly replicas, and
-/// the replication ones (no ZooKeeper, too few live replicas, a previous
-/// quorum insert not yet confirmed, a replica not in the quorum, an insert of
+/// limits, timeouts, network trouble, too many parts, readonly replicas, a
+/// query cancelled (the server shutting down, or `KILL QUERY`), and the
+/// replication ones (no ZooKeeper, too few live replicas, a previous quorum
+/// insert not yet confirmed, a replica not in the quorum, an insert of
 /// unknown status).
-const TRANSIENT_CODES: [u32; 15] = [
-    159, 164, 202, 209, 210, 225, 241, 242, 252, 285, 286, 289, 319, 425, 999,
+const TRANSIENT_CODES: [u32; 16] = [
+    159, 164, 202, 209, 210, 225, 241, 242, 252, 285, 286, 289, 319, 394, 425, 999,
 ];
 
 impl StoreError {

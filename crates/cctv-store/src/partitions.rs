@@ -257,18 +257,16 @@ impl Store {
             event_id: uuid::Uuid,
             inserted_at: u32,
         }
-        let mut cursor = self
-            .client()
-            .query(
-                "SELECT event_id, toUInt32(inserted_at) AS inserted_at FROM ?.? \
+        let mut cursor = crate::store::whole(self.client().query(
+            "SELECT event_id, toUInt32(inserted_at) AS inserted_at FROM ?.? \
                  WHERE writer = ? AND inserted_at >= toDateTime(?)",
-            )
-            .bind(Identifier(&self.config().database))
-            .bind(Identifier(self.events_table()))
-            .bind(writer)
-            .bind(since)
-            .fetch::<Written>()
-            .map_err(|e| StoreError::from_clickhouse("read written ids", e))?;
+        ))
+        .bind(Identifier(&self.config().database))
+        .bind(Identifier(self.events_table()))
+        .bind(writer)
+        .bind(since)
+        .fetch::<Written>()
+        .map_err(|e| StoreError::from_clickhouse("read written ids", e))?;
         let mut count = 0;
         while let Some(row) = cursor
             .next()
@@ -295,16 +293,14 @@ impl Store {
             stream_seq: u64,
             copies: u64,
         }
-        let mut cursor = self
-            .client()
-            .query(
-                "SELECT event_id, min(stream_seq) AS stream_seq, toUInt64(count()) AS copies \
+        let mut cursor = crate::store::whole(self.client().query(
+            "SELECT event_id, min(stream_seq) AS stream_seq, toUInt64(count()) AS copies \
                  FROM ?.offence_events WHERE source_stream = ? GROUP BY event_id",
-            )
-            .bind(Identifier(&self.config().database))
-            .bind(source_stream)
-            .fetch::<Stored>()
-            .map_err(|e| StoreError::from_clickhouse("read stored ids", e))?;
+        ))
+        .bind(Identifier(&self.config().database))
+        .bind(source_stream)
+        .fetch::<Stored>()
+        .map_err(|e| StoreError::from_clickhouse("read stored ids", e))?;
         while let Some(row) = cursor
             .next()
             .await

@@ -569,3 +569,16 @@ impl Store {
         })
     }
 }
+
+/// A streamed read that arrives whole or fails: ClickHouse keeps the
+/// result until the query ended (`wait_end_of_query`), so an error while it
+/// runs (a cancelled query, a limit) is an HTTP error. Without it, 18.16
+/// answers 200, sends the rows of the blocks done so far, then the error's
+/// text ("Code: 394, e.displayText() = ..."), which the client does not
+/// recognise in that old form: the text would be read as rows (ids never
+/// written) or end the read with a decoding error. Costs ClickHouse a copy
+/// of the result (measured on 18.16: 10 M rows of 20 bytes in 0.59 s
+/// against 0.48-0.57 s streamed).
+pub(crate) fn whole(query: clickhouse::query::Query) -> clickhouse::query::Query {
+    query.with_setting("wait_end_of_query", "1")
+}
