@@ -523,20 +523,20 @@ impl Store {
         let Some(last) = last else {
             return Ok(ResumePoint::default());
         };
-        let rows_from_batch_start = self
-            .client
-            .query(
-                "SELECT stream_seq, batch_first_seq, batch_rows FROM ?.? \
+        // Whole: a last batch of up to `batch_max_rows` rows may be larger
+        // than the server's first buffer (see `whole`).
+        let rows_from_batch_start = whole(self.client.query(
+            "SELECT stream_seq, batch_first_seq, batch_rows FROM ?.? \
                  WHERE source_stream = ? AND writer = ? AND stream_seq >= ?",
-            )
-            .bind(Identifier(&self.config.database))
-            .bind(Identifier(self.events_table()))
-            .bind(source_stream)
-            .bind(writer)
-            .bind(last.batch_first_seq)
-            .fetch_all::<LastRow>()
-            .await
-            .map_err(|e| StoreError::from_clickhouse("read last batch", e))?;
+        ))
+        .bind(Identifier(&self.config.database))
+        .bind(Identifier(self.events_table()))
+        .bind(source_stream)
+        .bind(writer)
+        .bind(last.batch_first_seq)
+        .fetch_all::<LastRow>()
+        .await
+        .map_err(|e| StoreError::from_clickhouse("read last batch", e))?;
         let in_last_batch = rows_from_batch_start
             .iter()
             .filter(|row| row.batch_first_seq == last.batch_first_seq)
@@ -570,15 +570,18 @@ impl Store {
     }
 }
 
-/// A streamed read that arrives whole or fails: ClickHouse keeps the
-/// result until the query ended (`wait_end_of_query`), so an error while it
-/// runs (a cancelled query, a limit) is an HTTP error. Without it, 18.16
-/// answers 200, sends the rows of the blocks done so far, then the error's
-/// text ("Code: 394, e.displayText() = ..."), which the client does not
-/// recognise in that old form: the text would be read as rows (ids never
-/// written) or end the read with a decoding error. Costs ClickHouse a copy
-/// of the result (measured on 18.16: 10 M rows of 20 bytes in 0.59 s
-/// against 0.48-0.57 s streamed).
+/// A read that arrives whole or fails: ClickHouse keeps the result until
+/// the query ended (`wait_end_of_query`, an HTTP parameter, not a setting,
+/// so readonly users may pass it too), so an error while it runs (a
+/// cancelled query, a limit) is an HTTP error. Without it, once a result
+/// outgrows the server's first buffer (1 MiB), 18.16 answers 200, sends
+/// the blocks done so far, then the error's text ("Code: 394,
+/// e.displayText() = ..."), which the client does not recognise in that
+/// old form: the text would be read as rows (ids never written) or end the
+/// read with a decoding error. The server keeps the result in a temporary
+/// file meanwhile (as large as the result: 10 M ids of the seen-set's
+/// rebuild are about 200 MB); measured on 18.16, 10 M rows of 20 bytes in
+/// 0.59 s against 0.48-0.57 s streamed.
 pub(crate) fn whole(query: clickhouse::query::Query) -> clickhouse::query::Query {
     query.with_setting("wait_end_of_query", "1")
 }
