@@ -6,7 +6,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use cctv_bus::StreamsConfig;
-use cctv_cli::{audit_pipeline, render_audit, CliConfig, SequenceRanges};
+use cctv_cli::{
+    audit_pipeline, audit_pipeline_in_rounds, render_audit, AuditReport, CliConfig, SequenceRanges,
+};
 
 use crate::harness::{canonical, recent_time, Stack};
 
@@ -42,6 +44,8 @@ async fn audit_is_clean_after_a_run_and_names_doubled_and_missing_ranges() {
     let report = audit_pipeline(&config).await.unwrap();
     assert!(report.is_clean(), "{}", render_audit(&report));
     assert_eq!(report.streams.len(), 1);
+    assert_eq!(report.id_rounds, 1);
+    in_rounds_alike(&config, &report).await;
     progress_only_on_a_terminal(&config);
     let messages = stack.stream_messages("CCTV_EVENTS").await;
     let extent = report.streams[0].stream.expect("stream extent");
@@ -97,6 +101,7 @@ async fn audit_is_clean_after_a_run_and_names_doubled_and_missing_ranges() {
     assert_eq!(audit.extra_rows, 5);
     assert_eq!(audit.doubled_event_ids, 5);
     assert!(audit.missing.is_empty(), "{}", render_audit(&report));
+    in_rounds_alike(&config, &report).await;
 
     // Events a200..=a209 and a2999 deleted (a lost insert). Mutations apply
     // asynchronously: poll until the audit sees them.
@@ -130,9 +135,28 @@ async fn audit_is_clean_after_a_run_and_names_doubled_and_missing_ranges() {
     .await;
     assert_eq!(report.streams[0].doubled, doubled_sequences);
     assert_eq!(report.streams[0].rows, EVENTS as u64 + 5 - 11);
+    in_rounds_alike(&config, &report).await;
     let text = render_audit(&report);
     assert!(text.contains("missing in ClickHouse: "), "{text}");
     assert!(text.ends_with("audit: differences found\n"), "{text}");
+}
+
+/// The audit taking the ids in rounds finds what it finds in one: 4 rounds
+/// (each reads 4 of the 16 partitions' subjects), 32 (each subject read
+/// twice, half its ids kept), 3 (no divisor shared: the whole stream read
+/// in every round).
+async fn in_rounds_alike(config: &CliConfig, once: &AuditReport) {
+    for rounds in [4, 32, 3] {
+        let report = audit_pipeline_in_rounds(config, rounds).await.unwrap();
+        assert_eq!(report.id_rounds, rounds);
+        assert_eq!(
+            report.streams,
+            once.streams,
+            "{rounds} rounds:\n{}\none round:\n{}",
+            render_audit(&report),
+            render_audit(once)
+        );
+    }
 }
 
 /// The binary's progress shows on a terminal only: piped, stderr holds none
@@ -168,19 +192,35 @@ fn progress_only_on_a_terminal(config: &CliConfig) {
         "progress on a pipe: {stderr}"
     );
 
-    let on_terminal = command("script")
-        .args([
-            "-q",
-            "-e",
-            "-c",
-            &format!("{} audit", binary.display()),
-            "/dev/null",
-        ])
-        .output()
-        .expect("`script` (util-linux) runs cctvctl on a pseudo-terminal");
-    let shown = String::from_utf8_lossy(&on_terminal.stdout);
-    assert!(on_terminal.status.success(), "{shown}");
+    // `cctvctl <args>` on a pseudo-terminal: what it showed there.
+    let on_terminal = |args: &str| {
+        let run = command("script")
+            .args([
+                "-q",
+                "-e",
+                "-c",
+                &format!("{} {args}", binary.display()),
+                "/dev/null",
+            ])
+            .output()
+            .expect("`script` (util-linux) runs cctvctl on a pseudo-terminal");
+        let shown = String::from_utf8_lossy(&run.stdout).into_owned();
+        assert!(run.status.success(), "{shown}");
+        shown
+    };
+    let shown = on_terminal("audit");
     assert!(shown.contains("messages of the stream read"), "{shown}");
     assert!(shown.contains("event ids read from ClickHouse"), "{shown}");
     assert!(shown.contains("exactly once"), "{shown}");
+
+    // In rounds (the flag), each round's bars name it.
+    let shown = on_terminal("audit --rounds 4");
+    assert!(shown.contains("round 4/4"), "{shown}");
+    assert!(shown.contains("event ids taken in 4 rounds"), "{shown}");
+    assert!(shown.contains("exactly once"), "{shown}");
+    let refused = command(binary.to_str().expect("UTF-8 path"))
+        .args(["audit", "--rounds", "0"])
+        .output()
+        .expect("cctvctl runs");
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
 }

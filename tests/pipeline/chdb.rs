@@ -21,8 +21,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 
 use cctv_event::OffenceEvent;
 use cctv_store::{
-    rollup_sql, ClickHouseConfig, EncodedRows, RollupPolicy, SlotDifference, Store, TotalsFilter,
-    TotalsRow,
+    rollup_sql, ClickHouseConfig, EncodedRows, IdRound, RollupPolicy, SlotDifference, Store,
+    TotalsFilter, TotalsRow,
 };
 use chrono::{DateTime, NaiveDate};
 use clickhouse::sql::Identifier;
@@ -236,6 +236,30 @@ async fn store_queries(store: &Store, data: &AnalystData, server: &str) -> Vec<S
     );
     answers.push(format!("{gateway_totals:?}"));
 
+    // The audit's scan of the stored ids, whole and in rounds: the rounds
+    // share the ids out (the round's arithmetic runs in SQL).
+    let whole = stored_ids(store, IdRound::ALL).await;
+    assert!(whole.len() > 100, "{} ids on {server}", whole.len());
+    for of in [3u16, 16] {
+        let mut united = Vec::new();
+        for index in 0..of {
+            let round = IdRound { of, index };
+            let ids = stored_ids(store, round).await;
+            assert!(
+                ids.iter().all(|(id, _, _)| round.contains(id)),
+                "round {index} of {of} on {server} holds another round's ids"
+            );
+            united.extend(ids);
+        }
+        united.sort_unstable();
+        assert_eq!(united, whole, "{of} rounds on {server}");
+    }
+    answers.push(format!(
+        "{} ids, {} rows",
+        whole.len(),
+        whole.iter().map(|(_, _, copies)| copies).sum::<u64>()
+    ));
+
     // The first slot holding rows, as the first roller run reads it.
     let first_slot = store
         .client()
@@ -355,6 +379,19 @@ async fn store_queries(store: &Store, data: &AnalystData, server: &str) -> Vec<S
         .await,
     );
     answers
+}
+
+/// The ids of `SOURCE_STREAM` in `round`, with lowest sequence and copies, sorted.
+async fn stored_ids(store: &Store, round: IdRound) -> Vec<([u8; 16], u64, u64)> {
+    let mut ids = Vec::new();
+    store
+        .for_each_stored_id(SOURCE_STREAM, round, |id, sequence, copies| {
+            ids.push((id, sequence, copies));
+        })
+        .await
+        .expect("the stored ids");
+    ids.sort_unstable();
+    ids
 }
 
 /// The slot (insert day in Asia/Almaty, the store's zone) of UTC seconds.

@@ -508,7 +508,9 @@ async fn a_scan_that_fails_part_way_fails_whole() {
     // The audit's scans aggregate, so they fail before any output anyway.
     let mut ids = 0u64;
     let stored = store
-        .for_each_stored_id("CCTV_EVENTS@1", |_, _, _| ids += 1)
+        .for_each_stored_id("CCTV_EVENTS@1", cctv_store::IdRound::ALL, |_, _, _| {
+            ids += 1
+        })
         .await;
     assert!(
         matches!(

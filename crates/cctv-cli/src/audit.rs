@@ -11,10 +11,15 @@
 //! of its partition writes it once. So the stream side is the set of event
 //! ids read from every message (an ordered consumer), each with the lowest
 //! sequence that carries it; the ClickHouse side is streamed id by id with
-//! its copy count and folded in ([`IdFold`], pure and unit-tested). Memory
-//! grows with the distinct events in the stream (a map entry of 24 bytes,
-//! about 75 MiB per million as measured with the map's growth; README,
-//! "Auditing"). `cctvctl audit` shows its progress on a terminal.
+//! its copy count and folded in ([`IdFold`], pure and unit-tested).
+//!
+//! Both sides are taken in rounds ([`RoundPlan`]): round `i` of `n` holds
+//! the ids with `id mod n = i` (an id's partition is `id mod p`), read from
+//! the partitions' subjects that hold them and grouped by ClickHouse with
+//! the same arithmetic in SQL, so memory holds a round's distinct ids (a
+//! map entry of 24 bytes, about 110 bytes per id as measured with the
+//! map's growth; README, "Auditing"), not the stream's. `cctvctl audit`
+//! shows its progress on a terminal.
 //!
 //! It also compares every rolled-up slot of the rollups behind
 //! `offence_totals` and `camera_totals` with the rows of that slot (a full
@@ -37,7 +42,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
 use std::collections::HashMap;
 
-use cctv_store::{DoubledEventId, SlotDifference, Store};
+use cctv_store::{DoubledEventId, IdRound, SlotDifference, Store};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 use serde::ser::SerializeStruct as _;
@@ -71,6 +76,13 @@ pub struct AuditArgs {
     /// combine with `--wait` to wait for the result.
     #[arg(long)]
     pub repair: bool,
+    /// Take the event ids in this many rounds, each a share of them (memory
+    /// about 1/N, here and in ClickHouse's grouping; a round reads only the
+    /// partitions that hold its share when N and the partition count share
+    /// a divisor, else the whole stream). Default: as many as keep a round
+    /// under about 8 million ids, judged by the stream's size.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_ROUNDS)))]
+    pub rounds: Option<u16>,
 }
 
 /// How the audit report is printed.
@@ -296,6 +308,8 @@ pub struct AuditReport {
     pub rollups: RollupAudit,
     /// Partitions asked to be read again (`--repair`), with the sequence.
     pub rewinds_requested: Vec<RewindRequested>,
+    /// Rounds the event ids were taken in (`--rounds`).
+    pub id_rounds: u16,
     /// Whether every stream and the rollups are clean.
     pub clean: bool,
 }
@@ -396,11 +410,14 @@ pub async fn audit_rollups(store: &Store, repair: bool) -> anyhow::Result<Rollup
 }
 
 /// Folds the stored event ids of one stream into an audit against the ids
-/// the stream holds.
+/// the stream holds, one round of ids at a time ([`IdFold::begin_round`]).
 #[derive(Debug, Default)]
 pub(crate) struct IdFold {
-    /// Ids of the stream not yet met in ClickHouse, with their lowest sequence.
+    /// Ids of the stream's current round not yet met in ClickHouse, with
+    /// their lowest sequence.
     pending: HashMap<[u8; 16], u64>,
+    /// Ids of the rounds done that were never met, with their lowest sequence.
+    missing: Vec<([u8; 16], u64)>,
     extent: Option<StreamExtent>,
     rows: u64,
     /// Sequences of doubled ids, in the order met (sorted at the end).
@@ -415,7 +432,8 @@ pub(crate) struct IdFold {
 }
 
 impl IdFold {
-    /// A fold over the ids of a stream (`None`: an incarnation that no longer exists).
+    /// A fold over the ids of a stream (`None`: an incarnation that no
+    /// longer exists), starting with a round of `ids`.
     pub(crate) fn new(stream: Option<(StreamExtent, HashMap<[u8; 16], u64>)>) -> Self {
         match stream {
             Some((extent, ids)) => Self {
@@ -427,6 +445,13 @@ impl IdFold {
         }
     }
 
+    /// Ends the round and starts the next with the stream's `ids` of it:
+    /// what the last round did not meet stays missing.
+    pub(crate) fn begin_round(&mut self, ids: HashMap<[u8; 16], u64>) {
+        let done = std::mem::replace(&mut self.pending, ids);
+        self.missing.extend(done);
+    }
+
     /// One stored id: the lowest sequence it was stored from and its copies.
     pub(crate) fn add(&mut self, id: [u8; 16], stream_seq: u64, copies: u64) {
         self.rows += copies;
@@ -434,12 +459,18 @@ impl IdFold {
             self.doubled.push(stream_seq);
             self.extra_rows += copies - 1;
             self.doubled_ids += 1;
-            if self.doubled_examples.len() < EVENT_ID_EXAMPLES as usize {
-                self.doubled_examples.push(DoubledEventId {
-                    event_id: uuid::Uuid::from_bytes(id).to_string(),
-                    copies,
-                });
-            }
+            // The examples with most copies (then the lowest ids), whatever
+            // the order met in.
+            self.doubled_examples.push(DoubledEventId {
+                event_id: uuid::Uuid::from_bytes(id).to_string(),
+                copies,
+            });
+            self.doubled_examples.sort_unstable_by(|a, b| {
+                b.copies
+                    .cmp(&a.copies)
+                    .then_with(|| a.event_id.cmp(&b.event_id))
+            });
+            self.doubled_examples.truncate(EVENT_ID_EXAMPLES as usize);
         }
         let Some(extent) = self.extent else {
             return;
@@ -460,14 +491,18 @@ impl IdFold {
 
     /// Whether every id of the stream was found stored (so far).
     pub(crate) fn is_complete(&self) -> bool {
-        self.pending.is_empty()
+        self.pending.is_empty() && self.missing.is_empty()
     }
 
     /// Per partition (of `partitions`), the lowest sequence of a message
     /// carrying an event still pending (missing so far).
     pub(crate) fn first_missing(&self, partitions: u16) -> std::collections::BTreeMap<u16, u64> {
         let mut first = std::collections::BTreeMap::new();
-        for (id, sequence) in &self.pending {
+        for (id, sequence) in self
+            .pending
+            .iter()
+            .chain(self.missing.iter().map(|(id, sequence)| (id, sequence)))
+        {
             let partition = cctv_bus::subjects::partition_of(id, partitions);
             first
                 .entry(partition)
@@ -478,21 +513,15 @@ impl IdFold {
     }
 
     /// The audit: what is still pending is missing.
-    pub(crate) fn finish(self, source_stream: &str) -> StreamAudit {
-        // Ids come in no particular order; ranges need ascending input.
-        fn ranges_of(mut sequences: Vec<u64>) -> SequenceRanges {
-            sequences.sort_unstable();
-            let mut ranges = SequenceRanges::new();
-            for sequence in sequences {
-                ranges.push(sequence);
-            }
-            ranges
-        }
+    pub(crate) fn finish(mut self, source_stream: &str) -> StreamAudit {
+        // Ids come in no particular order; `ranges_of` sorts them.
+        self.begin_round(HashMap::new());
+        let missing = ranges_of(self.missing.iter().map(|(_, sequence)| *sequence).collect());
         StreamAudit {
             source_stream: source_stream.to_string(),
             stream: self.extent,
             rows: self.rows,
-            missing: ranges_of(Vec::from_iter(self.pending.into_values())),
+            missing,
             doubled: ranges_of(self.doubled),
             extra_rows: self.extra_rows,
             doubled_event_ids: self.doubled_ids,
@@ -513,7 +542,16 @@ pub async fn audit_pipeline(config: &CliConfig) -> anyhow::Result<AuditReport> {
 /// [`audit_pipeline`], with `repair`: rollup slots that differ from their
 /// rows are counted again first (see [`audit_rollups`]).
 pub async fn audit_pipeline_with(config: &CliConfig, repair: bool) -> anyhow::Result<AuditReport> {
-    audit_pipeline_showing(config, repair, Progress::Hidden).await
+    audit_pipeline_showing(config, repair, None, Progress::Hidden).await
+}
+
+/// [`audit_pipeline`] taking the event ids in `rounds` rounds (at least 1;
+/// see [`AuditArgs::rounds`]) instead of as many as the stream's size asks.
+pub async fn audit_pipeline_in_rounds(
+    config: &CliConfig,
+    rounds: u16,
+) -> anyhow::Result<AuditReport> {
+    audit_pipeline_showing(config, false, Some(rounds), Progress::Hidden).await
 }
 
 /// Whether an audit draws its progress.
@@ -528,6 +566,7 @@ enum Progress {
 async fn audit_pipeline_showing(
     config: &CliConfig,
     repair: bool,
+    rounds: Option<u16>,
     shown: Progress,
 ) -> anyhow::Result<AuditReport> {
     let store = Store::new(&config.clickhouse).context("failed to create the ClickHouse client")?;
@@ -547,33 +586,45 @@ async fn audit_pipeline_showing(
         .clone();
     let current = cctv_bus::stream_identity(&info);
     let extent = extent_of(&info.state);
-    let listed = stream_event_ids(&events, &extent, shown)
-        .await
-        .with_context(|| format!("failed to read the events of stream {name}"))?;
+    let plan = RoundPlan::make(&js, config, &events, &info.state, rounds).await;
 
-    // As many as the stream holds distinct ids, when the audit is clean.
-    let expected = u64::try_from(listed.ids.len()).unwrap_or(u64::MAX);
-    let mut fold = IdFold::new(Some((extent, listed.ids)));
-    let reading = progress(
-        shown,
-        Some(expected),
-        "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} event ids read from ClickHouse",
-    );
-    store
-        .for_each_stored_id(&current, |id, seq, copies| {
-            reading.inc(1);
-            fold.add(id, seq, copies);
-        })
-        .await
-        .with_context(|| format!("failed to audit {current}"))?;
-    reading.finish_and_clear();
-    let mut report = AuditReport::default();
+    let mut fold = IdFold::new(Some((extent, HashMap::new())));
+    let mut events_in_stream = 0;
+    let mut undecodable = Vec::new();
+    for round in plan.rounds() {
+        let listed = stream_event_ids(&events, &extent, &plan, round, shown)
+            .await
+            .with_context(|| format!("failed to read the events of stream {name}"))?;
+        events_in_stream += listed.events;
+        undecodable.extend(listed.undecodable);
+        // As many as the round's distinct ids, when the audit is clean.
+        let expected = u64::try_from(listed.ids.len()).unwrap_or(u64::MAX);
+        fold.begin_round(listed.ids);
+        let reading = progress(
+            shown,
+            Some(expected),
+            "{spinner} [{elapsed_precise}] {prefix}{wide_bar} {human_pos}/{human_len} event ids read from ClickHouse",
+        );
+        reading.set_prefix(plan.label(round));
+        store
+            .for_each_stored_id(&current, round, |id, seq, copies| {
+                reading.inc(1);
+                fold.add(id, seq, copies);
+            })
+            .await
+            .with_context(|| format!("failed to audit {current}"))?;
+        reading.finish_and_clear();
+    }
+    let mut report = AuditReport {
+        id_rounds: plan.of,
+        ..AuditReport::default()
+    };
     if repair && !fold.is_complete() {
         report.rewinds_requested = request_rewinds(&js, config, &fold).await?;
     }
     let mut audit = fold.finish(&current);
-    audit.events_in_stream = listed.events;
-    audit.undecodable = listed.undecodable;
+    audit.events_in_stream = events_in_stream;
+    audit.undecodable = ranges_of(undecodable);
     report.streams.push(audit);
     let stored = store
         .source_streams()
@@ -581,15 +632,195 @@ async fn audit_pipeline_showing(
         .context("failed to list the source streams in ClickHouse")?;
     for source_stream in stored.iter().filter(|stream| **stream != current) {
         let mut fold = IdFold::new(None);
-        store
-            .for_each_stored_id(source_stream, |id, seq, copies| fold.add(id, seq, copies))
-            .await
-            .with_context(|| format!("failed to audit {source_stream}"))?;
+        for round in plan.rounds() {
+            store
+                .for_each_stored_id(source_stream, round, |id, seq, copies| {
+                    fold.add(id, seq, copies);
+                })
+                .await
+                .with_context(|| format!("failed to audit {source_stream}"))?;
+        }
         report.streams.push(fold.finish(source_stream));
     }
     report.rollups = audit_rollups(&store, repair).await?;
     report.clean = report.is_clean();
     Ok(report)
+}
+
+/// Sequences in any order as ranges.
+fn ranges_of(mut sequences: Vec<u64>) -> SequenceRanges {
+    sequences.sort_unstable();
+    let mut ranges = SequenceRanges::new();
+    for sequence in sequences {
+        ranges.push(sequence);
+    }
+    ranges
+}
+
+/// How an audit splits the event ids into rounds, and what of the stream
+/// each round reads.
+///
+/// Round `i` of `n` takes the ids whose number leaves `i` divided by `n`
+/// ([`IdRound`]), on both sides, so memory (here, and in ClickHouse's
+/// GROUP BY) holds about `1/n` of them. Where `n` and the partition count
+/// `p` share a divisor `g` (their greatest common one), an id of round `i`
+/// is in a partition `k` with `k mod g = i mod g` (the partition is the id
+/// mod `p`), so the round reads only those partitions' subjects: with `n`
+/// dividing `p`, each message is read once in all. Otherwise (`g = 1`, the
+/// partition count unknown, or messages on other subjects) every round reads
+/// the whole stream.
+struct RoundPlan {
+    /// Rounds in all.
+    of: u16,
+    /// `g` above: 1 reads the whole stream in every round.
+    step: u16,
+    /// With `step > 1`: each partition's subject and its message count.
+    subjects: Vec<(String, u64)>,
+}
+
+impl RoundPlan {
+    /// The plan for `asked` rounds (`None`: as many as the stream's size
+    /// needs, [`rounds_for`]).
+    async fn make(
+        js: &jetstream::Context,
+        config: &CliConfig,
+        events: &stream::Stream,
+        state: &stream::State,
+        asked: Option<u16>,
+    ) -> Self {
+        let whole = |of| RoundPlan {
+            of,
+            step: 1,
+            subjects: Vec::new(),
+        };
+        if asked == Some(1) || (asked.is_none() && rounds_for(state.bytes, None) == 1) {
+            return whole(1);
+        }
+        // The partition count, when the bucket can be read (an audit runs
+        // without it: each round then reads the whole stream).
+        let partitions = match config.lease_bucket(js).await {
+            Ok(bucket) => bucket
+                .partitions()
+                .await
+                .ok()
+                .flatten()
+                .filter(|partitions| *partitions > 0),
+            Err(_) => None,
+        };
+        let of = asked
+            .unwrap_or_else(|| rounds_for(state.bytes, partitions))
+            .max(1);
+        let Some(partitions) = partitions else {
+            return whole(of);
+        };
+        let step = gcd(of, partitions);
+        if step == 1 {
+            return whole(of);
+        }
+        let Some(counts) = subject_counts(events).await else {
+            return whole(of);
+        };
+        let mut subjects: Vec<(String, u64)> = (0..partitions)
+            .map(|partition| (cctv_bus::subjects::event_partition(partition), 0))
+            .collect();
+        for (subject, count) in counts {
+            let Some(slot) = subjects.iter_mut().find(|(name, _)| *name == subject) else {
+                // A message on another subject: only a whole read finds it.
+                return whole(of);
+            };
+            slot.1 = count;
+        }
+        RoundPlan { of, step, subjects }
+    }
+
+    fn rounds(&self) -> impl Iterator<Item = IdRound> + '_ {
+        (0..self.of).map(|index| IdRound { of: self.of, index })
+    }
+
+    /// The subjects `round` reads with their message counts (`None`: the
+    /// whole stream).
+    fn subjects_of(&self, round: IdRound) -> Option<Vec<&(String, u64)>> {
+        if self.step <= 1 {
+            return None;
+        }
+        Some(
+            self.subjects
+                .iter()
+                .enumerate()
+                .filter(|(partition, _)| {
+                    u16::try_from(*partition)
+                        .is_ok_and(|partition| partition % self.step == round.index % self.step)
+                })
+                .map(|(_, subject)| subject)
+                .collect(),
+        )
+    }
+
+    /// Whether `round` is the first to read the messages it reads (their
+    /// undecodable sequences are counted once).
+    fn first_reading(&self, round: IdRound) -> bool {
+        round.index < self.step.max(1)
+    }
+
+    /// The progress bars' prefix of `round`.
+    fn label(&self, round: IdRound) -> String {
+        if self.of <= 1 {
+            String::new()
+        } else {
+            format!("round {}/{} ", round.index + 1, self.of)
+        }
+    }
+}
+
+/// Event ids a round holds at most when the audit sizes its rounds (about
+/// 75 bytes each in memory, README "Auditing").
+const IDS_PER_ROUND: u64 = 8_000_000;
+/// Stream bytes per event assumed when sizing the rounds: fewer than an
+/// event batch takes per event (measured: about 280 for canonical events), so a
+/// round holds fewer ids than [`IDS_PER_ROUND`], not more.
+const STREAM_BYTES_PER_EVENT: u64 = 128;
+/// Most rounds an audit takes.
+pub(crate) const MAX_ROUNDS: u16 = 4096;
+
+/// Rounds for a stream of `bytes`: enough that none holds more than
+/// [`IDS_PER_ROUND`] ids; with `partitions` known, the smallest divisor of
+/// it that is enough (each message is read once), else the smallest
+/// multiple of it that is.
+fn rounds_for(bytes: u64, partitions: Option<u16>) -> u16 {
+    let needed = (bytes / STREAM_BYTES_PER_EVENT)
+        .div_ceil(IDS_PER_ROUND)
+        .clamp(1, u64::from(MAX_ROUNDS));
+    let needed = u16::try_from(needed).unwrap_or(MAX_ROUNDS);
+    match partitions.filter(|partitions| *partitions > 0) {
+        Some(partitions) if needed <= partitions => (needed..=partitions)
+            .find(|rounds| partitions % rounds == 0)
+            .unwrap_or(partitions),
+        // The largest multiple within the bound when the next one is beyond it.
+        Some(partitions) => (u32::from(needed).div_ceil(u32::from(partitions))
+            * u32::from(partitions))
+        .min(u32::from(MAX_ROUNDS / partitions * partitions))
+        .try_into()
+        .unwrap_or(MAX_ROUNDS),
+        None => needed,
+    }
+}
+
+fn gcd(mut a: u16, mut b: u16) -> u16 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// Messages per subject of the stream, `None` when they cannot be read.
+async fn subject_counts(events: &stream::Stream) -> Option<Vec<(String, u64)>> {
+    let mut listed = events.info_with_subjects(">").await.ok()?;
+    let mut counts = Vec::new();
+    while let Some(entry) = listed.next().await {
+        let (subject, count) = entry.ok()?;
+        counts.push((subject, u64::try_from(count).unwrap_or(u64::MAX)));
+    }
+    Some(counts)
 }
 
 /// Asks the owner of every partition with missing events to read it again
@@ -634,34 +865,97 @@ fn extent_of(state: &stream::State) -> StreamExtent {
     }
 }
 
-/// The event ids of a stream, with the lowest sequence carrying each.
+/// The event ids of one round of a stream, with the lowest sequence
+/// carrying each.
 struct ListedEvents {
     ids: HashMap<[u8; 16], u64>,
+    /// Events of the round read (repeats included).
     events: u64,
-    undecodable: SequenceRanges,
+    /// Sequences of what cannot be decoded (each once over the rounds).
+    undecodable: Vec<u64>,
 }
 
-/// Reads every message of the stream up to its last sequence with an
-/// ordered consumer and decodes its events.
+/// Reads what `round` of `plan` reads of the stream, up to its last
+/// sequence, with ordered consumers, and keeps the round's event ids.
 async fn stream_event_ids(
     events: &stream::Stream,
     extent: &StreamExtent,
+    plan: &RoundPlan,
+    round: IdRound,
     shown: Progress,
 ) -> anyhow::Result<ListedEvents> {
     let mut listed = ListedEvents {
         ids: HashMap::new(),
         events: 0,
-        undecodable: SequenceRanges::new(),
+        undecodable: Vec::new(),
     };
     if extent.messages == 0 {
         return Ok(listed);
     }
+    let subjects = plan.subjects_of(round);
+    let messages = subjects.as_ref().map_or(extent.messages, |subjects| {
+        subjects.iter().map(|(_, count)| count).sum()
+    });
+    let reading = progress(
+        shown,
+        Some(messages),
+        "{spinner} [{elapsed_precise}] {prefix}{wide_bar} {human_pos}/{human_len} messages of the stream read ({msg})",
+    );
+    reading.set_prefix(plan.label(round));
+    let count_undecodable = plan.first_reading(round);
+    match subjects {
+        None => {
+            read_events(
+                events,
+                extent,
+                None,
+                round,
+                count_undecodable,
+                &mut listed,
+                &reading,
+            )
+            .await?;
+        }
+        Some(subjects) => {
+            for (subject, count) in subjects {
+                if *count > 0 {
+                    read_events(
+                        events,
+                        extent,
+                        Some(subject),
+                        round,
+                        count_undecodable,
+                        &mut listed,
+                        &reading,
+                    )
+                    .await?;
+                }
+            }
+        }
+    }
+    reading.finish_and_clear();
+    Ok(listed)
+}
+
+/// Reads the stream's messages (on `subject`, or all) with an ordered
+/// consumer up to the extent's last sequence, and adds the events of
+/// `round` to `listed`.
+async fn read_events(
+    events: &stream::Stream,
+    extent: &StreamExtent,
+    subject: Option<&str>,
+    round: IdRound,
+    count_undecodable: bool,
+    listed: &mut ListedEvents,
+    reading: &ProgressBar,
+) -> anyhow::Result<()> {
     let consumer = events
         .create_consumer(consumer::pull::OrderedConfig {
             description: Some("cctvctl audit: read the events".into()),
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: extent.first_seq,
             },
+            filter_subject: subject.unwrap_or_default().to_string(),
             ..Default::default()
         })
         .await
@@ -670,11 +964,6 @@ async fn stream_event_ids(
         .messages()
         .await
         .context("failed to read the stream")?;
-    let reading = progress(
-        shown,
-        Some(extent.messages),
-        "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} messages of the stream read ({msg})",
-    );
     loop {
         let next = tokio::time::timeout(LISTING_IDLE_TIMEOUT, messages.next())
             .await
@@ -698,15 +987,18 @@ async fn stream_event_ids(
                         .ok()
                         .and_then(|event| event.with_view(|view| *view.event_id.as_bytes()).ok());
                     match id {
-                        Some(id) => {
+                        Some(id) if round.contains(&id) => {
                             listed.events += 1;
                             listed.ids.entry(id).or_insert(sequence);
                         }
-                        None => listed.undecodable.push(sequence),
+                        Some(_) => {}
+                        None if count_undecodable => listed.undecodable.push(sequence),
+                        None => {}
                     }
                 }
             }
-            Err(_) => listed.undecodable.push(sequence),
+            Err(_) if count_undecodable => listed.undecodable.push(sequence),
+            Err(_) => {}
         }
         reading.inc(1);
         reading.set_message(format!("{} events", listed.events));
@@ -714,8 +1006,7 @@ async fn stream_event_ids(
             break;
         }
     }
-    reading.finish_and_clear();
-    Ok(listed)
+    Ok(())
 }
 
 /// A progress bar on stderr when `shown` asks for it, drawn only when
@@ -815,6 +1106,9 @@ pub fn render_audit(report: &AuditReport) -> String {
             if audit.is_clean() { "clean" } else { "DIFFERS" }
         );
     }
+    if report.id_rounds > 1 {
+        let _ = writeln!(text, "event ids taken in {} rounds", report.id_rounds);
+    }
     render_rollups(&mut text, &report.rollups);
     if !report.rewinds_requested.is_empty() {
         let asked: Vec<String> = report
@@ -907,7 +1201,8 @@ pub async fn run_audit(config: &CliConfig, args: &AuditArgs) -> anyhow::Result<E
     let mut repaired = Vec::new();
     let mut rewinds = Vec::new();
     let mut report = loop {
-        let report = audit_pipeline_showing(config, repair, Progress::Terminal).await?;
+        let report =
+            audit_pipeline_showing(config, repair, args.rounds, Progress::Terminal).await?;
         if repair {
             // One repair is enough; waiting audits only look.
             repaired.clone_from(&report.rollups.repaired);
@@ -996,14 +1291,17 @@ mod tests {
         [n; 16]
     }
 
+    /// A stream holding sequences 10..=20.
+    const EXTENT: StreamExtent = StreamExtent {
+        first_seq: 10,
+        last_seq: 20,
+        messages: 11,
+        num_deleted: 0,
+    };
+
     #[test]
     fn the_fold_finds_missing_doubled_beyond_expired_and_foreign_ids() {
-        let extent = StreamExtent {
-            first_seq: 10,
-            last_seq: 20,
-            messages: 11,
-            num_deleted: 0,
-        };
+        let extent = EXTENT;
         // Ids 1..=5 in the stream; id 2 carried by two messages (11 and 14).
         let stream: HashMap<[u8; 16], u64> = [
             (id(1), 10),
@@ -1033,6 +1331,150 @@ mod tests {
         assert_eq!(audit.beyond_last, ranges(&[(25, 25)]));
         assert_eq!((audit.expired, audit.foreign, audit.rows), (1, 1, 7));
         assert!(!audit.is_clean());
+    }
+
+    #[test]
+    fn a_fold_in_rounds_finds_what_one_round_finds() {
+        let extent = EXTENT;
+        let stream: HashMap<[u8; 16], u64> = [
+            (id(1), 10),
+            (id(2), 11),
+            (id(3), 12),
+            (id(4), 15),
+            (id(5), 15),
+            (id(6), 16),
+        ]
+        .into();
+        // (id, lowest sequence, copies) as ClickHouse holds them.
+        let stored = [
+            (id(1), 10, 1),
+            (id(2), 14, 2),
+            (id(4), 15, 1),
+            (id(9), 25, 1),
+            (id(8), 3, 1),
+            (id(7), 13, 1),
+            (id(10), 17, 3),
+            (id(11), 18, 2),
+        ];
+        let mut once = IdFold::new(Some((extent, stream.clone())));
+        for (event, sequence, copies) in stored {
+            once.add(event, sequence, copies);
+        }
+        let once_first = once.first_missing(4);
+        let once = once.finish("CCTV_EVENTS@1");
+        assert_eq!(once.missing, ranges(&[(12, 12), (15, 16)]));
+        let examples: Vec<u64> = once
+            .doubled_event_id_examples
+            .iter()
+            .map(|example| example.copies)
+            .collect();
+        assert_eq!(examples, [3, 2, 2]);
+
+        for of in [2, 3, 4, 7] {
+            let mut fold = IdFold::new(Some((extent, HashMap::new())));
+            for index in 0..of {
+                let round = IdRound { of, index };
+                fold.begin_round(
+                    stream
+                        .iter()
+                        .filter(|(event, _)| round.contains(event))
+                        .map(|(event, sequence)| (*event, *sequence))
+                        .collect(),
+                );
+                for (event, sequence, copies) in stored {
+                    if round.contains(&event) {
+                        fold.add(event, sequence, copies);
+                    }
+                }
+            }
+            assert!(!fold.is_complete());
+            assert_eq!(fold.first_missing(4), once_first, "{of} rounds");
+            assert_eq!(fold.finish("CCTV_EVENTS@1"), once, "{of} rounds");
+        }
+    }
+
+    #[test]
+    fn a_round_of_a_divisor_of_the_partitions_holds_whole_partitions() {
+        let mut value: u128 = 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834;
+        for _ in 0..2000 {
+            value = value
+                .wrapping_mul(0x2545_f491_4f6c_dd1d)
+                .wrapping_add(0x1405_7b7e_f767_814f);
+            let event = value.to_be_bytes();
+            for (partitions, of) in [(16, 1), (16, 4), (16, 16), (12, 6), (16, 32), (16, 3)] {
+                let partition = cctv_bus::subjects::partition_of(&event, partitions);
+                let index = u16::try_from(u128::from_be_bytes(event) % u128::from(of)).unwrap();
+                assert!(IdRound { of, index }.contains(&event));
+                let step = gcd(of, partitions);
+                // The round's share lies in partitions k with k mod step = index mod step.
+                assert_eq!(
+                    partition % step,
+                    index % step,
+                    "{partitions} partitions, {of} rounds"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rounds_follow_the_stream_size_and_fit_the_partitions() {
+        let bytes_for = |ids: u64| ids * STREAM_BYTES_PER_EVENT;
+        assert_eq!(rounds_for(0, Some(16)), 1);
+        assert_eq!(rounds_for(bytes_for(IDS_PER_ROUND), Some(16)), 1);
+        assert_eq!(
+            rounds_for(bytes_for(IDS_PER_ROUND) + STREAM_BYTES_PER_EVENT, Some(16)),
+            2
+        );
+        assert_eq!(rounds_for(bytes_for(3 * IDS_PER_ROUND), Some(16)), 4);
+        assert_eq!(rounds_for(bytes_for(3 * IDS_PER_ROUND), Some(17)), 17);
+        assert_eq!(rounds_for(bytes_for(3 * IDS_PER_ROUND), None), 3);
+        assert_eq!(rounds_for(bytes_for(20 * IDS_PER_ROUND), Some(16)), 32);
+        assert_eq!(rounds_for(u64::MAX, Some(16)), MAX_ROUNDS);
+        assert_eq!(rounds_for(u64::MAX, Some(1000)), 4000);
+        assert_eq!(rounds_for(bytes_for(3 * IDS_PER_ROUND), Some(0)), 3);
+        assert_eq!(gcd(32, 16), 16);
+        assert_eq!(gcd(3, 16), 1);
+    }
+
+    #[test]
+    fn a_round_reads_the_partitions_of_its_share_once() {
+        let plan = |of, step| RoundPlan {
+            of,
+            step,
+            subjects: (0..16)
+                .map(|partition| (cctv_bus::subjects::event_partition(partition), 1))
+                .collect(),
+        };
+        let read = |plan: &RoundPlan, index| -> Vec<String> {
+            plan.subjects_of(IdRound { of: plan.of, index })
+                .expect("subjects")
+                .into_iter()
+                .map(|(subject, _)| subject.clone())
+                .collect()
+        };
+        let four = plan(4, 4);
+        assert_eq!(
+            read(&four, 1),
+            [
+                "cctv.events.p1",
+                "cctv.events.p5",
+                "cctv.events.p9",
+                "cctv.events.p13"
+            ]
+        );
+        assert!((0..4).all(|index| four.first_reading(IdRound { of: 4, index })));
+        let many = plan(32, 16);
+        assert_eq!(read(&many, 17), ["cctv.events.p1"]);
+        assert!(many.first_reading(IdRound { of: 32, index: 15 }));
+        assert!(!many.first_reading(IdRound { of: 32, index: 16 }));
+        let whole = RoundPlan {
+            of: 3,
+            step: 1,
+            subjects: Vec::new(),
+        };
+        assert!(whole.subjects_of(IdRound { of: 3, index: 2 }).is_none());
+        assert!(whole.first_reading(IdRound { of: 3, index: 0 }));
+        assert!(!whole.first_reading(IdRound { of: 3, index: 1 }));
     }
 
     #[test]
@@ -1116,8 +1558,10 @@ mod tests {
                     from: 77,
                 },
             ],
+            id_rounds: 4,
             clean: false,
         });
+        assert!(text.contains("\nevent ids taken in 4 rounds\n"), "{text}");
         assert!(
             text.contains("partitions asked to be read again (--repair; their owners write only what is missing): p3 from 40, p9 from 77\n"),
             "{text}"

@@ -44,9 +44,9 @@ mod totals;
 mod trend;
 
 pub use audit::{
-    audit_pipeline, audit_pipeline_with, audit_rollups, render_audit, run_audit, AuditArgs,
-    AuditFormat, AuditReport, RewindRequested, RollupAudit, RollupDifference, SequenceRange,
-    SequenceRanges, StreamAudit, StreamExtent,
+    audit_pipeline, audit_pipeline_in_rounds, audit_pipeline_with, audit_rollups, render_audit,
+    run_audit, AuditArgs, AuditFormat, AuditReport, RewindRequested, RollupAudit, RollupDifference,
+    SequenceRange, SequenceRanges, StreamAudit, StreamExtent,
 };
 pub use config::CliConfig;
 pub use dlq::{run_dlq, DlqCommand, DlqListArgs, DlqReplayArgs, ListFormat};

@@ -40,6 +40,29 @@ pub struct DoubledEventId {
     pub copies: u64,
 }
 
+/// One round of an audit that takes the event ids a share at a time: the ids
+/// whose value, as a 128-bit big-endian number (the partitions' number,
+/// `cctv_bus::subjects::partition_of`), leaves `index` divided by `of`.
+/// Every copy of an id falls in the same round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRound {
+    /// Rounds in all (1: every id at once).
+    pub of: u16,
+    /// This round, below `of`.
+    pub index: u16,
+}
+
+impl IdRound {
+    /// The one round of an audit that takes every id at once.
+    pub const ALL: IdRound = IdRound { of: 1, index: 0 };
+
+    /// Whether `event_id` belongs to this round.
+    pub fn contains(&self, event_id: &[u8; 16]) -> bool {
+        self.of <= 1
+            || u128::from_be_bytes(*event_id) % u128::from(self.of) == u128::from(self.index)
+    }
+}
+
 impl Store {
     /// Every `source_stream` value present in `offence_events`.
     pub async fn source_streams(&self) -> Result<Vec<String>, StoreError> {

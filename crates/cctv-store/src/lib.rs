@@ -28,7 +28,7 @@ pub use analytics::{
     freshness_sql, grouped_sql, top_sql, BoundSql, Dimension, Freshness, GroupedRow, QueryScope,
     Source, SqlParam, TopRow, TopSubject,
 };
-pub use audit::{DoubledEventId, StoredSequence, StoredSpan, AUDIT_CHUNK_SEQUENCES};
+pub use audit::{DoubledEventId, IdRound, StoredSequence, StoredSpan, AUDIT_CHUNK_SEQUENCES};
 pub use config::{ClickHouseConfig, ClusterConfig, ShardConfig, DEFAULT_CLICKHOUSE_URL};
 pub use encoded::{ChunkPool, EncodedRows, CHUNK_BYTES, ENCODED_COLUMNS};
 pub use error::StoreError;

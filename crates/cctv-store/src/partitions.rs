@@ -15,7 +15,7 @@ use clickhouse::Compression;
 use serde::{Deserialize, Serialize};
 
 use crate::encoded::ENCODED_COLUMNS;
-use crate::{EncodedRows, Store, StoreError};
+use crate::{EncodedRows, IdRound, Store, StoreError};
 
 /// How long one wait for a replica to catch up may take; the caller asks again.
 const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
@@ -279,11 +279,16 @@ impl Store {
         Ok(count)
     }
 
-    /// Every event id `source_stream` stored, with the lowest stream
-    /// sequence it was stored from and its copy count, streamed (for the audit).
+    /// Every event id `source_stream` stored in `round` (the ids whose value
+    /// as a 128-bit big-endian number, the partitions' number, leaves
+    /// `round.index` divided by `round.of`), with the lowest stream sequence
+    /// it was stored from and its copy count, streamed (for the audit: every
+    /// copy of an id falls in one round, so ClickHouse groups a `1/of` share
+    /// of the ids at a time, and so does the caller).
     pub async fn for_each_stored_id(
         &self,
         source_stream: &str,
+        round: IdRound,
         mut visit: impl FnMut([u8; 16], u64, u64),
     ) -> Result<(), StoreError> {
         #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -293,14 +298,41 @@ impl Store {
             stream_seq: u64,
             copies: u64,
         }
-        let mut cursor = crate::store::whole(self.client().query(
-            "SELECT event_id, min(stream_seq) AS stream_seq, toUInt64(count()) AS copies \
+        let query = if round.of <= 1 {
+            self.client().query(
+                "SELECT event_id, min(stream_seq) AS stream_seq, toUInt64(count()) AS copies \
                  FROM ?.offence_events WHERE source_stream = ? GROUP BY event_id",
-        ))
-        .bind(Identifier(&self.config().database))
-        .bind(source_stream)
-        .fetch::<Stored>()
-        .map_err(|e| StoreError::from_clickhouse("read stored ids", e))?;
+            )
+        } else {
+            // id mod n from the id's two 64-bit halves (18.16 has no 128-bit
+            // arithmetic): (high mod n x 2^64 mod n + low mod n) mod n, every
+            // product below 2^32 for n <= u16::MAX.
+            self.client().query(
+                "SELECT event_id, min(stream_seq) AS stream_seq, toUInt64(count()) AS copies \
+                 FROM ?.offence_events WHERE source_stream = ? AND \
+                 ((reinterpretAsUInt64(reverse(substring(UUIDStringToNum(toString(event_id)), 1, 8))) % ?) * ? \
+                 + reinterpretAsUInt64(reverse(substring(UUIDStringToNum(toString(event_id)), 9, 8))) % ?) % ? = ? \
+                 GROUP BY event_id",
+            )
+        };
+        let mut query = query
+            .bind(Identifier(&self.config().database))
+            .bind(source_stream);
+        if round.of > 1 {
+            let of = u64::from(round.of);
+            // 2^64 mod n, as u128 arithmetic here.
+            #[allow(clippy::cast_possible_truncation)]
+            let wrap = ((1u128 << 64) % u128::from(of)) as u64;
+            query = query
+                .bind(of)
+                .bind(wrap)
+                .bind(of)
+                .bind(of)
+                .bind(u64::from(round.index));
+        }
+        let mut cursor = crate::store::whole(query)
+            .fetch::<Stored>()
+            .map_err(|e| StoreError::from_clickhouse("read stored ids", e))?;
         while let Some(row) = cursor
             .next()
             .await
