@@ -24,6 +24,7 @@ use cctv_testkit::{
     free_port, shared_clickhouse, unique_name, ClickHouseCluster, ClickHouseServer, NatsCluster,
     NatsServer, TestkitError,
 };
+use clickhouse::sql::Identifier;
 use futures::TryStreamExt;
 
 use crate::harness::{canonical, recent_time, registry_csv};
@@ -1135,21 +1136,14 @@ async fn clickhouse_down_for_30_seconds_mid_load_holds_bounded_memory_and_catche
 
     let mut stack = FaultStack::start(true).await;
     let load = load(LOAD_EVENTS);
-    let (first_half, second_half) = load.messages.split_at(load.messages.len() / 2);
-    let mut fleet = stack.start_fleet(&[], &[]);
-    publish_all(stack.js.clone(), first_half.to_vec()).await;
-    let quarter = load.count / 4;
-    poll_until("a quarter of the rows", DRAIN_TIMEOUT, || async {
-        stack.rows().await >= quarter
-    })
-    .await;
+    let (mut fleet, second_half) = a_quarter_written(&stack, &load).await;
 
     let clickhouse = stack
         .private_clickhouse
         .as_mut()
         .expect("private ClickHouse");
     tokio::task::block_in_place(|| clickhouse.stop());
-    let publisher = tokio::spawn(publish_all(stack.js.clone(), second_half.to_vec()));
+    let publisher = tokio::spawn(publish_all(stack.js.clone(), second_half));
     // The outage lasts OUTAGE; meanwhile sample memory, backlog and metrics.
     let outage_end = tokio::time::Instant::now() + OUTAGE;
     let (mut max_rss, mut max_pending, mut max_ack_pending, mut max_lag_metric) =
@@ -1209,6 +1203,74 @@ async fn clickhouse_down_for_30_seconds_mid_load_holds_bounded_memory_and_catche
     assert!(
         budget_waits > 0.0,
         "no reader ever waited on max_rows_in_memory ({MAX_ROWS_IN_MEMORY} rows)"
+    );
+    publisher.await.expect("publisher");
+    drain_stop_and_check(&stack, &load, &mut fleet).await;
+}
+
+/// Two of each service, the first half of `load` published and a quarter
+/// of it written; returns the fleet and the second half.
+async fn a_quarter_written(stack: &FaultStack, load: &Load) -> (Fleet, Vec<(String, Vec<u8>)>) {
+    let (first_half, second_half) = load.messages.split_at(load.messages.len() / 2);
+    let fleet = stack.start_fleet(&[], &[]);
+    publish_all(stack.js.clone(), first_half.to_vec()).await;
+    let quarter = load.count / 4;
+    poll_until("a quarter of the rows", DRAIN_TIMEOUT, || async {
+        stack.rows().await >= quarter
+    })
+    .await;
+    (fleet, second_half.to_vec())
+}
+
+/// The table the fenced view writes into renamed away for a while, mid-load
+/// (an operator's slip, a migration step): every insert is refused with an
+/// error not known to pass (code 60, unknown table), and so is every new
+/// session's resume point. No aggregator exits (`aggregator.refusal_grace`,
+/// 2 min by default); once the table is back every event is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_table_renamed_away_for_a_while_ends_no_aggregator_and_changes_no_count() {
+    const AWAY: Duration = Duration::from_secs(10);
+    let stack = FaultStack::start(false).await;
+    let load = load(LOAD_EVENTS);
+    let (mut fleet, second_half) = a_quarter_written(&stack, &load).await;
+
+    let store = stack.store();
+    let rename = |from: &'static str, to: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .client()
+                .query("RENAME TABLE ?.? TO ?.?")
+                .bind(Identifier(&store.config().database))
+                .bind(Identifier(from))
+                .bind(Identifier(&store.config().database))
+                .bind(Identifier(to))
+                .execute()
+                .await
+                .unwrap_or_else(|error| panic!("rename {from} to {to}: {error}"));
+        }
+    };
+    rename("offence_events", "offence_events_away").await;
+    let publisher = tokio::spawn(publish_all(stack.js.clone(), second_half));
+    let back_at = tokio::time::Instant::now() + AWAY;
+    let mut refusals = 0f64;
+    while tokio::time::Instant::now() < back_at {
+        refusals = fleet
+            .aggregators
+            .iter()
+            .filter_map(|(_, port)| scrape_metric(*port, "cctv_aggregator_refusals_total"))
+            .sum::<f64>()
+            .max(refusals);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for (process, _) in &mut fleet.aggregators {
+        assert!(process.exited().is_none(), "{}", process.log_tail());
+    }
+    rename("offence_events_away", "offence_events").await;
+    assert!(
+        refusals > 0.0,
+        "no refusal counted while the table was away:\n{}",
+        fleet.logs()
     );
     publisher.await.expect("publisher");
     drain_stop_and_check(&stack, &load, &mut fleet).await;

@@ -100,6 +100,12 @@ pub struct AggregatorSettings {
     /// Longest pause between insert retries while ClickHouse is down.
     #[serde(with = "humantime_serde")]
     pub retry_max_backoff: Duration,
+    /// How long a partition keeps trying after errors not known to pass
+    /// (an unknown ClickHouse error, a proxy's own error page, a table
+    /// missing for a while) with no row written in between, before they
+    /// end the aggregator; zero ends it at the first.
+    #[serde(with = "humantime_serde")]
+    pub refusal_grace: Duration,
     /// Time allowed to flush and ack after a shutdown request.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -123,6 +129,7 @@ impl Default for AggregatorSettings {
             ack_wait: Duration::from_secs(300),
             migrate_on_start: true,
             retry_max_backoff: Duration::from_secs(5),
+            refusal_grace: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(20),
         }
     }

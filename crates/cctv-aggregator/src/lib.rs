@@ -24,6 +24,7 @@ mod error;
 mod inserter;
 mod metrics;
 mod ownership;
+mod refusals;
 mod replay;
 mod replicas;
 mod roller;

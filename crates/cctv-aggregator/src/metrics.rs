@@ -61,3 +61,6 @@ pub(crate) const REPLAYED_ROWS: &str = "cctv_aggregator_replayed_rows_total";
 /// Messages a rewind did not read again: stored too close to the dedup
 /// horizon's start for their ids to be surely in the seen-set.
 pub(crate) const REPLAY_TOO_OLD: &str = "cctv_aggregator_replay_too_old_total";
+/// Errors not known to pass that ended a step of a partition's term (its
+/// fence or a session); the term tries again until `aggregator.refusal_grace`.
+pub(crate) const REFUSALS: &str = "cctv_aggregator_refusals_total";

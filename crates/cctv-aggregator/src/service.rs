@@ -30,6 +30,7 @@ use crate::delivery::{Delivery, DeliveryOrder};
 use crate::inserter::{Inserter, Linger};
 use crate::metrics as names;
 use crate::ownership::{Action, Ownership};
+use crate::refusals::Refusals;
 use crate::replay::{Replay, ReplayPlan, Replayed, Rewind};
 use crate::replicas::Replicas;
 use crate::seen::SeenSet;
@@ -730,6 +731,7 @@ async fn run_term(
     let writer_name = format!("p{partition}");
     let shard = context.shard_for(partition);
     let mut pause = Duration::from_millis(100);
+    let mut refusals = Refusals::new(context.config.aggregator.refusal_grace);
     // The fence first: from now on no older owner's insert writes a row.
     loop {
         match shard
@@ -740,15 +742,20 @@ async fn run_term(
             Ok(()) => break,
             Err(error) if error.is_transient() => {
                 tracing::warn!(partition, %error, "cannot write the fence yet; retrying");
-                tokio::select! {
-                    biased;
-                    () = drain.cancelled() => return Ok(()),
-                    () = tokio::time::sleep(pause) => {}
-                }
-                pause = (pause * 2).min(context.config.aggregator.retry_max_backoff);
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => {
+                let error = error.into();
+                if !refused(&context, &mut refusals, partition, &error, false) {
+                    return Err(error);
+                }
+            }
         }
+        tokio::select! {
+            biased;
+            () = drain.cancelled() => return Ok(()),
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(context.config.aggregator.retry_max_backoff);
     }
     let writer = Writer {
         replicas: shard.replicas.clone(),
@@ -760,8 +767,11 @@ async fn run_term(
         inserter: shard.inserter.clone(),
         epoch,
         gate,
+        written: Arc::new(AtomicU64::new(0)),
     };
+    let mut pause = Duration::from_millis(100);
     while !drain.is_cancelled() {
+        let written_before = writer.written.load(Ordering::Relaxed);
         let session = run_session(
             &context,
             partition,
@@ -791,10 +801,58 @@ async fn run_term(
                     () = tokio::time::sleep(SESSION_RETRY) => {}
                 }
             }
-            Err(error) => return Err(error),
+            Err(error) => {
+                let progressed = writer.written.load(Ordering::Relaxed) > written_before;
+                if progressed {
+                    pause = Duration::from_millis(100);
+                }
+                if !refused(&context, &mut refusals, partition, &error, progressed) {
+                    return Err(error);
+                }
+                tokio::select! {
+                    biased;
+                    () = drain.cancelled() => break,
+                    () = tokio::time::sleep(pause.max(SESSION_RETRY)) => {}
+                }
+                pause = (pause * 2).min(context.config.aggregator.retry_max_backoff);
+            }
         }
     }
     Ok(())
+}
+
+/// An error not known to pass ended a step of `partition`'s term: whether
+/// to try again ([`Refusals`]), said in the log, the metrics and the health.
+fn refused(
+    context: &Context,
+    refusals: &mut Refusals,
+    partition: u16,
+    error: &AggregatorError,
+    progressed: bool,
+) -> bool {
+    let now = Instant::now();
+    let again = refusals.retry(progressed, now);
+    metrics::counter!(names::REFUSALS).increment(1);
+    if again {
+        context
+            .health
+            .set_problem("clickhouse refused with an error not known to pass; retrying");
+        tracing::error!(
+            partition,
+            %error,
+            for_secs = refusals.age(now).as_secs(),
+            grace_secs = context.config.aggregator.refusal_grace.as_secs(),
+            "refused with an error not known to pass; retrying until the grace is over"
+        );
+    } else {
+        tracing::error!(
+            partition,
+            %error,
+            for_secs = refusals.age(now).as_secs(),
+            "refused with an error not known to pass for longer than the grace; stopping"
+        );
+    }
+    again
 }
 
 enum SessionEnd {
@@ -1634,6 +1692,8 @@ struct Writer {
     inserter: Inserter,
     epoch: u64,
     gate: Arc<LeaseGate>,
+    /// Rows this term has written (a streak of refusals ends with progress).
+    written: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -1862,6 +1922,7 @@ impl Writer {
                     metrics::counter!(names::BATCHES).increment(1);
                     metrics::gauge!(names::STORE_DOWN).set(0.0);
                     self.stats.add_written(rows.len() as u64);
+                    self.written.fetch_add(rows.len() as u64, Ordering::Relaxed);
                     self.health.set_ok();
                     if self.rollup.landed_late(sealed_at, now_secs()) {
                         self.retake_slot(sealed_at).await?;
@@ -1906,12 +1967,13 @@ impl Writer {
         }
     }
 
-    /// Waits before the next attempt; permanent errors end the writer.
+    /// Waits before the next attempt; errors not known to pass end the
+    /// writer (and its session: the term decides on trying again, `Refusals`).
     async fn pause_after(&self, error: StoreError, pause: &mut Duration) -> Result<(), StoreError> {
         if !error.is_transient() {
             metrics::counter!(names::INSERT_ERRORS, "kind" => "permanent").increment(1);
             self.health.set_problem("clickhouse refused the insert");
-            tracing::error!(%error, "insert failed permanently; nothing acked");
+            tracing::error!(%error, "insert refused with an error not known to pass; nothing acked");
             return Err(error);
         }
         metrics::counter!(names::INSERT_ERRORS, "kind" => "transient").increment(1);
