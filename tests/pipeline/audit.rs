@@ -142,11 +142,14 @@ async fn audit_is_clean_after_a_run_and_names_doubled_and_missing_ranges() {
 }
 
 /// The audit taking the ids in rounds finds what it finds in one: 4 rounds
-/// (each reads 4 of the 16 partitions' subjects), 32 (each subject read
-/// twice, half its ids kept), 3 (no divisor shared: the whole stream read
-/// in every round).
+/// (each reads 4 of the 16 partitions' subjects: every message once), 48
+/// (each reads one subject, keeping a third of its ids: every message three
+/// times; 2^64 mod 48 is not 0, so the ids' high halves count in the
+/// rounds' SQL), 7 (no divisor shared: the whole stream in every round).
 async fn in_rounds_alike(config: &CliConfig, once: &AuditReport) {
-    for rounds in [4, 32, 3] {
+    let messages = once.streams[0].stream.expect("stream extent").messages;
+    assert_eq!(once.messages_read, messages);
+    for (rounds, reads) in [(4, 1), (48, 3), (7, 7)] {
         let report = audit_pipeline_in_rounds(config, rounds).await.unwrap();
         assert_eq!(report.id_rounds, rounds);
         assert_eq!(
@@ -155,6 +158,12 @@ async fn in_rounds_alike(config: &CliConfig, once: &AuditReport) {
             "{rounds} rounds:\n{}\none round:\n{}",
             render_audit(&report),
             render_audit(once)
+        );
+        assert_eq!(report.messages_read, reads * messages, "{rounds} rounds");
+        assert_eq!(
+            report.whole_stream_reads.is_some(),
+            rounds == 7,
+            "{rounds} rounds"
         );
     }
 }

@@ -240,7 +240,8 @@ async fn store_queries(store: &Store, data: &AnalystData, server: &str) -> Vec<S
     // share the ids out (the round's arithmetic runs in SQL).
     let whole = stored_ids(store, IdRound::ALL).await;
     assert!(whole.len() > 100, "{} ids on {server}", whole.len());
-    for of in [3u16, 16] {
+    // 2^64 mod 7 and mod 176 are not 0: the ids' high halves count.
+    for of in [3u16, 7, 16, 176] {
         let mut united = Vec::new();
         for index in 0..of {
             let round = IdRound { of, index };

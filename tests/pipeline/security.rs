@@ -476,6 +476,14 @@ async fn the_pipeline_runs_end_to_end_with_least_privilege_users() {
         .await
         .expect("cctvctl audit as cctv_operator");
     assert!(report.is_clean(), "{}", cctv_cli::render_audit(&report));
+    // In rounds it reads the partition count and consumes the partitions'
+    // subjects with filtered consumers: each message once in 4 rounds.
+    let in_rounds = cctv_cli::audit_pipeline_in_rounds(&setup_config, 4)
+        .await
+        .expect("cctvctl audit --rounds 4 as cctv_operator");
+    assert_eq!(in_rounds.streams, report.streams);
+    assert_eq!(in_rounds.whole_stream_reads, None);
+    assert_eq!(in_rounds.messages_read, report.messages_read);
 
     // The operator asks for a partition to be read again (what `audit
     // --repair` does); the aggregator reads it, writes nothing more (every

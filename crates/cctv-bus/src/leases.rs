@@ -160,6 +160,21 @@ impl LeaseBucket {
         }
     }
 
+    /// Opens the bucket if it exists, never creating it (readers such as
+    /// the audit).
+    pub async fn existing(
+        js: &jetstream::Context,
+        settings: &LeaseBucketSettings,
+    ) -> Result<Option<LeaseBucket>, BusError> {
+        match js.get_key_value(&settings.name).await {
+            Ok(kv) => Ok(Some(LeaseBucket { kv })),
+            Err(error) if error.kind() == jetstream::context::KeyValueErrorKind::GetBucket => {
+                Ok(None)
+            }
+            Err(error) => Err(BusError::jetstream("open lease bucket", error)),
+        }
+    }
+
     /// The partition count, if set.
     pub async fn partitions(&self) -> Result<Option<u16>, BusError> {
         let Some(value) = self

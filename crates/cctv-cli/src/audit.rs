@@ -15,11 +15,12 @@
 //!
 //! Both sides are taken in rounds ([`RoundPlan`]): round `i` of `n` holds
 //! the ids with `id mod n = i` (an id's partition is `id mod p`), read from
-//! the partitions' subjects that hold them and grouped by ClickHouse with
-//! the same arithmetic in SQL, so memory holds a round's distinct ids (a
-//! map entry of 24 bytes, about 110 bytes per id as measured with the
-//! map's growth; README, "Auditing"), not the stream's. `cctvctl audit`
-//! shows its progress on a terminal.
+//! the partitions' subjects that hold them (as the stream is when the round
+//! starts) and grouped by ClickHouse with the same arithmetic in SQL, so
+//! memory holds a round's distinct ids (a map entry of 24 bytes) and what
+//! the rounds before found missing as sequence ranges, not the stream's
+//! ids (measured: README, "Auditing"). `cctvctl audit` shows its progress
+//! on a terminal.
 //!
 //! It also compares every rolled-up slot of the rollups behind
 //! `offence_totals` and `camera_totals` with the rows of that slot (a full
@@ -40,7 +41,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use cctv_store::{DoubledEventId, IdRound, SlotDifference, Store};
 use futures::StreamExt;
@@ -76,11 +77,12 @@ pub struct AuditArgs {
     /// combine with `--wait` to wait for the result.
     #[arg(long)]
     pub repair: bool,
-    /// Take the event ids in this many rounds, each a share of them (memory
-    /// about 1/N, here and in ClickHouse's grouping; a round reads only the
-    /// partitions that hold its share when N and the partition count share
-    /// a divisor, else the whole stream). Default: as many as keep a round
-    /// under about 8 million ids, judged by the stream's size.
+    /// Take the event ids in this many rounds, each a share of them (fewer
+    /// ids in memory at once, here and in ClickHouse's grouping; a round
+    /// reads only the partitions that hold its share when N and the
+    /// partition count share a divisor, else the whole stream; each round
+    /// scans the stream's rows in ClickHouse). Default: as many as keep a
+    /// round under about 8 million ids, judged by the stream's size.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_ROUNDS)))]
     pub rounds: Option<u16>,
 }
@@ -137,6 +139,18 @@ impl SequenceRanges {
             }
             _ => self.ranges.push(SequenceRange { first, last }),
         }
+    }
+
+    /// Every sequence in either.
+    pub fn union(&self, other: &SequenceRanges) -> SequenceRanges {
+        let mut all: Vec<SequenceRange> =
+            self.ranges.iter().chain(&other.ranges).copied().collect();
+        all.sort_unstable_by_key(|range| (range.first, range.last));
+        let mut united = SequenceRanges::new();
+        for range in all {
+            united.push_range(range.first, range.last);
+        }
+        united
     }
 
     /// Adds one sequence (ascending input).
@@ -240,7 +254,7 @@ impl Serialize for SequenceRanges {
 }
 
 /// What the stream held when the audit read it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct StreamExtent {
     /// First sequence still in the stream (older ones expired or were purged).
     pub first_seq: u64,
@@ -285,6 +299,9 @@ pub struct StreamAudit {
     /// Sequences of messages (or events in them) that cannot be decoded:
     /// never written, so their events are not counted.
     pub undecodable: SequenceRanges,
+    /// Events on a partition's subject that belong to another partition by
+    /// their id (the partition count is not the one they were sent with).
+    pub misrouted: u64,
 }
 
 impl StreamAudit {
@@ -296,6 +313,7 @@ impl StreamAudit {
             && self.beyond_last.is_empty()
             && self.foreign == 0
             && self.undecodable.is_empty()
+            && self.misrouted == 0
     }
 }
 
@@ -310,6 +328,10 @@ pub struct AuditReport {
     pub rewinds_requested: Vec<RewindRequested>,
     /// Rounds the event ids were taken in (`--rounds`).
     pub id_rounds: u16,
+    /// Messages of the events stream delivered to the audit, over all rounds.
+    pub messages_read: u64,
+    /// Why each of several rounds read the whole stream, when they did.
+    pub whole_stream_reads: Option<String>,
     /// Whether every stream and the rollups are clean.
     pub clean: bool,
 }
@@ -416,8 +438,15 @@ pub(crate) struct IdFold {
     /// Ids of the stream's current round not yet met in ClickHouse, with
     /// their lowest sequence.
     pending: HashMap<[u8; 16], u64>,
-    /// Ids of the rounds done that were never met, with their lowest sequence.
-    missing: Vec<([u8; 16], u64)>,
+    /// The stream when the current round read it: what a stored sequence
+    /// is judged against (a long audit's stream moves on between rounds).
+    round_extent: Option<StreamExtent>,
+    /// The partition count, for [`IdFold::first_missing`].
+    partitions: Option<u16>,
+    /// Sequences of the ids of the rounds done that were never met.
+    missing: SequenceRanges,
+    /// Per partition, the lowest of them.
+    first_missing: BTreeMap<u16, u64>,
     extent: Option<StreamExtent>,
     rows: u64,
     /// Sequences of doubled ids, in the order met (sorted at the end).
@@ -433,23 +462,45 @@ pub(crate) struct IdFold {
 
 impl IdFold {
     /// A fold over the ids of a stream (`None`: an incarnation that no
-    /// longer exists), starting with a round of `ids`.
+    /// longer exists), starting with a round of `ids` read from `extent`.
     pub(crate) fn new(stream: Option<(StreamExtent, HashMap<[u8; 16], u64>)>) -> Self {
         match stream {
             Some((extent, ids)) => Self {
                 pending: ids,
                 extent: Some(extent),
+                round_extent: Some(extent),
                 ..Self::default()
             },
             None => Self::default(),
         }
     }
 
-    /// Ends the round and starts the next with the stream's `ids` of it:
-    /// what the last round did not meet stays missing.
-    pub(crate) fn begin_round(&mut self, ids: HashMap<[u8; 16], u64>) {
+    /// With `partitions` known: [`IdFold::first_missing`] per partition.
+    pub(crate) fn with_partitions(mut self, partitions: Option<u16>) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// Ends the round and starts the next with the stream's `ids` of it,
+    /// read from `extent`: what the last round did not meet stays missing
+    /// (kept as sequence ranges, so memory holds one round's ids).
+    pub(crate) fn begin_round(&mut self, ids: HashMap<[u8; 16], u64>, extent: StreamExtent) {
         let done = std::mem::replace(&mut self.pending, ids);
-        self.missing.extend(done);
+        if self.extent.is_some() {
+            self.round_extent = Some(extent);
+        }
+        let mut sequences = Vec::with_capacity(done.len());
+        for (id, sequence) in done {
+            sequences.push(sequence);
+            if let Some(partitions) = self.partitions {
+                let partition = cctv_bus::subjects::partition_of(&id, partitions);
+                self.first_missing
+                    .entry(partition)
+                    .and_modify(|lowest| *lowest = (*lowest).min(sequence))
+                    .or_insert(sequence);
+            }
+        }
+        self.missing = self.missing.union(&ranges_of(sequences));
     }
 
     /// One stored id: the lowest sequence it was stored from and its copies.
@@ -459,20 +510,9 @@ impl IdFold {
             self.doubled.push(stream_seq);
             self.extra_rows += copies - 1;
             self.doubled_ids += 1;
-            // The examples with most copies (then the lowest ids), whatever
-            // the order met in.
-            self.doubled_examples.push(DoubledEventId {
-                event_id: uuid::Uuid::from_bytes(id).to_string(),
-                copies,
-            });
-            self.doubled_examples.sort_unstable_by(|a, b| {
-                b.copies
-                    .cmp(&a.copies)
-                    .then_with(|| a.event_id.cmp(&b.event_id))
-            });
-            self.doubled_examples.truncate(EVENT_ID_EXAMPLES as usize);
+            self.keep_example(id, copies);
         }
-        let Some(extent) = self.extent else {
+        let Some(extent) = self.round_extent else {
             return;
         };
         if self.pending.remove(&id).is_some() {
@@ -489,24 +529,47 @@ impl IdFold {
         }
     }
 
+    /// Keeps the doubled ids with most copies (then the lowest ids) as
+    /// examples, whatever the order met in.
+    fn keep_example(&mut self, id: [u8; 16], copies: u64) {
+        let full = self.doubled_examples.len() >= EVENT_ID_EXAMPLES as usize;
+        if full
+            && self
+                .doubled_examples
+                .last()
+                .is_some_and(|last| copies < last.copies)
+        {
+            return;
+        }
+        self.doubled_examples.push(DoubledEventId {
+            event_id: uuid::Uuid::from_bytes(id).to_string(),
+            copies,
+        });
+        self.doubled_examples.sort_unstable_by(|a, b| {
+            b.copies
+                .cmp(&a.copies)
+                .then_with(|| a.event_id.cmp(&b.event_id))
+        });
+        self.doubled_examples.truncate(EVENT_ID_EXAMPLES as usize);
+    }
+
     /// Whether every id of the stream was found stored (so far).
     pub(crate) fn is_complete(&self) -> bool {
         self.pending.is_empty() && self.missing.is_empty()
     }
 
-    /// Per partition (of `partitions`), the lowest sequence of a message
-    /// carrying an event still pending (missing so far).
-    pub(crate) fn first_missing(&self, partitions: u16) -> std::collections::BTreeMap<u16, u64> {
-        let mut first = std::collections::BTreeMap::new();
-        for (id, sequence) in self
-            .pending
-            .iter()
-            .chain(self.missing.iter().map(|(id, sequence)| (id, sequence)))
-        {
+    /// Per partition (of [`IdFold::with_partitions`]; none without), the
+    /// lowest sequence of a message carrying an event missing so far.
+    pub(crate) fn first_missing(&self) -> BTreeMap<u16, u64> {
+        let mut first = self.first_missing.clone();
+        let Some(partitions) = self.partitions else {
+            return first;
+        };
+        for (id, sequence) in &self.pending {
             let partition = cctv_bus::subjects::partition_of(id, partitions);
             first
                 .entry(partition)
-                .and_modify(|lowest: &mut u64| *lowest = (*lowest).min(*sequence))
+                .and_modify(|lowest| *lowest = (*lowest).min(*sequence))
                 .or_insert(*sequence);
         }
         first
@@ -514,14 +577,14 @@ impl IdFold {
 
     /// The audit: what is still pending is missing.
     pub(crate) fn finish(mut self, source_stream: &str) -> StreamAudit {
-        // Ids come in no particular order; `ranges_of` sorts them.
-        self.begin_round(HashMap::new());
-        let missing = ranges_of(self.missing.iter().map(|(_, sequence)| *sequence).collect());
+        let last = self.round_extent.unwrap_or_default();
+        self.begin_round(HashMap::new(), last);
         StreamAudit {
             source_stream: source_stream.to_string(),
             stream: self.extent,
             rows: self.rows,
-            missing,
+            missing: self.missing,
+            // Ids come in no particular order; `ranges_of` sorts them.
             doubled: ranges_of(self.doubled),
             extra_rows: self.extra_rows,
             doubled_event_ids: self.doubled_ids,
@@ -586,20 +649,27 @@ async fn audit_pipeline_showing(
         .clone();
     let current = cctv_bus::stream_identity(&info);
     let extent = extent_of(&info.state);
-    let plan = RoundPlan::make(&js, config, &events, &info.state, rounds).await;
+    // The partition count, read without creating the bucket; an audit
+    // runs without it (each round then reads the whole stream).
+    let partitions = match cctv_bus::LeaseBucket::existing(&js, &config.streams.leases).await {
+        Ok(Some(bucket)) => bucket.partitions().await.ok().flatten(),
+        Ok(None) | Err(_) => None,
+    };
+    let of = rounds
+        .unwrap_or_else(|| rounds_for(info.state.bytes, partitions))
+        .max(1);
+    let plan = RoundPlan::new(of, partitions);
 
-    let mut fold = IdFold::new(Some((extent, HashMap::new())));
-    let mut events_in_stream = 0;
-    let mut undecodable = Vec::new();
+    let mut fold = IdFold::new(Some((extent, HashMap::new()))).with_partitions(partitions);
+    let mut read = StreamRead::default();
     for round in plan.rounds() {
-        let listed = stream_event_ids(&events, &extent, &plan, round, shown)
+        let listed = stream_event_ids(&events, &plan, round, shown)
             .await
             .with_context(|| format!("failed to read the events of stream {name}"))?;
-        events_in_stream += listed.events;
-        undecodable.extend(listed.undecodable);
+        read.add(&listed);
         // As many as the round's distinct ids, when the audit is clean.
         let expected = u64::try_from(listed.ids.len()).unwrap_or(u64::MAX);
-        fold.begin_round(listed.ids);
+        fold.begin_round(listed.ids, listed.extent);
         let reading = progress(
             shown,
             Some(expected),
@@ -616,23 +686,45 @@ async fn audit_pipeline_showing(
         reading.finish_and_clear();
     }
     let mut report = AuditReport {
-        id_rounds: plan.of,
+        id_rounds: of,
+        messages_read: read.messages,
         ..AuditReport::default()
     };
+    if of > 1 && read.whole_rounds > 0 {
+        report.whole_stream_reads = Some(match partitions {
+            None => "the partition count could not be read".to_string(),
+            Some(partitions) => {
+                format!("{of} rounds share no divisor with the {partitions} partitions")
+            }
+        });
+    }
     if repair && !fold.is_complete() {
         report.rewinds_requested = request_rewinds(&js, config, &fold).await?;
     }
     let mut audit = fold.finish(&current);
-    audit.events_in_stream = events_in_stream;
-    audit.undecodable = ranges_of(undecodable);
+    audit.events_in_stream = read.events;
+    audit.undecodable = ranges_of(read.undecodable);
+    audit.misrouted = read.misrouted;
     report.streams.push(audit);
     let stored = store
         .source_streams()
         .await
         .context("failed to list the source streams in ClickHouse")?;
     for source_stream in stored.iter().filter(|stream| **stream != current) {
+        // Rounds by the incarnation's own rows (ClickHouse's side alone).
+        let rows = store
+            .stored_span(source_stream)
+            .await
+            .with_context(|| format!("failed to count the rows of {source_stream}"))?
+            .rows;
+        let of =
+            rounds.unwrap_or_else(|| rounds_for(rows.saturating_mul(STREAM_BYTES_PER_EVENT), None));
         let mut fold = IdFold::new(None);
-        for round in plan.rounds() {
+        for index in 0..of.max(1) {
+            let round = IdRound {
+                of: of.max(1),
+                index,
+            };
             store
                 .for_each_stored_id(source_stream, round, |id, seq, copies| {
                     fold.add(id, seq, copies);
@@ -665,101 +757,60 @@ fn ranges_of(mut sequences: Vec<u64>) -> SequenceRanges {
 /// GROUP BY) holds about `1/n` of them. Where `n` and the partition count
 /// `p` share a divisor `g` (their greatest common one), an id of round `i`
 /// is in a partition `k` with `k mod g = i mod g` (the partition is the id
-/// mod `p`), so the round reads only those partitions' subjects: with `n`
-/// dividing `p`, each message is read once in all. Otherwise (`g = 1`, the
-/// partition count unknown, or messages on other subjects) every round reads
-/// the whole stream.
+/// mod `p`), so the round reads only those partitions' subjects (and any
+/// subject that is not a partition's, in every round), with one consumer
+/// filtered on them: each partition's messages are delivered `n / g` times
+/// in all. Otherwise (`g = 1`, or the partition count unknown) every round
+/// reads the whole stream.
 struct RoundPlan {
     /// Rounds in all.
     of: u16,
+    /// The partition count, when known.
+    partitions: Option<u16>,
     /// `g` above: 1 reads the whole stream in every round.
     step: u16,
-    /// With `step > 1`: each partition's subject and its message count.
-    subjects: Vec<(String, u64)>,
 }
 
 impl RoundPlan {
-    /// The plan for `asked` rounds (`None`: as many as the stream's size
-    /// needs, [`rounds_for`]).
-    async fn make(
-        js: &jetstream::Context,
-        config: &CliConfig,
-        events: &stream::Stream,
-        state: &stream::State,
-        asked: Option<u16>,
-    ) -> Self {
-        let whole = |of| RoundPlan {
+    fn new(of: u16, partitions: Option<u16>) -> Self {
+        let step = partitions.map_or(1, |partitions| gcd(of, partitions));
+        RoundPlan {
             of,
-            step: 1,
-            subjects: Vec::new(),
-        };
-        if asked == Some(1) || (asked.is_none() && rounds_for(state.bytes, None) == 1) {
-            return whole(1);
+            partitions,
+            step,
         }
-        // The partition count, when the bucket can be read (an audit runs
-        // without it: each round then reads the whole stream).
-        let partitions = match config.lease_bucket(js).await {
-            Ok(bucket) => bucket
-                .partitions()
-                .await
-                .ok()
-                .flatten()
-                .filter(|partitions| *partitions > 0),
-            Err(_) => None,
-        };
-        let of = asked
-            .unwrap_or_else(|| rounds_for(state.bytes, partitions))
-            .max(1);
-        let Some(partitions) = partitions else {
-            return whole(of);
-        };
-        let step = gcd(of, partitions);
-        if step == 1 {
-            return whole(of);
-        }
-        let Some(counts) = subject_counts(events).await else {
-            return whole(of);
-        };
-        let mut subjects: Vec<(String, u64)> = (0..partitions)
-            .map(|partition| (cctv_bus::subjects::event_partition(partition), 0))
-            .collect();
-        for (subject, count) in counts {
-            let Some(slot) = subjects.iter_mut().find(|(name, _)| *name == subject) else {
-                // A message on another subject: only a whole read finds it.
-                return whole(of);
-            };
-            slot.1 = count;
-        }
-        RoundPlan { of, step, subjects }
     }
 
     fn rounds(&self) -> impl Iterator<Item = IdRound> + '_ {
         (0..self.of).map(|index| IdRound { of: self.of, index })
     }
 
-    /// The subjects `round` reads with their message counts (`None`: the
-    /// whole stream).
-    fn subjects_of(&self, round: IdRound) -> Option<Vec<&(String, u64)>> {
+    /// Of the stream's subjects with messages (`counts`), those `round`
+    /// reads (`None`: the whole stream).
+    fn subjects_of(&self, round: IdRound, counts: &[(String, u64)]) -> Option<Vec<String>> {
         if self.step <= 1 {
             return None;
         }
         Some(
-            self.subjects
+            counts
                 .iter()
-                .enumerate()
-                .filter(|(partition, _)| {
-                    u16::try_from(*partition)
-                        .is_ok_and(|partition| partition % self.step == round.index % self.step)
+                .filter(|(_, count)| *count > 0)
+                .filter(|(subject, _)| {
+                    cctv_bus::subjects::parse_event_partition(subject)
+                        .is_none_or(|partition| partition % self.step == round.index % self.step)
                 })
-                .map(|(_, subject)| subject)
+                .map(|(subject, _)| subject.clone())
                 .collect(),
         )
     }
 
-    /// Whether `round` is the first to read the messages it reads (their
-    /// undecodable sequences are counted once).
-    fn first_reading(&self, round: IdRound) -> bool {
-        round.index < self.step.max(1)
+    /// Whether `round` is the first to read the messages of `subject`
+    /// (their undecodable and misrouted events are counted once).
+    fn first_reading(&self, round: IdRound, subject: &str) -> bool {
+        match cctv_bus::subjects::parse_event_partition(subject) {
+            Some(_) if self.step > 1 => round.index < self.step,
+            _ => round.index == 0,
+        }
     }
 
     /// The progress bars' prefix of `round`.
@@ -772,20 +823,22 @@ impl RoundPlan {
     }
 }
 
-/// Event ids a round holds at most when the audit sizes its rounds (about
-/// 75 bytes each in memory, README "Auditing").
+/// Event ids a round holds at most when the audit sizes its rounds (a
+/// round of 1 M ids peaked at about 300 MiB in all; README "Auditing").
 const IDS_PER_ROUND: u64 = 8_000_000;
 /// Stream bytes per event assumed when sizing the rounds: fewer than an
-/// event batch takes per event (measured: about 280 for canonical events), so a
-/// round holds fewer ids than [`IDS_PER_ROUND`], not more.
+/// event batch takes per event (measured: about 280 for canonical events),
+/// so a round holds fewer ids than [`IDS_PER_ROUND`], not more.
 const STREAM_BYTES_PER_EVENT: u64 = 128;
 /// Most rounds an audit takes.
 pub(crate) const MAX_ROUNDS: u16 = 4096;
 
 /// Rounds for a stream of `bytes`: enough that none holds more than
-/// [`IDS_PER_ROUND`] ids; with `partitions` known, the smallest divisor of
-/// it that is enough (each message is read once), else the smallest
-/// multiple of it that is.
+/// [`IDS_PER_ROUND`] ids. With `partitions` known: a divisor of it up to
+/// twice as many as needed (each partition's messages read once), else a
+/// multiple of it when more rounds than partitions are needed (each read a
+/// few times), else just enough (each round reads the whole stream, which
+/// beats hundreds of rounds each scanning ClickHouse).
 fn rounds_for(bytes: u64, partitions: Option<u16>) -> u16 {
     let needed = (bytes / STREAM_BYTES_PER_EVENT)
         .div_ceil(IDS_PER_ROUND)
@@ -793,8 +846,9 @@ fn rounds_for(bytes: u64, partitions: Option<u16>) -> u16 {
     let needed = u16::try_from(needed).unwrap_or(MAX_ROUNDS);
     match partitions.filter(|partitions| *partitions > 0) {
         Some(partitions) if needed <= partitions => (needed..=partitions)
+            .take_while(|rounds| u32::from(*rounds) <= 2 * u32::from(needed))
             .find(|rounds| partitions % rounds == 0)
-            .unwrap_or(partitions),
+            .unwrap_or(needed),
         // The largest multiple within the bound when the next one is beyond it.
         Some(partitions) => (u32::from(needed).div_ceil(u32::from(partitions))
             * u32::from(partitions))
@@ -812,17 +866,6 @@ fn gcd(mut a: u16, mut b: u16) -> u16 {
     a
 }
 
-/// Messages per subject of the stream, `None` when they cannot be read.
-async fn subject_counts(events: &stream::Stream) -> Option<Vec<(String, u64)>> {
-    let mut listed = events.info_with_subjects(">").await.ok()?;
-    let mut counts = Vec::new();
-    while let Some(entry) = listed.next().await {
-        let (subject, count) = entry.ok()?;
-        counts.push((subject, u64::try_from(count).unwrap_or(u64::MAX)));
-    }
-    Some(counts)
-}
-
 /// Asks the owner of every partition with missing events to read it again
 /// from the first message carrying one.
 async fn request_rewinds(
@@ -838,8 +881,13 @@ async fn request_rewinds(
     else {
         anyhow::bail!("the lease bucket holds no partition count: run `cctvctl setup` first");
     };
+    // The fold knew the count from the audit's start (it is fixed).
+    anyhow::ensure!(
+        fold.partitions == Some(partitions),
+        "the partition count ({partitions}) could not be read when the audit started; run it again"
+    );
     let mut requested = Vec::new();
-    for (partition, first) in fold.first_missing(partitions) {
+    for (partition, first) in fold.first_missing() {
         let from = bucket
             .request_rewind(partition, first)
             .await
@@ -869,103 +917,126 @@ fn extent_of(state: &stream::State) -> StreamExtent {
 /// carrying each.
 struct ListedEvents {
     ids: HashMap<[u8; 16], u64>,
+    /// The stream when the round started reading it.
+    extent: StreamExtent,
+    /// Messages delivered.
+    messages: u64,
+    /// Whether the round read the whole stream.
+    whole: bool,
     /// Events of the round read (repeats included).
     events: u64,
     /// Sequences of what cannot be decoded (each once over the rounds).
     undecodable: Vec<u64>,
+    /// Events on a partition's subject that belong to another partition
+    /// (each once over the rounds).
+    misrouted: u64,
 }
 
-/// Reads what `round` of `plan` reads of the stream, up to its last
-/// sequence, with ordered consumers, and keeps the round's event ids.
+/// What the rounds read of the stream, summed.
+#[derive(Debug, Default)]
+struct StreamRead {
+    messages: u64,
+    whole_rounds: u64,
+    events: u64,
+    undecodable: Vec<u64>,
+    misrouted: u64,
+}
+
+impl StreamRead {
+    fn add(&mut self, listed: &ListedEvents) {
+        self.messages += listed.messages;
+        self.whole_rounds += u64::from(listed.whole);
+        self.events += listed.events;
+        self.undecodable.extend(&listed.undecodable);
+        self.misrouted += listed.misrouted;
+    }
+}
+
+/// Reads what `round` of `plan` reads of the stream, as it is when the
+/// round starts, up to its last sequence then, with one ordered consumer,
+/// and keeps the round's event ids.
 async fn stream_event_ids(
     events: &stream::Stream,
-    extent: &StreamExtent,
     plan: &RoundPlan,
     round: IdRound,
     shown: Progress,
 ) -> anyhow::Result<ListedEvents> {
+    // The stream's state now, and with the partitions' subjects each
+    // subject's messages (what this round reads of them).
+    let (state, counts) = if plan.step > 1 {
+        let mut listed = events
+            .info_with_subjects(">")
+            .await
+            .context("failed to read the stream's subjects")?;
+        let mut counts = Vec::new();
+        while let Some(entry) = listed.next().await {
+            let (subject, count) = entry.context("failed to read the stream's subjects")?;
+            counts.push((subject, u64::try_from(count).unwrap_or(u64::MAX)));
+        }
+        (listed.info.state.clone(), counts)
+    } else {
+        let info = events
+            .get_info()
+            .await
+            .context("failed to read the state of the stream")?;
+        (info.state, Vec::new())
+    };
+    let extent = extent_of(&state);
+    let subjects = plan.subjects_of(round, &counts);
     let mut listed = ListedEvents {
         ids: HashMap::new(),
+        extent,
+        messages: 0,
+        whole: subjects.is_none(),
         events: 0,
         undecodable: Vec::new(),
+        misrouted: 0,
     };
-    if extent.messages == 0 {
+    let messages = match &subjects {
+        None => extent.messages,
+        Some(subjects) => counts
+            .iter()
+            .filter(|(subject, _)| subjects.contains(subject))
+            .map(|(_, count)| count)
+            .sum(),
+    };
+    if messages == 0 {
         return Ok(listed);
     }
-    let subjects = plan.subjects_of(round);
-    let messages = subjects.as_ref().map_or(extent.messages, |subjects| {
-        subjects.iter().map(|(_, count)| count).sum()
-    });
     let reading = progress(
         shown,
         Some(messages),
         "{spinner} [{elapsed_precise}] {prefix}{wide_bar} {human_pos}/{human_len} messages of the stream read ({msg})",
     );
     reading.set_prefix(plan.label(round));
-    let count_undecodable = plan.first_reading(round);
-    match subjects {
-        None => {
-            read_events(
-                events,
-                extent,
-                None,
-                round,
-                count_undecodable,
-                &mut listed,
-                &reading,
-            )
-            .await?;
-        }
-        Some(subjects) => {
-            for (subject, count) in subjects {
-                if *count > 0 {
-                    read_events(
-                        events,
-                        extent,
-                        Some(subject),
-                        round,
-                        count_undecodable,
-                        &mut listed,
-                        &reading,
-                    )
-                    .await?;
-                }
-            }
-        }
-    }
-    reading.finish_and_clear();
-    Ok(listed)
-}
-
-/// Reads the stream's messages (on `subject`, or all) with an ordered
-/// consumer up to the extent's last sequence, and adds the events of
-/// `round` to `listed`.
-async fn read_events(
-    events: &stream::Stream,
-    extent: &StreamExtent,
-    subject: Option<&str>,
-    round: IdRound,
-    count_undecodable: bool,
-    listed: &mut ListedEvents,
-    reading: &ProgressBar,
-) -> anyhow::Result<()> {
+    let (filter_subject, filter_subjects) = match subjects {
+        None => (String::new(), Vec::new()),
+        Some(mut subjects) if subjects.len() == 1 => (subjects.remove(0), Vec::new()),
+        Some(subjects) => (String::new(), subjects),
+    };
     let consumer = events
         .create_consumer(consumer::pull::OrderedConfig {
             description: Some("cctvctl audit: read the events".into()),
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: extent.first_seq,
             },
-            filter_subject: subject.unwrap_or_default().to_string(),
+            filter_subject,
+            filter_subjects,
             ..Default::default()
         })
         .await
         .context("failed to create an ordered consumer")?;
-    let mut messages = consumer
+    // Expired or deleted since the state was read: nothing comes.
+    if consumer.cached_info().num_pending == 0 {
+        reading.finish_and_clear();
+        return Ok(listed);
+    }
+    let mut delivered = consumer
         .messages()
         .await
         .context("failed to read the stream")?;
     loop {
-        let next = tokio::time::timeout(LISTING_IDLE_TIMEOUT, messages.next())
+        let next = tokio::time::timeout(LISTING_IDLE_TIMEOUT, delivered.next())
             .await
             .context("the stream stopped delivering while being read")?;
         let Some(message) = next else {
@@ -980,24 +1051,37 @@ async fn read_events(
             break;
         }
         let last = sequence == extent.last_seq || info.pending == 0;
+        listed.messages += 1;
+        let first_reading = plan.first_reading(round, &message.subject);
+        // The partition whose subject carried the message, to check its events against.
+        let carrier =
+            cctv_bus::subjects::parse_event_partition(&message.subject).zip(plan.partitions);
         match cctv_bus::decode_event_batch(&message.payload) {
             Ok(items) => {
                 for item in items {
                     let id = item
                         .ok()
                         .and_then(|event| event.with_view(|view| *view.event_id.as_bytes()).ok());
-                    match id {
-                        Some(id) if round.contains(&id) => {
-                            listed.events += 1;
-                            listed.ids.entry(id).or_insert(sequence);
+                    let Some(id) = id else {
+                        if first_reading {
+                            listed.undecodable.push(sequence);
                         }
-                        Some(_) => {}
-                        None if count_undecodable => listed.undecodable.push(sequence),
-                        None => {}
+                        continue;
+                    };
+                    if first_reading
+                        && carrier.is_some_and(|(partition, partitions)| {
+                            cctv_bus::subjects::partition_of(&id, partitions) != partition
+                        })
+                    {
+                        listed.misrouted += 1;
+                    }
+                    if round.contains(&id) {
+                        listed.events += 1;
+                        listed.ids.entry(id).or_insert(sequence);
                     }
                 }
             }
-            Err(_) if count_undecodable => listed.undecodable.push(sequence),
+            Err(_) if first_reading => listed.undecodable.push(sequence),
             Err(_) => {}
         }
         reading.inc(1);
@@ -1006,7 +1090,8 @@ async fn read_events(
             break;
         }
     }
-    Ok(())
+    reading.finish_and_clear();
+    Ok(listed)
 }
 
 /// A progress bar on stderr when `shown` asks for it, drawn only when
@@ -1064,6 +1149,13 @@ pub fn render_audit(report: &AuditReport) -> String {
             " (of messages with unwritten events)",
         );
         finding(&mut text, "undecodable", &audit.undecodable, "");
+        if audit.misrouted > 0 {
+            let _ = writeln!(
+                text,
+                "  events on another partition's subject: {} (sent with another partition count?)",
+                audit.misrouted
+            );
+        }
         if audit.foreign > 0 {
             let _ = writeln!(
                 text,
@@ -1107,7 +1199,14 @@ pub fn render_audit(report: &AuditReport) -> String {
         );
     }
     if report.id_rounds > 1 {
-        let _ = writeln!(text, "event ids taken in {} rounds", report.id_rounds);
+        let _ = writeln!(
+            text,
+            "event ids taken in {} rounds; {} messages of the stream read",
+            report.id_rounds, report.messages_read
+        );
+        if let Some(why) = &report.whole_stream_reads {
+            let _ = writeln!(text, "  each round read the whole stream: {why}");
+        }
     }
     render_rollups(&mut text, &report.rollups);
     if !report.rewinds_requested.is_empty() {
@@ -1311,7 +1410,12 @@ mod tests {
             (id(5), 15),
         ]
         .into();
-        let mut fold = IdFold::new(Some((extent, stream)));
+        let mut fold = IdFold::new(Some((extent, stream.clone()))).with_partitions(Some(4));
+        let mut halves = IdFold::new(Some((extent, stream))).with_partitions(Some(2));
+        for (event, sequence) in [(3, 12), (5, 15)] {
+            halves.add(id(event), sequence, 1);
+        }
+        halves.begin_round(HashMap::new(), extent);
         fold.add(id(1), 10, 1);
         fold.add(id(2), 14, 2); // doubled
         fold.add(id(4), 15, 1);
@@ -1322,8 +1426,14 @@ mod tests {
         // Ids 3 (at 12) and 5 (at 15) are missing: partitions 3 and 1 of 4,
         // both partition 1 of 2.
         assert!(!fold.is_complete());
-        assert_eq!(fold.first_missing(4), [(1, 15), (3, 12)].into());
-        assert_eq!(fold.first_missing(2), [(1, 12)].into());
+        assert_eq!(fold.first_missing(), [(1, 15), (3, 12)].into());
+        // Of two partitions, ids 1, 3 and 5 are partition 1, ids 2 and 4
+        // partition 0 (what a round left missing counts as well).
+        assert_eq!(halves.first_missing(), [(0, 11), (1, 10)].into());
+        assert_eq!(
+            halves.finish("CCTV_EVENTS@1").missing,
+            ranges(&[(10, 11), (15, 15)])
+        );
         let audit = fold.finish("CCTV_EVENTS@1");
         assert_eq!(audit.missing, ranges(&[(12, 12), (15, 15)]));
         assert_eq!(audit.doubled, ranges(&[(14, 14)]));
@@ -1356,11 +1466,11 @@ mod tests {
             (id(10), 17, 3),
             (id(11), 18, 2),
         ];
-        let mut once = IdFold::new(Some((extent, stream.clone())));
+        let mut once = IdFold::new(Some((extent, stream.clone()))).with_partitions(Some(4));
         for (event, sequence, copies) in stored {
             once.add(event, sequence, copies);
         }
-        let once_first = once.first_missing(4);
+        let once_first = once.first_missing();
         let once = once.finish("CCTV_EVENTS@1");
         assert_eq!(once.missing, ranges(&[(12, 12), (15, 16)]));
         let examples: Vec<u64> = once
@@ -1371,7 +1481,7 @@ mod tests {
         assert_eq!(examples, [3, 2, 2]);
 
         for of in [2, 3, 4, 7] {
-            let mut fold = IdFold::new(Some((extent, HashMap::new())));
+            let mut fold = IdFold::new(Some((extent, HashMap::new()))).with_partitions(Some(4));
             for index in 0..of {
                 let round = IdRound { of, index };
                 fold.begin_round(
@@ -1380,6 +1490,7 @@ mod tests {
                         .filter(|(event, _)| round.contains(event))
                         .map(|(event, sequence)| (*event, *sequence))
                         .collect(),
+                    extent,
                 );
                 for (event, sequence, copies) in stored {
                     if round.contains(&event) {
@@ -1388,7 +1499,7 @@ mod tests {
                 }
             }
             assert!(!fold.is_complete());
-            assert_eq!(fold.first_missing(4), once_first, "{of} rounds");
+            assert_eq!(fold.first_missing(), once_first, "{of} rounds");
             assert_eq!(fold.finish("CCTV_EVENTS@1"), once, "{of} rounds");
         }
     }
@@ -1426,7 +1537,10 @@ mod tests {
             2
         );
         assert_eq!(rounds_for(bytes_for(3 * IDS_PER_ROUND), Some(16)), 4);
-        assert_eq!(rounds_for(bytes_for(3 * IDS_PER_ROUND), Some(17)), 17);
+        assert_eq!(rounds_for(bytes_for(3 * IDS_PER_ROUND), Some(17)), 3);
+        assert_eq!(rounds_for(bytes_for(3 * IDS_PER_ROUND), Some(18)), 3);
+        assert_eq!(rounds_for(bytes_for(5 * IDS_PER_ROUND), Some(16)), 8);
+        assert_eq!(rounds_for(bytes_for(2 * IDS_PER_ROUND), Some(1021)), 2);
         assert_eq!(rounds_for(bytes_for(3 * IDS_PER_ROUND), None), 3);
         assert_eq!(rounds_for(bytes_for(20 * IDS_PER_ROUND), Some(16)), 32);
         assert_eq!(rounds_for(u64::MAX, Some(16)), MAX_ROUNDS);
@@ -1437,44 +1551,68 @@ mod tests {
     }
 
     #[test]
-    fn a_round_reads_the_partitions_of_its_share_once() {
-        let plan = |of, step| RoundPlan {
-            of,
-            step,
-            subjects: (0..16)
-                .map(|partition| (cctv_bus::subjects::event_partition(partition), 1))
-                .collect(),
-        };
-        let read = |plan: &RoundPlan, index| -> Vec<String> {
-            plan.subjects_of(IdRound { of: plan.of, index })
-                .expect("subjects")
-                .into_iter()
-                .map(|(subject, _)| subject.clone())
-                .collect()
-        };
-        let four = plan(4, 4);
+    fn a_round_reads_the_partitions_of_its_share_once_and_other_subjects_always() {
+        let mut counts: Vec<(String, u64)> = (0..16)
+            .map(|partition| (cctv_bus::subjects::event_partition(partition), 1))
+            .collect();
+        counts[7].1 = 0;
+        counts.push(("cctv.events.legacy".into(), 5));
+        let read =
+            |plan: &RoundPlan, index| plan.subjects_of(IdRound { of: plan.of, index }, &counts);
+        let four = RoundPlan::new(4, Some(16));
+        assert_eq!(four.step, 4);
         assert_eq!(
-            read(&four, 1),
+            read(&four, 1).expect("subjects"),
             [
                 "cctv.events.p1",
                 "cctv.events.p5",
                 "cctv.events.p9",
-                "cctv.events.p13"
+                "cctv.events.p13",
+                "cctv.events.legacy"
             ]
         );
-        assert!((0..4).all(|index| four.first_reading(IdRound { of: 4, index })));
-        let many = plan(32, 16);
-        assert_eq!(read(&many, 17), ["cctv.events.p1"]);
-        assert!(many.first_reading(IdRound { of: 32, index: 15 }));
-        assert!(!many.first_reading(IdRound { of: 32, index: 16 }));
-        let whole = RoundPlan {
-            of: 3,
-            step: 1,
-            subjects: Vec::new(),
-        };
-        assert!(whole.subjects_of(IdRound { of: 3, index: 2 }).is_none());
-        assert!(whole.first_reading(IdRound { of: 3, index: 0 }));
-        assert!(!whole.first_reading(IdRound { of: 3, index: 1 }));
+        // Partition 7 holds nothing.
+        assert_eq!(
+            read(&four, 3).expect("subjects"),
+            [
+                "cctv.events.p3",
+                "cctv.events.p11",
+                "cctv.events.p15",
+                "cctv.events.legacy"
+            ]
+        );
+        for index in 0..4 {
+            let round = IdRound { of: 4, index };
+            assert!(four.first_reading(round, "cctv.events.p1"));
+            assert_eq!(four.first_reading(round, "cctv.events.legacy"), index == 0);
+        }
+        let many = RoundPlan::new(32, Some(16));
+        assert_eq!(many.step, 16);
+        assert_eq!(
+            read(&many, 17).expect("subjects"),
+            ["cctv.events.p1", "cctv.events.legacy"]
+        );
+        assert!(many.first_reading(IdRound { of: 32, index: 15 }, "cctv.events.p15"));
+        assert!(!many.first_reading(IdRound { of: 32, index: 16 }, "cctv.events.p0"));
+        // No divisor shared, or no partition count: the whole stream, every round.
+        for whole in [RoundPlan::new(3, Some(16)), RoundPlan::new(4, None)] {
+            assert_eq!(whole.step, 1);
+            assert!(read(&whole, 2).is_none());
+            assert!(whole.first_reading(
+                IdRound {
+                    of: whole.of,
+                    index: 0
+                },
+                "cctv.events.p1"
+            ));
+            assert!(!whole.first_reading(
+                IdRound {
+                    of: whole.of,
+                    index: 1
+                },
+                "cctv.events.p1"
+            ));
+        }
     }
 
     #[test]
@@ -1533,6 +1671,7 @@ mod tests {
             }),
             rows: 98,
             missing: ranges(&[(40, 41), (77, 77)]),
+            misrouted: 2,
             ..StreamAudit::default()
         };
         let text = render_audit(&AuditReport {
@@ -1559,9 +1698,17 @@ mod tests {
                 },
             ],
             id_rounds: 4,
+            messages_read: 1234,
+            whole_stream_reads: Some("4 rounds share no divisor with the 9 partitions".into()),
             clean: false,
         });
-        assert!(text.contains("\nevent ids taken in 4 rounds\n"), "{text}");
+        assert!(
+            text.contains(
+                "\nevent ids taken in 4 rounds; 1234 messages of the stream read\n  \
+                 each round read the whole stream: 4 rounds share no divisor with the 9 partitions\n"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("partitions asked to be read again (--repair; their owners write only what is missing): p3 from 40, p9 from 77\n"),
             "{text}"
@@ -1575,6 +1722,10 @@ mod tests {
                 "rollups: rolled up through 2026-12-01\n  offence_day_rollup slot 2026-11-30: 10 rows, \
                  rollup counts 9 (1 keys differ); run with --repair\n  DIFFERS\n"
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  events on another partition's subject: 2 "),
             "{text}"
         );
         assert!(text.ends_with("audit: differences found\n"));
