@@ -139,6 +139,31 @@ async fn audit_is_clean_after_a_run_and_names_doubled_and_missing_ranges() {
     let text = render_audit(&report);
     assert!(text.contains("missing in ClickHouse: "), "{text}");
     assert!(text.ends_with("audit: differences found\n"), "{text}");
+
+    // One event published on another partition's subject than its id's (as
+    // with the partition count changed under it): a finding, in one round
+    // and in rounds alike.
+    let event = cctv_event::OffenceEvent {
+        event_id: uuid::Uuid::from_u128(0xfeed_0000_0000_0000_0000_0000_0000_0003),
+        ..cctv_event::OffenceEvent::example()
+    };
+    let partitions = cctv_bus::subjects::DEFAULT_PARTITIONS;
+    let own = cctv_bus::subjects::partition_of(event.event_id.as_bytes(), partitions);
+    stack
+        .js
+        .publish(
+            cctv_bus::subjects::event_partition((own + 1) % partitions),
+            cctv_bus::encode_event_batch([&event]),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    for rounds in [1, 4] {
+        let report = audit_pipeline_in_rounds(&config, rounds).await.unwrap();
+        assert_eq!(report.streams[0].misrouted, 1, "{}", render_audit(&report));
+        assert!(!report.is_clean());
+    }
 }
 
 /// The audit taking the ids in rounds finds what it finds in one: 4 rounds

@@ -30,7 +30,7 @@ use crate::delivery::{Delivery, DeliveryOrder};
 use crate::inserter::{Inserter, Linger};
 use crate::metrics as names;
 use crate::ownership::{Action, Ownership};
-use crate::refusals::Refusals;
+use crate::refusals::{Refusals, REFUSAL_MAX_BACKOFF};
 use crate::replay::{Replay, ReplayPlan, Replayed, Rewind};
 use crate::replicas::Replicas;
 use crate::seen::SeenSet;
@@ -742,20 +742,24 @@ async fn run_term(
             Ok(()) => break,
             Err(error) if error.is_transient() => {
                 tracing::warn!(partition, %error, "cannot write the fence yet; retrying");
+                backoff(
+                    &drain,
+                    &mut pause,
+                    context.config.aggregator.retry_max_backoff,
+                )
+                .await;
             }
             Err(error) => {
                 let error = error.into();
-                if !refused(&context, &mut refusals, partition, &error, false) {
+                if !refused(&context, &mut refusals, partition, &error, 0) {
                     return Err(error);
                 }
+                backoff(&drain, &mut pause, REFUSAL_MAX_BACKOFF).await;
             }
         }
-        tokio::select! {
-            biased;
-            () = drain.cancelled() => return Ok(()),
-            () = tokio::time::sleep(pause) => {}
+        if drain.is_cancelled() {
+            return Ok(());
         }
-        pause = (pause * 2).min(context.config.aggregator.retry_max_backoff);
     }
     let writer = Writer {
         replicas: shard.replicas.clone(),
@@ -769,9 +773,8 @@ async fn run_term(
         gate,
         written: Arc::new(AtomicU64::new(0)),
     };
-    let mut pause = Duration::from_millis(100);
+    let mut pause = SESSION_RETRY;
     while !drain.is_cancelled() {
-        let written_before = writer.written.load(Ordering::Relaxed);
         let session = run_session(
             &context,
             partition,
@@ -802,23 +805,29 @@ async fn run_term(
                 }
             }
             Err(error) => {
-                let progressed = writer.written.load(Ordering::Relaxed) > written_before;
-                if progressed {
-                    pause = Duration::from_millis(100);
-                }
-                if !refused(&context, &mut refusals, partition, &error, progressed) {
+                let written = writer.written.load(Ordering::Relaxed);
+                if !refused(&context, &mut refusals, partition, &error, written) {
                     return Err(error);
                 }
-                tokio::select! {
-                    biased;
-                    () = drain.cancelled() => break,
-                    () = tokio::time::sleep(pause.max(SESSION_RETRY)) => {}
+                if refusals.age(Instant::now()).is_zero() {
+                    // A new streak: its first pause is the shortest.
+                    pause = SESSION_RETRY;
                 }
-                pause = (pause * 2).min(context.config.aggregator.retry_max_backoff);
+                backoff(&drain, &mut pause, REFUSAL_MAX_BACKOFF).await;
             }
         }
     }
     Ok(())
+}
+
+/// Sleeps `pause` (or until `drain`), then doubles it up to `max`.
+async fn backoff(drain: &CancellationToken, pause: &mut Duration, max: Duration) {
+    tokio::select! {
+        biased;
+        () = drain.cancelled() => {}
+        () = tokio::time::sleep(*pause) => {}
+    }
+    *pause = (*pause * 2).min(max.max(*pause));
 }
 
 /// An error not known to pass ended a step of `partition`'s term: whether
@@ -828,10 +837,15 @@ fn refused(
     refusals: &mut Refusals,
     partition: u16,
     error: &AggregatorError,
-    progressed: bool,
+    written: u64,
 ) -> bool {
+    // ClickHouse's answers only: TLS, settings and the stream's errors are
+    // this instance's own and end it at once (its partitions move on).
+    if !matches!(error, AggregatorError::Store(StoreError::Server { .. })) {
+        return false;
+    }
     let now = Instant::now();
-    let again = refusals.retry(progressed, now);
+    let again = refusals.retry(written, now);
     metrics::counter!(names::REFUSALS).increment(1);
     if again {
         context
@@ -849,6 +863,7 @@ fn refused(
             partition,
             %error,
             for_secs = refusals.age(now).as_secs(),
+            grace_secs = context.config.aggregator.refusal_grace.as_secs(),
             "refused with an error not known to pass for longer than the grace; stopping"
         );
     }
@@ -1720,11 +1735,10 @@ impl Writer {
                     }
                     tokio::time::sleep(SETTLE_POLL).await;
                 }
-                Err(error) if error.is_transient() => return Err(error),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot list running inserts; a crash mid-insert may double that batch");
-                    return Ok(());
-                }
+                // Without the list, a resume point read next could miss an
+                // insert still running: never go on without it (an error
+                // not known to pass ends the session, `Refusals`).
+                Err(error) => return Err(error),
             }
         }
     }

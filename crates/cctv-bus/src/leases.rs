@@ -166,13 +166,22 @@ impl LeaseBucket {
         js: &jetstream::Context,
         settings: &LeaseBucketSettings,
     ) -> Result<Option<LeaseBucket>, BusError> {
-        match js.get_key_value(&settings.name).await {
-            Ok(kv) => Ok(Some(LeaseBucket { kv })),
-            Err(error) if error.kind() == jetstream::context::KeyValueErrorKind::GetBucket => {
-                Ok(None)
+        use jetstream::context::GetStreamErrorKind;
+        match js.get_stream(format!("KV_{}", settings.name)).await {
+            Ok(_) => {}
+            Err(error) => {
+                if let GetStreamErrorKind::JetStream(cause) = error.kind() {
+                    if cause.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND {
+                        return Ok(None);
+                    }
+                }
+                return Err(BusError::jetstream("open lease bucket", error));
             }
-            Err(error) => Err(BusError::jetstream("open lease bucket", error)),
         }
+        js.get_key_value(&settings.name)
+            .await
+            .map(|kv| Some(LeaseBucket { kv }))
+            .map_err(|error| BusError::jetstream("open lease bucket", error))
     }
 
     /// The partition count, if set.
