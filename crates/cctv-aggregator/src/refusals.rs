@@ -21,6 +21,15 @@ use std::time::{Duration, Instant};
 /// Longest pause between two tries of a refused term.
 pub(crate) const REFUSAL_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// What to do after a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    /// Try again (the streak is younger than the grace).
+    pub(crate) again: bool,
+    /// The refusal began a streak (pauses start again from the shortest).
+    pub(crate) new_streak: bool,
+}
+
 /// A partition term's streak of refusals.
 #[derive(Debug)]
 pub(crate) struct Refusals {
@@ -42,19 +51,23 @@ impl Refusals {
     }
 
     /// After a refusal at `now`, with `written` rows written by the term so
-    /// far: whether to try again. Rows written since the last refusal, or a
-    /// last refusal longer ago than the grace (a streak tries again far more
-    /// often), start a new streak.
-    pub(crate) fn retry(&mut self, written: u64, now: Instant) -> bool {
-        let over = self.last.is_none_or(|(last, written_then)| {
-            written > written_then || now.saturating_duration_since(last) >= self.grace
+    /// far: whether to try again, and whether the refusal began a new
+    /// streak. Rows written since the last refusal, or a last refusal longer
+    /// ago than the grace and than twice the longest pause (a streak tries
+    /// again more often than that), begin a new streak.
+    pub(crate) fn retry(&mut self, written: u64, now: Instant) -> Verdict {
+        let quiet = self.grace.max(2 * REFUSAL_MAX_BACKOFF);
+        let new_streak = self.last.is_none_or(|(last, written_then)| {
+            written > written_then || now.saturating_duration_since(last) >= quiet
         });
-        if over {
-            self.since = None;
+        if new_streak {
+            self.since = Some(now);
         }
         self.last = Some((now, written));
-        let since = *self.since.get_or_insert(now);
-        now.saturating_duration_since(since) < self.grace
+        Verdict {
+            again: self.age(now) < self.grace,
+            new_streak,
+        }
     }
 
     /// How long the streak has gone on at `now` (zero without one).
@@ -68,53 +81,87 @@ impl Refusals {
 mod tests {
     use super::*;
 
+    /// Tries at `seconds` (rows written by then), their verdicts' `again`.
+    fn tries(refusals: &mut Refusals, start: Instant, at: &[(u64, u64)]) -> Vec<bool> {
+        at.iter()
+            .map(|(seconds, written)| {
+                refusals
+                    .retry(*written, start + Duration::from_secs(*seconds))
+                    .again
+            })
+            .collect()
+    }
+
     #[test]
     fn a_streak_is_tried_again_until_the_grace_is_over() {
         let start = Instant::now();
-        let at = |seconds| start + Duration::from_secs(seconds);
         let mut refusals = Refusals::new(Duration::from_secs(120));
-        assert!(refusals.retry(0, at(0)));
-        assert!(refusals.retry(0, at(30)));
-        assert!(refusals.retry(0, at(60)));
-        assert_eq!(refusals.age(at(60)), Duration::from_secs(60));
-        assert!(refusals.retry(0, at(90)));
-        assert!(refusals.retry(0, at(119)));
-        assert!(!refusals.retry(0, at(120)));
+        let at = [(0, 0), (30, 0), (60, 0), (90, 0), (119, 0), (120, 0)];
+        assert_eq!(
+            tries(&mut refusals, start, &at),
+            [true, true, true, true, true, false]
+        );
+        assert_eq!(
+            refusals.age(start + Duration::from_secs(120)),
+            Duration::from_secs(120)
+        );
     }
 
     #[test]
-    fn rows_written_in_between_start_a_new_streak() {
+    fn rows_written_in_between_begin_a_new_streak() {
         let start = Instant::now();
-        let at = |seconds| start + Duration::from_secs(seconds);
         let mut refusals = Refusals::new(Duration::from_secs(120));
-        assert!(refusals.retry(0, at(0)));
-        assert!(refusals.retry(0, at(100)));
+        assert_eq!(
+            tries(&mut refusals, start, &[(0, 0), (100, 0)]),
+            [true, true]
+        );
         // A session wrote rows, then was refused again soon after.
-        assert!(refusals.retry(50, at(110)));
-        assert_eq!(refusals.age(at(110)), Duration::ZERO);
-        assert!(refusals.retry(50, at(229)));
-        assert!(!refusals.retry(50, at(230)));
+        let verdict = refusals.retry(50, start + Duration::from_secs(110));
+        assert_eq!(
+            verdict,
+            Verdict {
+                again: true,
+                new_streak: true
+            }
+        );
+        assert_eq!(
+            tries(&mut refusals, start, &[(140, 50), (229, 50), (230, 50)]),
+            [true, true, false]
+        );
     }
 
     #[test]
-    fn a_refusal_long_after_the_last_starts_a_new_streak() {
+    fn a_refusal_long_after_the_last_begins_a_new_streak() {
         let start = Instant::now();
-        let at = |seconds| start + Duration::from_secs(seconds);
         let mut refusals = Refusals::new(Duration::from_secs(120));
-        assert!(refusals.retry(0, at(0)));
+        assert!(refusals.retry(0, start).new_streak);
         // An idle partition (nothing written), refused again an hour later.
-        assert!(refusals.retry(0, at(3600)));
-        assert_eq!(refusals.age(at(3600)), Duration::ZERO);
-        for seconds in [3630, 3660, 3690, 3719] {
-            assert!(refusals.retry(0, at(seconds)));
-        }
-        assert!(!refusals.retry(0, at(3720)));
+        let later = refusals.retry(0, start + Duration::from_secs(3600));
+        assert!(later.new_streak && later.again);
+        let at = [(3630, 0), (3660, 0), (3690, 0), (3719, 0), (3720, 0)];
+        assert_eq!(
+            tries(&mut refusals, start, &at),
+            [true, true, true, true, false]
+        );
+    }
+
+    #[test]
+    fn a_short_grace_ends_however_long_the_pauses_grow() {
+        // Pauses of up to 30 s against a grace of 10 s: the streak still
+        // ends (a gap under twice the longest pause continues it).
+        let start = Instant::now();
+        let mut refusals = Refusals::new(Duration::from_secs(10));
+        let at = [(0, 0), (1, 0), (3, 0), (7, 0), (15, 0)];
+        assert_eq!(
+            tries(&mut refusals, start, &at),
+            [true, true, true, true, false]
+        );
     }
 
     #[test]
     fn no_grace_ends_at_the_first_refusal() {
         let mut refusals = Refusals::new(Duration::ZERO);
-        assert!(!refusals.retry(0, Instant::now()));
-        assert!(!refusals.retry(1, Instant::now()));
+        assert!(!refusals.retry(0, Instant::now()).again);
+        assert!(!refusals.retry(1, Instant::now()).again);
     }
 }

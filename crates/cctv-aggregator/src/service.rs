@@ -732,6 +732,7 @@ async fn run_term(
     let shard = context.shard_for(partition);
     let mut pause = Duration::from_millis(100);
     let mut refusals = Refusals::new(context.config.aggregator.refusal_grace);
+    let mut refusal_pause = SESSION_RETRY;
     // The fence first: from now on no older owner's insert writes a row.
     loop {
         match shard
@@ -751,10 +752,17 @@ async fn run_term(
             }
             Err(error) => {
                 let error = error.into();
-                if !refused(&context, &mut refusals, partition, &error, 0) {
+                if !refused(
+                    &context,
+                    &mut refusals,
+                    partition,
+                    &error,
+                    0,
+                    &mut refusal_pause,
+                ) {
                     return Err(error);
                 }
-                backoff(&drain, &mut pause, REFUSAL_MAX_BACKOFF).await;
+                backoff(&drain, &mut refusal_pause, REFUSAL_MAX_BACKOFF).await;
             }
         }
         if drain.is_cancelled() {
@@ -773,7 +781,6 @@ async fn run_term(
         gate,
         written: Arc::new(AtomicU64::new(0)),
     };
-    let mut pause = SESSION_RETRY;
     while !drain.is_cancelled() {
         let session = run_session(
             &context,
@@ -806,14 +813,17 @@ async fn run_term(
             }
             Err(error) => {
                 let written = writer.written.load(Ordering::Relaxed);
-                if !refused(&context, &mut refusals, partition, &error, written) {
+                if !refused(
+                    &context,
+                    &mut refusals,
+                    partition,
+                    &error,
+                    written,
+                    &mut refusal_pause,
+                ) {
                     return Err(error);
                 }
-                if refusals.age(Instant::now()).is_zero() {
-                    // A new streak: its first pause is the shortest.
-                    pause = SESSION_RETRY;
-                }
-                backoff(&drain, &mut pause, REFUSAL_MAX_BACKOFF).await;
+                backoff(&drain, &mut refusal_pause, REFUSAL_MAX_BACKOFF).await;
             }
         }
     }
@@ -831,13 +841,15 @@ async fn backoff(drain: &CancellationToken, pause: &mut Duration, max: Duration)
 }
 
 /// An error not known to pass ended a step of `partition`'s term: whether
-/// to try again ([`Refusals`]), said in the log, the metrics and the health.
+/// to try again ([`Refusals`]; a new streak sets `pause` back to the
+/// shortest), said in the log, the metrics and the health.
 fn refused(
     context: &Context,
     refusals: &mut Refusals,
     partition: u16,
     error: &AggregatorError,
     written: u64,
+    pause: &mut Duration,
 ) -> bool {
     // ClickHouse's answers only: TLS, settings and the stream's errors are
     // this instance's own and end it at once (its partitions move on).
@@ -845,7 +857,12 @@ fn refused(
         return false;
     }
     let now = Instant::now();
-    let again = refusals.retry(written, now);
+    let verdict = refusals.retry(written, now);
+    if verdict.new_streak {
+        // A new streak's first pause is the shortest.
+        *pause = SESSION_RETRY;
+    }
+    let again = verdict.again;
     metrics::counter!(names::REFUSALS).increment(1);
     if again {
         context

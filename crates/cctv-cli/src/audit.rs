@@ -441,6 +441,9 @@ pub(crate) struct IdFold {
     /// The stream when the current round read it: what a stored sequence
     /// is judged against (a long audit's stream moves on between rounds).
     round_extent: Option<StreamExtent>,
+    /// The first sequence the stream held after the current round read it
+    /// (rows from below it are judged expired).
+    first_after: u64,
     /// The partition count, for [`IdFold::first_missing`].
     partitions: Option<u16>,
     /// Sequences of the ids of the rounds done that were never met.
@@ -489,6 +492,7 @@ impl IdFold {
         if self.extent.is_some() {
             self.round_extent = Some(extent);
         }
+        self.first_after = 0;
         let mut sequences = Vec::with_capacity(done.len());
         for (id, sequence) in done {
             sequences.push(sequence);
@@ -501,6 +505,12 @@ impl IdFold {
             }
         }
         self.missing = self.missing.union(&ranges_of(sequences));
+    }
+
+    /// The stream's first sequence after the current round read it: stored
+    /// ids from below it that the round did not read are expired, not foreign.
+    pub(crate) fn expired_below(&mut self, first_seq: u64) {
+        self.first_after = first_seq;
     }
 
     /// One stored id: the lowest sequence it was stored from and its copies.
@@ -520,7 +530,7 @@ impl IdFold {
         }
         if stream_seq > extent.last_seq {
             self.beyond_last.push(stream_seq);
-        } else if stream_seq < extent.first_seq {
+        } else if stream_seq < extent.first_seq.max(self.first_after) {
             self.expired += 1;
         } else {
             // Stored from a sequence the stream still has, yet no message of
@@ -681,9 +691,19 @@ async fn audit_pipeline_showing(
             .await
             .with_context(|| format!("failed to read the events of stream {name}"))?;
         read.add(&listed);
+        // Messages that expired while the round read (or before its
+        // consumer started) were not delivered: their rows are judged as
+        // expired, not foreign.
+        let first_now = events
+            .get_info()
+            .await
+            .with_context(|| format!("failed to read the state of stream {name}"))?
+            .state
+            .first_sequence;
         // As many as the round's distinct ids, when the audit is clean.
         let expected = u64::try_from(listed.ids.len()).unwrap_or(u64::MAX);
         fold.begin_round(listed.ids, listed.extent);
+        fold.expired_below(first_now);
         let reading = progress(
             shown,
             Some(expected),
@@ -1105,13 +1125,6 @@ async fn stream_event_ids(
         }
     }
     reading.finish_and_clear();
-    // Messages that expired while the round read are not delivered: their
-    // rows are judged as expired, not foreign.
-    let after = events
-        .get_info()
-        .await
-        .context("failed to read the state of the stream")?;
-    listed.extent.first_seq = listed.extent.first_seq.max(after.state.first_sequence);
     Ok(listed)
 }
 
@@ -1463,6 +1476,22 @@ mod tests {
         assert_eq!(audit.beyond_last, ranges(&[(25, 25)]));
         assert_eq!((audit.expired, audit.foreign, audit.rows), (1, 1, 7));
         assert!(!audit.is_clean());
+    }
+
+    #[test]
+    fn rows_of_messages_that_expired_while_the_round_read_are_expired() {
+        // The round read from sequence 10; by the end of its read the
+        // stream began at 14, and the messages 10..=13 it had not reached
+        // were gone.
+        let mut fold = IdFold::new(Some((EXTENT, [(id(1), 15)].into())));
+        fold.expired_below(14);
+        fold.add(id(1), 15, 1);
+        fold.add(id(2), 12, 1); // from an expired message: not checked
+        fold.add(id(3), 16, 1); // from a message still there: foreign
+        let audit = fold.finish("CCTV_EVENTS@1");
+        assert_eq!((audit.expired, audit.foreign), (1, 1));
+        // The report shows the stream as the round found it.
+        assert_eq!(audit.stream, Some(EXTENT));
     }
 
     #[test]
