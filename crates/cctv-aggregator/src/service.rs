@@ -862,29 +862,25 @@ fn refused(
         // A new streak's first pause is the shortest.
         *pause = SESSION_RETRY;
     }
-    let again = verdict.again;
     metrics::counter!(names::REFUSALS).increment(1);
-    if again {
+    if verdict.again {
         context
             .health
             .set_problem("clickhouse refused with an error not known to pass; retrying");
-        tracing::error!(
-            partition,
-            %error,
-            for_secs = refusals.age(now).as_secs(),
-            grace_secs = context.config.aggregator.refusal_grace.as_secs(),
-            "refused with an error not known to pass; retrying until the grace is over"
-        );
-    } else {
-        tracing::error!(
-            partition,
-            %error,
-            for_secs = refusals.age(now).as_secs(),
-            grace_secs = context.config.aggregator.refusal_grace.as_secs(),
-            "refused with an error not known to pass for longer than the grace; stopping"
-        );
     }
-    again
+    tracing::error!(
+        partition,
+        %error,
+        for_secs = refusals.age(now).as_secs(),
+        grace_secs = context.config.aggregator.refusal_grace.as_secs(),
+        "{}",
+        if verdict.again {
+            "refused with an error not known to pass; retrying until the grace is over"
+        } else {
+            "refused with an error not known to pass for longer than the grace; stopping"
+        }
+    );
+    verdict.again
 }
 
 enum SessionEnd {

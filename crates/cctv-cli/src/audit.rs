@@ -1425,6 +1425,19 @@ mod tests {
         [n; 16]
     }
 
+    /// Ids 1..=5 in the stream's sequences 10..=15; id 2 carried by two
+    /// messages (11 and 14 in the tests' stored rows).
+    fn stream_of_five() -> HashMap<[u8; 16], u64> {
+        [
+            (id(1), 10),
+            (id(2), 11),
+            (id(3), 12),
+            (id(4), 15),
+            (id(5), 15),
+        ]
+        .into()
+    }
+
     /// A stream holding sequences 10..=20.
     const EXTENT: StreamExtent = StreamExtent {
         first_seq: 10,
@@ -1436,15 +1449,7 @@ mod tests {
     #[test]
     fn the_fold_finds_missing_doubled_beyond_expired_and_foreign_ids() {
         let extent = EXTENT;
-        // Ids 1..=5 in the stream; id 2 carried by two messages (11 and 14).
-        let stream: HashMap<[u8; 16], u64> = [
-            (id(1), 10),
-            (id(2), 11),
-            (id(3), 12),
-            (id(4), 15),
-            (id(5), 15),
-        ]
-        .into();
+        let stream = stream_of_five();
         let mut fold = IdFold::new(Some((extent, stream.clone()))).with_partitions(Some(4));
         let mut halves = IdFold::new(Some((extent, stream))).with_partitions(Some(2));
         for (event, sequence) in [(3, 12), (5, 15)] {
@@ -1497,15 +1502,8 @@ mod tests {
     #[test]
     fn a_fold_in_rounds_finds_what_one_round_finds() {
         let extent = EXTENT;
-        let stream: HashMap<[u8; 16], u64> = [
-            (id(1), 10),
-            (id(2), 11),
-            (id(3), 12),
-            (id(4), 15),
-            (id(5), 15),
-            (id(6), 16),
-        ]
-        .into();
+        let mut stream = stream_of_five();
+        stream.insert(id(6), 16);
         // (id, lowest sequence, copies) as ClickHouse holds them.
         let stored = [
             (id(1), 10, 1),
